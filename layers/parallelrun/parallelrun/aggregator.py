@@ -1,0 +1,181 @@
+"""The aggregator: once a job's counters are complete, collate its parts into one file.
+
+It runs once per job: a conditional state change (RUNNING → FINALIZING) picks the winner among
+duplicate requests (DESIGN invariant 3). A winner that dies keeps its request message, which
+comes back and takes over once the lease has run out; the output's key is fixed, so the retry
+writes the same file. Parts are streamed into a multipart upload, so memory holds one upload
+part (about 8 MiB) whatever the size of the output.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import time
+from typing import Any
+
+from parallelrun import aws, jobs, logs
+from parallelrun.config import StackConfig
+
+log = logging.getLogger("parallelrun.aggregator")
+PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB but the last
+LEASE_SECONDS = 900  # the aggregator function's timeout: past it, a FINALIZING holder is dead
+
+
+def request(cfg: StackConfig, job_id: str) -> None:
+    """Ask for the job's aggregation; asking twice is harmless."""
+    aws.client("sqs").send_message(QueueUrl=cfg.finalize_queue_url, MessageBody=json.dumps({"job_id": job_id}))
+
+
+def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    cfg = StackConfig.from_env()
+    logs.setup()
+    for record in event.get("Records", []):
+        job_id = json.loads(record["body"])["job_id"]
+        with logs.context(job_id):
+            finalize(cfg, job_id)
+    return {}
+
+
+class S3StreamWriter:
+    """Write an S3 object of any size in bounded memory: a multipart upload once it outgrows one part."""
+
+    def __init__(self, bucket: str, key: str, part_size: int = PART_SIZE) -> None:
+        self.bucket, self.key, self.part_size = bucket, key, part_size
+        self.s3 = aws.client("s3")
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        self.size += len(data)
+        if len(self.buffer) >= self.part_size:
+            self._upload_part()
+
+    def _upload_part(self) -> None:
+        if self.upload_id is None:
+            self.upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
+        number = len(self.parts) + 1
+        etag = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
+                                   Body=bytes(self.buffer))["ETag"]
+        self.parts.append({"PartNumber": number, "ETag": etag})
+        self.buffer.clear()
+
+    def close(self) -> None:
+        if self.upload_id is None:
+            self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer))
+            return
+        if self.buffer:
+            self._upload_part()
+        self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                          MultipartUpload={"Parts": self.parts})
+
+    def abort(self) -> None:
+        if self.upload_id is not None:
+            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+
+
+def judge(job: jobs.Job) -> tuple[str, str]:
+    """The job's final state and the reason, from its counts and thresholds."""
+    s, total = job.settings, job.total_batches or 0
+    if s.error_threshold != -1 and job.items_failed > s.error_threshold:
+        return jobs.FAILED, f"error_threshold: {job.items_failed} inputs failed, more than the {s.error_threshold} allowed"
+    if s.allowed_failed_count != -1 and job.batches_failed > s.allowed_failed_count:
+        return jobs.FAILED, (f"allowed_failed_count: {job.batches_failed} mini-batches failed, "
+                             f"more than the {s.allowed_failed_count} allowed")
+    if total and 100.0 * job.batches_failed / total > s.allowed_failed_percent:
+        return jobs.FAILED, (f"allowed_failed_percent: {100.0 * job.batches_failed / total:.1f}% of mini-batches "
+                             f"failed, more than the {s.allowed_failed_percent:g}% allowed")
+    return jobs.SUCCEEDED, ""
+
+
+def _claim(cfg: StackConfig, job: jobs.Job) -> bool:
+    now = time.time()
+    if job.state == jobs.RUNNING and job.complete:
+        return jobs.transition(cfg, job.job_id, jobs.FINALIZING, (jobs.RUNNING,), finalize_until=now + LEASE_SECONDS)
+    if job.state == jobs.FINALIZING and float(_lease(cfg, job.job_id)) < now:
+        log.warning("taking over an aggregation whose holder went silent")
+        return jobs.transition(cfg, job.job_id, jobs.FINALIZING, (jobs.FINALIZING,), finalize_until=now + LEASE_SECONDS)
+    return False
+
+
+def _lease(cfg: StackConfig, job_id: str) -> float:
+    item = aws.table(cfg.table).get_item(Key=jobs.job_key(job_id), ConsistentRead=True).get("Item", {})
+    return float(item.get("finalize_until", 0))
+
+
+def finalize(cfg: StackConfig, job_id: str) -> None:
+    """Collate the job's output, failures and summary, then set its final state."""
+    job = jobs.get(cfg, job_id)
+    if not _claim(cfg, job):
+        return
+    started = time.time()
+    bucket, prefix = aws.split_s3_uri(job.output_uri)
+    s3 = aws.client("s3")
+    rows = 0
+    output = S3StreamWriter(bucket, prefix + job.settings.append_row_file_name)
+    failures = S3StreamWriter(bucket, prefix + "failures.jsonl")
+    errors: collections.Counter[str] = collections.Counter()
+    try:
+        for record in jobs.iter_batches(cfg, job_id):
+            if record.part_key and job.settings.output_action == "append_row":
+                body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=record.part_key)["Body"].read()
+                output.write(body)
+                rows += record.rows
+            if record.failures_key:
+                body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=record.failures_key)["Body"].read()
+                failures.write(body)
+                errors.update(json.loads(line)["error_type"] for line in body.splitlines() if line)
+        if job.settings.output_action == "append_row":
+            output.close()
+        failures.close()
+    except BaseException:
+        output.abort()
+        failures.abort()
+        raise
+    state, reason = judge(job)
+    if reason and errors:
+        error_type, count = errors.most_common(1)[0]
+        reason += f"; most common error: {error_type} ({count} inputs)"
+    ended = time.time()
+    summary = build_summary(job, state, reason, rows, dict(errors), ended, ended - started)
+    s3.put_object(Bucket=bucket, Key=prefix + "summary.json", Body=json.dumps(summary, indent=2).encode(),
+                  ContentType="application/json")
+    jobs.transition(cfg, job_id, state, (jobs.FINALIZING,), ended_at=ended, reason=reason, rows=rows)
+    logs.event(log, "job finished", state=state, rows=rows, aggregate_seconds=round(ended - started, 3))
+
+
+def build_summary(job: jobs.Job, state: str, reason: str, rows: int, errors: dict[str, int],
+                  ended: float, aggregate_seconds: float) -> dict[str, Any]:
+    """What ``summary.json`` says: state, counts, timings and the settings used."""
+    total_items = job.total_items or 0
+    return {
+        "job_id": job.job_id,
+        "state": state,
+        "reason": reason,
+        "endpoint": job.endpoint,
+        "deployment": job.deployment,
+        "input": job.input_uri,
+        "output": job.output_uri + job.settings.append_row_file_name
+        if job.settings.output_action == "append_row" else None,
+        "counts": {
+            "batches": {"total": job.total_batches or 0, "succeeded": job.batches_succeeded,
+                        "failed": job.batches_failed},
+            "items": {"total": total_items, "succeeded": job.items_succeeded, "failed": job.items_failed},
+            "retries": job.retries,
+            "rows": rows,
+        },
+        "errors": errors,
+        "timings": {
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "ended_at": ended,
+            "duration_seconds": round(ended - job.created_at, 3),
+            "aggregate_seconds": round(aggregate_seconds, 3),
+        },
+        "settings": dataclasses.asdict(job.settings),
+    }

@@ -1,0 +1,72 @@
+"""The AWS edge: clients shared per process, with botocore's retries for throttling.
+
+Every throttle or transient fault (SlowDown, ProvisionedThroughputExceeded, 5xx, connection
+resets) is retried here with jittered exponential backoff, so it never surfaces as an input's
+failure. ``AWS_ENDPOINT_URL`` (set by the local stack) points every client at moto.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+RETRIES = Config(
+    retries={"mode": "standard", "max_attempts": 10},
+    max_pool_connections=32,
+    connect_timeout=10,
+    read_timeout=60,
+)
+_lock = threading.Lock()
+_clients: dict[str, Any] = {}
+
+
+def client(service: str) -> Any:
+    """A boto3 client for ``service``; one per process, since creating one costs ~50 ms."""
+    found = _clients.get(service)
+    if found is None:
+        with _lock:  # boto3's default session is not safe to use from threads at once
+            found = _clients.get(service)
+            if found is None:
+                found = _clients[service] = boto3.session.Session().client(service, config=RETRIES)
+    return found
+
+
+def table(name: str) -> Any:
+    """A DynamoDB Table resource: plain Python values in and out, for everything but transactions."""
+    key = f"dynamodb.Table:{name}"
+    found = _clients.get(key)
+    if found is None:
+        with _lock:
+            found = _clients.get(key)
+            if found is None:
+                resource = boto3.session.Session().resource("dynamodb", config=RETRIES)
+                found = _clients[key] = resource.Table(name)
+    return found
+
+
+def reset_clients() -> None:
+    """Forget cached clients (tests switch endpoints; a forked process must not share sockets)."""
+    with _lock:
+        _clients.clear()
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` → ``("bucket", "some/key")``."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+def is_conditional_failure(error: Exception) -> bool:
+    """True when a DynamoDB write lost its condition (someone else already did the work)."""
+    code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
+    if code == "ConditionalCheckFailedException":
+        return True
+    if code == "TransactionCanceledException":
+        reasons = getattr(error, "response", {}).get("CancellationReasons", [])
+        return any(r.get("Code") == "ConditionalCheckFailed" for r in reasons)
+    return False

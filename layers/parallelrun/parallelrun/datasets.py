@@ -1,0 +1,89 @@
+"""Inputs: which objects under a prefix are inputs, and how they split into mini-batches.
+
+The pure part (:func:`is_input`, :func:`batches`) knows nothing of S3; :func:`list_files` is the
+edge. S3 lists keys in ascending UTF-8 byte order, which is also Python's order for ``str``, so
+a listing is already the stable sorted order the plan needs, and it can be streamed: a job of a
+million files never holds its whole listing in memory.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from parallelrun import aws
+
+READY_MARKER = "_READY"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    key: str
+    size: int
+    etag: str = ""
+
+    def to_json(self) -> list:
+        return [self.key, self.size, self.etag]
+
+    @classmethod
+    def from_json(cls, raw: list) -> InputFile:
+        return cls(*raw)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A folder of inputs: every object under ``s3://bucket/prefix`` (nested folders included)."""
+
+    bucket: str
+    prefix: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    @classmethod
+    def from_uri(cls, uri: str) -> InputSpec:
+        bucket, key = aws.split_s3_uri(uri)
+        if not bucket:
+            raise ValueError(f"no bucket in {uri!r}")
+        # A folder: 's3://b/run1' must not also pick up 's3://b/run10/...'.
+        return cls(bucket, key if key == "" or key.endswith("/") else key + "/")
+
+
+def is_input(key: str, prefix: str) -> bool:
+    """An input is any object under ``prefix`` but the marker, folder placeholders and hidden files."""
+    relative = key[len(prefix):]
+    if not key.startswith(prefix) or not relative or relative.endswith("/"):
+        return False
+    if posixpath.basename(relative) == READY_MARKER:
+        return False
+    return not any(part.startswith(".") for part in relative.split("/"))
+
+
+def batches(files: Iterable[InputFile], size: int) -> Iterator[list[InputFile]]:
+    """Consecutive mini-batches of ``size`` files; the last may be smaller; none is empty."""
+    if size < 1:
+        raise ValueError("a mini-batch holds at least one file")
+    batch: list[InputFile] = []
+    for item in files:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def list_files(spec: InputSpec) -> Iterator[InputFile]:
+    """The inputs under ``spec``, in S3's (sorted) order, streamed page by page."""
+    paginator = aws.client("s3").get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=spec.bucket, Prefix=spec.prefix):
+        for obj in page.get("Contents", []):
+            if is_input(obj["Key"], spec.prefix):
+                yield InputFile(obj["Key"], obj["Size"], obj.get("ETag", "").strip('"'))
+
+
+def relative_name(key: str, prefix: str) -> str:
+    """The input's path below its folder: what a user sees in rows and failure reports."""
+    return key[len(prefix):] if key.startswith(prefix) else key

@@ -1,0 +1,51 @@
+"""The failure recorder: a mini-batch in the dead-letter queue still counts, so the job ends.
+
+A message lands here when its worker died (killed, out of memory, Lambda timeout) on every
+delivery the queue allows. The batch is recorded FAILED with one failure line per input, by the
+same conditional transaction the worker uses, so a batch that did finish is never counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from parallelrun import aws, jobs, logs, worker
+from parallelrun.config import StackConfig
+from parallelrun.datasets import InputFile
+
+log = logging.getLogger("parallelrun.deadletters")
+
+
+def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    cfg = StackConfig.from_env()
+    logs.setup()
+    failures = []
+    for record in event.get("Records", []):
+        try:
+            record_dead_letter(cfg, json.loads(record["body"]))
+        except Exception:
+            log.exception("could not record a dead-lettered mini-batch; it will be retried")
+            failures.append({"itemIdentifier": record["messageId"]})
+    return {"batchItemFailures": failures}
+
+
+def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
+    job_id, index = message["job_id"], int(message["batch"])
+    items = [InputFile.from_json(item) for item in message["items"]]
+    attempts = cfg.limits.max_receive_count
+    with logs.context(job_id, index):
+        if jobs.get_batch(cfg, job_id, index) is None:
+            key = jobs.failures_key(job_id, index, 0)
+            reason = (f"the worker died or timed out on all {attempts} deliveries of this mini-batch "
+                      "(killed, out of memory, or past the function timeout)")
+            lines = worker.failure_lines(items, index, attempts, None, "dead-letter queue", reason)
+            aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=key, Body="".join(lines).encode())
+            record = jobs.BatchRecord(index=index, status=jobs.FAILED, items=len(items), items_succeeded=0,
+                                      items_failed=len(items), attempt=attempts, part_key=None, failures_key=key,
+                                      worker="dead-letter queue", finished_at=time.time())
+            if jobs.commit_batch(cfg, job_id, record):
+                logs.event(log, "dead-lettered mini-batch recorded as failed", level=logging.WARNING, items=len(items))
+        worker.finalize_if_complete(cfg, job_id)

@@ -1,0 +1,35 @@
+"""One exception hierarchy: every error a user can meet says what went wrong and what to do."""
+
+
+class ParallelRunError(Exception):
+    """Base of every error parallelrun raises on purpose; the CLI prints its message on one line."""
+
+
+class SettingsError(ParallelRunError):
+    """A run setting has a value that is not allowed; raised at submit, never inside a worker."""
+
+    def __init__(self, setting: str, value: object, allowed: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"setting {setting}={value!r} is not allowed: {allowed}")
+
+
+class NotFoundError(ParallelRunError):
+    """A model, endpoint, job or stack that was named does not exist."""
+
+
+class ConflictError(ParallelRunError):
+    """The request clashes with the current state (for example an output that already exists)."""
+
+
+class InputError(ParallelRunError):
+    """An input pointer or input file cannot be used."""
+
+
+class ScoringScriptError(ParallelRunError):
+    """The user's scoring script could not be loaded or broke its contract."""
+
+
+class StackError(ParallelRunError):
+    """The stack (local or on AWS) cannot be reached or is missing something."""

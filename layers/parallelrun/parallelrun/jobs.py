@@ -1,0 +1,284 @@
+"""Job and mini-batch records in DynamoDB, and where a job's objects live in S3.
+
+One table holds everything (``pk``/``sk``). A job is ``JOB#<id>``/``JOB``; each finished
+mini-batch is ``JOB#<id>``/``BATCH#<index>``. A mini-batch's completion is one transaction:
+the batch record is put only if absent and the job's counters are added in the same write,
+so a duplicate delivery can never count twice (DESIGN invariant 1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from parallelrun import aws
+from parallelrun.config import StackConfig
+from parallelrun.errors import ConflictError, NotFoundError
+from parallelrun.settings import RunSettings
+
+QUEUED, PLANNING, RUNNING, FINALIZING = "QUEUED", "PLANNING", "RUNNING", "FINALIZING"
+SUCCEEDED, FAILED, CANCELED = "SUCCEEDED", "FAILED", "CANCELED"
+TERMINAL = (SUCCEEDED, FAILED, CANCELED)
+ACTIVE = (QUEUED, PLANNING, RUNNING, FINALIZING)
+
+
+def job_key(job_id: str) -> dict[str, str]:
+    return {"pk": f"JOB#{job_id}", "sk": "JOB"}
+
+
+def batch_key(job_id: str, index: int) -> dict[str, str]:
+    return {"pk": f"JOB#{job_id}", "sk": f"BATCH#{index:09d}"}
+
+
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/"
+
+
+def plan_chunk_key(job_id: str, chunk: int) -> str:
+    return f"{job_prefix(job_id)}plan/{chunk:06d}.json"
+
+
+def part_key(job_id: str, index: int, attempt: int) -> str:
+    # The attempt is in the key: a late duplicate can never overwrite the committed part.
+    return f"{job_prefix(job_id)}parts/{index:09d}.{attempt}.txt"
+
+
+def failures_key(job_id: str, index: int, attempt: int) -> str:
+    return f"{job_prefix(job_id)}failures/{index:09d}.{attempt}.jsonl"
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; callers want int or float."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+@dataclass
+class Job:
+    job_id: str
+    endpoint: str
+    deployment: dict[str, Any]
+    settings: RunSettings
+    input_uri: str
+    output_uri: str
+    state: str = QUEUED
+    source: str = "submit"
+    reason: str = ""
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    total_batches: int | None = None
+    total_items: int | None = None
+    cursor: int = 0
+    planner_tick: int = 0
+    planner_token: str = "start"
+    batches_succeeded: int = 0
+    batches_failed: int = 0
+    items_succeeded: int = 0
+    items_failed: int = 0
+    retries: int = 0
+
+    @property
+    def batches_done(self) -> int:
+        return self.batches_succeeded + self.batches_failed
+
+    @property
+    def complete(self) -> bool:
+        return self.total_batches is not None and self.batches_done >= self.total_batches
+
+    def to_item(self) -> dict[str, Any]:
+        item = {k: v for k, v in self.__dict__.items() if v is not None}
+        item["deployment"] = json.dumps(self.deployment, sort_keys=True)
+        item["settings"] = self.settings.to_json()
+        item["created_at"] = Decimal(str(self.created_at))
+        return {**job_key(self.job_id), **item}
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Job:
+        raw = {k: _plain(v) for k, v in item.items() if k in cls.__dataclass_fields__}
+        raw["deployment"] = json.loads(raw["deployment"])
+        raw["settings"] = RunSettings.from_json(raw["settings"])
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A finished mini-batch: it succeeded (some inputs may still have failed) or failed whole."""
+
+    index: int
+    status: str
+    items: int
+    items_succeeded: int
+    items_failed: int
+    attempt: int
+    part_key: str | None
+    failures_key: str | None
+    rows: int = 0
+    worker: str = ""
+    duration: float = 0.0
+    finished_at: float = field(default_factory=time.time)
+
+    def to_item(self, job_id: str) -> dict[str, Any]:
+        item = {k: v for k, v in self.__dict__.items() if v is not None}
+        item["duration"] = Decimal(str(round(self.duration, 4)))
+        item["finished_at"] = Decimal(str(round(self.finished_at, 3)))
+        return {**batch_key(job_id, self.index), **item}
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> BatchRecord:
+        return cls(**{k: _plain(v) for k, v in item.items() if k in cls.__dataclass_fields__})
+
+
+def create(cfg: StackConfig, job: Job) -> None:
+    """Store a new job; a second create of the same id (a retried trigger) is refused."""
+    try:
+        _ddb(cfg).put_item(Item=job.to_item(), ConditionExpression="attribute_not_exists(pk)")
+    except Exception as error:
+        if aws.is_conditional_failure(error):
+            raise ConflictError(f"job {job.job_id} already exists") from None
+        raise
+
+
+def get(cfg: StackConfig, job_id: str) -> Job:
+    item = _ddb(cfg).get_item(Key=job_key(job_id), ConsistentRead=True).get("Item")
+    if not item:
+        raise NotFoundError(f"no job {job_id!r}: `parallelrun jobs` lists the jobs of this stack")
+    return Job.from_item(item)
+
+
+def find(cfg: StackConfig, job_id: str) -> Job | None:
+    try:
+        return get(cfg, job_id)
+    except NotFoundError:
+        return None
+
+
+def transition(cfg: StackConfig, job_id: str, to: str, expected: tuple[str, ...], **values: Any) -> bool:
+    """Move a job from one of ``expected`` to ``to``; False if its state was another (lost a race)."""
+    values = {"state": to, **values}
+    names = {f"#{k}": k for k in values}
+    attrs: dict[str, Any] = {f":{k}": _dynamo(v) for k, v in values.items()}
+    attrs.update({f":e{i}": state for i, state in enumerate(expected)})
+    try:
+        _ddb(cfg).update_item(
+            Key=job_key(job_id),
+            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in values),
+            ConditionExpression="#state IN (" + ", ".join(f":e{i}" for i in range(len(expected))) + ")",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=attrs,
+        )
+        return True
+    except Exception as error:
+        if aws.is_conditional_failure(error):
+            return False
+        raise
+
+
+def advance_planner(cfg: StackConfig, job_id: str, tick: int, token: str, cursor: int, next_token: str) -> bool:
+    """Record the planner's cursor, only if no one else handled this tick (see planner.tick)."""
+    try:
+        _ddb(cfg).update_item(
+            Key=job_key(job_id),
+            UpdateExpression="SET #cursor = :cursor, planner_tick = :next, planner_token = :next_token",
+            ConditionExpression="planner_tick = :tick AND planner_token = :token AND #cursor <= :cursor",
+            ExpressionAttributeNames={"#cursor": "cursor"},
+            ExpressionAttributeValues={
+                ":cursor": cursor, ":next": tick + 1, ":next_token": next_token, ":tick": tick, ":token": token,
+            },
+        )
+        return True
+    except Exception as error:
+        if aws.is_conditional_failure(error):
+            return False
+        raise
+
+
+def commit_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
+    """Record a finished mini-batch and add its counts, atomically; False if it was already recorded."""
+    succeeded = record.status == SUCCEEDED
+    try:
+        aws.client("dynamodb").transact_write_items(
+            TransactItems=[
+                {"Put": {
+                    "TableName": cfg.table,
+                    "Item": _serialize(record.to_item(job_id)),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }},
+                {"Update": {
+                    "TableName": cfg.table,
+                    "Key": _serialize(job_key(job_id)),
+                    "UpdateExpression": "ADD batches_succeeded :bs, batches_failed :bf, "
+                                        "items_succeeded :is, items_failed :if, retries :r",
+                    "ConditionExpression": "attribute_exists(pk)",
+                    "ExpressionAttributeValues": _serialize({
+                        ":bs": int(succeeded), ":bf": int(not succeeded), ":is": record.items_succeeded,
+                        ":if": record.items_failed, ":r": record.attempt - 1,
+                    }),
+                }},
+            ]
+        )
+        return True
+    except Exception as error:
+        if aws.is_conditional_failure(error):
+            return False
+        raise
+
+
+def get_batch(cfg: StackConfig, job_id: str, index: int) -> BatchRecord | None:
+    item = _ddb(cfg).get_item(Key=batch_key(job_id, index), ConsistentRead=True).get("Item")
+    return BatchRecord.from_item(item) if item else None
+
+
+def iter_batches(cfg: StackConfig, job_id: str) -> Iterator[BatchRecord]:
+    """Every recorded mini-batch of a job, in mini-batch order (the sort key is zero-padded)."""
+    kwargs: dict[str, Any] = {
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :batch)",
+        "ExpressionAttributeValues": {":pk": f"JOB#{job_id}", ":batch": "BATCH#"},
+        "ConsistentRead": True,
+    }
+    while True:
+        page = _ddb(cfg).query(**kwargs)
+        for item in page.get("Items", []):
+            yield BatchRecord.from_item(item)
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def list_jobs(cfg: StackConfig, limit: int = 50) -> list[Job]:
+    """The newest jobs first. A scan: fine for a listing command, never used on a hot path."""
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {
+        "FilterExpression": "sk = :job",
+        "ExpressionAttributeValues": {":job": "JOB"},
+    }
+    while True:
+        page = _ddb(cfg).scan(**kwargs)
+        items.extend(page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    jobs = sorted((Job.from_item(i) for i in items), key=lambda j: j.created_at, reverse=True)
+    return jobs[:limit]
+
+
+# --- DynamoDB plumbing: the resource API for plain Python values, the client for transactions.
+
+def _ddb(cfg: StackConfig) -> Any:
+    return aws.table(cfg.table)
+
+
+def _dynamo(value: Any) -> Any:
+    return Decimal(str(value)) if isinstance(value, float) else value
+
+
+def _serialize(item: dict[str, Any]) -> dict[str, Any]:
+    from boto3.dynamodb.types import TypeSerializer
+
+    serializer = TypeSerializer()
+    return {k: serializer.serialize(_dynamo(v)) for k, v in item.items()}

@@ -1,0 +1,222 @@
+"""The planner: lists a job's inputs, writes the plan, and feeds the queue a window at a time.
+
+DESIGN invariant 6: the plan (S3 chunks) and the totals (DynamoDB) are written before any
+message is sent; then each *tick* tops the job's in-flight mini-batches up to its window and
+sends itself a delayed continuation carrying the cursor. A tick message is valid only while the
+job's ``(planner_tick, planner_token)`` equals its own, so a duplicate delivery ends at once,
+and a planner that dies mid-tick resumes from the recorded cursor when SQS redelivers its
+message (mini-batch ids are deterministic, so re-sent batches are harmless duplicates).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import secrets
+import time
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+from parallelrun import aggregator, aws, datasets, jobs, logs, submit
+from parallelrun.config import StackConfig
+from parallelrun.datasets import InputFile, InputSpec
+from parallelrun.errors import ConflictError, ParallelRunError
+from parallelrun.settings import RunSettings
+
+log = logging.getLogger("parallelrun.planner")
+PLAN_CHUNK = 500  # mini-batches per plan object: a tick reads only the chunks it sends from
+SEND_BATCH = 10  # SQS SendMessageBatch's limit
+# A continuation seen before its sender recorded the cursor waits; after this long the sender
+# is taken for dead and the continuation takes its tick over.
+TAKEOVER_SECONDS = 120
+
+
+def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """S3 ``_READY`` notifications and planner-queue messages (start, tick)."""
+    cfg = StackConfig.from_env()
+    logs.setup()
+    for record in event.get("Records", []):
+        if record.get("eventSource") == "aws:s3":
+            on_marker(cfg, record["s3"]["bucket"]["name"], urllib.parse.unquote_plus(record["s3"]["object"]["key"]),
+                      record["s3"]["object"].get("sequencer") or record["s3"]["object"].get("eTag", ""))
+            continue
+        body = json.loads(record["body"])
+        with logs.context(body.get("job_id")):
+            if body.get("action") == "start":
+                start_job(cfg, body["job_id"])
+            elif body.get("action") == "tick":
+                tick(cfg, body)
+            else:
+                log.warning("ignored a planner message with no known action", extra={"fields": {"body": body}})
+    return {}
+
+
+def marker_target(key: str) -> tuple[str, str] | None:
+    """``digits/batch1/_READY`` → (endpoint ``digits``, folder ``digits/batch1/``), else None."""
+    folder, name = posixpath.split(key)
+    parts = folder.split("/")
+    if name != datasets.READY_MARKER or len(parts) < 2 or not all(parts):
+        return None
+    return parts[0], folder + "/"
+
+
+def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> None:
+    """A ``_READY`` marker landed: start a job on its folder, with the marker's JSON overrides."""
+    target = marker_target(key)
+    if target is None:
+        log.warning("ignored a marker outside <endpoint>/<folder>/", extra={"fields": {"key": key}})
+        return
+    endpoint, folder = target
+    job_id = submit.new_job_id(endpoint, f"{bucket}/{key}@{version}")
+    with logs.context(job_id):
+        if jobs.find(cfg, job_id) is None:
+            try:
+                overrides = _marker_overrides(bucket, key)
+                deployment = overrides.pop("deployment", None)
+                job = submit.prepare(cfg, endpoint, f"s3://{bucket}/{folder}", overrides, deployment, job_id, "drop")
+            except ParallelRunError as error:
+                # Nobody waits on a drop folder's answer: keep the refusal where `status` shows it.
+                job = jobs.Job(job_id=job_id, endpoint=endpoint, deployment={}, settings=RunSettings(),
+                               input_uri=f"s3://{bucket}/{folder}", output_uri="", state=jobs.FAILED,
+                               source="drop", reason=str(error), ended_at=time.time())
+            try:
+                jobs.create(cfg, job)
+            except ConflictError:
+                pass  # a retried notification: the job exists, carry on with it
+            log.info("job from drop folder", extra={"fields": {"folder": f"s3://{bucket}/{folder}"}})
+        start_job(cfg, job_id)
+
+
+def _marker_overrides(bucket: str, key: str) -> dict[str, Any]:
+    body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().strip()
+    if not body:
+        return {}
+    try:
+        overrides = json.loads(body)
+    except json.JSONDecodeError as error:
+        raise ParallelRunError(f"marker s3://{bucket}/{key} is not a JSON object of settings: {error}") from None
+    if not isinstance(overrides, dict):
+        raise ParallelRunError(f"marker s3://{bucket}/{key} must hold a JSON object of settings")
+    return overrides
+
+
+def start_job(cfg: StackConfig, job_id: str) -> None:
+    """Plan a queued job and send its first window; safe to repeat at any point."""
+    job = jobs.get(cfg, job_id)
+    if job.state == jobs.QUEUED:
+        jobs.transition(cfg, job_id, jobs.PLANNING, (jobs.QUEUED,), started_at=time.time())
+        job.state = jobs.PLANNING
+    if job.state == jobs.PLANNING:
+        started = time.time()
+        total_batches, total_items = write_plan(cfg, job)
+        jobs.transition(cfg, job_id, jobs.RUNNING, (jobs.PLANNING,), total_batches=total_batches,
+                        total_items=total_items, cursor=0, planner_tick=0, planner_token="start")
+        logs.event(log, "planned", total_batches=total_batches, total_items=total_items,
+                   planner_seconds=round(time.time() - started, 3))
+        if total_batches == 0:
+            aggregator.request(cfg, job_id)
+            return
+        job = jobs.get(cfg, job_id)
+    if job.state == jobs.RUNNING and (job.planner_tick, job.planner_token) == (0, "start"):
+        tick(cfg, {"job_id": job_id, "tick": 0, "token": "start", "since": time.time()})
+
+
+def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int]:
+    """Write the job's mini-batches to S3 in chunks; return (batches, items). Deterministic."""
+    spec = InputSpec.from_uri(job.input_uri)
+    s3 = aws.client("s3")
+    total_batches = total_items = 0
+    chunk: list[list[list]] = []
+    for batch in datasets.batches(datasets.list_files(spec), job.settings.files_per_batch):
+        chunk.append([item.to_json() for item in batch])
+        total_batches += 1
+        total_items += len(batch)
+        if len(chunk) == PLAN_CHUNK:
+            _put_chunk(s3, cfg, job.job_id, total_batches // PLAN_CHUNK - 1, chunk)
+            chunk = []
+    if chunk:
+        _put_chunk(s3, cfg, job.job_id, total_batches // PLAN_CHUNK, chunk)
+    return total_batches, total_items
+
+
+def _put_chunk(s3: Any, cfg: StackConfig, job_id: str, number: int, chunk: list) -> None:
+    s3.put_object(Bucket=cfg.artifacts_bucket, Key=jobs.plan_chunk_key(job_id, number), Body=json.dumps(chunk).encode())
+
+
+def read_plan(cfg: StackConfig, job_id: str, start: int, end: int) -> Iterator[tuple[int, list[InputFile]]]:
+    """Mini-batches ``start`` ≤ index < ``end`` of a job's plan, reading only the chunks needed."""
+    s3 = aws.client("s3")
+    for number in range(start // PLAN_CHUNK, (end - 1) // PLAN_CHUNK + 1):
+        body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=jobs.plan_chunk_key(job_id, number))["Body"].read()
+        for offset, batch in enumerate(json.loads(body)):
+            index = number * PLAN_CHUNK + offset
+            if start <= index < end:
+                yield index, [InputFile.from_json(item) for item in batch]
+
+
+def window_end(job: jobs.Job, window: int) -> int:
+    """How far the cursor may move now: in-flight mini-batches stay within the window."""
+    in_flight = job.cursor - job.batches_done
+    return min(job.total_batches or 0, job.cursor + max(0, window - in_flight))
+
+
+def tick(cfg: StackConfig, message: dict[str, Any]) -> None:
+    """Top the job's window up, schedule the next tick, then record the cursor (see module doc)."""
+    job = jobs.get(cfg, message["job_id"])
+    if job.state != jobs.RUNNING:
+        return  # finished, failed or canceled: nothing more is sent
+    number, token = message["tick"], message["token"]
+    if number > job.planner_tick:
+        if time.time() - message["since"] < TAKEOVER_SECONDS:
+            _send_tick(cfg, message)  # its sender has not recorded the cursor yet: look again later
+            return
+        number, token = job.planner_tick, job.planner_token
+    elif (number, token) != (job.planner_tick, job.planner_token):
+        return  # an old or duplicate continuation
+    end = window_end(job, job.settings.window(cfg.limits))
+    if end > job.cursor:
+        send_batches(cfg, job, job.cursor, end)
+    next_token = secrets.token_hex(8)
+    if end < (job.total_batches or 0):
+        _send_tick(cfg, {"action": "tick", "job_id": job.job_id, "tick": number + 1, "token": next_token,
+                         "since": time.time()})
+    if jobs.advance_planner(cfg, job.job_id, number, token, end, next_token):
+        logs.event(log, "sent mini-batches", level=logging.DEBUG, cursor=end, tick=number)
+
+
+def _send_tick(cfg: StackConfig, message: dict[str, Any]) -> None:
+    aws.client("sqs").send_message(
+        QueueUrl=cfg.planner_queue_url, MessageBody=json.dumps(message), DelaySeconds=cfg.planner_interval
+    )
+
+
+def batch_message(job: jobs.Job, index: int, items: list[InputFile]) -> dict[str, Any]:
+    return {"job_id": job.job_id, "batch": index, "items": [item.to_json() for item in items]}
+
+
+def send_batches(cfg: StackConfig, job: jobs.Job, start: int, end: int) -> None:
+    """Send mini-batches ``start``..``end-1``, ten per SendMessageBatch, retrying refused entries."""
+    sqs = aws.client("sqs")
+    pending: list[tuple[int, list[InputFile]]] = []
+    for entry in read_plan(cfg, job.job_id, start, end):
+        pending.append(entry)
+        if len(pending) == SEND_BATCH:
+            _send_ten(sqs, cfg, job, pending)
+            pending = []
+    if pending:
+        _send_ten(sqs, cfg, job, pending)
+
+
+def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.Job, batch: list[tuple[int, list[InputFile]]]) -> None:
+    entries = {str(i): json.dumps(batch_message(job, i, items)) for i, items in batch}
+    for _ in range(5):
+        response = sqs.send_message_batch(
+            QueueUrl=cfg.batch_queue_url, Entries=[{"Id": k, "MessageBody": v} for k, v in entries.items()]
+        )
+        entries = {f["Id"]: entries[f["Id"]] for f in response.get("Failed", [])}
+        if not entries:
+            return
+        time.sleep(0.2)
+    raise ParallelRunError(f"SQS refused mini-batches {sorted(entries)} of job {job.job_id} five times")

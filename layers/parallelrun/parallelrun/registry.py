@@ -1,0 +1,175 @@
+"""The model registry: register a file or folder under a name → versions 1, 2, ...
+
+Versions live in the table (``MODEL#<name>``/``V#<version>``); the files in the artifacts bucket
+under ``models/<name>/<version>/``. Inside a worker, :func:`get_model_path` downloads a version
+once per process and returns a local path, as Azure's ``Model.get_model_path`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from parallelrun import aws
+from parallelrun.config import StackConfig
+from parallelrun.errors import InputError, NotFoundError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+CACHE_ROOT = Path(os.environ.get("PARALLELRUN_CACHE", "/tmp/parallelrun"))
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    sha256: str
+    files: tuple[str, ...]  # paths relative to the model's root; one file = a single-file model
+    single_file: bool
+    tags: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    created_at: float = 0.0
+
+    @property
+    def prefix(self) -> str:
+        return f"models/{self.name}/{self.version}/"
+
+    def to_item(self) -> dict[str, Any]:
+        return {
+            "pk": f"MODEL#{self.name}", "sk": f"V#{self.version:09d}", "name": self.name,
+            "version": self.version, "sha256": self.sha256, "files": list(self.files),
+            "single_file": self.single_file, "tags": self.tags, "description": self.description,
+            "created_at": Decimal(str(round(self.created_at, 3))),
+        }
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> ModelVersion:
+        return cls(
+            name=item["name"], version=int(item["version"]), sha256=item["sha256"],
+            files=tuple(item["files"]), single_file=bool(item["single_file"]),
+            tags=dict(item.get("tags") or {}), description=item.get("description", ""),
+            created_at=float(item.get("created_at", 0)),
+        )
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``digits`` → (digits, None = latest); ``digits:3`` → (digits, 3)."""
+    name, _, version = ref.partition(":")
+    if not _NAME.match(name) or (version and not version.isdigit()):
+        raise InputError(f"model {ref!r}: write NAME or NAME:VERSION, e.g. digits or digits:2")
+    return name, int(version) if version else None
+
+
+def _content(path: Path) -> tuple[list[str], str]:
+    """The model's files (relative, sorted) and one SHA-256 over names and contents."""
+    if path.is_file():
+        return [path.name], hashlib.sha256(path.read_bytes()).hexdigest()
+    files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    if not files:
+        raise InputError(f"model folder {path} holds no files")
+    digest = hashlib.sha256()
+    for rel in files:
+        digest.update(rel.encode() + b"\0" + hashlib.sha256((path / rel).read_bytes()).digest())
+    return files, digest.hexdigest()
+
+
+def register(
+    cfg: StackConfig, path: str | Path, name: str, tags: dict[str, str] | None = None, description: str = ""
+) -> ModelVersion:
+    """Upload ``path`` as the next version of model ``name``."""
+    path = Path(path)
+    if not _NAME.match(name):
+        raise InputError(f"model name {name!r}: use letters, digits, '_', '.', '-' (at most 64, starting alphanumeric)")
+    if not path.exists():
+        raise InputError(f"model path {path} does not exist")
+    files, sha = _content(path)
+    counter = aws.table(cfg.table).update_item(
+        Key={"pk": f"MODEL#{name}", "sk": "COUNTER"},
+        UpdateExpression="ADD latest :one",
+        ExpressionAttributeValues={":one": 1},
+        ReturnValues="UPDATED_NEW",
+    )
+    model = ModelVersion(
+        name=name, version=int(counter["Attributes"]["latest"]), sha256=sha, files=tuple(files),
+        single_file=path.is_file(), tags=dict(tags or {}), description=description, created_at=time.time(),
+    )
+    s3 = aws.client("s3")
+    for rel in files:
+        source = path if path.is_file() else path / rel
+        s3.upload_file(str(source), cfg.artifacts_bucket, model.prefix + rel)
+    aws.table(cfg.table).put_item(Item=model.to_item())
+    return model
+
+
+def get(cfg: StackConfig, name: str, version: int | None = None) -> ModelVersion:
+    """A version of a model; the latest when ``version`` is None."""
+    table = aws.table(cfg.table)
+    if version is not None:
+        item = table.get_item(Key={"pk": f"MODEL#{name}", "sk": f"V#{version:09d}"}).get("Item")
+    else:
+        items = table.query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
+            ExpressionAttributeValues={":pk": f"MODEL#{name}", ":v": "V#"},
+            ScanIndexForward=False, Limit=1,
+        ).get("Items", [])
+        item = items[0] if items else None
+    if not item:
+        what = f"model {name!r}" + (f" version {version}" if version is not None else "")
+        raise NotFoundError(f"no {what}: register it with `parallelrun models register PATH --name {name}`")
+    return ModelVersion.from_item(item)
+
+
+def list_models(cfg: StackConfig) -> list[ModelVersion]:
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {
+        "FilterExpression": "begins_with(pk, :m) AND begins_with(sk, :v)",
+        "ExpressionAttributeValues": {":m": "MODEL#", ":v": "V#"},
+    }
+    while True:
+        page = aws.table(cfg.table).scan(**kwargs)
+        items.extend(page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return sorted((ModelVersion.from_item(i) for i in items), key=lambda m: (m.name, m.version))
+
+
+# --- inside a worker process
+
+_download_lock = threading.Lock()
+_downloaded: dict[tuple[str, int], str] = {}
+# Versions the running job pinned: inside a job, get_model_path(name) means the job's version,
+# so registering a newer version mid-job does not change what the job scores with.
+pinned_versions: dict[str, int] = {}
+
+
+def local_path(cfg: StackConfig, model: ModelVersion) -> str:
+    """Download ``model`` once per process; a file path for a single-file model, else its folder."""
+    key = (model.name, model.version)
+    with _download_lock:
+        if key not in _downloaded:
+            root = CACHE_ROOT / "models" / model.name / str(model.version)
+            done = root / ".complete"
+            if not done.exists():
+                s3 = aws.client("s3")
+                for rel in model.files:
+                    target = root / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    s3.download_file(cfg.artifacts_bucket, model.prefix + rel, str(target))
+                done.touch()
+            _downloaded[key] = str(root / model.files[0]) if model.single_file else str(root)
+    return _downloaded[key]
+
+
+def get_model_path(model_name: str, version: int | None = None) -> str:
+    """What a scoring script calls: the local path of a registered model."""
+    cfg = StackConfig.from_env()
+    if version is None:
+        version = pinned_versions.get(model_name)
+    return local_path(cfg, get(cfg, model_name, version))

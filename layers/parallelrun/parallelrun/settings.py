@@ -1,0 +1,319 @@
+"""Run settings with ParallelRunConfig's names and defaults, validated at submit.
+
+Every value a user gives (``--set key=value``, a ``_READY`` marker's JSON body, an endpoint's
+defaults) passes through :func:`resolve`, which refuses a bad value with the setting's name,
+the value and what is allowed, so nothing invalid ever reaches a worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shlex
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from parallelrun.errors import SettingsError
+
+DEFAULT_FILES_PER_BATCH = 10
+DEFAULT_BYTES_PER_BATCH = 1024 * 1024
+# Seconds an invocation needs besides run(): fetching inputs, writing the part, committing.
+INVOCATION_MARGIN = 30
+LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+OUTPUT_ACTIONS = ("append_row", "summary_only")
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB)?\s*$", re.IGNORECASE)
+_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+
+
+@dataclass(frozen=True)
+class StackLimits:
+    """What the deployed functions can honour; read from the stack, not chosen per job."""
+
+    worker_timeout: int = 900
+    worker_batch_size: int = 1
+    max_receive_count: int = 3
+    max_inflight_batches: int = 200
+    worker_max_concurrency: int = 100
+
+    @property
+    def max_run_invocation_timeout(self) -> int:
+        # One invocation may carry worker_batch_size mini-batches and must finish them all
+        # inside the function timeout, or Lambda kills it and every message's try is spent.
+        return max(1, (self.worker_timeout - INVOCATION_MARGIN) // self.worker_batch_size)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StackLimits:
+        env = os.environ if env is None else env
+        names = {
+            "worker_timeout": "PARALLELRUN_WORKER_TIMEOUT",
+            "worker_batch_size": "PARALLELRUN_WORKER_BATCH_SIZE",
+            "max_receive_count": "PARALLELRUN_MAX_RECEIVE_COUNT",
+            "max_inflight_batches": "PARALLELRUN_MAX_INFLIGHT_BATCHES",
+            "worker_max_concurrency": "PARALLELRUN_WORKER_MAX_CONCURRENCY",
+        }
+        return cls(**{attr: int(env[var]) for attr, var in names.items() if env.get(var)})
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings of one job. Field names are ParallelRunConfig's."""
+
+    mini_batch_size: str | None = None  # files per batch, or a byte size for tabular input
+    error_threshold: int = -1
+    allowed_failed_count: int = -1
+    allowed_failed_percent: float = 100.0
+    output_action: str = "append_row"
+    append_row_file_name: str = "parallel_run_step.txt"
+    run_invocation_timeout: int = 60
+    run_max_try: int = 3
+    process_count_per_node: int | None = None
+    node_count: int = 1
+    logging_level: str = "INFO"
+    side_inputs: tuple[str, ...] = ()
+    arguments: tuple[str, ...] = ()
+    partition_keys: tuple[str, ...] = ()
+    allow_reuse: bool = True
+    isolate_failures: bool = True
+    max_inflight_batches: int | None = None
+    output_path: str | None = None
+    environment_variables: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def files_per_batch(self) -> int:
+        return DEFAULT_FILES_PER_BATCH if self.mini_batch_size is None else int(self.mini_batch_size)
+
+    @property
+    def bytes_per_batch(self) -> int:
+        return DEFAULT_BYTES_PER_BATCH if self.mini_batch_size is None else parse_size(self.mini_batch_size)
+
+    @property
+    def concurrency(self) -> int | None:
+        """The job's worker cap (process_count_per_node × node_count), or None for no cap."""
+        if self.process_count_per_node is None:
+            return None
+        return self.process_count_per_node * self.node_count
+
+    def window(self, limits: StackLimits) -> int:
+        """How many of this job's mini-batches may be in flight at once (DESIGN invariant 6)."""
+        window = self.max_inflight_batches or limits.max_inflight_batches
+        return min(window, self.concurrency) if self.concurrency else window
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSettings:
+        raw = json.loads(text)
+        for name in ("side_inputs", "arguments", "partition_keys"):
+            raw[name] = tuple(raw.get(name) or ())
+        return cls(**raw)
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes in ``1024``, ``1024KB``, ``10MB`` or ``1GB`` (binary units, as ParallelRunConfig)."""
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(value)
+    return int(match.group(1)) * _UNITS[(match.group(2) or "B").upper()]
+
+
+def parse_assignments(pairs: Iterable[str]) -> dict[str, str]:
+    """``["k=v", ...]`` from the command line into a dict; a pair without '=' is refused."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(pair, pair, "write each setting as key=value, for example mini_batch_size=20")
+        out[key.strip()] = value
+    return out
+
+
+# --- one coercer per setting: it turns a string or JSON value into the field's type or raises.
+
+
+def _int(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def coerce(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+        if number < low or (high is not None and number > high):
+            raise ValueError
+        return number
+
+    return coerce
+
+
+def _optional(coerce: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None or str(value).strip().lower() in ("", "none") else coerce(value)
+
+
+def _percent(value: Any) -> float:
+    number = float(value)
+    if isinstance(value, bool) or math.isnan(number) or not 0 <= number <= 100:
+        raise ValueError
+    return number
+
+
+def _choice(options: tuple[str, ...], upper: bool = False) -> Callable[[Any], str]:
+    def coerce(value: Any) -> str:
+        text = str(value).strip()
+        text = text.upper() if upper else text
+        if text not in options:
+            raise ValueError
+        return text
+
+    return coerce
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError
+
+
+def _mini_batch_size(value: Any) -> str:
+    if isinstance(value, bool):
+        raise ValueError
+    text = str(value).strip().upper().replace(" ", "")
+    if parse_size(text) < 1:
+        raise ValueError
+    return text
+
+
+def _file_name(value: Any) -> str:
+    text = str(value)
+    if not text or len(text) > 255 or "/" in text or "\\" in text or text.startswith(".") or text != text.strip():
+        raise ValueError
+    return text
+
+
+def _words(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(shlex.split(value))
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+        return tuple(str(v) for v in value)
+    raise ValueError
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(_words(value))
+    if any(not item for item in items):
+        raise ValueError
+    return tuple(items)
+
+
+def _s3_uri(value: Any) -> str:
+    text = str(value).strip()
+    if not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", text):
+        raise ValueError
+    return text
+
+
+def _s3_uris(value: Any) -> tuple[str, ...]:
+    return tuple(_s3_uri(v) for v in _names(value))
+
+
+def _env(value: Any) -> dict[str, str]:
+    raw = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(raw, dict) or not all(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k) for k in raw):
+        raise ValueError
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def _rules(limits: StackLimits) -> dict[str, tuple[Callable[[Any], Any], str]]:
+    """Each setting's coercer and the sentence that says what is allowed."""
+    return {
+        "mini_batch_size": (
+            _mini_batch_size,
+            "a file count such as 10, or for tabular input a size such as 1024, 1024KB, 10MB or 1GB",
+        ),
+        "error_threshold": (_int(-1), "an integer >= -1 (-1 ignores every failed input)"),
+        "allowed_failed_count": (_int(-1), "an integer >= -1 (-1 allows any number of failed mini-batches)"),
+        "allowed_failed_percent": (_percent, "a number from 0 to 100"),
+        "output_action": (_choice(OUTPUT_ACTIONS), "one of " + ", ".join(OUTPUT_ACTIONS)),
+        "append_row_file_name": (_file_name, "a file name without '/' that does not start with '.'"),
+        "run_invocation_timeout": (
+            _int(1, limits.max_run_invocation_timeout),
+            f"whole seconds from 1 to {limits.max_run_invocation_timeout} (the worker's timeout of "
+            f"{limits.worker_timeout} s, less {INVOCATION_MARGIN} s, shared by {limits.worker_batch_size} "
+            "mini-batch(es) per invocation; raise the stack's WorkerTimeout for more)",
+        ),
+        "run_max_try": (
+            _int(1, limits.max_receive_count),
+            f"an integer from 1 to {limits.max_receive_count} (the stack's MaxReceiveCount)",
+        ),
+        "process_count_per_node": (
+            _optional(_int(1, limits.worker_max_concurrency)),
+            f"an integer from 1 to {limits.worker_max_concurrency}, or none for no cap",
+        ),
+        "node_count": (_int(1, limits.worker_max_concurrency), f"an integer from 1 to {limits.worker_max_concurrency}"),
+        "logging_level": (_choice(LOGGING_LEVELS, upper=True), "one of " + ", ".join(LOGGING_LEVELS)),
+        "side_inputs": (_s3_uris, "a comma-separated list of s3://bucket/key URIs"),
+        "arguments": (_words, "command-line words, such as '--model_name digits --top 3'"),
+        "partition_keys": (_names, "a comma-separated list of column names"),
+        "allow_reuse": (_bool, "true or false"),
+        "isolate_failures": (_bool, "true or false"),
+        "max_inflight_batches": (_optional(_int(1, 10000)), "an integer from 1 to 10000"),
+        "output_path": (_optional(_s3_uri), "an s3://bucket/prefix URI"),
+        "environment_variables": (_env, 'a JSON object of names to values, such as {"MODE": "fast"}'),
+    }
+
+
+SETTING_NAMES = tuple(f.name for f in dataclasses.fields(RunSettings))
+
+
+def resolve(
+    overrides: Mapping[str, Any],
+    base: RunSettings | None = None,
+    limits: StackLimits | None = None,
+) -> RunSettings:
+    """``base`` with ``overrides`` applied, each value checked; raises :class:`SettingsError`."""
+    limits = limits or StackLimits()
+    rules = _rules(limits)
+    values: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if name not in rules:
+            raise SettingsError(name, value, "known settings are " + ", ".join(sorted(rules)))
+        coerce, allowed = rules[name]
+        try:
+            values[name] = coerce(value)
+        except (ValueError, TypeError, json.JSONDecodeError):
+            raise SettingsError(name, value, allowed) from None
+    settings = dataclasses.replace(base or RunSettings(), **values)
+    check(settings, limits)
+    return settings
+
+
+def check(settings: RunSettings, limits: StackLimits) -> None:
+    """Checks that span settings, and a stored base re-checked against this stack's limits."""
+    rules = _rules(limits)
+    for name in ("run_invocation_timeout", "run_max_try"):
+        value = getattr(settings, name)
+        try:
+            rules[name][0](value)
+        except ValueError:
+            raise SettingsError(name, value, rules[name][1]) from None
+    if settings.concurrency is not None and settings.concurrency > limits.worker_max_concurrency:
+        raise SettingsError(
+            "process_count_per_node",
+            settings.process_count_per_node,
+            f"process_count_per_node x node_count at most {limits.worker_max_concurrency} "
+            f"(now {settings.concurrency}; raise the stack's WorkerMaxConcurrency for more)",
+        )
+
+
+def check_for_files(settings: RunSettings) -> None:
+    """File inputs are batched by count: a byte size makes no sense for them."""
+    if settings.mini_batch_size is not None and not settings.mini_batch_size.isdigit():
+        raise SettingsError(
+            "mini_batch_size", settings.mini_batch_size, "a file count such as 10 for file inputs (sizes are for tabular input)"
+        )
