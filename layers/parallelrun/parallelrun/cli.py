@@ -1,0 +1,249 @@
+"""``parallelrun``: the command line. Each command is a thin call into :class:`Client`.
+
+A failure prints one line (``error: ...``) and exits non-zero; ``wait`` exits 0 only if the job
+succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from parallelrun import jobs
+from parallelrun.client import Client
+from parallelrun.errors import ParallelRunError
+from parallelrun.settings import parse_assignments
+
+
+def progress_bar(description: str = "scoring") -> Any:
+    """A callback for :meth:`Client.wait` that draws a bar of inputs done out of the total."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="input", desc=description, dynamic_ncols=True, file=sys.stderr)
+
+    def update(job: jobs.Job) -> None:
+        if job.total_items is not None and bar.total != job.total_items:
+            bar.total = job.total_items
+            bar.refresh()
+        bar.n = job.items_succeeded + job.items_failed
+        bar.set_postfix_str(f"{job.state.lower()}, {job.items_failed} failed", refresh=True)
+        if job.state in jobs.TERMINAL:
+            bar.close()
+
+    return update
+
+
+def status_lines(job: jobs.Job) -> list[str]:
+    total_b = "?" if job.total_batches is None else job.total_batches
+    total_i = "?" if job.total_items is None else job.total_items
+    lines = [
+        f"job:        {job.job_id}",
+        f"state:      {job.state}" + (f" ({job.reason})" if job.reason else ""),
+        f"endpoint:   {job.endpoint}",
+        f"input:      {job.input_uri}",
+        f"output:     {job.output_uri}",
+        f"batches:    {job.batches_done}/{total_b} done ({job.batches_succeeded} succeeded, {job.batches_failed} failed)",
+        f"inputs:     {job.items_succeeded + job.items_failed}/{total_i} done ({job.items_succeeded} succeeded, "
+        f"{job.items_failed} failed), {job.retries} retries",
+    ]
+    if job.ended_at and job.started_at:
+        lines.append(f"duration:   {job.ended_at - job.created_at:.1f} s")
+    return lines
+
+
+def _job_dict(job: jobs.Job) -> dict[str, Any]:
+    return {k: v for k, v in job.__dict__.items() if k != "settings"} | {"settings": json.loads(job.settings.to_json())}
+
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    from parallelrun.local.runtime import LocalStack
+
+    stack = LocalStack(workers=args.workers, port=args.port, parameters=parse_assignments(args.param))
+    stack.start()
+    print(json.dumps(stack.state(), indent=2))
+    print(f"local stack running at {stack.endpoint_url} with {args.workers} worker processes; Ctrl-C stops it",
+          file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
+
+
+def cmd_local_outputs(args: argparse.Namespace) -> int:
+    from parallelrun.local import runtime
+
+    state = runtime.load_state()
+    if state is None:
+        raise ParallelRunError("no local stack is running: start one with `parallelrun local up`")
+    print(json.dumps({"EndpointUrl": state["endpoint_url"], "Region": state["region"], **state["outputs"]}, indent=2))
+    return 0
+
+
+def cmd_models_register(args: argparse.Namespace) -> int:
+    model = Client.local().register_model(args.path, args.name, parse_assignments(args.tag), args.description)
+    print(f"registered model {model.name} version {model.version} (sha256 {model.sha256[:12]}...)")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    for m in Client.local().models():
+        tags = ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()))
+        print(f"{m.name}:{m.version}\t{m.sha256[:12]}\t{len(m.files)} file(s)\t{tags}\t{m.description}")
+    return 0
+
+
+def cmd_endpoints_create(args: argparse.Namespace) -> int:
+    deployment = Client.local().create_endpoint(args.name, args.code, args.entry_script, args.model,
+                                                parse_assignments(args.set))
+    version = deployment.model_version or "latest"
+    print(f"created endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script}, "
+          f"model {deployment.model_name}:{version}, code {deployment.code_sha[:12]})")
+    return 0
+
+
+def cmd_endpoints_list(args: argparse.Namespace) -> int:
+    for endpoint in Client.local().endpoints():
+        print(f"{endpoint['name']}\tdefault deployment: {endpoint['default_deployment']}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = Client.local()
+    job = client.submit(args.endpoint, args.input, parse_assignments(args.set), args.deployment)
+    print(job.job_id)
+    if not args.wait:
+        return 0
+    return _wait(client, job.job_id)
+
+
+def _wait(client: Client, job_id: str) -> int:
+    job = client.wait(job_id, on_progress=progress_bar() if sys.stderr.isatty() else None)
+    print("\n".join(status_lines(job)))
+    return 0 if job.state == jobs.SUCCEEDED else 1
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    return _wait(Client.local(), args.job)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    job = Client.local().job(args.job)
+    print(json.dumps(_job_dict(job), indent=2, default=str) if args.json else "\n".join(status_lines(job)))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    for job in Client.local().jobs(args.limit):
+        done = job.items_succeeded + job.items_failed
+        print(f"{job.job_id}\t{job.state}\t{done}/{job.total_items if job.total_items is not None else '?'}\t"
+              f"{job.input_uri}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    chunks = Client.local().read_output(args.job, args.file)
+    if args.output:
+        with open(args.output, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+    else:
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from parallelrun import demo
+
+    return demo.run(workers=args.workers, count=args.count)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="parallelrun", description="Serverless batch inference on AWS Lambda, "
+                                   "in ParallelRunStep's words; runs locally on moto with no AWS account.")
+    sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(parent: Any, name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
+        command = parent.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(func=func)
+        return command
+
+    demo = add(sub, "demo", cmd_demo, "Run the digits demo end to end on a local stack.")
+    demo.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    demo.add_argument("--count", type=int, default=None, help="how many digit images (default all 1,797)")
+
+    local = sub.add_parser("local", help="Run the stack locally on moto.").add_subparsers(
+        dest="local_command", required=True, metavar="COMMAND")
+    up = add(local, "up", cmd_local_up, "Run the local stack in the foreground until Ctrl-C.")
+    up.add_argument("--port", type=int, default=None, help="moto server port (default: a free one)")
+    up.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    up.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a template.yaml parameter, e.g. WorkerBatchSize=2")
+    add(local, "outputs", cmd_local_outputs, "Print the running local stack's outputs as JSON.")
+
+    models = sub.add_parser("models", help="The model registry.").add_subparsers(
+        dest="models_command", required=True, metavar="COMMAND")
+    register = add(models, "register", cmd_models_register, "Register a file or folder as the next version of a model.")
+    register.add_argument("path")
+    register.add_argument("--name", required=True)
+    register.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    register.add_argument("--description", default="")
+    add(models, "list", cmd_models_list, "List every registered model version.")
+
+    endpoints = sub.add_parser("endpoints", help="Batch endpoints.").add_subparsers(
+        dest="endpoints_command", required=True, metavar="COMMAND")
+    create = add(endpoints, "create", cmd_endpoints_create, "Create a batch endpoint with its default deployment.")
+    create.add_argument("name")
+    create.add_argument("--code", required=True, help="folder with the scoring code")
+    create.add_argument("--entry-script", required=True, help="the scoring script, relative to --code")
+    create.add_argument("--model", required=True, metavar="NAME[:VERSION]")
+    create.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a default run setting")
+    add(endpoints, "list", cmd_endpoints_list, "List the endpoints.")
+
+    submit = add(sub, "submit", cmd_submit, "Submit a job on a folder of inputs; prints the job id.")
+    submit.add_argument("--endpoint", required=True)
+    submit.add_argument("--input", required=True, metavar="S3_URI")
+    submit.add_argument("--deployment", default=None, help="a named deployment instead of the default one")
+    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run setting")
+    submit.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
+
+    status = add(sub, "status", cmd_status, "Show a job's state and counts.")
+    status.add_argument("job")
+    status.add_argument("--json", action="store_true")
+    add(sub, "wait", cmd_wait, "Wait for a job with a progress bar; exit 0 only if it succeeded.").add_argument("job")
+    listing = add(sub, "jobs", cmd_jobs, "List the newest jobs.")
+    listing.add_argument("--limit", type=int, default=20)
+    results = add(sub, "results", cmd_results, "Print or save a job's collated output.")
+    results.add_argument("job")
+    results.add_argument("-o", "--output", default=None, metavar="FILE")
+    results.add_argument("--file", default=None, help="another output file: summary.json or failures.jsonl")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ParallelRunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # an AWS or network failure: one line, not a traceback
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(error, (BotoCoreError, ClientError)):
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

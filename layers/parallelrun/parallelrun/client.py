@@ -1,0 +1,112 @@
+"""The client: what the CLI (and a Python user) calls to use a stack, local or deployed."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from parallelrun import aws, endpoints, jobs, registry, submit
+from parallelrun.config import StackConfig
+from parallelrun.errors import NotFoundError, ParallelRunError, StackError
+
+
+class Client:
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+
+    @classmethod
+    def local(cls) -> Client:
+        """The running local stack (``parallelrun local up``), found through its state file."""
+        from parallelrun.local import runtime
+
+        state = runtime.load_state()
+        if state is None:
+            raise StackError("no local stack is running: start one with `parallelrun local up`")
+        use_endpoint(state["endpoint_url"], state["region"])
+        return cls(StackConfig.from_outputs(state["outputs"]))
+
+    # --- models and endpoints
+
+    def register_model(self, path: str | Path, name: str, tags: dict[str, str] | None = None,
+                       description: str = "") -> registry.ModelVersion:
+        return registry.register(self.cfg, path, name, tags, description)
+
+    def models(self) -> list[registry.ModelVersion]:
+        return registry.list_models(self.cfg)
+
+    def create_endpoint(self, name: str, code: str | Path, entry_script: str, model: str,
+                        settings: dict[str, Any] | None = None) -> endpoints.Deployment:
+        return endpoints.create(self.cfg, name, code, entry_script, model, settings)
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        return endpoints.list_endpoints(self.cfg)
+
+    # --- jobs
+
+    def submit(self, endpoint: str, input_uri: str, settings: dict[str, Any] | None = None,
+               deployment: str | None = None) -> jobs.Job:
+        job = submit.prepare(self.cfg, endpoint, input_uri, settings, deployment)
+        submit.start(self.cfg, job)
+        return job
+
+    def job(self, job_id: str) -> jobs.Job:
+        return jobs.get(self.cfg, job_id)
+
+    def jobs(self, limit: int = 50) -> list[jobs.Job]:
+        return jobs.list_jobs(self.cfg, limit)
+
+    def find_job(self, input_uri: str) -> jobs.Job | None:
+        """The newest job on ``input_uri`` (a drop folder's job has no id known in advance)."""
+        return next((j for j in self.jobs(1000) if j.input_uri == input_uri), None)
+
+    def wait(self, job_id: str, on_progress: Callable[[jobs.Job], None] | None = None,
+             poll_seconds: float = 1.0, timeout: float | None = None) -> jobs.Job:
+        """Poll until the job ends; ``on_progress`` sees each state."""
+        deadline = None if timeout is None else time.time() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_progress:
+                on_progress(job)
+            if job.state in jobs.TERMINAL:
+                return job
+            if deadline is not None and time.time() > deadline:
+                raise ParallelRunError(f"job {job_id} still {job.state} after {timeout:.0f} s")
+            time.sleep(poll_seconds)
+
+    def output_uri(self, job: jobs.Job, name: str | None = None) -> str:
+        return job.output_uri + (name or job.settings.append_row_file_name)
+
+    def read_output(self, job_id: str, name: str | None = None) -> Iterator[bytes]:
+        """The collated output (or ``summary.json``, ``failures.jsonl``) streamed in chunks."""
+        job = self.job(job_id)
+        bucket, key = aws.split_s3_uri(self.output_uri(job, name))
+        s3 = aws.client("s3")
+        try:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        except s3.exceptions.NoSuchKey:
+            raise NotFoundError(f"job {job_id} has no {key.rsplit('/', 1)[-1]} (state {job.state})") from None
+        yield from body.iter_chunks(1024 * 1024)
+
+    def upload_folder(self, folder: str | Path, uri: str, threads: int = 16) -> int:
+        """Upload every file below ``folder`` to the ``uri`` prefix, concurrently; returns the count."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        folder = Path(folder)
+        bucket, prefix = aws.split_s3_uri(uri if uri.endswith("/") else uri + "/")
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        s3 = aws.client("s3")
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda p: s3.upload_file(str(p), bucket, prefix + p.relative_to(folder).as_posix()), files))
+        return len(files)
+
+
+def use_endpoint(endpoint_url: str, region: str) -> None:
+    """Point this process's AWS clients at a local stack (moto accepts any credentials)."""
+    os.environ["AWS_ENDPOINT_URL"] = endpoint_url
+    os.environ["AWS_DEFAULT_REGION"] = region
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    aws.reset_clients()

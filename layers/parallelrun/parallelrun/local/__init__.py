@@ -1,0 +1,1 @@
+"""Local stack: provision the SAM template on a moto server."""

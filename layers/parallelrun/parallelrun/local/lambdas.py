@@ -1,0 +1,121 @@
+"""Playing Lambda's part locally: call a function's handler as Lambda would.
+
+The event source poll loop below is what Lambda's SQS event source mapping does: receive up to
+``batch_size`` messages (the queue's visibility timeout applies), invoke the handler with a
+Lambda-shaped event, then delete the messages that succeeded — all of them on success, all but
+the reported ``batchItemFailures`` with ReportBatchItemFailures, none if the handler raised.
+A message received more often than the queue's maxReceiveCount moves to the DLQ (moto does this
+on receive, as SQS does). The same loop serves as a long-running worker on hosts Lambda can't
+give (ECS, EC2): point it at the queue and run it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from parallelrun import aws
+
+log = logging.getLogger("parallelrun.local")
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of Lambda's context object that handlers use."""
+
+    function_name: str
+    memory_limit_in_mb: int
+    timeout: int
+    log_stream_name: str
+
+    def __post_init__(self) -> None:
+        self.aws_request_id = str(uuid.uuid4())
+        self._deadline = time.time() + self.timeout
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.time()) * 1000))
+
+
+def load_handler(code_dir: str, handler: str) -> Handler:
+    """Import ``app.handler`` from a function's folder, as the Lambda runtime does."""
+    module_name, _, attr = handler.rpartition(".")
+    path = Path(code_dir) / f"{module_name}.py"
+    spec = importlib.util.spec_from_file_location(f"lambda_{Path(code_dir).name}_{module_name}", path)
+    assert spec and spec.loader, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, attr)
+
+
+def sqs_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
+    """A received SQS message in the shape Lambda's SQS event carries it."""
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": dict(message.get("Attributes", {})),
+        "messageAttributes": message.get("MessageAttributes", {}),
+        "md5OfBody": message.get("MD5OfBody", ""),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }
+
+
+def poll_once(queue_url: str, queue_arn: str, region: str, batch_size: int, report_failures: bool,
+              invoke: Callable[[dict[str, Any]], Any], wait_seconds: int = 1) -> int:
+    """One receive → invoke → delete round; returns how many messages it received."""
+    sqs = aws.client("sqs")
+    messages = sqs.receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=batch_size, WaitTimeSeconds=wait_seconds,
+        AttributeNames=["All"], MessageAttributeNames=["All"],
+    ).get("Messages", [])
+    if not messages:
+        return 0
+    event = {"Records": [sqs_record(m, queue_arn, region) for m in messages]}
+    try:
+        response = invoke(event)
+    except Exception:
+        log.exception("handler raised: every message of the batch will be delivered again")
+        return len(messages)
+    failed: set[str] = set()
+    if report_failures and isinstance(response, dict):
+        failed = {f["itemIdentifier"] for f in response.get("batchItemFailures") or []}
+    done = [m for m in messages if m["MessageId"] not in failed]
+    for start in range(0, len(done), 10):
+        sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[start:start + 10])
+        ])
+    return len(messages)
+
+
+def poll_forever(stop: threading.Event, **kwargs: Any) -> None:
+    """Poll until ``stop`` is set; a failed round (server gone, network) backs off and goes on."""
+    while not stop.is_set():
+        try:
+            poll_once(**kwargs)
+        except Exception:
+            if stop.is_set():
+                return
+            log.exception("poll round failed")
+            time.sleep(1)
+
+
+def lambda_environment(function_env: dict[str, str], endpoint_url: str, region: str) -> dict[str, str]:
+    """What a local function process sees: the stack's variables plus moto's endpoint."""
+    return {
+        **function_env,
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+    }
