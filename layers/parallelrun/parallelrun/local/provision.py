@@ -123,7 +123,7 @@ def provision(
     """
     path = Path(template_path) if template_path else _default_template()
     overrides = {key: str(value) for key, value in (parameters or {}).items()}
-    template = yaml.load(path.read_text(), Loader=_TemplateLoader)  # noqa: S506 (safe loader)
+    template = yaml.load(path.read_text(), Loader=_TemplateLoader)
     unknown = sorted(set(overrides) - set(template.get("Parameters", {})))
     if unknown:
         raise StackError(f"unknown template parameter(s) {unknown} for {path}")
@@ -344,7 +344,7 @@ def _read_functions(
         queue_sources = []
         for mapping in mappings.get(config["FunctionArn"], []):
             if mapping.get("State") != "Disabled":
-                pass
+                lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
             arn = mapping["EventSourceArn"]
             response_types = mapping.get("FunctionResponseTypes") or []
             concurrency = (mapping.get("ScalingConfig") or {}).get("MaximumConcurrency")

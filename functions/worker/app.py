@@ -1,0 +1,7 @@
+"""Worker handler: triggered by mini-batch messages on the batch queue (SQS)."""
+
+from parallelrun import worker
+
+
+def handler(event, context):
+    return worker.handle_event(event, context)

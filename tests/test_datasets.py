@@ -1,0 +1,231 @@
+"""Inputs: which keys are inputs, how they split into mini-batches, and the S3 listing."""
+
+from __future__ import annotations
+
+import hashlib
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from parallelrun import aws
+from parallelrun.datasets import (
+    READY_MARKER,
+    InputFile,
+    InputSpec,
+    batches,
+    is_input,
+    list_files,
+    relative_name,
+)
+
+PREFIX = "ep/run1/"
+
+# --- is_input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("ep/run1/a.jpg", True),
+        ("ep/run1/sub/b.jpg", True),
+        ("ep/run1/sub/deeper/c.csv", True),
+        ("ep/run1/_READY.txt", True),  # only the exact marker name is special
+        ("ep/run1/not_READY", True),
+        (f"ep/run1/{READY_MARKER}", False),
+        ("ep/run1/sub/_READY", False),
+        ("ep/run1/.hidden", False),
+        ("ep/run1/sub/.DS_Store", False),
+        ("ep/run1/.cache/x.jpg", False),
+        ("ep/run1/sub/.git/objects/y", False),
+        ("ep/run1/", False),  # the folder itself
+        ("ep/run1/sub/", False),  # a folder placeholder
+        ("ep/run10/a.jpg", False),  # a sibling folder
+        ("ep/other/a.jpg", False),
+        ("a.jpg", False),
+        ("ep/run1", False),
+    ],
+)
+def test_is_input(key, expected):
+    assert is_input(key, PREFIX) is expected
+
+
+def test_is_input_with_empty_prefix():
+    assert is_input("a.jpg", "") is True
+    assert is_input("x/y/z.jpg", "") is True
+    assert is_input("_READY", "") is False
+    assert is_input(".hidden/a.jpg", "") is False
+    assert is_input("x/", "") is False
+
+
+# --- batches --------------------------------------------------------------------------------
+
+
+def _files(n: int) -> list[InputFile]:
+    return [InputFile(f"p/{i:05d}.jpg", i) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("count", "size", "expected_sizes"),
+    [
+        (0, 10, []),
+        (1, 10, [1]),
+        (10, 10, [10]),
+        (20, 10, [10, 10]),
+        (21, 10, [10, 10, 1]),
+        (29, 10, [10, 10, 9]),
+        (3, 1, [1, 1, 1]),
+        (5, 100, [5]),
+    ],
+)
+def test_batches_sizes(count, size, expected_sizes):
+    files = _files(count)
+    result = list(batches(files, size))
+    assert [len(b) for b in result] == expected_sizes
+    # every file exactly once, in order
+    assert [f for b in result for f in b] == files
+
+
+def test_batches_preserves_order_of_unsorted_input():
+    files = [InputFile(k, 1) for k in ["z", "a", "m", "b", "y"]]
+    assert [[f.key for f in b] for b in batches(files, 2)] == [["z", "a"], ["m", "b"], ["y"]]
+
+
+def test_batches_streams_from_an_iterator():
+    gen = (f for f in _files(25))
+    result = batches(gen, 10)
+    first = next(result)
+    assert [f.key for f in first] == [f"p/{i:05d}.jpg" for i in range(10)]
+    assert [len(b) for b in result] == [10, 5]
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_batches_refuses_size_below_one(size):
+    with pytest.raises(ValueError):
+        list(batches(_files(3), size))
+
+
+def test_input_file_json_round_trip():
+    item = InputFile("ep/run1/a.jpg", 12, "abc")
+    assert InputFile.from_json(item.to_json()) == item
+
+
+# --- InputSpec / relative_name --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "bucket", "prefix"),
+    [
+        ("s3://b/run1", "b", "run1/"),
+        ("s3://b/run1/", "b", "run1/"),
+        ("s3://b/ep/run1", "b", "ep/run1/"),
+        ("s3://b", "b", ""),
+        ("s3://b/", "b", ""),
+    ],
+)
+def test_input_spec_from_uri(uri, bucket, prefix):
+    spec = InputSpec.from_uri(uri)
+    assert (spec.bucket, spec.prefix) == (bucket, prefix)
+    assert spec.uri == f"s3://{bucket}/{prefix}"
+
+
+def test_input_spec_prefix_does_not_match_sibling_folder():
+    spec = InputSpec.from_uri("s3://b/run1")
+    assert is_input("run1/a.jpg", spec.prefix)
+    assert not is_input("run10/a.jpg", spec.prefix)
+
+
+@pytest.mark.parametrize("uri", ["http://b/run1", "b/run1", "/tmp/run1", "s3:///run1", ""])
+def test_input_spec_refuses_non_s3(uri):
+    with pytest.raises(ValueError):
+        InputSpec.from_uri(uri)
+
+
+@pytest.mark.parametrize(
+    ("key", "prefix", "expected"),
+    [
+        ("ep/run1/a.jpg", "ep/run1/", "a.jpg"),
+        ("ep/run1/sub/b.jpg", "ep/run1/", "sub/b.jpg"),
+        ("a.jpg", "", "a.jpg"),
+        ("elsewhere/a.jpg", "ep/run1/", "elsewhere/a.jpg"),
+    ],
+)
+def test_relative_name(key, prefix, expected):
+    assert relative_name(key, prefix) == expected
+
+
+# --- list_files on moto ---------------------------------------------------------------------
+
+BUCKET = "inputs"
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    aws.reset_clients()
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+    aws.reset_clients()
+
+
+def _put(client, key: str, body: bytes = b"x") -> None:
+    client.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+
+def test_list_files_filters_and_sorts(s3):
+    bodies = {
+        "ep/run1/b.jpg": b"bb",
+        "ep/run1/a.jpg": b"a",
+        "ep/run1/sub/c.jpg": b"ccc",
+        "ep/run1/sub/deeper/d.csv": b"dddd",
+        "ep/run1/A.jpg": b"AAAAA",
+        "ep/run1/_READY": b"{}",
+        "ep/run1/sub/_READY": b"",
+        "ep/run1/.hidden": b"h",
+        "ep/run1/.cache/e.jpg": b"e",
+        "ep/run1/sub/": b"",
+        "ep/run10/f.jpg": b"f",
+        "ep/run1.txt": b"g",
+        "other/a.jpg": b"o",
+    }
+    for key, body in bodies.items():
+        _put(s3, key, body)
+
+    spec = InputSpec.from_uri(f"s3://{BUCKET}/ep/run1")
+    expected_keys = ["ep/run1/A.jpg", "ep/run1/a.jpg", "ep/run1/b.jpg", "ep/run1/sub/c.jpg", "ep/run1/sub/deeper/d.csv"]
+
+    first = list(list_files(spec))
+    assert [f.key for f in first] == expected_keys
+    assert [f.size for f in first] == [len(bodies[k]) for k in expected_keys]
+    assert [f.etag for f in first] == [hashlib.md5(bodies[k]).hexdigest() for k in expected_keys]
+    assert list(list_files(spec)) == first  # stable
+
+
+def test_list_files_empty_folder(s3):
+    _put(s3, "ep/run1/_READY")
+    assert list(list_files(InputSpec.from_uri(f"s3://{BUCKET}/ep/run1/"))) == []
+
+
+def test_list_files_whole_bucket(s3):
+    for key in ["x/1.jpg", "_READY", ".hidden", "y/2.jpg"]:
+        _put(s3, key)
+    assert [f.key for f in list_files(InputSpec.from_uri(f"s3://{BUCKET}"))] == ["x/1.jpg", "y/2.jpg"]
+
+
+def test_list_files_paginates_past_1000(s3):
+    count = 1203
+    keys = [f"big/{i:05d}.bin" for i in range(count)]
+    for key in reversed(keys):
+        _put(s3, key)
+    _put(s3, "big/_READY")
+    found = list(list_files(InputSpec.from_uri(f"s3://{BUCKET}/big")))
+    assert len(found) == count
+    assert [f.key for f in found] == keys
+    assert all(f.size == 1 for f in found)

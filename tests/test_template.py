@@ -1,0 +1,203 @@
+"""template.yaml: lints clean and declares the resources and wiring the rest of the code relies on."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.decode import decode
+
+import parallelrun
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "template.yaml"
+
+RESOURCES = {
+    "InputBucket": "AWS::S3::Bucket",
+    "ArtifactsBucket": "AWS::S3::Bucket",
+    "BatchQueue": "AWS::SQS::Queue",
+    "BatchDeadLetterQueue": "AWS::SQS::Queue",
+    "PlannerQueue": "AWS::SQS::Queue",
+    "PlannerDeadLetterQueue": "AWS::SQS::Queue",
+    "FinalizeQueue": "AWS::SQS::Queue",
+    "FinalizeDeadLetterQueue": "AWS::SQS::Queue",
+    "Table": "AWS::DynamoDB::Table",
+    "ParallelRunLayer": "AWS::Serverless::LayerVersion",
+    "PlannerFunction": "AWS::Serverless::Function",
+    "WorkerFunction": "AWS::Serverless::Function",
+    "AggregatorFunction": "AWS::Serverless::Function",
+    "FailureRecorderFunction": "AWS::Serverless::Function",
+}
+OUTPUTS = {
+    "InputBucketName",
+    "ArtifactsBucketName",
+    "TableName",
+    "BatchQueueUrl",
+    "BatchDeadLetterQueueUrl",
+    "PlannerQueueUrl",
+    "FinalizeQueueUrl",
+    "WorkerTimeout",
+    "WorkerBatchSize",
+    "MaxReceiveCount",
+    "MaxInflightBatches",
+    "WorkerMaxConcurrency",
+    "PlannerFunctionName",
+    "WorkerFunctionName",
+    "AggregatorFunctionName",
+    "FailureRecorderFunctionName",
+}
+ENVIRONMENT = {
+    "PARALLELRUN_TABLE",
+    "PARALLELRUN_INPUT_BUCKET",
+    "PARALLELRUN_ARTIFACTS_BUCKET",
+    "PARALLELRUN_BATCH_QUEUE_URL",
+    "PARALLELRUN_PLANNER_QUEUE_URL",
+    "PARALLELRUN_FINALIZE_QUEUE_URL",
+    "PARALLELRUN_WORKER_TIMEOUT",
+    "PARALLELRUN_WORKER_BATCH_SIZE",
+    "PARALLELRUN_WORKER_MAX_CONCURRENCY",
+    "PARALLELRUN_MAX_RECEIVE_COUNT",
+    "PARALLELRUN_MAX_INFLIGHT_BATCHES",
+    "PARALLELRUN_PLANNER_INTERVAL",
+}
+# Handler folder -> the core module its app.handler must delegate to.
+HANDLERS = {
+    "PlannerFunction": "planner",
+    "WorkerFunction": "worker",
+    "AggregatorFunction": "aggregator",
+    "FailureRecorderFunction": "deadletters",
+}
+SAM_POLICY_TEMPLATES = {
+    "DynamoDBCrudPolicy",
+    "S3CrudPolicy",
+    "S3ReadPolicy",
+    "SQSSendMessagePolicy",
+    "SQSPollerPolicy",
+}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    loaded, matches = decode(str(TEMPLATE))
+    assert not matches, matches
+    return loaded
+
+
+def _props(template: dict[str, Any], logical_id: str) -> dict[str, Any]:
+    return template["Resources"][logical_id]["Properties"]
+
+
+def _sqs_events(template: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    events = _props(template, function).get("Events", {}).values()
+    return [e["Properties"] for e in events if e["Type"] == "SQS"]
+
+
+def test_cfn_lint_reports_nothing() -> None:
+    # cfn-lint has no __main__; run its entry point with this interpreter.
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from cfnlint.runner import main; sys.exit(main())", str(TEMPLATE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_resources_and_outputs_are_declared(template: dict[str, Any]) -> None:
+    types_by_id = {k: v["Type"] for k, v in template["Resources"].items()}
+    assert {k: types_by_id.get(k) for k in RESOURCES} == RESOURCES
+    assert OUTPUTS <= set(template["Outputs"])
+
+
+def test_every_function_gets_every_environment_variable(template: dict[str, Any]) -> None:
+    assert set(template["Globals"]["Function"]["Environment"]["Variables"]) == ENVIRONMENT
+    for function in HANDLERS:
+        assert "Environment" not in _props(template, function), f"{function} overrides Globals"
+
+
+def test_worker_reports_batch_item_failures(template: dict[str, Any]) -> None:
+    (worker,) = _sqs_events(template, "WorkerFunction")
+    assert worker["Queue"] == {"Fn::GetAtt": ["BatchQueue", "Arn"]}
+    assert worker["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert worker["BatchSize"] == {"Ref": "WorkerBatchSize"}
+    assert worker["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "WorkerMaxConcurrency"}}
+    (recorder,) = _sqs_events(template, "FailureRecorderFunction")
+    assert recorder["Queue"] == {"Fn::GetAtt": ["BatchDeadLetterQueue", "Arn"]}
+    assert recorder["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_batch_queue_redrives_after_max_receive_count(template: dict[str, Any]) -> None:
+    redrive = _props(template, "BatchQueue")["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["BatchDeadLetterQueue", "Arn"]}
+    assert redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+    assert template["Parameters"]["MaxReceiveCount"]["Default"] == 3
+    assert _props(template, "BatchQueue")["VisibilityTimeout"] == {"Ref": "BatchVisibilityTimeout"}
+    for queue, dlq in (("PlannerQueue", "PlannerDeadLetterQueue"), ("FinalizeQueue", "FinalizeDeadLetterQueue")):
+        props = _props(template, queue)
+        assert props["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": [dlq, "Arn"]}
+        assert props["VisibilityTimeout"] >= 6 * 900  # 6 x the consuming function's timeout
+
+
+def test_buckets_are_encrypted_and_private(template: dict[str, Any]) -> None:
+    for bucket in ("InputBucket", "ArtifactsBucket"):
+        props = _props(template, bucket)
+        (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }
+        rules = props["LifecycleConfiguration"]["Rules"]
+        assert any(r.get("AbortIncompleteMultipartUpload") == {"DaysAfterInitiation": 1} for r in rules)
+
+
+def test_planner_starts_on_ready_markers(template: dict[str, Any]) -> None:
+    events = _props(template, "PlannerFunction")["Events"].values()
+    (s3,) = [e["Properties"] for e in events if e["Type"] == "S3"]
+    assert s3["Bucket"] == {"Ref": "InputBucket"}
+    assert s3["Filter"]["S3Key"]["Rules"] == [{"Name": "suffix", "Value": "_READY"}]
+    # The functions name the input bucket by the same string, never by !Ref (a circular dependency).
+    name = _props(template, "InputBucket")["BucketName"]
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["PARALLELRUN_INPUT_BUCKET"] == name
+
+
+def test_iam_comes_only_from_sam_policy_templates(template: dict[str, Any]) -> None:
+    assert not [k for k, v in template["Resources"].items() if v["Type"].startswith("AWS::IAM::")]
+    for function in HANDLERS:
+        policies = _props(template, function)["Policies"]
+        assert all(isinstance(p, dict) and len(p) == 1 and set(p) <= SAM_POLICY_TEMPLATES for p in policies)
+    worker = _props(template, "WorkerFunction")["Policies"]
+    assert {"SQSPollerPolicy": {"QueueName": {"Fn::GetAtt": ["BatchQueue", "QueueName"]}}} in worker
+
+
+@pytest.mark.parametrize("function", sorted(HANDLERS))
+def test_handler_delegates_to_the_core(
+    template: dict[str, Any], function: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    props = _props(template, function)
+    module_file, _, attribute = props.get("Handler", template["Globals"]["Function"]["Handler"]).rpartition(".")
+    app = ROOT / props["CodeUri"] / f"{module_file}.py"
+    core = HANDLERS[function]
+    calls = []
+    stub = types.ModuleType(f"parallelrun.{core}")
+    stub.handle_event = lambda event, context: calls.append((event, context)) or "done"  # type: ignore[attr-defined]
+    # Both places `from parallelrun import <core>` looks: the package attribute (set once the real
+    # module was imported) and sys.modules.
+    monkeypatch.setattr(parallelrun, core, stub, raising=False)
+    monkeypatch.setitem(sys.modules, f"parallelrun.{core}", stub)
+
+    spec = importlib.util.spec_from_file_location(f"app_{function}", app)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    assert getattr(module, attribute)({"Records": []}, "ctx") == "done"
+    assert calls == [({"Records": []}, "ctx")]
