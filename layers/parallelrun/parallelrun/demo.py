@@ -74,6 +74,7 @@ def run(workers: int = 2, count: int | None = None) -> int:
             raise ParallelRunError(f"no job started for {folder} within 60 s")
         print(f"job {job.job_id} started by the _READY marker")
         job = client.wait(job.job_id, on_progress=progress_bar(), poll_seconds=0.5)
+        print(f"logs of the local functions: {stack.log_dir}")
         return report(client, job, labels)
 
 

@@ -92,10 +92,9 @@ class Job:
         return self.total_batches is not None and self.batches_done >= self.total_batches
 
     def to_item(self) -> dict[str, Any]:
-        item = {k: v for k, v in self.__dict__.items() if v is not None}
+        item = {k: _dynamo(v) for k, v in self.__dict__.items() if v is not None}
         item["deployment"] = json.dumps(self.deployment, sort_keys=True)
         item["settings"] = self.settings.to_json()
-        item["created_at"] = Decimal(str(self.created_at))
         return {**job_key(self.job_id), **item}
 
     @classmethod
@@ -116,17 +115,15 @@ class BatchRecord:
     items_succeeded: int
     items_failed: int
     attempt: int
-    part_key: str | None
-    failures_key: str | None
+    part_key: str | None = None
+    failures_key: str | None = None
     rows: int = 0
     worker: str = ""
     duration: float = 0.0
     finished_at: float = field(default_factory=time.time)
 
     def to_item(self, job_id: str) -> dict[str, Any]:
-        item = {k: v for k, v in self.__dict__.items() if v is not None}
-        item["duration"] = Decimal(str(round(self.duration, 4)))
-        item["finished_at"] = Decimal(str(round(self.finished_at, 3)))
+        item = {k: _dynamo(v) for k, v in self.__dict__.items() if v is not None}
         return {**batch_key(job_id, self.index), **item}
 
     @classmethod
@@ -274,7 +271,7 @@ def _ddb(cfg: StackConfig) -> Any:
 
 
 def _dynamo(value: Any) -> Any:
-    return Decimal(str(value)) if isinstance(value, float) else value
+    return Decimal(str(round(value, 4))) if isinstance(value, float) else value
 
 
 def _serialize(item: dict[str, Any]) -> dict[str, Any]:

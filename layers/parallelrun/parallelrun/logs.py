@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -34,16 +35,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def setup(level: str = "INFO") -> None:
-    """Send every log line, the user's included, to stderr as JSON (Lambda ships it to CloudWatch)."""
+def setup(level: str | None = None) -> None:
+    """Send every log line, the user's included, as JSON to stderr (Lambda ships it to
+    CloudWatch) or, where ``PARALLELRUN_LOG_FILE`` is set (the local stack), to that file."""
     root = logging.getLogger()
     if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         for handler in list(root.handlers):
             root.removeHandler(handler)
-        handler = logging.StreamHandler(sys.stderr)
+        path = os.environ.get("PARALLELRUN_LOG_FILE")
+        handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
         root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(level or os.environ.get("PARALLELRUN_LOG_LEVEL", "INFO"))
     for noisy in ("botocore", "boto3", "urllib3", "aiobotocore", "werkzeug", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

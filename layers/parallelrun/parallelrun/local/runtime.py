@@ -75,6 +75,11 @@ class LocalStack:
         self.stop()
 
     @property
+    def log_dir(self) -> Path:
+        """Where the local functions' JSON log lines go (on AWS: CloudWatch Logs)."""
+        return home() / "logs"
+
+    @property
     def outputs(self) -> dict[str, str]:
         assert self.stack is not None
         return self.stack.outputs
@@ -85,7 +90,9 @@ class LocalStack:
         any_function = next(iter(self.stack.functions.values()))
         os.environ.update(lambdas.lambda_environment(any_function.environment, self.endpoint_url, self.stack.region))
         aws.reset_clients()
-        logs.setup(os.environ.get("PARALLELRUN_LOG_LEVEL", "WARNING"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["PARALLELRUN_LOG_FILE"] = str(self.log_dir / "control.jsonl")
+        logs.setup()
         for spec in self.stack.functions.values():
             if spec.logical_id == WORKER_FUNCTION:
                 self.processes += [self._spawn_worker(spec, n) for n in range(self.workers)]
@@ -97,7 +104,8 @@ class LocalStack:
     def state(self) -> dict[str, Any]:
         assert self.stack is not None
         return {"endpoint_url": self.endpoint_url, "region": self.stack.region, "stack_name": self.stack.stack_name,
-                "outputs": self.stack.outputs, "workers": self.workers, "pid": os.getpid()}
+                "outputs": self.stack.outputs, "workers": self.workers, "pid": os.getpid(),
+                "logs": str(self.log_dir)}
 
     def _start_threads(self, spec: provision.FunctionSpec) -> None:
         assert self.stack is not None
@@ -139,7 +147,7 @@ class LocalStack:
         assert self.stack is not None
         source = spec.queue_sources[0]
         env = {**os.environ, **lambdas.lambda_environment(spec.environment, self.endpoint_url, self.stack.region),
-               **self.worker_env}
+               **self.worker_env, "PARALLELRUN_LOG_FILE": str(self.log_dir / f"worker-{number}.jsonl")}
         args = {"code_dir": spec.code_dir, "handler": spec.handler, "queue_url": source.queue_url,
                 "queue_arn": source.queue_arn, "region": self.stack.region, "batch_size": source.batch_size,
                 "report_failures": source.report_batch_item_failures, "timeout": spec.timeout,
