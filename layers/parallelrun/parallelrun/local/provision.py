@@ -108,7 +108,7 @@ _TemplateLoader.add_multi_constructor("!", intrinsics_multi_constructor)
 
 
 def provision(
-    endpoint_url: str,
+    endpoint_url: str | None,
     *,
     template_path: str | None = None,
     stack_name: str = "parallelrun",

@@ -1,0 +1,133 @@
+"""Shared fixtures: a stack provisioned from template.yaml on in-process moto, and a driver that
+plays Lambda's event sources synchronously so integration tests are fast and deterministic."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.pop("AWS_ENDPOINT_URL", None)
+
+from moto import mock_aws  # noqa: E402
+
+from parallelrun import aws, endpoints, jobs, registry  # noqa: E402
+from parallelrun.config import StackConfig  # noqa: E402
+from parallelrun.local import lambdas, provision  # noqa: E402
+
+_names = itertools.count()
+
+
+@dataclass
+class Stack:
+    """The provisioned stack and one call per function, as Lambda would make it."""
+
+    cfg: StackConfig
+    spec: provision.LocalStack
+    handlers: dict[str, lambdas.Handler]
+
+    def source(self, function: str) -> provision.QueueSource:
+        return self.spec.functions[function].queue_sources[0]
+
+    def deliver(self, function: str, max_rounds: int = 1, on_error: Callable | None = None) -> int:
+        """Poll ``function``'s queue like its event source; a handler that raises leaves its
+        messages in flight, as on Lambda, and they are made visible again at once (the test's
+        stand-in for the visibility timeout running out)."""
+        source = self.source(function)
+        sqs = aws.client("sqs")
+        received = 0
+        for _ in range(max_rounds):
+            messages: list[dict[str, Any]] = []
+
+            def invoke(event: dict[str, Any]) -> Any:
+                messages.extend(event["Records"])
+                try:
+                    response = self.handlers[function](event, None)
+                except Exception:
+                    for record in messages:
+                        sqs.change_message_visibility(QueueUrl=source.queue_url,
+                                                      ReceiptHandle=record["receiptHandle"], VisibilityTimeout=0)
+                    raise
+                failed = {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
+                for record in messages:
+                    if record["messageId"] in failed:
+                        sqs.change_message_visibility(QueueUrl=source.queue_url,
+                                                      ReceiptHandle=record["receiptHandle"], VisibilityTimeout=0)
+                return response
+
+            count = lambdas.poll_once(source.queue_url, source.queue_arn, self.spec.region, source.batch_size,
+                                      source.report_batch_item_failures, invoke, wait_seconds=0)
+            received += count
+            if not count:
+                break
+        return received
+
+    def run_until_done(self, job_id: str, rounds: int = 500) -> jobs.Job:
+        """Deliver every queue in turn until the job ends."""
+        for _ in range(rounds):
+            moved = 0
+            for function in ("PlannerFunction", "WorkerFunction", "FailureRecorderFunction", "AggregatorFunction"):
+                moved += self.deliver(function, max_rounds=50)
+            job = jobs.get(self.cfg, job_id)
+            if job.state in jobs.TERMINAL:
+                return job
+            if not moved:
+                import time
+
+                time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not end: {jobs.get(self.cfg, job_id)}")
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """One stack per test session: tests use their own endpoints, folders and jobs."""
+    with mock_aws():
+        aws.reset_clients()
+        spec = provision.provision(None, parameters={"PlannerInterval": "0"})
+        os.environ.update(spec.functions["WorkerFunction"].environment)
+        handlers = {name: lambdas.load_handler(f.code_dir, f.handler) for name, f in spec.functions.items()}
+        yield Stack(StackConfig.from_env(), spec, handlers)
+        aws.reset_clients()
+
+
+@pytest.fixture
+def unique() -> str:
+    return f"t{next(_names)}"
+
+
+@pytest.fixture
+def make_endpoint(stack: Stack, tmp_path: Path) -> Callable[..., str]:
+    """Create an endpoint whose scoring script is ``source``; returns its name."""
+
+    def make(source: str, name: str | None = None, settings: dict[str, Any] | None = None) -> str:
+        name = name or f"ep-{next(_names)}"
+        code = tmp_path / f"code-{name}"
+        code.mkdir()
+        (code / "score.py").write_text(source)
+        model = tmp_path / f"model-{name}.pkl"
+        model.write_bytes(pickle.dumps({"offset": 1}))
+        registry.register(stack.cfg, model, name)
+        endpoints.create(stack.cfg, name, code, "score.py", name, settings)
+        return name
+
+    return make
+
+
+def put_files(cfg: StackConfig, prefix: str, names: list[str], body: Callable[[str], bytes] | None = None) -> None:
+    s3 = aws.client("s3")
+    for name in names:
+        s3.put_object(Bucket=cfg.input_bucket, Key=prefix + name, Body=(body or (lambda n: n.encode()))(name))
+
+
+def read_output(cfg: StackConfig, job: jobs.Job, name: str | None = None) -> str:
+    bucket, key = aws.split_s3_uri(job.output_uri + (name or job.settings.append_row_file_name))
+    return aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
