@@ -17,6 +17,9 @@ from parallelrun.errors import ConflictError, StackError
 from parallelrun.local.provision import LocalStack, provision
 
 ROOT = Path(__file__).resolve().parents[1]
+# moto keeps one state per process: the in-process server shares it with mock_aws, so this
+# module uses a stack name of its own.
+STACK = "provision-test"
 PARAMETERS = {"BatchVisibilityTimeout": "7", "MaxReceiveCount": "2"}
 FUNCTIONS = {"PlannerFunction", "WorkerFunction", "AggregatorFunction", "FailureRecorderFunction"}
 QUEUE_VARIABLES = {
@@ -39,7 +42,7 @@ def endpoint() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def stack(endpoint: str) -> LocalStack:
     started = time.perf_counter()
-    provisioned = provision(endpoint, parameters=PARAMETERS)
+    provisioned = provision(endpoint, stack_name=STACK, parameters=PARAMETERS)
     # About 1.5 s on 2 cores, ~1 s of it moto importing its CloudFormation module once.
     assert time.perf_counter() - started < 20
     return provisioned
@@ -59,7 +62,7 @@ def _queue_attributes(aws: Any, url: str) -> dict[str, str]:
 
 def test_outputs_name_real_resources(stack: LocalStack, aws: Any) -> None:
     outputs = stack.outputs
-    assert outputs["InputBucketName"] == "parallelrun-input-123456789012-us-east-1"
+    assert outputs["InputBucketName"] == f"{STACK}-input-123456789012-us-east-1"
     aws("s3").head_bucket(Bucket=outputs["InputBucketName"])
     aws("s3").head_bucket(Bucket=outputs["ArtifactsBucketName"])
     assert outputs["MaxReceiveCount"] == "2"
@@ -165,16 +168,16 @@ def test_ready_marker_upload_works(stack: LocalStack, aws: Any) -> None:
 
 
 def test_provision_is_idempotent(stack: LocalStack, endpoint: str, aws: Any) -> None:
-    again = provision(endpoint, parameters=PARAMETERS)
+    again = provision(endpoint, stack_name=STACK, parameters=PARAMETERS)
     assert again == stack
-    assert [s["StackName"] for s in aws("cloudformation").describe_stacks()["Stacks"]] == ["parallelrun"]
+    assert [s["StackName"] for s in aws("cloudformation").describe_stacks()["Stacks"]].count(STACK) == 1
 
 
 def test_existing_stack_with_other_parameters_is_refused(stack: LocalStack, endpoint: str) -> None:
     with pytest.raises(ConflictError, match="BatchVisibilityTimeout"):
-        provision(endpoint, parameters={"BatchVisibilityTimeout": "60"})
+        provision(endpoint, stack_name=STACK, parameters={"BatchVisibilityTimeout": "60"})
 
 
 def test_unknown_parameter_is_refused(stack: LocalStack, endpoint: str) -> None:
     with pytest.raises(StackError, match="BatchVisibilityTimout"):
-        provision(endpoint, parameters={"BatchVisibilityTimout": "7"})
+        provision(endpoint, stack_name=STACK, parameters={"BatchVisibilityTimout": "7"})

@@ -66,6 +66,7 @@ class LocalStack:
         self.server: Any = None
         self.stack: provision.LocalStack | None = None
         self.endpoint_url = ""
+        self.saved_environment: dict[str, str | None] = {}
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -88,10 +89,13 @@ class LocalStack:
         self.server, self.endpoint_url = server.start(self.port)
         self.stack = provision.provision(self.endpoint_url, parameters=self.parameters)
         any_function = next(iter(self.stack.functions.values()))
-        os.environ.update(lambdas.lambda_environment(any_function.environment, self.endpoint_url, self.stack.region))
+        # The control functions run in this process: it takes their environment, given back at stop.
+        environment = {**lambdas.lambda_environment(any_function.environment, self.endpoint_url, self.stack.region),
+                       "PARALLELRUN_LOG_FILE": str(self.log_dir / "control.jsonl")}
+        self.saved_environment = {name: os.environ.get(name) for name in environment}
+        os.environ.update(environment)
         aws.reset_clients()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["PARALLELRUN_LOG_FILE"] = str(self.log_dir / "control.jsonl")
         logs.setup()
         for spec in self.stack.functions.values():
             if spec.logical_id == WORKER_FUNCTION:
@@ -173,6 +177,12 @@ class LocalStack:
                 (home() / STATE_FILE).unlink()
         if self.server is not None:
             self.server.stop()
+        for name, value in self.saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        aws.reset_clients()
 
 
 def s3_event(event: dict[str, Any]) -> dict[str, Any]:
