@@ -114,6 +114,23 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     if not _claim(cfg, job):
         return
     started = time.time()
+    rows, errors = collate(cfg, job)
+    state, reason = judge(job)
+    if reason and errors:
+        error_type, count = errors.most_common(1)[0]
+        reason += f"; most common error: {error_type} ({count} inputs)"
+    ended = time.time()
+    summary = build_summary(job, state, reason, rows, dict(errors), ended, ended - started)
+    bucket, prefix = aws.split_s3_uri(job.output_uri)
+    aws.client("s3").put_object(Bucket=bucket, Key=prefix + "summary.json", Body=json.dumps(summary, indent=2).encode(),
+                  ContentType="application/json")
+    jobs.transition(cfg, job_id, state, (jobs.FINALIZING,), ended_at=ended, reason=reason, rows=rows)
+    logs.event(log, "job finished", state=state, rows=rows, aggregate_seconds=round(ended - started, 3))
+
+
+def collate(cfg: StackConfig, job: jobs.Job) -> tuple[int, collections.Counter[str]]:
+    """Stream the parts, in mini-batch order, into the output file and the failure lines into
+    ``failures.jsonl``; return the row count and the failed inputs by error type."""
     bucket, prefix = aws.split_s3_uri(job.output_uri)
     s3 = aws.client("s3")
     rows = 0
@@ -121,10 +138,9 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     failures = S3StreamWriter(bucket, prefix + "failures.jsonl")
     errors: collections.Counter[str] = collections.Counter()
     try:
-        for record in jobs.iter_batches(cfg, job_id):
+        for record in jobs.iter_batches(cfg, job.job_id):
             if record.part_key and job.settings.output_action == "append_row":
-                body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=record.part_key)["Body"].read()
-                output.write(body)
+                output.write(s3.get_object(Bucket=cfg.artifacts_bucket, Key=record.part_key)["Body"].read())
                 rows += record.rows
             if record.failures_key:
                 body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=record.failures_key)["Body"].read()
@@ -137,16 +153,7 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
         output.abort()
         failures.abort()
         raise
-    state, reason = judge(job)
-    if reason and errors:
-        error_type, count = errors.most_common(1)[0]
-        reason += f"; most common error: {error_type} ({count} inputs)"
-    ended = time.time()
-    summary = build_summary(job, state, reason, rows, dict(errors), ended, ended - started)
-    s3.put_object(Bucket=bucket, Key=prefix + "summary.json", Body=json.dumps(summary, indent=2).encode(),
-                  ContentType="application/json")
-    jobs.transition(cfg, job_id, state, (jobs.FINALIZING,), ended_at=ended, reason=reason, rows=rows)
-    logs.event(log, "job finished", state=state, rows=rows, aggregate_seconds=round(ended - started, 3))
+    return rows, errors
 
 
 def build_summary(job: jobs.Job, state: str, reason: str, rows: int, errors: dict[str, int],

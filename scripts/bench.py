@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Benchmark: the digits job through the local stack against a plain multiprocessing.Pool.
+
+Both run the same scoring script (examples/digits/score.py) over the same PNG files, in the same
+run, with the same number of processes. Prints one JSON object: per size, items/s of each and
+their ratio, AWS requests per mini-batch (counted at the moto server), planner seconds and the
+aggregator's peak memory while it collates (which must not grow with the output).
+
+    .venv/bin/python scripts/bench.py                 # 2,000 and 20,000 files, 2 workers
+    .venv/bin/python scripts/bench.py --sizes 500     # a quick look
+
+Not a test: a tool. Locally the moto server on the same 2 cores is the bottleneck (DESIGN §6),
+so the ratio says what the local stack costs, not what Lambda does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from parallelrun import aggregator, aws, jobs
+from parallelrun.client import Client
+from parallelrun.config import StackConfig
+from parallelrun.demo import EXAMPLES, load_example
+from parallelrun.local.runtime import LocalStack
+
+_script = None
+
+
+def _pool_init(model_path: str) -> None:
+    """Pool initializer: the scoring script, its init() once per process, as the worker does."""
+    global _script
+    import importlib.util
+
+    import parallelrun
+
+    parallelrun.get_model_path = lambda name, version=None: model_path
+    spec = importlib.util.spec_from_file_location("bench_score", EXAMPLES / "digits" / "score.py")
+    _script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(_script)
+    _script.init()
+
+
+def _pool_run(batch: list[str]) -> list[str]:
+    return _script.run(batch)
+
+
+def baseline(files: list[str], model_path: str, processes: int, batch_size: int) -> dict[str, float]:
+    """The same script in a multiprocessing.Pool over local files: the floor of any overhead."""
+    batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    started = time.perf_counter()
+    with multiprocessing.Pool(processes, initializer=_pool_init, initargs=(model_path,)) as pool:
+        rows = [row for batch in pool.map(_pool_run, batches) for row in batch]
+    seconds = time.perf_counter() - started
+    assert len(rows) == len(files)
+    return {"seconds": round(seconds, 3), "items_per_second": round(len(files) / seconds, 1)}
+
+
+def planner_seconds(log_dir: Path, job_id: str) -> float | None:
+    for line in (log_dir / "control.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("job_id") == job_id and entry.get("message") == "planned":
+            return entry["planner_seconds"]
+    return None
+
+
+def aggregator_peak(cfg: StackConfig, job: jobs.Job) -> int:
+    """Peak Python memory while collating the finished job again (into a scratch prefix)."""
+    scratch = dataclasses.replace(job, output_uri=job.output_uri.rstrip("/") + "-bench/")
+    tracemalloc.start()
+    aggregator.collate(cfg, scratch)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def run_size(stack: LocalStack, client: Client, workdir: Path, count: int, model_path: str,
+             workers: int) -> dict[str, object]:
+    train = load_example("digits", "train")
+    images = workdir / f"images-{count}"
+    train.write_images(images, count)
+    run_id = f"bench-{count}-{int(time.time())}"
+    folder = f"s3://{client.cfg.input_bucket}/digits/{run_id}/"
+    started = time.perf_counter()
+    client.upload_folder(images, folder)
+    upload_seconds = time.perf_counter() - started
+
+    before = stack.server.snapshot()
+    aws.client("s3").put_object(Bucket=client.cfg.input_bucket, Key=f"digits/{run_id}/_READY", Body=b"")
+    job = None
+    while job is None:
+        job = client.find_job(folder)
+        time.sleep(0.2)
+    job = client.wait(job.job_id, poll_seconds=0.5)
+    after = stack.server.snapshot()
+    assert job.state == jobs.SUCCEEDED, job.reason
+    seconds = job.ended_at - job.created_at
+    requests = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    files = sorted(str(p) for p in images.iterdir())
+    floor = baseline(files, model_path, workers, job.settings.files_per_batch)
+    ours = count / seconds
+    return {
+        "files": count,
+        "mini_batches": job.total_batches,
+        "parallelrun": {"seconds": round(seconds, 3), "items_per_second": round(ours, 1),
+                        "upload_seconds": round(upload_seconds, 1)},
+        "multiprocessing_pool": floor,
+        "ratio_items_per_second": round(ours / floor["items_per_second"], 4),
+        "overhead_seconds_per_minibatch": round((seconds - floor["seconds"]) / job.total_batches * workers, 4),
+        "aws_requests_per_minibatch": {k: round(v / job.total_batches, 2) for k, v in sorted(requests.items())},
+        "planner_seconds": planner_seconds(stack.log_dir, job.job_id),
+        "aggregator_peak_bytes": aggregator_peak(client.cfg, job),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, LocalStack(workers=args.workers, write_state=False) as stack:
+        workdir = Path(tmp)
+        client = Client(StackConfig.from_outputs(stack.outputs))
+        train = load_example("digits", "train")
+        train.train_model(workdir / "model.pkl")
+        client.register_model(workdir / "model.pkl", "digits")
+        client.create_endpoint("digits", EXAMPLES / "digits", "score.py", "digits")
+        for count in args.sizes:
+            results.append(run_size(stack, client, workdir, count, str(workdir / "model.pkl"), args.workers))
+            print(json.dumps(results[-1]), file=sys.stderr)
+    print(json.dumps({"workers": args.workers, "cpus": os.cpu_count(), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
