@@ -92,7 +92,7 @@ def stack() -> Iterator[Stack]:
     """One stack per test session: tests use their own endpoints, folders and jobs."""
     with mock_aws():
         aws.reset_clients()
-        spec = provision.provision(None, parameters={"PlannerInterval": "0"})
+        spec = provision.provision(None, stack_name="unit", parameters={"PlannerInterval": "0"})
         os.environ.update(spec.functions["WorkerFunction"].environment)
         handlers = {name: lambdas.load_handler(f.code_dir, f.handler) for name, f in spec.functions.items()}
         yield Stack(StackConfig.from_env(), spec, handlers)

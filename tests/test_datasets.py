@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from parallelrun import aws
 from parallelrun.datasets import (
@@ -160,19 +158,16 @@ BUCKET = "inputs"
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    aws.reset_clients()
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
-    aws.reset_clients()
+def s3(stack):
+    """A bucket of its own on the session's in-process moto (one mock for the whole session:
+    a nested mock_aws would reset the shared stack when it ends)."""
+    client = aws.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    client.delete_bucket(Bucket=BUCKET)
 
 
 def _put(client, key: str, body: bytes = b"x") -> None:

@@ -207,3 +207,57 @@ def test_dead_lettered_batch_counts_as_failed(stack, make_endpoint):
     assert read_output(stack.cfg, job).splitlines() == ["a.txt", "b.txt"]
     failures = [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
     assert [(f["input"], f["error_type"]) for f in failures] == [("dlq/r/c.txt", "WorkerLost")]
+
+
+def _marker_event(bucket: str, key: str, sequencer: str) -> dict[str, Any]:
+    return {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                         "s3": {"bucket": {"name": bucket}, "object": {"key": key.replace("/", "%2F"),
+                                                                         "sequencer": sequencer}}}]}
+
+
+def test_ready_marker_starts_one_job_with_its_overrides(stack, make_endpoint):
+    endpoint = make_endpoint(echo("drop"), name="drop")
+    put_files(stack.cfg, "drop/b1/", [f"{i}.txt" for i in range(6)])
+    aws.client("s3").put_object(Bucket=stack.cfg.input_bucket, Key="drop/b1/_READY", Body=b'{"mini_batch_size": 4}')
+    event = _marker_event(stack.cfg.input_bucket, "drop/b1/_READY", "0A1")
+    stack.handlers["PlannerFunction"](event, None)
+    stack.handlers["PlannerFunction"](event, None)  # S3 may notify twice: still one job
+    found = [j for j in jobs.list_jobs(stack.cfg, 1000) if j.input_uri.endswith("/drop/b1/")]
+    assert len(found) == 1 and found[0].source == "drop"
+    job = stack.run_until_done(found[0].job_id)
+    assert (job.state, job.total_batches, job.items_succeeded) == (jobs.SUCCEEDED, 2, 6)
+
+
+def test_ready_marker_with_a_bad_setting_leaves_a_failed_job_saying_why(stack, make_endpoint):
+    make_endpoint(echo("badmark"), name="badmark")
+    put_files(stack.cfg, "badmark/b1/", ["a.txt"])
+    aws.client("s3").put_object(Bucket=stack.cfg.input_bucket, Key="badmark/b1/_READY",
+                                Body=b'{"mini_batch_size": "lots"}')
+    stack.handlers["PlannerFunction"](_marker_event(stack.cfg.input_bucket, "badmark/b1/_READY", "0B2"), None)
+    job = next(j for j in jobs.list_jobs(stack.cfg, 1000) if j.input_uri.endswith("/badmark/b1/"))
+    assert job.state == jobs.FAILED
+    assert "mini_batch_size='lots'" in job.reason and "file count" in job.reason
+
+
+def test_tampered_scoring_code_is_refused_before_import(stack, make_endpoint):
+    endpoint = make_endpoint(echo("tamper") + "\n# tamper test\n", name="tamper")
+    put_files(stack.cfg, "tamper/r/", ["a.txt"])
+    job = submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/tamper/r/", {"run_max_try": "1"})
+    key = f"code/{job.deployment['code_sha']}.zip"
+    aws.client("s3").put_object(Bucket=stack.cfg.artifacts_bucket, Key=key, Body=b"not the code that was uploaded")
+    submit.start(stack.cfg, job)
+    job = stack.run_until_done(job.job_id)
+    failures = [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
+    assert [(f["error_type"], "refusing to import" in f["message"]) for f in failures] == [("ScoringScriptError", True)]
+
+
+def test_submit_refuses_bad_settings_and_existing_output(stack, make_endpoint):
+    from parallelrun.errors import ConflictError, SettingsError
+
+    endpoint = make_endpoint(echo("refuse"), name="refuse")
+    with pytest.raises(SettingsError, match=r"run_max_try='9'.*from 1 to 3"):
+        submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/refuse/r/", {"run_max_try": "9"})
+    output = f"s3://{stack.cfg.artifacts_bucket}/taken/"
+    aws.client("s3").put_object(Bucket=stack.cfg.artifacts_bucket, Key="taken/parallel_run_step.txt", Body=b"x")
+    with pytest.raises(ConflictError, match="already exists"):
+        submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/refuse/r/", {"output_path": output})

@@ -110,7 +110,11 @@ def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def get(pair: tuple[InputFile, Path]) -> None:
-        s3.download_file(spec.bucket, pair[0].key, str(pair[1]))
+        # One GetObject per input: download_file would add a HeadObject to each.
+        body = s3.get_object(Bucket=spec.bucket, Key=pair[0].key)["Body"]
+        with open(pair[1], "wb") as handle:
+            for chunk in body.iter_chunks(1024 * 1024):
+                handle.write(chunk)
 
     with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, max(1, len(items)))) as pool:
         list(pool.map(get, zip(items, paths)))
