@@ -1,0 +1,96 @@
+"""The command line as a user types it, against a running local stack."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from parallelrun import aws
+from parallelrun.cli import main, parser
+from parallelrun.local.runtime import LocalStack
+
+SCRIPT = """
+import os
+def run(mini_batch):
+    return [os.path.basename(p) + ": ok" for p in mini_batch]
+"""
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("home")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PARALLELRUN_HOME", str(home))
+    with LocalStack(workers=1) as stack:
+        yield stack
+    patch.undo()
+
+
+def test_every_command_has_help(capsys):
+    commands = [[], ["demo"], ["local"], ["local", "up"], ["local", "outputs"], ["models"], ["models", "register"],
+                ["models", "list"], ["endpoints"], ["endpoints", "create"], ["endpoints", "list"], ["submit"],
+                ["status"], ["wait"], ["jobs"], ["results"]]
+    for words in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            parser().parse_args([*words, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: parallelrun" in capsys.readouterr().out
+
+
+def test_without_a_stack_one_clear_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PARALLELRUN_HOME", str(tmp_path))
+    assert main(["jobs"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: no local stack is running: start one with `parallelrun local up`\n"
+
+
+def test_a_user_session(running, tmp_path, capsys):
+    assert main(["local", "outputs"]) == 0
+    outputs = json.loads(capsys.readouterr().out)
+    assert outputs["EndpointUrl"] == running.endpoint_url and outputs["InputBucketName"]
+
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(0))
+    assert main(["models", "register", str(tmp_path / "model.pkl"), "--name", "cli", "--tag", "team=ml",
+                 "--description", "a test model"]) == 0
+    assert "registered model cli version" in capsys.readouterr().out
+    assert main(["models", "list"]) == 0
+    assert "team=ml" in capsys.readouterr().out
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(SCRIPT)
+    assert main(["endpoints", "create", "cli", "--code", str(code), "--entry-script", "score.py",
+                 "--model", "cli:1", "--set", "mini_batch_size=2"]) == 0
+    capsys.readouterr()
+    assert main(["endpoints", "create", "cli", "--code", str(code), "--entry-script", "nope.py",
+                 "--model", "cli"]) == 1
+    assert "nope.py" in capsys.readouterr().err
+
+    bucket = outputs["InputBucketName"]
+    for i in range(5):
+        aws.client("s3").put_object(Bucket=bucket, Key=f"cli/in/{i}.png", Body=b"x")
+    uri = f"s3://{bucket}/cli/in/"
+    assert main(["submit", "--endpoint", "cli", "--input", uri, "--set", "mini_batch_size=zero"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: setting mini_batch_size='zero' is not allowed") and err.count("\n") == 1
+
+    assert main(["submit", "--endpoint", "cli", "--input", uri, "--wait"]) == 0
+    out = capsys.readouterr().out
+    job_id = out.splitlines()[0]
+    assert "state:      SUCCEEDED" in out and "5/5 done" in out
+
+    assert main(["status", job_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["items_succeeded"] == 5
+    assert main(["wait", job_id]) == 0
+    capsys.readouterr()
+    assert main(["results", job_id, "-o", str(tmp_path / "out.txt")]) == 0
+    assert (tmp_path / "out.txt").read_text().splitlines() == [f"{i}.png: ok" for i in range(5)]
+    assert main(["results", job_id, "--file", "summary.json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["items"]["succeeded"] == 5
+    assert main(["jobs"]) == 0
+    assert job_id in capsys.readouterr().out
+    assert main(["status", "no-such-job"]) == 1
+    assert "no job 'no-such-job'" in capsys.readouterr().err
