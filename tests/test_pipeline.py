@@ -164,20 +164,30 @@ def test_empty_folder_ends_at_once(stack, make_endpoint):
     assert read_output(stack.cfg, job) == ""
 
 
-def test_last_attempt_failure_is_recorded_and_job_ends(stack, make_endpoint):
-    endpoint = make_endpoint(echo("fail").replace(
+@pytest.mark.parametrize("isolate", [True, False])
+def test_last_attempt_failure_is_recorded_and_job_ends(stack, make_endpoint, isolate):
+    name = f"fail{int(isolate)}"
+    endpoint = make_endpoint(echo(name).replace(
         "return [", "if any(open(p).read() == 'bad.txt' for p in mini_batch):\n        raise ValueError('cannot score bad.txt')\n    return ["),
-        name="fail")
+        name=name)
     inputs = ["a.txt", "b.txt", "bad.txt", "c.txt"]
-    put_files(stack.cfg, "fail/r/", inputs)
-    job = stack.run_until_done(start(stack, endpoint, "fail/r/", {"mini_batch_size": "2", "run_max_try": "2"}).job_id)
+    put_files(stack.cfg, f"{endpoint}/r/", inputs)
+    settings = {"mini_batch_size": "2", "run_max_try": "2", "isolate_failures": str(isolate)}
+    job = stack.run_until_done(start(stack, endpoint, f"{endpoint}/r/", settings).job_id)
     assert job.state == jobs.SUCCEEDED  # error_threshold -1 ignores failed inputs
-    assert read_output(stack.cfg, job).splitlines() == ["a.txt", "b.txt"]
     failures = [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
-    assert [f["input"] for f in failures] == ["fail/r/bad.txt", "fail/r/c.txt"]
+    if isolate:  # run alone, c.txt succeeds: only the poison input fails
+        assert read_output(stack.cfg, job).splitlines() == ["a.txt", "b.txt", "c.txt"]
+        assert [f["input"] for f in failures] == [f"{endpoint}/r/bad.txt"]
+        assert (job.batches_failed, job.items_failed, job.items_succeeded) == (0, 1, 3)
+    else:
+        assert read_output(stack.cfg, job).splitlines() == ["a.txt", "b.txt"]
+        assert [f["input"] for f in failures] == [f"{endpoint}/r/bad.txt", f"{endpoint}/r/c.txt"]
+        assert (job.batches_failed, job.items_failed, job.items_succeeded) == (1, 2, 2)
     assert {(f["error_type"], f["attempts"], f["minibatch"]) for f in failures} == {("ValueError", 2, 1)}
-    assert "cannot score bad.txt" in failures[0]["message"] and failures[0]["traceback"]
-    assert (job.batches_failed, job.items_failed, job.retries) == (1, 2, 1)
+    assert "cannot score bad.txt" in failures[0]["message"]
+    assert any("raise ValueError" in line for line in failures[0]["traceback"])
+    assert job.retries == 1
 
 
 def test_error_threshold_fails_the_job_with_the_reason(stack, make_endpoint):

@@ -79,44 +79,55 @@ class S3StreamWriter:
             self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
 
 
-def judge(job: jobs.Job) -> tuple[str, str]:
-    """The job's final state and the reason, from its counts and thresholds."""
-    s, total = job.settings, job.total_batches or 0
+def crossed_mid_job(job: jobs.Job) -> str:
+    """The threshold a running job has already crossed, as a reason; "" if none. (The percent
+    of failed mini-batches is only known once all are done.)"""
+    s = job.settings
     if s.error_threshold != -1 and job.items_failed > s.error_threshold:
-        return jobs.FAILED, f"error_threshold: {job.items_failed} inputs failed, more than the {s.error_threshold} allowed"
+        return f"error_threshold: {job.items_failed} inputs failed, more than the {s.error_threshold} allowed"
     if s.allowed_failed_count != -1 and job.batches_failed > s.allowed_failed_count:
-        return jobs.FAILED, (f"allowed_failed_count: {job.batches_failed} mini-batches failed, "
-                             f"more than the {s.allowed_failed_count} allowed")
-    if total and 100.0 * job.batches_failed / total > s.allowed_failed_percent:
+        return (f"allowed_failed_count: {job.batches_failed} mini-batches failed, "
+                f"more than the {s.allowed_failed_count} allowed")
+    return ""
+
+
+def judge(job: jobs.Job) -> tuple[str, str]:
+    """The job's final state and the reason: how it was stopped, else its counts and thresholds."""
+    if job.outcome:
+        return job.outcome, job.reason
+    crossed = crossed_mid_job(job)
+    if crossed:
+        return jobs.FAILED, crossed
+    total = job.total_batches or 0
+    if total and 100.0 * job.batches_failed / total > job.settings.allowed_failed_percent:
         return jobs.FAILED, (f"allowed_failed_percent: {100.0 * job.batches_failed / total:.1f}% of mini-batches "
-                             f"failed, more than the {s.allowed_failed_percent:g}% allowed")
+                             f"failed, more than the {job.settings.allowed_failed_percent:g}% allowed")
     return jobs.SUCCEEDED, ""
 
 
-def _claim(cfg: StackConfig, job: jobs.Job) -> bool:
-    now = time.time()
-    if job.state == jobs.RUNNING and job.complete:
-        return jobs.transition(cfg, job.job_id, jobs.FINALIZING, (jobs.RUNNING,), finalize_until=now + LEASE_SECONDS)
-    if job.state == jobs.FINALIZING and float(_lease(cfg, job.job_id)) < now:
-        log.warning("taking over an aggregation whose holder went silent")
-        return jobs.transition(cfg, job.job_id, jobs.FINALIZING, (jobs.FINALIZING,), finalize_until=now + LEASE_SECONDS)
-    return False
-
-
-def _lease(cfg: StackConfig, job_id: str) -> float:
-    item = aws.table(cfg.table).get_item(Key=jobs.job_key(job_id), ConsistentRead=True).get("Item", {})
-    return float(item.get("finalize_until", 0))
+def stop(cfg: StackConfig, job_id: str, outcome: str, reason: str) -> bool:
+    """End a job before it completes (a threshold crossed, or canceled): nothing more is sent
+    or run, and the aggregator collates what succeeded. False if the job had already ended."""
+    stopped = jobs.transition(cfg, job_id, jobs.FINALIZING, (jobs.QUEUED, jobs.PLANNING, jobs.RUNNING),
+                              outcome=outcome, reason=reason, finalize_until=0)
+    if stopped:
+        log.warning("job stopped", extra={"fields": {"outcome": outcome, "reason": reason}})
+        request(cfg, job_id)
+    return stopped
 
 
 def finalize(cfg: StackConfig, job_id: str) -> None:
     """Collate the job's output, failures and summary, then set its final state."""
     job = jobs.get(cfg, job_id)
-    if not _claim(cfg, job):
+    if job.state == jobs.RUNNING and not job.complete:
+        return  # a stray request: the counters are not complete
+    if job.state not in (jobs.RUNNING, jobs.FINALIZING) or not jobs.claim_finalize(cfg, job_id, LEASE_SECONDS):
         return
+    job = jobs.get(cfg, job_id)
     started = time.time()
     rows, errors = collate(cfg, job)
     state, reason = judge(job)
-    if reason and errors:
+    if state == jobs.FAILED and errors:
         error_type, count = errors.most_common(1)[0]
         reason += f"; most common error: {error_type} ({count} inputs)"
     ended = time.time()

@@ -15,6 +15,7 @@ from typing import Any
 from parallelrun import aws, jobs, logs, worker
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile
+from parallelrun.scoring import Failure
 
 log = logging.getLogger("parallelrun.deadletters")
 
@@ -41,11 +42,12 @@ def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
             key = jobs.failures_key(job_id, index, 0)
             reason = (f"the worker died or timed out on all {attempts} deliveries of this mini-batch "
                       "(killed, out of memory, or past the function timeout)")
-            lines = worker.failure_lines(items, index, attempts, None, "dead-letter queue", reason)
+            failure = Failure("WorkerLost", reason)
+            lines = [worker.failure_line(item, index, attempts, failure, "dead-letter queue") for item in items]
             aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=key, Body="".join(lines).encode())
             record = jobs.BatchRecord(index=index, status=jobs.FAILED, items=len(items), items_succeeded=0,
                                       items_failed=len(items), attempt=attempts, part_key=None, failures_key=key,
                                       worker="dead-letter queue", finished_at=time.time())
             if jobs.commit_batch(cfg, job_id, record):
                 logs.event(log, "dead-lettered mini-batch recorded as failed", level=logging.WARNING, items=len(items))
-        worker.finalize_if_complete(cfg, job_id)
+        worker.after_commit(cfg, job_id)

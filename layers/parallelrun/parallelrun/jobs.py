@@ -51,6 +51,10 @@ def failures_key(job_id: str, index: int, attempt: int) -> str:
     return f"{job_prefix(job_id)}failures/{index:09d}.{attempt}.jsonl"
 
 
+def log_key(job_id: str, index: int, attempt: int) -> str:
+    return f"{job_prefix(job_id)}logs/{index:09d}.{attempt}.jsonl"
+
+
 def _plain(value: Any) -> Any:
     """DynamoDB numbers come back as Decimal; callers want int or float."""
     if isinstance(value, Decimal):
@@ -82,6 +86,7 @@ class Job:
     items_succeeded: int = 0
     items_failed: int = 0
     retries: int = 0
+    outcome: str | None = None  # FAILED or CANCELED when the job was stopped before it completed
 
     @property
     def batches_done(self) -> int:
@@ -168,6 +173,27 @@ def transition(cfg: StackConfig, job_id: str, to: str, expected: tuple[str, ...]
             ConditionExpression="#state IN (" + ", ".join(f":e{i}" for i in range(len(expected))) + ")",
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=attrs,
+        )
+        return True
+    except Exception as error:
+        if aws.is_conditional_failure(error):
+            return False
+        raise
+
+
+def claim_finalize(cfg: StackConfig, job_id: str, lease_seconds: float) -> bool:
+    """Become the job's one aggregator: a running job, or a finalizing one whose holder's lease
+    ran out (a stopped job starts with no lease). False if someone else holds it."""
+    now = time.time()
+    try:
+        _ddb(cfg).update_item(
+            Key=job_key(job_id),
+            UpdateExpression="SET #state = :finalizing, finalize_until = :until",
+            ConditionExpression="#state = :running OR (#state = :finalizing AND "
+                                "(attribute_not_exists(finalize_until) OR finalize_until < :now))",
+            ExpressionAttributeNames={"#state": "state"},
+            ExpressionAttributeValues={":finalizing": FINALIZING, ":running": RUNNING,
+                                       ":until": _dynamo(now + lease_seconds), ":now": _dynamo(now)},
         )
         return True
     except Exception as error:

@@ -144,9 +144,9 @@ def list_models(cfg: StackConfig) -> list[ModelVersion]:
 
 _download_lock = threading.Lock()
 _downloaded: dict[tuple[str, int], str] = {}
-# Versions the running job pinned: inside a job, get_model_path(name) means the job's version,
-# so registering a newer version mid-job does not change what the job scores with.
-pinned_versions: dict[str, int] = {}
+# The deployment's model, already downloaded by the worker: inside a job, get_model_path(name)
+# means the job's version (registering a newer one mid-job changes nothing) and costs no call.
+pinned: dict[str, tuple[int, str]] = {}
 
 
 def local_path(cfg: StackConfig, model: ModelVersion) -> str:
@@ -169,7 +169,7 @@ def local_path(cfg: StackConfig, model: ModelVersion) -> str:
 
 def get_model_path(model_name: str, version: int | None = None) -> str:
     """What a scoring script calls: the local path of a registered model."""
+    if model_name in pinned and version in (None, pinned[model_name][0]):
+        return pinned[model_name][1]
     cfg = StackConfig.from_env()
-    if version is None:
-        version = pinned_versions.get(model_name)
     return local_path(cfg, get(cfg, model_name, version))

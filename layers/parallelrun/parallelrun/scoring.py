@@ -1,29 +1,39 @@
-"""Running the user's scoring script: load it once per process and deployment, call ``run``.
+"""Running the user's scoring script: in a child process, ``init()`` once, ``run()`` on a deadline.
 
-The script's code arrives as a zip stored under its SHA-256; it is verified before anything in
-it is imported. ``init()`` runs once per (process, deployment): a warm Lambda container or a
-local worker process keeps the loaded model for every later mini-batch.
+The script runs in a *scoring process* the worker starts and keeps: ``init()`` runs there once
+per deployment (a warm Lambda container or a local worker keeps it for every later mini-batch),
+and each ``run()`` gets ``run_invocation_timeout`` seconds. A ``run()`` past its deadline is
+stopped by killing that process, which a thread could never be; a crash inside the user's code
+(a segfault, running out of memory) takes the scoring process down, not the worker, which
+reports it as that attempt's failure. The script's code arrives as a zip stored under its
+SHA-256 and is verified before anything in it is imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import inspect
 import io
+import logging
+import multiprocessing
 import os
 import shutil
 import sys
-import threading
+import traceback
 import zipfile
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aws, registry
+from parallelrun import aws, logs, registry
 from parallelrun.config import StackConfig
 from parallelrun.errors import ScoringScriptError
 from parallelrun.settings import RunSettings
+
+TRACEBACK_LINES = 12
 
 
 @dataclass
@@ -39,21 +49,113 @@ class MiniBatchContext:
         return getattr(self, name)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt failed, as ``failures.jsonl`` reports it."""
+
+    error_type: str
+    message: str
+    traceback: tuple[str, ...] = ()
+
+    @classmethod
+    def from_exception(cls, error: BaseException) -> Failure:
+        lines = "".join(traceback.format_exception(error)).rstrip().splitlines()
+        return cls(type(error).__name__, str(error), tuple(lines[-TRACEBACK_LINES:]))
+
+
+class AttemptFailed(Exception):
+    """``run()`` raised, returned nothing usable, ran out of time, or its process died."""
+
+    def __init__(self, failure: Failure, log_lines: list[str] | None = None) -> None:
+        super().__init__(f"{failure.error_type}: {failure.message}")
+        self.failure = failure
+        self.log_lines = log_lines or []
+
+
 @dataclass
-class Script:
-    module: Any
-    takes_context: bool
-
-    def run(self, mini_batch: Any, context: MiniBatchContext) -> Any:
-        return self.module.run(mini_batch, context) if self.takes_context else self.module.run(mini_batch)
+class Outcome:
+    rows: list[str]
+    log_lines: list[str]
 
 
-_lock = threading.Lock()
-_scripts: dict[tuple, Script] = {}
+# --- the worker's side
+
+
+class ScoringHost:
+    """The scoring process of one deployment, started on first use and replaced after a kill."""
+
+    def __init__(self, cfg: StackConfig, deployment: dict[str, Any], settings: RunSettings) -> None:
+        self.cfg, self.deployment, self.settings = cfg, deployment, settings
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+
+    def _start(self) -> None:
+        root = code_dir(self.cfg, self.deployment["code_sha"])  # verified here, before any import
+        model = registry.get(self.cfg, self.deployment["model_name"], self.deployment["model_version"])
+        model_path = registry.local_path(self.cfg, model)
+        context = multiprocessing.get_context("spawn")  # never fork a process that holds client threads
+        parent, child = context.Pipe()
+        self.process = context.Process(
+            target=_host_main, name="parallelrun-scoring", daemon=True,
+            args=(child, str(root), self.deployment, self.settings.to_json(), model_path, model.single_file),
+        )
+        self.process.start()
+        child.close()
+        self.conn = parent
+
+    def run(self, paths: list[str], context: MiniBatchContext, timeout: float) -> Outcome:
+        """``run(paths)`` in the scoring process; raises :class:`AttemptFailed`."""
+        if self.process is None or not self.process.is_alive():
+            try:
+                self._start()
+            except Exception as error:  # code that fails its check, a missing model: this attempt fails
+                self.stop()
+                raise AttemptFailed(Failure.from_exception(error)) from error
+        assert self.conn is not None and self.process is not None
+        self.conn.send((paths, context.__dict__))
+        if not self.conn.poll(timeout):
+            self.stop()
+            raise AttemptFailed(Failure("RunTimeout", f"run() took longer than run_invocation_timeout={timeout:g} s; "
+                                                      "the scoring process was stopped"))
+        try:
+            status, payload, log_lines = self.conn.recv()
+        except (EOFError, OSError):
+            code = self.process.exitcode if self.process.join(5) is None else None
+            self.stop()
+            raise AttemptFailed(Failure("ScoringProcessDied", f"the scoring process died (exit code {code}): "
+                                                              "killed, out of memory or crashed in native code"))
+        if status == "ok":
+            return Outcome(payload, log_lines)
+        failure = Failure(*payload)
+        if status == "init":
+            self.stop()  # init() failed: a later attempt starts afresh
+        raise AttemptFailed(failure, log_lines)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.process = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+_hosts: dict[tuple, ScoringHost] = {}
+
+
+def host(cfg: StackConfig, deployment: dict[str, Any], settings: RunSettings) -> ScoringHost:
+    """The scoring process for this deployment and these arguments, kept across mini-batches."""
+    key = (deployment["code_sha"], deployment["entry_script"], deployment["model_name"],
+           deployment["model_version"], settings.arguments, tuple(sorted(settings.environment_variables.items())),
+           settings.logging_level)
+    if key not in _hosts:
+        _hosts[key] = ScoringHost(cfg, deployment, settings)
+    return _hosts[key]
 
 
 def code_dir(cfg: StackConfig, sha: str) -> Path:
-    """The scoring code, unpacked once per process from its zip after checking its SHA-256."""
+    """The scoring code, unpacked once per machine from its zip after checking its SHA-256."""
     target = registry.CACHE_ROOT / "code" / sha
     if (target / ".verified").exists():
         return target
@@ -73,42 +175,87 @@ def code_dir(cfg: StackConfig, sha: str) -> Path:
     return target
 
 
-def load(cfg: StackConfig, deployment: dict[str, Any], settings: RunSettings) -> Script:
-    """The deployment's script, imported and ``init()``-ed once in this process."""
-    key = (deployment["code_sha"], deployment["entry_script"], deployment["model_name"],
-           deployment["model_version"], settings.arguments, tuple(sorted(settings.environment_variables.items())))
-    with _lock:
-        if key not in _scripts:
-            _scripts[key] = _import_and_init(cfg, deployment, settings, len(_scripts))
-        return _scripts[key]
+# --- the scoring process's side
 
 
-def _import_and_init(cfg: StackConfig, deployment: dict[str, Any], settings: RunSettings, number: int) -> Script:
-    root = code_dir(cfg, deployment["code_sha"])
-    registry.pinned_versions[deployment["model_name"]] = deployment["model_version"]
-    model = registry.get(cfg, deployment["model_name"], deployment["model_version"])
-    model_path = Path(registry.local_path(cfg, model))
-    os.environ["AZUREML_MODEL_DIR"] = str(model_path.parent if model.single_file else model_path)
+class LogCapture(logging.Handler):
+    """Keeps the JSON lines of one run() (the user's logging included) to return with its result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self.setFormatter(logs.JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+class _PrintToLog(io.TextIOBase):
+    """``print()`` inside the user's script becomes a log line of its mini-batch."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger, self.pending = logger, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            if line.strip():
+                self.logger.info(line)
+        return len(text)
+
+
+def _host_main(conn: Connection, root: str, deployment: dict[str, Any], settings_json: str,
+               model_path: str, single_file: bool) -> None:
+    settings = RunSettings.from_json(settings_json)
+    logs.setup(settings.logging_level)
+    capture = LogCapture()
+    logging.getLogger().addHandler(capture)
+    user_log = logging.getLogger("user")
+    registry.pinned[deployment["model_name"]] = (deployment["model_version"], model_path)
+    os.environ["AZUREML_MODEL_DIR"] = str(Path(model_path).parent if single_file else model_path)
     os.environ.update(settings.environment_variables)
-    entry = root / deployment["entry_script"]
-    spec = importlib.util.spec_from_file_location(f"parallelrun_user_{number}_{entry.stem}", entry)
-    if spec is None or spec.loader is None:
-        raise ScoringScriptError(f"cannot import entry script {deployment['entry_script']}")
-    module = importlib.util.module_from_spec(spec)
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))  # the script's own helper modules sit beside it
-    saved_argv = sys.argv
-    sys.argv = [str(entry), *settings.arguments]  # argparse in init() sees the job's arguments
     try:
-        spec.loader.exec_module(module)
-        if not callable(getattr(module, "run", None)):
-            raise ScoringScriptError(f"entry script {deployment['entry_script']} defines no run(mini_batch)")
-        if callable(getattr(module, "init", None)):
-            module.init()
-    finally:
-        sys.argv = saved_argv
-    parameters = inspect.signature(module.run).parameters
-    return Script(module, takes_context=len(parameters) >= 2)
+        with contextlib.redirect_stdout(_PrintToLog(user_log)):
+            module, takes_context = _import_and_init(Path(root), deployment["entry_script"], settings.arguments)
+        init_error = None
+    except BaseException as error:  # noqa: BLE001 - the user's init() may raise anything
+        init_error = Failure.from_exception(error)
+    while True:
+        try:
+            paths, raw_context = conn.recv()
+        except EOFError:
+            return
+        context = MiniBatchContext(**raw_context)
+        capture.lines = []
+        if init_error is not None:
+            conn.send(("init", tuple(init_error.__dict__.values()), capture.lines))
+            continue
+        with logs.context(context.job_id, context.minibatch_index), contextlib.redirect_stdout(_PrintToLog(user_log)):
+            try:
+                result = module.run(paths, context) if takes_context else module.run(paths)
+                reply = ("ok", to_rows(result), capture.lines)
+            except BaseException as error:  # noqa: BLE001 - the user's run() may raise anything
+                failure = Failure.from_exception(error)
+                user_log.error("run() failed: %s: %s", failure.error_type, failure.message)
+                reply = ("error", tuple(failure.__dict__.values()), capture.lines)
+        conn.send(reply)
+
+
+def _import_and_init(root: Path, entry_script: str, arguments: tuple[str, ...]) -> tuple[Any, bool]:
+    entry = root / entry_script
+    spec = importlib.util.spec_from_file_location(f"parallelrun_user_{entry.stem}", entry)
+    if spec is None or spec.loader is None:
+        raise ScoringScriptError(f"cannot import entry script {entry_script}")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(root))  # the script's own helper modules sit beside it
+    sys.argv = [str(entry), *arguments]  # argparse in init() sees the job's arguments
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "run", None)):
+        raise ScoringScriptError(f"entry script {entry_script} defines no run(mini_batch)")
+    if callable(getattr(module, "init", None)):
+        module.init()
+    return module, len(inspect.signature(module.run).parameters) >= 2
 
 
 def to_rows(result: Any) -> list[str]:

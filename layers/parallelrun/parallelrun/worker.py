@@ -4,6 +4,12 @@ Order matters for DESIGN invariant 1. The part object is written under a key tha
 attempt, then one conditional transaction records the batch and adds its counts. A worker that
 dies before the transaction leaves nothing counted (the message comes back); one that dies after
 it leaves a recorded batch, and the redelivered message is dropped without running again.
+
+An attempt fails when ``run()`` raises, returns nothing usable, runs past
+``run_invocation_timeout`` or its process dies; SQS delivers the message again (sooner than the
+visibility timeout: the worker shortens it to a back-off) until ``run_max_try`` attempts are
+spent. After the last one, with ``isolate_failures``, each input is run alone, so only the inputs
+that fail by themselves are failed and the rest of the mini-batch still succeeds.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import logging
 import os
 import shutil
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,10 +26,16 @@ from typing import Any
 from parallelrun import aggregator, aws, jobs, logs, registry, scoring
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, relative_name
+from parallelrun.scoring import AttemptFailed, Failure
 
 log = logging.getLogger("parallelrun.worker")
 FETCH_THREADS = 16
-TRACEBACK_LINES = 12
+# Seconds kept back from an invocation's time for writing and committing after the last run().
+COMMIT_MARGIN = 10
+
+
+class Retry(Exception):
+    """This attempt failed and attempts remain: SQS should deliver the message again."""
 
 
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -34,18 +45,26 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     failures = []
     for record in event.get("Records", []):
         try:
-            process(cfg, record, _worker_name(context))
+            process(cfg, record, context)
+        except Retry:
+            failures.append({"itemIdentifier": record["messageId"]})
         except Exception:
             log.exception("mini-batch attempt failed; SQS will deliver it again")
             failures.append({"itemIdentifier": record["messageId"]})
     return {"batchItemFailures": failures}
 
 
-def _worker_name(context: Any) -> str:
+def worker_name(context: Any) -> str:
     return getattr(context, "log_stream_name", None) or f"pid-{os.getpid()}"
 
 
-def process(cfg: StackConfig, record: dict[str, Any], worker: str) -> None:
+def deadline_of(context: Any) -> float:
+    """When this invocation must have finished (Lambda's context knows; locally, no limit)."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return time.time() + remaining() / 1000.0 - COMMIT_MARGIN if remaining else float("inf")
+
+
+def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> None:
     """Handle one mini-batch message; raise to have it delivered again."""
     message = json.loads(record["body"])
     job_id, index = message["job_id"], int(message["batch"])
@@ -53,52 +72,136 @@ def process(cfg: StackConfig, record: dict[str, Any], worker: str) -> None:
     items = [InputFile.from_json(item) for item in message["items"]]
     with logs.context(job_id, index):
         job = jobs.get(cfg, job_id)
-        if job.state in jobs.TERMINAL:
-            logs.event(log, "dropped: the job has ended", state=job.state)
+        if job.state != jobs.RUNNING:
+            logs.event(log, "dropped: the job is not running", state=job.state)
             return
-        if jobs.get_batch(cfg, job_id, index) is None:
-            record_batch(cfg, job, index, items, attempt, worker)
-        else:
+        if jobs.get_batch(cfg, job_id, index) is not None:
             logs.event(log, "dropped: a duplicate of a recorded mini-batch", attempt=attempt)
-        finalize_if_complete(cfg, job_id)
+        else:
+            try:
+                batch = run_batch(cfg, job, index, items, attempt, worker_name(context), deadline_of(context))
+            except Retry:
+                _retry_soon(cfg, record, attempt)
+                raise
+            if jobs.commit_batch(cfg, job_id, batch):
+                logs.event(log, "mini-batch recorded", status=batch.status, items=batch.items,
+                           failed=batch.items_failed, attempt=attempt, seconds=round(batch.duration, 3))
+            else:
+                logs.event(log, "another delivery recorded this mini-batch first", attempt=attempt)
+        after_commit(cfg, job_id)
 
 
-def record_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile], attempt: int, worker: str) -> None:
+def _retry_soon(cfg: StackConfig, record: dict[str, Any], attempt: int) -> None:
+    """Bring the message back after a short back-off instead of the whole visibility timeout."""
+    if record.get("receiptHandle"):
+        try:
+            aws.client("sqs").change_message_visibility(
+                QueueUrl=cfg.batch_queue_url, ReceiptHandle=record["receiptHandle"],
+                VisibilityTimeout=min(60, 2 * attempt),
+            )
+        except Exception:  # the default visibility timeout still brings it back
+            log.warning("could not shorten the retry delay", exc_info=True)
+
+
+def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile], attempt: int,
+              worker: str, deadline: float) -> jobs.BatchRecord:
+    """Fetch, score, write the part and the failure lines; the record to commit."""
     started = time.time()
-    try:
-        rows = score(cfg, job, index, items, attempt)
-    except Exception as error:
-        if attempt < job.settings.run_max_try:
-            raise
-        record = fail_batch(cfg, job.job_id, index, items, attempt, error, worker, started)
-    else:
-        succeeded = min(len(rows), len(items))
-        key = jobs.part_key(job.job_id, index, attempt)
-        aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=key,
-                                    Body="".join(row + "\n" for row in rows).encode())
-        record = jobs.BatchRecord(
-            index=index, status=jobs.SUCCEEDED, items=len(items), items_succeeded=succeeded,
-            items_failed=len(items) - succeeded, attempt=attempt, part_key=key, failures_key=None,
-            rows=len(rows), worker=worker, duration=time.time() - started,
-        )
-    if jobs.commit_batch(cfg, job.job_id, record):
-        logs.event(log, "mini-batch recorded", status=record.status, items=record.items,
-                   failed=record.items_failed, attempt=attempt, seconds=round(record.duration, 3))
-    else:
-        logs.event(log, "another delivery recorded this mini-batch first", attempt=attempt)
-
-
-def score(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile], attempt: int) -> list[str]:
-    """Fetch the inputs, run the script on their local paths, return its rows."""
-    script = scoring.load(cfg, job.deployment, job.settings)
     spec = InputSpec.from_uri(job.input_uri)
     folder = registry.CACHE_ROOT / "inputs" / job.job_id / f"{index}.{attempt}"
+    capture = scoring.LogCapture()
+    logging.getLogger().addHandler(capture)
     try:
         paths = fetch(spec, items, folder)
+        host = scoring.host(cfg, job.deployment, job.settings)
         context = scoring.MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt)
-        return scoring.to_rows(script.run(paths, context))
+        timeout = job.settings.run_invocation_timeout
+        try:
+            outcome = host.run(paths, context, timeout)
+            capture.lines += outcome.log_lines
+            rows, failed = outcome.rows, short_results(items, len(outcome.rows), spec)
+        except AttemptFailed as error:
+            capture.lines += error.log_lines
+            logs.event(log, "attempt failed", level=logging.WARNING, attempt=attempt,
+                       error_type=error.failure.error_type, error=error.failure.message)
+            if attempt < job.settings.run_max_try:
+                raise Retry() from error
+            if job.settings.isolate_failures and len(items) > 1:
+                rows, failed = isolate(host, items, paths, context, timeout, deadline, error.failure, capture)
+            else:
+                rows, failed = [], [(item, error.failure) for item in items]
     finally:
+        logging.getLogger().removeHandler(capture)
         shutil.rmtree(folder, ignore_errors=True)  # /tmp is small on Lambda
+        _write_log(cfg, job.job_id, index, attempt, capture.lines)
+    return write_results(cfg, job.job_id, index, items, attempt, rows, failed, worker, started)
+
+
+def short_results(items: list[InputFile], returned: int, spec: InputSpec) -> list[tuple[InputFile | None, Failure]]:
+    """``run()`` returned fewer results than inputs: that many inputs failed, which ones unknown."""
+    missing = len(items) - returned
+    if missing <= 0:
+        return []
+    failure = Failure("MissingResults", f"run() returned {returned} results for {len(items)} inputs "
+                                        f"({relative_name(items[0].key, spec.prefix)} .. "
+                                        f"{relative_name(items[-1].key, spec.prefix)}): return one per input")
+    return [(None, failure)] * missing
+
+
+def isolate(host: scoring.ScoringHost, items: list[InputFile], paths: list[str], context: scoring.MiniBatchContext,
+            timeout: float, deadline: float, batch_failure: Failure,
+            capture: scoring.LogCapture) -> tuple[list[str], list[tuple[InputFile | None, Failure]]]:
+    """Run each input alone: keep the rows of those that succeed, fail only those that fail alone."""
+    rows: list[str] = []
+    failed: list[tuple[InputFile | None, Failure]] = []
+    for item, path in zip(items, paths):
+        if time.time() + timeout > deadline:
+            failed.append((item, Failure(batch_failure.error_type, "not run alone: the invocation ran out of time; "
+                                         f"the mini-batch failed with: {batch_failure.message}",
+                                         batch_failure.traceback)))
+            continue
+        try:
+            outcome = host.run([path], context, timeout)
+        except AttemptFailed as error:
+            capture.lines += error.log_lines
+            failed.append((item, error.failure))
+            continue
+        capture.lines += outcome.log_lines
+        rows += outcome.rows
+        if not outcome.rows:
+            failed.append((item, Failure("MissingResults", "run() returned no result for this input alone")))
+    logs.event(log, "isolated the failed mini-batch's inputs", inputs=len(items), failed=len(failed))
+    return rows, failed
+
+
+def write_results(cfg: StackConfig, job_id: str, index: int, items: list[InputFile], attempt: int,
+                  rows: list[str], failed: list[tuple[InputFile | None, Failure]], worker: str,
+                  started: float) -> jobs.BatchRecord:
+    """Write the part and the failure lines under keys naming the attempt; the batch's record."""
+    s3 = aws.client("s3")
+    part = failures = None
+    if rows:
+        part = jobs.part_key(job_id, index, attempt)
+        s3.put_object(Bucket=cfg.artifacts_bucket, Key=part, Body="".join(row + "\n" for row in rows).encode())
+    if failed:
+        failures = jobs.failures_key(job_id, index, attempt)
+        lines = [failure_line(item, index, attempt, failure, worker) for item, failure in failed]
+        s3.put_object(Bucket=cfg.artifacts_bucket, Key=failures, Body="".join(lines).encode())
+    items_failed = min(len(failed), len(items))
+    return jobs.BatchRecord(
+        index=index, status=jobs.FAILED if items_failed == len(items) else jobs.SUCCEEDED, items=len(items),
+        items_succeeded=len(items) - items_failed, items_failed=items_failed, attempt=attempt, part_key=part,
+        failures_key=failures, rows=len(rows), worker=worker, duration=time.time() - started,
+    )
+
+
+def failure_line(item: InputFile | None, index: int, attempts: int, failure: Failure, worker: str) -> str:
+    """One line of ``failures.jsonl``: what failed, where, how often, and why."""
+    return json.dumps({
+        "input": item.key if item is not None else None, "minibatch": index, "attempts": attempts,
+        "error_type": failure.error_type, "message": failure.message, "traceback": list(failure.traceback),
+        "worker": worker,
+    }) + "\n"
 
 
 def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
@@ -121,35 +224,23 @@ def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
     return [str(path) for path in paths]
 
 
-def fail_batch(cfg: StackConfig, job_id: str, index: int, items: list[InputFile], attempt: int,
-               error: BaseException, worker: str, started: float) -> jobs.BatchRecord:
-    """The last attempt failed: write one failure line per input and a FAILED batch record."""
-    key = jobs.failures_key(job_id, index, attempt)
-    lines = failure_lines(items, index, attempt, error, worker)
-    aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=key, Body="".join(lines).encode())
-    return jobs.BatchRecord(
-        index=index, status=jobs.FAILED, items=len(items), items_succeeded=0, items_failed=len(items),
-        attempt=attempt, part_key=None, failures_key=key, worker=worker, duration=time.time() - started,
-    )
+def _write_log(cfg: StackConfig, job_id: str, index: int, attempt: int, lines: list[str]) -> None:
+    """Keep the attempt's log lines (the script's own included) where `parallelrun logs` reads them."""
+    try:
+        aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=jobs.log_key(job_id, index, attempt),
+                                    Body="".join(line + "\n" for line in lines).encode())
+    except Exception:  # logs are for reading, never a reason to fail a mini-batch
+        log.warning("could not store the mini-batch's log", exc_info=True)
 
 
-def failure_lines(items: list[InputFile], index: int, attempts: int, error: BaseException | None,
-                  worker: str, message: str | None = None) -> list[str]:
-    """``failures.jsonl`` lines: what failed, where, how often, and the end of the traceback."""
-    trace = traceback.format_exception(error) if error is not None else []
-    tail = "".join(trace).rstrip().splitlines()[-TRACEBACK_LINES:]
-    return [
-        json.dumps({
-            "input": item.key, "minibatch": index, "attempts": attempts,
-            "error_type": type(error).__name__ if error is not None else "WorkerLost",
-            "message": message if message is not None else str(error), "traceback": tail, "worker": worker,
-        }) + "\n"
-        for item in items
-    ]
-
-
-def finalize_if_complete(cfg: StackConfig, job_id: str) -> None:
-    """Whoever sees the counters complete asks for the aggregator; it runs once whatever the count."""
+def after_commit(cfg: StackConfig, job_id: str) -> None:
+    """Whoever sees the counters complete asks for the aggregator (it runs once whatever the
+    count); whoever sees a threshold crossed stops the job at once."""
     job = jobs.get(cfg, job_id)
-    if job.state == jobs.RUNNING and job.complete:
+    if job.state != jobs.RUNNING:
+        return
+    crossed = aggregator.crossed_mid_job(job)
+    if crossed:
+        aggregator.stop(cfg, job_id, jobs.FAILED, crossed)
+    elif job.complete:
         aggregator.request(cfg, job_id)
