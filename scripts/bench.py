@@ -20,6 +20,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,14 +73,22 @@ def planner_seconds(log_dir: Path, job_id: str) -> float | None:
     return None
 
 
-def aggregator_peak(cfg: StackConfig, job: jobs.Job) -> int:
-    """Peak Python memory while collating the finished job again (into a scratch prefix)."""
+def aggregator_peak(job_id: str) -> int:
+    """Peak Python memory of collating the finished job again (into a scratch prefix), measured
+    in a process of its own: this one also hosts the moto server, whose allocations would count."""
+    out = subprocess.run([sys.executable, __file__, "--collate", job_id], check=True, capture_output=True, text=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def _collate(job_id: str) -> None:
+    cfg = StackConfig.from_outputs(json.loads(os.environ["BENCH_OUTPUTS"]))
+    job = jobs.get(cfg, job_id)
     scratch = dataclasses.replace(job, output_uri=job.output_uri.rstrip("/") + "-bench/")
+    list(jobs.iter_batches(cfg, job_id))  # load the clients' service models before measuring
+    aws.client("s3").list_objects_v2(Bucket=cfg.artifacts_bucket, MaxKeys=1)
     tracemalloc.start()
     aggregator.collate(cfg, scratch)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak
+    print(tracemalloc.get_traced_memory()[1])
 
 
 def run_size(stack: LocalStack, client: Client, workdir: Path, count: int, model_path: str,
@@ -117,7 +126,7 @@ def run_size(stack: LocalStack, client: Client, workdir: Path, count: int, model
         "overhead_seconds_per_minibatch": round((seconds - floor["seconds"]) / job.total_batches * workers, 4),
         "aws_requests_per_minibatch": {k: round(v / job.total_batches, 2) for k, v in sorted(requests.items())},
         "planner_seconds": planner_seconds(stack.log_dir, job.job_id),
-        "aggregator_peak_bytes": aggregator_peak(client.cfg, job),
+        "aggregator_peak_bytes": aggregator_peak(job.job_id),
     }
 
 
@@ -125,11 +134,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--collate", metavar="JOB", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.collate:
+        _collate(args.collate)
+        return 0
     results = []
     with tempfile.TemporaryDirectory() as tmp, LocalStack(workers=args.workers, write_state=False) as stack:
         workdir = Path(tmp)
         client = Client(StackConfig.from_outputs(stack.outputs))
+        os.environ["BENCH_OUTPUTS"] = json.dumps(stack.outputs)
         train = load_example("digits", "train")
         train.train_model(workdir / "model.pkl")
         client.register_model(workdir / "model.pkl", "digits")
