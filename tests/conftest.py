@@ -71,6 +71,27 @@ class Stack:
                 break
         return received
 
+    def purge(self) -> None:
+        """Empty every queue: what an earlier test left behind (dropped stragglers) stays out."""
+        sqs = aws.client("sqs")  # PurgeQueue is allowed once a minute: receive and delete instead
+        for spec in self.spec.functions.values():
+            for source in spec.queue_sources:
+                while messages := sqs.receive_message(QueueUrl=source.queue_url, MaxNumberOfMessages=10,
+                                                      VisibilityTimeout=30).get("Messages", []):
+                    sqs.delete_message_batch(QueueUrl=source.queue_url, Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+
+    def plan(self, job_id: str) -> jobs.Job:
+        """Deliver planner messages until this job's first window is sent (the queues are shared
+        with other tests' leftovers, so one delivery may serve another job)."""
+        for _ in range(200):
+            job = jobs.get(self.cfg, job_id)
+            if job.state != jobs.QUEUED and job.state != jobs.PLANNING and (job.cursor or job.state in jobs.TERMINAL
+                                                                            or job.total_batches == 0):
+                return job
+            self.deliver("PlannerFunction")
+        raise AssertionError(f"job {job_id} was not planned")
+
     def run_until_done(self, job_id: str, rounds: int = 500) -> jobs.Job:
         """Deliver every queue in turn until the job ends."""
         for _ in range(rounds):
@@ -107,6 +128,7 @@ def unique() -> str:
 @pytest.fixture
 def make_endpoint(stack: Stack, tmp_path: Path) -> Callable[..., str]:
     """Create an endpoint whose scoring script is ``source``; returns its name."""
+    stack.purge()
 
     def make(source: str, name: str | None = None, settings: dict[str, Any] | None = None) -> str:
         name = name or f"ep-{next(_names)}"

@@ -95,7 +95,7 @@ def test_duplicate_of_a_recorded_batch_while_running_is_dropped(stack, make_endp
     endpoint = make_endpoint(echo("live"), name="live")
     put_files(stack.cfg, "live/r/", [f"{i}.txt" for i in range(4)])
     job = start(stack, endpoint, "live/r/", {"mini_batch_size": "2"})
-    stack.deliver("PlannerFunction")
+    stack.plan(job.job_id)
     messages = aws.client("sqs").receive_message(QueueUrl=stack.cfg.batch_queue_url, MaxNumberOfMessages=10,
                                                  VisibilityTimeout=0)["Messages"]
     first = next(m["Body"] for m in messages if json.loads(m["Body"])["batch"] == 0)
@@ -147,7 +147,7 @@ def test_window_bounds_messages_in_flight(stack, make_endpoint):
     endpoint = make_endpoint(echo("win"), name="win")
     put_files(stack.cfg, "win/r/", [f"{i:02d}.txt" for i in range(30)])
     job = start(stack, endpoint, "win/r/", {"mini_batch_size": "1", "process_count_per_node": "2", "node_count": "2"})
-    stack.deliver("PlannerFunction")
+    stack.plan(job.job_id)
     attributes = aws.client("sqs").get_queue_attributes(QueueUrl=stack.cfg.batch_queue_url,
                                                         AttributeNames=["ApproximateNumberOfMessages"])
     assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "4"  # 2 processes x 2 nodes
@@ -204,7 +204,7 @@ def test_dead_lettered_batch_counts_as_failed(stack, make_endpoint):
     endpoint = make_endpoint(echo("dlq"), name="dlq")
     put_files(stack.cfg, "dlq/r/", ["a.txt", "b.txt", "c.txt"])
     job = start(stack, endpoint, "dlq/r/", {"mini_batch_size": "2"})
-    stack.deliver("PlannerFunction")
+    stack.plan(job.job_id)
     sqs = aws.client("sqs")
     dlq = stack.source("FailureRecorderFunction").queue_url
     received = sqs.receive_message(QueueUrl=stack.cfg.batch_queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0)

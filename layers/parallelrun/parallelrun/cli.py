@@ -108,6 +108,33 @@ def cmd_endpoints_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_endpoints_update(args: argparse.Namespace) -> int:
+    deployment = Client.local().update_endpoint(args.name, args.code, args.entry_script, args.model,
+                                                parse_assignments(args.set))
+    print(f"updated endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script}, "
+          f"code {deployment.code_sha[:12]}); running jobs keep what they started with")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = Client.local().cancel(args.job)
+    print(f"job {job.job_id}: {job.state} ({job.reason}); the output will hold what succeeded")
+    return 0
+
+
+def cmd_redrive(args: argparse.Namespace) -> int:
+    client = Client.local()
+    again = client.redrive(args.job)
+    print(f"job {args.job}: running {len(again)} mini-batch(es) again")
+    return _wait(client, args.job) if args.wait else 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    for line in Client.local().logs(args.job, args.minibatch):
+        print(line)
+    return 0
+
+
 def cmd_endpoints_list(args: argparse.Namespace) -> int:
     for endpoint in Client.local().endpoints():
         print(f"{endpoint['name']}\tdefault deployment: {endpoint['default_deployment']}")
@@ -205,6 +232,13 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--entry-script", required=True, help="the scoring script, relative to --code")
     create.add_argument("--model", required=True, metavar="NAME[:VERSION]")
     create.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a default run setting")
+    update = add(endpoints, "update", cmd_endpoints_update,
+                 "Change an endpoint's default deployment (new code, entry script, model or settings).")
+    update.add_argument("name")
+    update.add_argument("--code", default=None, help="folder with the new scoring code")
+    update.add_argument("--entry-script", default=None)
+    update.add_argument("--model", default=None, metavar="NAME[:VERSION]")
+    update.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     add(endpoints, "list", cmd_endpoints_list, "List the endpoints.")
 
     submit = add(sub, "submit", cmd_submit, "Submit a job on a folder of inputs; prints the job id.")
@@ -218,6 +252,14 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("job")
     status.add_argument("--json", action="store_true")
     add(sub, "wait", cmd_wait, "Wait for a job with a progress bar; exit 0 only if it succeeded.").add_argument("job")
+    add(sub, "cancel", cmd_cancel, "Stop a job; its output holds what succeeded.").add_argument("job")
+    redrive = add(sub, "redrive", cmd_redrive,
+                  "Run an ended job's failed mini-batches again (with the endpoint's current code).")
+    redrive.add_argument("job")
+    redrive.add_argument("--wait", action="store_true")
+    job_logs = add(sub, "logs", cmd_logs, "Print the log lines of a job's mini-batches, the script's own included.")
+    job_logs.add_argument("job")
+    job_logs.add_argument("--minibatch", type=int, default=None, metavar="N")
     listing = add(sub, "jobs", cmd_jobs, "List the newest jobs.")
     listing.add_argument("--limit", type=int, default=20)
     results = add(sub, "results", cmd_results, "Print or save a job's collated output.")

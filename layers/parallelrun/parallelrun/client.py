@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aws, endpoints, jobs, registry, submit
+from parallelrun import aggregator, aws, endpoints, jobs, planner, registry, submit
 from parallelrun.config import StackConfig
-from parallelrun.errors import NotFoundError, ParallelRunError, StackError
+from parallelrun.errors import ConflictError, NotFoundError, ParallelRunError, StackError
 
 
 class Client:
@@ -41,6 +41,10 @@ class Client:
                         settings: dict[str, Any] | None = None) -> endpoints.Deployment:
         return endpoints.create(self.cfg, name, code, entry_script, model, settings)
 
+    def update_endpoint(self, name: str, code: str | Path | None = None, entry_script: str | None = None,
+                        model: str | None = None, settings: dict[str, Any] | None = None) -> endpoints.Deployment:
+        return endpoints.update(self.cfg, name, code, entry_script, model, settings)
+
     def endpoints(self) -> list[dict[str, Any]]:
         return endpoints.list_endpoints(self.cfg)
 
@@ -57,6 +61,27 @@ class Client:
 
     def jobs(self, limit: int = 50) -> list[jobs.Job]:
         return jobs.list_jobs(self.cfg, limit)
+
+    def cancel(self, job_id: str) -> jobs.Job:
+        """Stop a job: nothing more is sent or run; the output holds what succeeded."""
+        if not aggregator.stop(self.cfg, job_id, jobs.CANCELED, "canceled by user"):
+            job = self.job(job_id)
+            raise ConflictError(f"job {job_id} has already ended ({job.state}) or is finalizing")
+        return self.job(job_id)
+
+    def redrive(self, job_id: str) -> list[int]:
+        """Run an ended job's failed mini-batches again; see :func:`parallelrun.planner.redrive`."""
+        return planner.redrive(self.cfg, job_id)
+
+    def logs(self, job_id: str, minibatch: int | None = None) -> Iterator[str]:
+        """The stored log lines of a job's mini-batch attempts (the script's own included)."""
+        self.job(job_id)  # a clear error for an unknown job
+        prefix = jobs.job_prefix(job_id) + "logs/" + (f"{minibatch:09d}." if minibatch is not None else "")
+        s3 = aws.client("s3")
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.artifacts_bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                body = s3.get_object(Bucket=self.cfg.artifacts_bucket, Key=obj["Key"])["Body"].read()
+                yield from body.decode().splitlines()
 
     def find_job(self, input_uri: str) -> jobs.Job | None:
         """The newest job on ``input_uri`` (a drop folder's job has no id known in advance)."""

@@ -133,6 +133,37 @@ def create(
     return found
 
 
+def update(
+    cfg: StackConfig,
+    name: str,
+    code_dir: str | Path | None = None,
+    entry_script: str | None = None,
+    model_ref: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    deployment: str | None = None,
+) -> Deployment:
+    """Change a deployment (the default one unless named): new code, entry script, model or
+    settings. Running jobs keep what they started with; new jobs and redrives get the change."""
+    current = get_deployment(cfg, name, deployment)
+    code_sha = current.code_sha
+    entry = entry_script or current.entry_script
+    if code_dir is not None:
+        code_dir = Path(code_dir)
+        if not (code_dir / entry).is_file():
+            raise InputError(f"--entry-script {entry}: no such file in {code_dir}")
+        code_sha = upload_code(cfg, code_dir)
+    model_name, model_version = (registry.parse_ref(model_ref) if model_ref
+                                 else (current.model_name, current.model_version))
+    registry.get(cfg, model_name, model_version)
+    merged = {**current.settings, **(overrides or {})}
+    settings.resolve(merged, limits=cfg.limits)
+    changed = Deployment(endpoint=name, name=current.name, code_sha=code_sha, entry_script=entry,
+                         model_name=model_name, model_version=model_version, settings=merged,
+                         created_at=time.time())
+    aws.table(cfg.table).put_item(Item=changed.to_item())
+    return changed
+
+
 def get_deployment(cfg: StackConfig, endpoint: str, deployment: str | None = None) -> Deployment:
     """The named deployment of ``endpoint``, or its default one."""
     table = aws.table(cfg.table)

@@ -202,6 +202,25 @@ def claim_finalize(cfg: StackConfig, job_id: str, lease_seconds: float) -> bool:
         raise
 
 
+def reopen(cfg: StackConfig, job_id: str, deployment: dict[str, Any], token: str) -> bool:
+    """An ended job runs again (redrive): state RUNNING, no outcome, a new planner chain."""
+    try:
+        _ddb(cfg).update_item(
+            Key=job_key(job_id),
+            UpdateExpression="SET #state = :running, deployment = :deployment, planner_token = :token, "
+                             "reason = :empty REMOVE outcome, ended_at, finalize_until",
+            ConditionExpression="#state IN (:s, :f, :c)",
+            ExpressionAttributeNames={"#state": "state"},
+            ExpressionAttributeValues={":running": RUNNING, ":deployment": json.dumps(deployment, sort_keys=True),
+                                       ":token": token, ":empty": "", ":s": SUCCEEDED, ":f": FAILED, ":c": CANCELED},
+        )
+        return True
+    except Exception as error:
+        if aws.is_conditional_failure(error):
+            return False
+        raise
+
+
 def advance_planner(cfg: StackConfig, job_id: str, tick: int, token: str, cursor: int, next_token: str) -> bool:
     """Record the planner's cursor, only if no one else handled this tick (see planner.tick)."""
     try:
@@ -241,6 +260,38 @@ def commit_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
                     "ExpressionAttributeValues": _serialize({
                         ":bs": int(succeeded), ":bf": int(not succeeded), ":is": record.items_succeeded,
                         ":if": record.items_failed, ":r": record.attempt - 1,
+                    }),
+                }},
+            ]
+        )
+        return True
+    except Exception as error:
+        if aws.is_conditional_failure(error):
+            return False
+        raise
+
+
+def reopen_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
+    """Forget a recorded mini-batch so it runs again (redrive): its record goes and its counts
+    are taken back, in one transaction. False if it was already reopened."""
+    succeeded = record.status == SUCCEEDED
+    try:
+        aws.client("dynamodb").transact_write_items(
+            TransactItems=[
+                {"Delete": {
+                    "TableName": cfg.table,
+                    "Key": _serialize(batch_key(job_id, record.index)),
+                    "ConditionExpression": "attempt = :attempt",
+                    "ExpressionAttributeValues": _serialize({":attempt": record.attempt}),
+                }},
+                {"Update": {
+                    "TableName": cfg.table,
+                    "Key": _serialize(job_key(job_id)),
+                    "UpdateExpression": "ADD batches_succeeded :bs, batches_failed :bf, "
+                                        "items_succeeded :is, items_failed :if, retries :r",
+                    "ExpressionAttributeValues": _serialize({
+                        ":bs": -int(succeeded), ":bf": -int(not succeeded), ":is": -record.items_succeeded,
+                        ":if": -record.items_failed, ":r": -(record.attempt - 1),
                     }),
                 }},
             ]

@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from parallelrun import aggregator, aws, datasets, jobs, logs, submit
+from parallelrun import aggregator, aws, datasets, endpoints, jobs, logs, submit
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec
 from parallelrun.errors import ConflictError, ParallelRunError
@@ -220,3 +220,40 @@ def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.Job, batch: list[tuple[int, 
             return
         time.sleep(0.2)
     raise ParallelRunError(f"SQS refused mini-batches {sorted(entries)} of job {job.job_id} five times")
+
+
+def redrive(cfg: StackConfig, job_id: str) -> list[int]:
+    """Run an ended job's failed mini-batches again, with its deployment as it is now (fixed
+    code, say), keeping every succeeded part; the aggregator then rebuilds the output. Also
+    sends what a stopped job never ran. Returns the mini-batches sent again.
+
+    Safe to repeat after a crash half-way: any mini-batch below the cursor without a record
+    (reopened, or dropped when the job stopped) is sent again.
+    """
+    job = jobs.get(cfg, job_id)
+    if job.state not in jobs.TERMINAL:
+        raise ConflictError(f"job {job_id} is {job.state}: wait for it to end, or cancel it, before a redrive")
+    if job.total_batches is None:
+        raise ConflictError(f"job {job_id} never planned its inputs ({job.reason}): submit it again")
+    recorded = {}
+    for record in jobs.iter_batches(cfg, job_id):
+        if record.items_failed and jobs.reopen_batch(cfg, job_id, record):
+            continue
+        recorded[record.index] = record
+    again = [index for index in range(job.cursor) if index not in recorded]
+    if not again and job.cursor >= job.total_batches:
+        raise ConflictError(f"job {job_id} has no failed mini-batch to run again")
+    deployment = submit.snapshot(cfg, endpoints.get_deployment(cfg, job.endpoint, job.deployment.get("deployment")))
+    token = f"redrive-{secrets.token_hex(4)}"
+    if not jobs.reopen(cfg, job_id, deployment, token):
+        raise ConflictError(f"job {job_id} changed state during the redrive: look at it and try again")
+    job = jobs.get(cfg, job_id)
+    sqs = aws.client("sqs")
+    wanted = set(again)
+    pending = [entry for entry in read_plan(cfg, job_id, min(again), max(again) + 1) if entry[0] in wanted] if again else []
+    for start in range(0, len(pending), SEND_BATCH):
+        _send_ten(sqs, cfg, job, pending[start:start + SEND_BATCH])
+    if job.cursor < job.total_batches:
+        tick(cfg, {"action": "tick", "job_id": job_id, "tick": job.planner_tick, "token": token, "since": time.time()})
+    logs.event(log, "redrive", batches=len(again), unsent=job.total_batches - job.cursor)
+    return again

@@ -45,7 +45,6 @@ def prepare(
         spec = InputSpec.from_uri(input_uri)
     except ValueError:
         raise InputError(f"--input {input_uri!r}: give an s3://bucket/folder/ URI") from None
-    model = registry.get(cfg, found.model_name, found.model_version)
     job_id = job_id or new_job_id(endpoint)
     output_uri = run_settings.output_path or f"s3://{cfg.artifacts_bucket}/{jobs.job_prefix(job_id)}output/"
     output_uri = output_uri if output_uri.endswith("/") else output_uri + "/"
@@ -53,15 +52,22 @@ def prepare(
     return jobs.Job(
         job_id=job_id,
         endpoint=endpoint,
-        deployment={
-            "endpoint": found.endpoint, "deployment": found.name, "code_sha": found.code_sha,
-            "entry_script": found.entry_script, "model_name": model.name, "model_version": model.version,
-        },
+        deployment=snapshot(cfg, found),
         settings=run_settings,
         input_uri=spec.uri,
         output_uri=output_uri,
         source=source,
     )
+
+
+def snapshot(cfg: StackConfig, deployment: endpoints.Deployment) -> dict[str, Any]:
+    """What a job keeps of its deployment, the model version resolved: later changes to the
+    endpoint never reach it."""
+    model = registry.get(cfg, deployment.model_name, deployment.model_version)
+    return {
+        "endpoint": deployment.endpoint, "deployment": deployment.name, "code_sha": deployment.code_sha,
+        "entry_script": deployment.entry_script, "model_name": model.name, "model_version": model.version,
+    }
 
 
 def _refuse_existing_output(uri: str) -> None:

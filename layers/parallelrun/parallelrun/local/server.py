@@ -1,7 +1,8 @@
 """A moto server on 127.0.0.1: the AWS of the local stack, shared by every local process.
 
 It counts the requests it serves, by service, so the local stack can say what a job would have
-asked of AWS (requests per mini-batch in the benchmark).
+asked of AWS (requests per mini-batch in the benchmark), and it can answer a share of them with
+the throttling errors AWS sends under load, so that retries are proven across processes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import make_server
 
 _SERVICE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
+# What AWS answers a throttled request with, per service: status, content type, body.
+THROTTLE = {
+    "s3": ("503 Slow Down", "application/xml",
+           b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"),
+    "dynamodb": ("400 Bad Request", "application/x-amz-json-1.0",
+                 b'{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",'
+                 b'"message":"The level of configured provisioned throughput for the table was exceeded."}'),
+    "sqs": ("400 Bad Request", "application/x-amz-json-1.0",
+            b'{"__type":"com.amazonaws.sqs#ThrottlingException","message":"Rate exceeded"}'),
+}
 
 
 class CountingMotoServer(ThreadedMotoServer):
@@ -25,6 +36,8 @@ class CountingMotoServer(ThreadedMotoServer):
     def __init__(self, ip_address: str, port: int) -> None:
         super().__init__(ip_address=ip_address, port=port, verbose=False)
         self.counts: collections.Counter[str] = collections.Counter()
+        self.throttled: collections.Counter[str] = collections.Counter()
+        self.throttle_every: dict[str, int] = {}  # service → throttle one request in N
         self._count_lock = threading.Lock()
 
     def _server_entry(self) -> None:
@@ -32,8 +45,18 @@ class CountingMotoServer(ThreadedMotoServer):
 
         def counting(environ: dict[str, Any], start_response: Any) -> Any:
             match = _SERVICE.search(environ.get("HTTP_AUTHORIZATION", ""))
+            service = match.group(1) if match else "other"
             with self._count_lock:
-                self.counts[match.group(1) if match else "other"] += 1
+                self.counts[service] += 1
+                every = self.throttle_every.get(service)
+                throttle = bool(every) and self.counts[service] % every == 0
+                if throttle:
+                    self.throttled[service] += 1
+            if throttle:
+                status, content_type, body = THROTTLE[service]
+                start_response(status, [("Content-Type", content_type), ("x-amzn-RequestId", "throttled"),
+                                        ("Content-Length", str(len(body)))])
+                return [body]
             return app(environ, start_response)
 
         self._server = make_server(self._ip_address, self._port, counting, True, request_handler=MotoRequestHandler)
