@@ -1,10 +1,10 @@
 """End to end on a moto server with worker processes: files and a ``_READY`` marker in the
-input bucket → one collated file, a row per file in input order; ``init()`` once per process."""
+input bucket → one collated file; poison inputs isolated; throttling absorbed; workers killed
+at random points without a lost or doubled row."""
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import time
 from pathlib import Path
@@ -14,6 +14,8 @@ import pytest
 from parallelrun import aws, jobs
 from parallelrun.client import Client
 from parallelrun.config import StackConfig
+from parallelrun.demo import EXAMPLES, load_example
+from parallelrun.local import chaos
 from parallelrun.local.runtime import LocalStack
 
 SCRIPT = """
@@ -32,50 +34,114 @@ def run(mini_batch):
 """
 
 
-@pytest.fixture
-def local_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("PARALLELRUN_HOME", str(tmp_path / "home"))
-    (tmp_path / "init").mkdir()
-    with LocalStack(workers=2, worker_env={"INIT_LOG_DIR": str(tmp_path / "init"),
-                                           "PARALLELRUN_CACHE": str(tmp_path / "cache")}) as stack:
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("init")
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory, init_dir: Path):
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PARALLELRUN_HOME", str(tmp_path_factory.mktemp("home")))
+    with LocalStack(workers=2, worker_env={"INIT_LOG_DIR": str(init_dir),
+                                           "PARALLELRUN_CACHE": str(tmp_path_factory.mktemp("cache"))}) as stack:
         yield stack
+    patch.undo()
 
 
-def test_drop_folder_to_collated_output(local_stack: LocalStack, tmp_path: Path):
-    client = Client(StackConfig.from_outputs(local_stack.outputs))
+@pytest.fixture(scope="module")
+def client(local_stack: LocalStack) -> Client:
+    return Client(StackConfig.from_outputs(local_stack.outputs))
+
+
+def drop(client: Client, files: Path, folder: str) -> jobs.Job:
+    """Upload a folder into the drop bucket, then its marker; the job the marker started."""
+    uri = f"s3://{client.cfg.input_bucket}/{folder}"
+    client.upload_folder(files, uri)
+    aws.client("s3").put_object(Bucket=client.cfg.input_bucket, Key=folder + "_READY", Body=b"")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        job = client.find_job(uri)
+        if job is not None:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"the _READY marker in {uri} started no job")
+
+
+def test_drop_folder_to_collated_output(client: Client, init_dir: Path, tmp_path: Path):
     code = tmp_path / "code"
     code.mkdir()
     (code / "score.py").write_text(SCRIPT)
     (tmp_path / "model.bin").write_bytes(pickle.dumps(1))
     client.register_model(tmp_path / "model.bin", "e2e")
     client.create_endpoint("e2e", code, "score.py", "e2e", {"mini_batch_size": "3"})
-
     files = tmp_path / "files"
+    files.mkdir()
     names = [f"{i:03d}.txt" for i in range(60)]
     for name in names:
-        (files / name).parent.mkdir(parents=True, exist_ok=True)
         (files / name).write_text(name.upper())
-    folder = f"s3://{client.cfg.input_bucket}/e2e/batch1/"
-    client.upload_folder(files, folder)
-    aws.client("s3").put_object(Bucket=client.cfg.input_bucket, Key="e2e/batch1/_READY", Body=b"")
 
-    deadline = time.time() + 30
-    job = None
-    while job is None and time.time() < deadline:
-        job = client.find_job(folder)
-        time.sleep(0.2)
-    assert job is not None, "the _READY marker started no job"
-    job = client.wait(job.job_id, poll_seconds=0.3, timeout=120)
+    job = client.wait(drop(client, files, "e2e/batch1/").job_id, poll_seconds=0.3, timeout=120)
     assert job.state == jobs.SUCCEEDED, job.reason
-
     rows = b"".join(client.read_output(job.job_id)).decode().splitlines()
     assert [row.split(": ")[0] for row in rows] == names  # one row per file, in input order
     assert all(row.split(": ")[1].startswith(name.upper()) for row, name in zip(rows, names))
     scoring_pids = {row.rsplit(":", 1)[1] for row in rows}
-    init_pids = (tmp_path / "init" / "init.log").read_text().split()
-    # init() ran exactly once in each process that scored, and only there (20 mini-batches, 2 processes).
+    init_pids = (init_dir / "init.log").read_text().split()
+    # init() ran exactly once in each scoring process, and only there (20 mini-batches, 2 workers).
     assert sorted(init_pids) == sorted(scoring_pids)
     assert 1 <= len(init_pids) <= 2
     summary = json.loads(b"".join(client.read_output(job.job_id, "summary.json")))
     assert summary["counts"]["items"] == {"total": 60, "succeeded": 60, "failed": 0}
-    assert os.environ.get("AWS_ENDPOINT_URL") == local_stack.endpoint_url
+
+
+def test_poison_inputs_fail_alone(client: Client, tmp_path: Path):
+    train = load_example("digits", "train")
+    train.train_model(tmp_path / "model.pkl")
+    client.register_model(tmp_path / "model.pkl", "digits")
+    client.create_endpoint("digits", EXAMPLES / "digits", "score.py", "digits", {"run_max_try": "2"})
+    images = tmp_path / "images"
+    labels = train.write_images(images, 200)
+    (images / "0042.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    (images / "0137.png").write_bytes(b"")
+
+    job = client.wait(drop(client, images, "digits/poison/").job_id, poll_seconds=0.3, timeout=180)
+    assert job.state == jobs.SUCCEEDED, job.reason  # error_threshold -1: failed inputs are reported, not fatal
+    rows = b"".join(client.read_output(job.job_id)).decode().splitlines()
+    assert [row.split(": ")[0] for row in rows] == [n for n in sorted(labels) if n not in ("0042.png", "0137.png")]
+    failures = [json.loads(line) for line in b"".join(client.read_output(job.job_id, "failures.jsonl")).splitlines()]
+    assert sorted(f["input"].rsplit("/", 1)[1] for f in failures) == ["0042.png", "0137.png"]
+    assert all(f["error_type"] == "UnidentifiedImageError" and "cannot identify image file" in f["message"]
+               for f in failures)
+    assert all(f["attempts"] == 2 and f["traceback"] for f in failures)
+
+    strict = client.submit("digits", job.input_uri, {"error_threshold": "1", "run_max_try": "1"})
+    strict = client.wait(strict.job_id, poll_seconds=0.3, timeout=180)
+    assert strict.state == jobs.FAILED and strict.reason.startswith("error_threshold: 2 inputs failed")
+
+
+def test_throttled_requests_are_retried_across_processes(local_stack: LocalStack, client: Client, tmp_path: Path):
+    files = tmp_path / "files"
+    files.mkdir()
+    names = [f"{i:03d}.txt" for i in range(30)]
+    for name in names:
+        (files / name).write_text(name)
+    client.upload_folder(files, f"s3://{client.cfg.input_bucket}/e2e/throttled/")
+    local_stack.server.throttle_every = {"s3": 5, "dynamodb": 5, "sqs": 7}
+    try:
+        job = client.submit("e2e", f"s3://{client.cfg.input_bucket}/e2e/throttled/")
+        job = client.wait(job.job_id, poll_seconds=0.3, timeout=180)
+    finally:
+        local_stack.server.throttle_every = {}
+    assert min(local_stack.server.throttled[s] for s in ("s3", "dynamodb", "sqs")) > 3
+    assert job.state == jobs.SUCCEEDED
+    rows = b"".join(client.read_output(job.job_id)).decode().splitlines()
+    assert [row.split(": ")[0] for row in rows] == names
+    assert (job.items_failed, job.retries) == (0, 0)  # a throttle is never an input's failure
+
+
+def test_workers_killed_at_random_points_lose_and_double_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PARALLELRUN_HOME", str(tmp_path))
+    result = chaos.run(runs=2, files=24, chance=0.08)
+    assert result["worker_kills"] > 0
+    assert (result["jobs_succeeded"], result["lost"], result["duplicated"], result["out_of_order"]) == (2, 0, 0, 0)

@@ -229,7 +229,10 @@ def _host_main(conn: Connection, root: str, deployment: dict[str, Any], settings
         context = MiniBatchContext(**raw_context)
         capture.lines = []
         if init_error is not None:
-            conn.send(("init", tuple(init_error.__dict__.values()), capture.lines))
+            try:
+                conn.send(("init", tuple(init_error.__dict__.values()), capture.lines))
+            except (BrokenPipeError, EOFError, OSError):
+                return
             continue
         with logs.context(context.job_id, context.minibatch_index), contextlib.redirect_stdout(_PrintToLog(user_log)):
             try:
@@ -239,7 +242,10 @@ def _host_main(conn: Connection, root: str, deployment: dict[str, Any], settings
                 failure = Failure.from_exception(error)
                 user_log.error("run() failed: %s: %s", failure.error_type, failure.message)
                 reply = ("error", tuple(failure.__dict__.values()), capture.lines)
-        conn.send(reply)
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the worker is gone (killed): so is this process's purpose
 
 
 def _import_and_init(root: Path, entry_script: str, arguments: tuple[str, ...]) -> tuple[Any, bool]:

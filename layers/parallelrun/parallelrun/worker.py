@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aggregator, aws, jobs, logs, registry, scoring
+from parallelrun import aggregator, aws, faults, jobs, logs, registry, scoring
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, relative_name
 from parallelrun.scoring import AttemptFailed, Failure
@@ -83,11 +83,13 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
             except Retry:
                 _retry_soon(cfg, record, attempt)
                 raise
+            faults.point("after_part")
             if jobs.commit_batch(cfg, job_id, batch):
                 logs.event(log, "mini-batch recorded", status=batch.status, items=batch.items,
                            failed=batch.items_failed, attempt=attempt, seconds=round(batch.duration, 3))
             else:
                 logs.event(log, "another delivery recorded this mini-batch first", attempt=attempt)
+            faults.point("after_commit")
         after_commit(cfg, job_id)
 
 
@@ -116,6 +118,8 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
         host = scoring.host(cfg, job.deployment, job.settings)
         context = scoring.MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt)
         timeout = job.settings.run_invocation_timeout
+        faults.point("before_run")
+        faults.point("during_run")
         try:
             outcome = host.run(paths, context, timeout)
             capture.lines += outcome.log_lines

@@ -54,8 +54,10 @@ class LocalStack:
     """Start with :meth:`start`, stop with :meth:`stop` (or use it as a context manager)."""
 
     def __init__(self, workers: int = 2, port: int | None = None, parameters: dict[str, str] | None = None,
-                 write_state: bool = True, worker_env: dict[str, str] | None = None) -> None:
+                 write_state: bool = True, worker_env: dict[str, str] | None = None,
+                 stack_name: str = "parallelrun") -> None:
         self.workers = workers
+        self.stack_name = stack_name
         self.port = port
         self.parameters = {**LOCAL_PARAMETERS, **(parameters or {})}
         self.write_state = write_state
@@ -67,6 +69,7 @@ class LocalStack:
         self.stack: provision.LocalStack | None = None
         self.endpoint_url = ""
         self.saved_environment: dict[str, str | None] = {}
+        self.restarts = 0
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -87,7 +90,8 @@ class LocalStack:
 
     def start(self) -> None:
         self.server, self.endpoint_url = server.start(self.port)
-        self.stack = provision.provision(self.endpoint_url, parameters=self.parameters)
+        self.stack = provision.provision(self.endpoint_url, stack_name=self.stack_name,
+                                         parameters=self.parameters)
         any_function = next(iter(self.stack.functions.values()))
         # The control functions run in this process: it takes their environment, given back at stop.
         environment = {**lambdas.lambda_environment(any_function.environment, self.endpoint_url, self.stack.region),
@@ -100,6 +104,10 @@ class LocalStack:
         for spec in self.stack.functions.values():
             if spec.logical_id == WORKER_FUNCTION:
                 self.processes += [self._spawn_worker(spec, n) for n in range(self.workers)]
+                supervisor = threading.Thread(target=self._supervise, args=(spec,), name="supervise-workers",
+                                              daemon=True)
+                supervisor.start()
+                self.threads.append(supervisor)
             else:
                 self._start_threads(spec)
         if self.write_state:
@@ -157,6 +165,17 @@ class LocalStack:
                 "report_failures": source.report_batch_item_failures, "timeout": spec.timeout,
                 "memory": spec.memory, "name": f"local-worker-{number}"}
         return subprocess.Popen([sys.executable, "-m", "parallelrun.local.workerproc", json.dumps(args)], env=env)
+
+    def _supervise(self, spec: provision.FunctionSpec) -> None:
+        """A worker process that died (killed, out of memory) is replaced, as Lambda starts a new
+        container; its mini-batch comes back to some worker when its visibility timeout ends."""
+        while not self.stop_event.wait(0.2):
+            for number, process in enumerate(self.processes):
+                if process.poll() is not None and not self.stop_event.is_set():
+                    log.warning("worker process %s died (exit code %s): starting another", process.pid,
+                                process.returncode)
+                    self.restarts += 1
+                    self.processes[number] = self._spawn_worker(spec, number)
 
     def stop(self) -> None:
         self.stop_event.set()

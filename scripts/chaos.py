@@ -1,0 +1,30 @@
+#!/usr/bin/env python
+"""Chaos: jobs whose worker processes are SIGKILLed at random points; prints lost and duplicated
+rows as JSON (the goal is 0 and 0 however many runs).
+
+    .venv/bin/python scripts/chaos.py --runs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from parallelrun.local import chaos
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--files", type=int, default=24, help="inputs per run (2 per mini-batch)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chance", type=float, default=0.05, help="probability of dying at each of the 4 points")
+    args = parser.parse_args()
+    result = chaos.run(args.runs, args.files, args.workers, args.chance)
+    print(json.dumps(result, indent=2))
+    return 0 if result["lost"] == result["duplicated"] == result["out_of_order"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
