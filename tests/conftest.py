@@ -35,14 +35,17 @@ class Stack:
     spec: provision.LocalStack
     handlers: dict[str, lambdas.Handler]
 
-    def source(self, function: str) -> provision.QueueSource:
-        return self.spec.functions[function].queue_sources[0]
+    def source(self, function: str, queue: str = "") -> provision.QueueSource:
+        """The function's event source on the queue whose name contains ``queue``."""
+        return next(s for s in self.spec.functions[function].queue_sources if queue in s.queue_url)
 
     def deliver(self, function: str, max_rounds: int = 1, on_error: Callable | None = None) -> int:
         """Poll ``function``'s queue like its event source; a handler that raises leaves its
         messages in flight, as on Lambda, and they are made visible again at once (the test's
         stand-in for the visibility timeout running out)."""
-        source = self.source(function)
+        return sum(self._deliver(function, source, max_rounds) for source in self.spec.functions[function].queue_sources)
+
+    def _deliver(self, function: str, source: provision.QueueSource, max_rounds: int) -> int:
         sqs = aws.client("sqs")
         received = 0
         for _ in range(max_rounds):

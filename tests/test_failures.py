@@ -139,3 +139,20 @@ logging.getLogger('mine').warning('a warning from the script')
     assert any(line["message"] == "a warning from the script" and line["level"] == "WARNING" for line in lines)
     assert all(line["job_id"] == job.job_id and line["minibatch"] == 1 for line in lines)
     assert len([line for line in Client(stack.cfg).logs(job.job_id) if line]) > len(lines)
+
+
+@pytest.mark.parametrize("queue, message", [
+    ("PlannerDeadLetterQueue", {"action": "tick", "tick": 1, "token": "x", "since": 0}),
+    ("FinalizeDeadLetterQueue", {}),
+])
+def test_a_planner_or_aggregator_that_gives_up_still_ends_the_job(stack, make_endpoint, queue, message):
+    endpoint = make_endpoint(echo(f"gives{len(queue)}"), name=f"gives{len(queue)}")
+    put_files(stack.cfg, f"{endpoint}/r/", ["a.txt", "b.txt", "c.txt"])
+    job = start(stack, endpoint, f"{endpoint}/r/", {"mini_batch_size": "1", "max_inflight_batches": "1"})
+    stack.plan(job.job_id)
+    aws.client("sqs").send_message(QueueUrl=stack.source("FailureRecorderFunction", queue).queue_url,
+                                   MessageBody=json.dumps({"job_id": job.job_id, **message}))
+    stack.deliver("FailureRecorderFunction")
+    job = stack.run_until_done(job.job_id)
+    assert job.state == jobs.FAILED
+    assert ("planner failed" if queue.startswith("Planner") else "collating the output failed") in job.reason

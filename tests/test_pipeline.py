@@ -206,7 +206,7 @@ def test_dead_lettered_batch_counts_as_failed(stack, make_endpoint):
     job = start(stack, endpoint, "dlq/r/", {"mini_batch_size": "2"})
     stack.plan(job.job_id)
     sqs = aws.client("sqs")
-    dlq = stack.source("FailureRecorderFunction").queue_url
+    dlq = stack.source("FailureRecorderFunction", "BatchDeadLetterQueue").queue_url
     received = sqs.receive_message(QueueUrl=stack.cfg.batch_queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0)
     message = next(m for m in received["Messages"] if json.loads(m["Body"])["batch"] == 1)
     # As if the worker had died on every delivery: SQS moves the message to the DLQ.

@@ -130,9 +130,11 @@ def test_event_sources(stack: LocalStack) -> None:
     assert (worker.batch_size, worker.maximum_concurrency) == (1, 100)
     assert stack.functions["WorkerFunction"].bucket_sources == []
 
-    (recorder,) = stack.functions["FailureRecorderFunction"].queue_sources
-    assert recorder.queue_url == stack.outputs["BatchDeadLetterQueueUrl"]
-    assert (recorder.batch_size, recorder.report_batch_item_failures) == (10, True)
+    recorders = stack.functions["FailureRecorderFunction"].queue_sources
+    assert stack.outputs["BatchDeadLetterQueueUrl"] in {r.queue_url for r in recorders}
+    assert sorted(r.queue_url.rsplit("/", 1)[1].split("-")[-2] for r in recorders) == [
+        "BatchDeadLetterQueue", "FinalizeDeadLetterQueue", "PlannerDeadLetterQueue"]
+    assert all((r.batch_size, r.report_batch_item_failures) == (10, True) for r in recorders)
 
     (aggregator,) = stack.functions["AggregatorFunction"].queue_sources
     assert aggregator.queue_url == stack.outputs["FinalizeQueueUrl"]

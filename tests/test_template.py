@@ -127,9 +127,11 @@ def test_worker_reports_batch_item_failures(template: dict[str, Any]) -> None:
     assert worker["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert worker["BatchSize"] == {"Ref": "WorkerBatchSize"}
     assert worker["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "WorkerMaxConcurrency"}}
-    (recorder,) = _sqs_events(template, "FailureRecorderFunction")
-    assert recorder["Queue"] == {"Fn::GetAtt": ["BatchDeadLetterQueue", "Arn"]}
-    assert recorder["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    # Every dead-letter queue has a consumer, so whatever gives up still ends its job.
+    recorder = _sqs_events(template, "FailureRecorderFunction")
+    assert sorted(e["Queue"]["Fn::GetAtt"][0] for e in recorder) == [
+        "BatchDeadLetterQueue", "FinalizeDeadLetterQueue", "PlannerDeadLetterQueue"]
+    assert all(e["FunctionResponseTypes"] == ["ReportBatchItemFailures"] for e in recorder)
 
 
 def test_batch_queue_redrives_after_max_receive_count(template: dict[str, Any]) -> None:

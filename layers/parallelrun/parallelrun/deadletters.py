@@ -1,8 +1,10 @@
-"""The failure recorder: a mini-batch in the dead-letter queue still counts, so the job ends.
+"""The failure recorder: what exhausted its tries still counts, so every job ends (invariant 2).
 
-A message lands here when its worker died (killed, out of memory, Lambda timeout) on every
-delivery the queue allows. The batch is recorded FAILED with one failure line per input, by the
-same conditional transaction the worker uses, so a batch that did finish is never counted twice.
+A mini-batch lands in its dead-letter queue when its worker died (killed, out of memory, Lambda
+timeout) on every delivery the queue allows: the batch is recorded FAILED with one failure line
+per input, by the same conditional transaction the worker uses, so a batch that did finish is
+never counted twice. A planner or aggregator message that failed every delivery ends its job
+FAILED, saying which part gave up.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from parallelrun import aws, jobs, logs, worker
+from parallelrun import aggregator, aws, jobs, logs, worker
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile
 from parallelrun.scoring import Failure
@@ -26,7 +28,11 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     failures = []
     for record in event.get("Records", []):
         try:
-            record_dead_letter(cfg, json.loads(record["body"]))
+            body = json.loads(record["body"])
+            if "batch" in body:
+                record_dead_letter(cfg, body)
+            else:
+                give_up(cfg, body)
         except Exception:
             log.exception("could not record a dead-lettered mini-batch; it will be retried")
             failures.append({"itemIdentifier": record["messageId"]})
@@ -51,3 +57,18 @@ def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
             if jobs.commit_batch(cfg, job_id, record):
                 logs.event(log, "dead-lettered mini-batch recorded as failed", level=logging.WARNING, items=len(items))
         worker.after_commit(cfg, job_id)
+
+
+def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:
+    """A planner (start, tick) or aggregator message failed every delivery: end the job FAILED."""
+    job_id = message["job_id"]
+    with logs.context(job_id):
+        if "action" in message:
+            reason = ("the planner failed on every delivery of this job's message; its logs say why. "
+                      "What ran is kept: `parallelrun redrive` continues the job")
+            aggregator.stop(cfg, job_id, jobs.FAILED, reason)
+        else:
+            reason = "collating the output failed on every try; the aggregator's logs say why"
+            if jobs.transition(cfg, job_id, jobs.FAILED, (jobs.RUNNING, jobs.FINALIZING), reason=reason,
+                               ended_at=time.time()):
+                logs.event(log, "job failed: its aggregation gave up", level=logging.ERROR)
