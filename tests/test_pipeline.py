@@ -226,7 +226,7 @@ def _marker_event(bucket: str, key: str, sequencer: str) -> dict[str, Any]:
 
 
 def test_ready_marker_starts_one_job_with_its_overrides(stack, make_endpoint):
-    endpoint = make_endpoint(echo("drop"), name="drop")
+    make_endpoint(echo("drop"), name="drop")
     put_files(stack.cfg, "drop/b1/", [f"{i}.txt" for i in range(6)])
     aws.client("s3").put_object(Bucket=stack.cfg.input_bucket, Key="drop/b1/_READY", Body=b'{"mini_batch_size": 4}')
     event = _marker_event(stack.cfg.input_bucket, "drop/b1/_READY", "0A1")

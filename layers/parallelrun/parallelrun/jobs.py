@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -166,141 +166,80 @@ def transition(cfg: StackConfig, job_id: str, to: str, expected: tuple[str, ...]
     names = {f"#{k}": k for k in values}
     attrs: dict[str, Any] = {f":{k}": _dynamo(v) for k, v in values.items()}
     attrs.update({f":e{i}": state for i, state in enumerate(expected)})
-    try:
-        _ddb(cfg).update_item(
-            Key=job_key(job_id),
-            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in values),
-            ConditionExpression="#state IN (" + ", ".join(f":e{i}" for i in range(len(expected))) + ")",
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=attrs,
-        )
-        return True
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            return False
-        raise
+    return _succeeds(lambda: _ddb(cfg).update_item(
+        Key=job_key(job_id),
+        UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in values),
+        ConditionExpression="#state IN (" + ", ".join(f":e{i}" for i in range(len(expected))) + ")",
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues=attrs,
+    ))
 
 
 def claim_finalize(cfg: StackConfig, job_id: str, lease_seconds: float) -> bool:
     """Become the job's one aggregator: a running job, or a finalizing one whose holder's lease
     ran out (a stopped job starts with no lease). False if someone else holds it."""
     now = time.time()
-    try:
-        _ddb(cfg).update_item(
-            Key=job_key(job_id),
-            UpdateExpression="SET #state = :finalizing, finalize_until = :until",
-            ConditionExpression="#state = :running OR (#state = :finalizing AND "
-                                "(attribute_not_exists(finalize_until) OR finalize_until < :now))",
-            ExpressionAttributeNames={"#state": "state"},
-            ExpressionAttributeValues={":finalizing": FINALIZING, ":running": RUNNING,
-                                       ":until": _dynamo(now + lease_seconds), ":now": _dynamo(now)},
-        )
-        return True
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            return False
-        raise
+    return _succeeds(lambda: _ddb(cfg).update_item(
+        Key=job_key(job_id),
+        UpdateExpression="SET #state = :finalizing, finalize_until = :until",
+        ConditionExpression="#state = :running OR (#state = :finalizing AND "
+                            "(attribute_not_exists(finalize_until) OR finalize_until < :now))",
+        ExpressionAttributeNames={"#state": "state"},
+        ExpressionAttributeValues={":finalizing": FINALIZING, ":running": RUNNING,
+                                   ":until": _dynamo(now + lease_seconds), ":now": _dynamo(now)},
+    ))
 
 
 def reopen(cfg: StackConfig, job_id: str, deployment: dict[str, Any], token: str) -> bool:
     """An ended job runs again (redrive): state RUNNING, no outcome, a new planner chain."""
-    try:
-        _ddb(cfg).update_item(
-            Key=job_key(job_id),
-            UpdateExpression="SET #state = :running, deployment = :deployment, planner_token = :token, "
-                             "reason = :empty REMOVE outcome, ended_at, finalize_until",
-            ConditionExpression="#state IN (:s, :f, :c)",
-            ExpressionAttributeNames={"#state": "state"},
-            ExpressionAttributeValues={":running": RUNNING, ":deployment": json.dumps(deployment, sort_keys=True),
-                                       ":token": token, ":empty": "", ":s": SUCCEEDED, ":f": FAILED, ":c": CANCELED},
-        )
-        return True
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            return False
-        raise
+    return _succeeds(lambda: _ddb(cfg).update_item(
+        Key=job_key(job_id),
+        UpdateExpression="SET #state = :running, deployment = :deployment, planner_token = :token, "
+                         "reason = :empty REMOVE outcome, ended_at, finalize_until",
+        ConditionExpression="#state IN (:s, :f, :c)",
+        ExpressionAttributeNames={"#state": "state"},
+        ExpressionAttributeValues={":running": RUNNING, ":deployment": json.dumps(deployment, sort_keys=True),
+                                   ":token": token, ":empty": "", ":s": SUCCEEDED, ":f": FAILED, ":c": CANCELED},
+    ))
 
 
 def advance_planner(cfg: StackConfig, job_id: str, tick: int, token: str, cursor: int, next_token: str) -> bool:
     """Record the planner's cursor, only if no one else handled this tick (see planner.tick)."""
-    try:
-        _ddb(cfg).update_item(
-            Key=job_key(job_id),
-            UpdateExpression="SET #cursor = :cursor, planner_tick = :next, planner_token = :next_token",
-            ConditionExpression="planner_tick = :tick AND planner_token = :token AND #cursor <= :cursor",
-            ExpressionAttributeNames={"#cursor": "cursor"},
-            ExpressionAttributeValues={
-                ":cursor": cursor, ":next": tick + 1, ":next_token": next_token, ":tick": tick, ":token": token,
-            },
-        )
-        return True
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            return False
-        raise
+    return _succeeds(lambda: _ddb(cfg).update_item(
+        Key=job_key(job_id),
+        UpdateExpression="SET #cursor = :cursor, planner_tick = :next, planner_token = :next_token",
+        ConditionExpression="planner_tick = :tick AND planner_token = :token AND #cursor <= :cursor",
+        ExpressionAttributeNames={"#cursor": "cursor"},
+        ExpressionAttributeValues={
+            ":cursor": cursor, ":next": tick + 1, ":next_token": next_token, ":tick": tick, ":token": token,
+        },
+    ))
 
 
 def commit_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
     """Record a finished mini-batch and add its counts, atomically; False if it was already recorded."""
-    succeeded = record.status == SUCCEEDED
-    try:
-        aws.client("dynamodb").transact_write_items(
-            TransactItems=[
-                {"Put": {
-                    "TableName": cfg.table,
-                    "Item": _serialize(record.to_item(job_id)),
-                    "ConditionExpression": "attribute_not_exists(pk)",
-                }},
-                {"Update": {
-                    "TableName": cfg.table,
-                    "Key": _serialize(job_key(job_id)),
-                    "UpdateExpression": "ADD batches_succeeded :bs, batches_failed :bf, "
-                                        "items_succeeded :is, items_failed :if, retries :r",
-                    "ConditionExpression": "attribute_exists(pk)",
-                    "ExpressionAttributeValues": _serialize({
-                        ":bs": int(succeeded), ":bf": int(not succeeded), ":is": record.items_succeeded,
-                        ":if": record.items_failed, ":r": record.attempt - 1,
-                    }),
-                }},
-            ]
-        )
-        return True
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            return False
-        raise
+    return _succeeds(lambda: aws.client("dynamodb").transact_write_items(TransactItems=[
+        {"Put": {
+            "TableName": cfg.table,
+            "Item": _serialize(record.to_item(job_id)),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }},
+        _counts(cfg, job_id, record, +1),
+    ]))
 
 
 def reopen_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
     """Forget a recorded mini-batch so it runs again (redrive): its record goes and its counts
     are taken back, in one transaction. False if it was already reopened."""
-    succeeded = record.status == SUCCEEDED
-    try:
-        aws.client("dynamodb").transact_write_items(
-            TransactItems=[
-                {"Delete": {
-                    "TableName": cfg.table,
-                    "Key": _serialize(batch_key(job_id, record.index)),
-                    "ConditionExpression": "attempt = :attempt",
-                    "ExpressionAttributeValues": _serialize({":attempt": record.attempt}),
-                }},
-                {"Update": {
-                    "TableName": cfg.table,
-                    "Key": _serialize(job_key(job_id)),
-                    "UpdateExpression": "ADD batches_succeeded :bs, batches_failed :bf, "
-                                        "items_succeeded :is, items_failed :if, retries :r",
-                    "ExpressionAttributeValues": _serialize({
-                        ":bs": -int(succeeded), ":bf": -int(not succeeded), ":is": -record.items_succeeded,
-                        ":if": -record.items_failed, ":r": -(record.attempt - 1),
-                    }),
-                }},
-            ]
-        )
-        return True
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            return False
-        raise
+    return _succeeds(lambda: aws.client("dynamodb").transact_write_items(TransactItems=[
+        {"Delete": {
+            "TableName": cfg.table,
+            "Key": _serialize(batch_key(job_id, record.index)),
+            "ConditionExpression": "attempt = :attempt",
+            "ExpressionAttributeValues": _serialize({":attempt": record.attempt}),
+        }},
+        _counts(cfg, job_id, record, -1),
+    ]))
 
 
 def get_batch(cfg: StackConfig, job_id: str, index: int) -> BatchRecord | None:
@@ -342,6 +281,33 @@ def list_jobs(cfg: StackConfig, limit: int = 50) -> list[Job]:
 
 
 # --- DynamoDB plumbing: the resource API for plain Python values, the client for transactions.
+
+def _succeeds(write: Callable[[], Any]) -> bool:
+    """Make a conditional write; False when its condition failed (someone else did it first)."""
+    try:
+        write()
+        return True
+    except Exception as error:
+        if aws.is_conditional_failure(error):
+            return False
+        raise
+
+
+def _counts(cfg: StackConfig, job_id: str, record: BatchRecord, sign: int) -> dict[str, Any]:
+    """The job-counter half of a batch's transaction: add (+1) or take back (-1) its counts."""
+    succeeded = record.status == SUCCEEDED
+    return {"Update": {
+        "TableName": cfg.table,
+        "Key": _serialize(job_key(job_id)),
+        "UpdateExpression": "ADD batches_succeeded :bs, batches_failed :bf, items_succeeded :is, "
+                            "items_failed :if, retries :r",
+        "ConditionExpression": "attribute_exists(pk)",
+        "ExpressionAttributeValues": _serialize({
+            ":bs": sign * int(succeeded), ":bf": sign * int(not succeeded), ":is": sign * record.items_succeeded,
+            ":if": sign * record.items_failed, ":r": sign * (record.attempt - 1),
+        }),
+    }}
+
 
 def _ddb(cfg: StackConfig) -> Any:
     return aws.table(cfg.table)

@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aws, logs, registry
+from parallelrun import aws, compat, logs, registry
 from parallelrun.config import StackConfig
 from parallelrun.errors import ScoringScriptError
 from parallelrun.settings import RunSettings
@@ -88,6 +88,12 @@ class ScoringHost:
         self.cfg, self.deployment, self.settings = cfg, deployment, settings
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
+        # EntryScript().output_dir and .log_dir: what the script leaves there after a mini-batch
+        # is moved to that mini-batch's job (a scoring process runs one mini-batch at a time).
+        self.entry_dirs = {name: registry.CACHE_ROOT / "entry" / f"{os.getpid()}-{id(self)}" / name
+                           for name in ("output", "logs")}
+        for folder in self.entry_dirs.values():
+            folder.mkdir(parents=True, exist_ok=True)
 
     def _start(self) -> None:
         root = code_dir(self.cfg, self.deployment["code_sha"])  # verified here, before any import
@@ -97,7 +103,8 @@ class ScoringHost:
         parent, child = context.Pipe()
         self.process = context.Process(
             target=_host_main, name="parallelrun-scoring", daemon=True,
-            args=(child, str(root), self.deployment, self.settings.to_json(), model_path, model.single_file),
+            args=(child, str(root), self.deployment, self.settings.to_json(), model_path, model.single_file,
+                  {k: str(v) for k, v in self.entry_dirs.items()}),
         )
         self.process.start()
         child.close()
@@ -206,8 +213,10 @@ class _PrintToLog(io.TextIOBase):
 
 
 def _host_main(conn: Connection, root: str, deployment: dict[str, Any], settings_json: str,
-               model_path: str, single_file: bool) -> None:
+               model_path: str, single_file: bool, entry_dirs: dict[str, str]) -> None:
     settings = RunSettings.from_json(settings_json)
+    os.environ[compat.OUTPUT_DIR_VAR], os.environ[compat.LOG_DIR_VAR] = entry_dirs["output"], entry_dirs["logs"]
+    compat.install()  # Azure ML's modules for its entry scripts, where the real ones are absent
     logs.setup(settings.logging_level)
     capture = LogCapture()
     logging.getLogger().addHandler(capture)

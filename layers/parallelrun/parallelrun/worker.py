@@ -113,9 +113,9 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
     folder = registry.CACHE_ROOT / "inputs" / job.job_id / f"{index}.{attempt}"
     capture = scoring.LogCapture()
     logging.getLogger().addHandler(capture)
+    host = scoring.host(cfg, job.deployment, job.settings)
     try:
         paths = fetch(spec, items, folder)
-        host = scoring.host(cfg, job.deployment, job.settings)
         context = scoring.MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt)
         timeout = job.settings.run_invocation_timeout
         faults.point("before_run")
@@ -135,6 +135,7 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
             else:
                 rows, failed = [], [(item, error.failure) for item in items]
     finally:
+        collect_entry_dirs(cfg, job, host)
         logging.getLogger().removeHandler(capture)
         shutil.rmtree(folder, ignore_errors=True)  # /tmp is small on Lambda
         _write_log(cfg, job.job_id, index, attempt, capture.lines)
@@ -226,6 +227,17 @@ def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
     with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, max(1, len(items)))) as pool:
         list(pool.map(get, zip(items, paths)))
     return [str(path) for path in paths]
+
+
+def collect_entry_dirs(cfg: StackConfig, job: jobs.Job, host: scoring.ScoringHost) -> None:
+    """Move what the script wrote to ``EntryScript().output_dir`` (and ``log_dir``) into the
+    job's output folder (and its ``logs/``), as ParallelRunStep collects them."""
+    bucket, prefix = aws.split_s3_uri(job.output_uri)
+    for name, folder in host.entry_dirs.items():
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            relative = path.relative_to(folder).as_posix()
+            aws.client("s3").upload_file(str(path), bucket, prefix + ("logs/" if name == "logs" else "") + relative)
+            path.unlink()
 
 
 def _write_log(cfg: StackConfig, job_id: str, index: int, attempt: int, lines: list[str]) -> None:
