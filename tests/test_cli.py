@@ -31,7 +31,10 @@ def running(tmp_path_factory: pytest.TempPathFactory):
 def test_every_command_has_help(capsys):
     commands = [[], ["demo"], ["local"], ["local", "up"], ["local", "outputs"], ["models"], ["models", "register"],
                 ["models", "list"], ["endpoints"], ["endpoints", "create"], ["endpoints", "list"], ["submit"],
-                ["status"], ["wait"], ["jobs"], ["results"]]
+                ["status"], ["wait"], ["jobs"], ["results"], ["cancel"], ["redrive"], ["logs"],
+                ["endpoints", "update"], ["endpoints", "show"], ["endpoints", "delete"], ["endpoints", "set-default"],
+                ["deployments"], ["deployments", "create"], ["deployments", "list"], ["deployments", "show"],
+                ["deployments", "delete"], ["models", "show"], ["models", "archive"]]
     for words in commands:
         with pytest.raises(SystemExit) as exit_info:
             parser().parse_args([*words, "--help"])
@@ -91,5 +94,14 @@ def test_a_user_session(running, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["counts"]["items"]["succeeded"] == 5
     assert main(["jobs"]) == 0
     assert job_id in capsys.readouterr().out
+    assert main(["deployments", "create", "cli", "blue", "--code", str(code), "--entry-script", "score.py",
+                 "--model", "cli", "--default"]) == 0
+    assert main(["deployments", "list", "cli"]) == 0
+    assert "* blue" in capsys.readouterr().out
+    assert main(["endpoints", "set-default", "cli", "default"]) == 0
+    assert main(["deployments", "delete", "cli", "default"]) == 1
+    assert "is the default" in capsys.readouterr().err
+    assert main(["models", "show", "cli:1"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 1
     assert main(["status", "no-such-job"]) == 1
     assert "no job 'no-such-job'" in capsys.readouterr().err

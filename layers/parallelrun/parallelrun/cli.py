@@ -92,10 +92,78 @@ def cmd_models_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_line(m: Any) -> str:
+    tags = ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()))
+    archived = "\tarchived" if m.archived else ""
+    return f"{m.name}:{m.version}\t{m.sha256[:12]}\t{len(m.files)} file(s)\t{tags}\t{m.description}{archived}"
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
-    for m in Client.local().models():
-        tags = ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()))
-        print(f"{m.name}:{m.version}\t{m.sha256[:12]}\t{len(m.files)} file(s)\t{tags}\t{m.description}")
+    for m in Client.local().models(parse_assignments(args.tag)):
+        print(_model_line(m))
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    m = Client.local().model(args.model)
+    print(json.dumps({**m.__dict__, "files": list(m.files)}, indent=2))
+    return 0
+
+
+def cmd_models_archive(args: argparse.Namespace) -> int:
+    m = Client.local().archive_model(args.model)
+    print(f"archived {m.name}:{m.version}: \"latest\" no longer resolves to it")
+    return 0
+
+
+def _deployment_dict(d: Any) -> dict[str, Any]:
+    return {**d.__dict__, "model": f"{d.model_name}:{d.model_version or 'latest'}"}
+
+
+def cmd_endpoints_show(args: argparse.Namespace) -> int:
+    client = Client.local()
+    endpoint = client.endpoint(args.name)
+    print(json.dumps({**endpoint, "deployments": [_deployment_dict(d) for d in client.deployments(args.name)]},
+                     indent=2, default=str))
+    return 0
+
+
+def cmd_endpoints_delete(args: argparse.Namespace) -> int:
+    Client.local().delete_endpoint(args.name)
+    print(f"deleted endpoint {args.name} and its deployments")
+    return 0
+
+
+def cmd_endpoints_set_default(args: argparse.Namespace) -> int:
+    Client.local().set_default(args.endpoint, args.deployment)
+    print(f"endpoint {args.endpoint}: new jobs go to deployment {args.deployment}; running jobs keep theirs")
+    return 0
+
+
+def cmd_deployments_create(args: argparse.Namespace) -> int:
+    d = Client.local().add_deployment(args.endpoint, args.name, args.code, args.entry_script, args.model,
+                                      parse_assignments(args.set), args.default)
+    print(f"created deployment {d.name} of endpoint {d.endpoint}" + (" (now the default)" if args.default else ""))
+    return 0
+
+
+def cmd_deployments_list(args: argparse.Namespace) -> int:
+    client = Client.local()
+    default = client.endpoint(args.endpoint)["default_deployment"]
+    for d in client.deployments(args.endpoint):
+        mark = "*" if d.name == default else " "
+        print(f"{mark} {d.name}\t{d.entry_script}\t{d.model_name}:{d.model_version or 'latest'}\t{d.code_sha[:12]}")
+    return 0
+
+
+def cmd_deployments_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_deployment_dict(Client.local().deployment(args.endpoint, args.name)), indent=2, default=str))
+    return 0
+
+
+def cmd_deployments_delete(args: argparse.Namespace) -> int:
+    Client.local().delete_deployment(args.endpoint, args.name)
+    print(f"deleted deployment {args.name} of endpoint {args.endpoint}")
     return 0
 
 
@@ -222,7 +290,12 @@ def parser() -> argparse.ArgumentParser:
     register.add_argument("--name", required=True)
     register.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     register.add_argument("--description", default="")
-    add(models, "list", cmd_models_list, "List every registered model version.")
+    model_list = add(models, "list", cmd_models_list, "List registered model versions.")
+    model_list.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only versions with this tag")
+    add(models, "show", cmd_models_show, "Show a model version (the latest unless NAME:VERSION).").add_argument(
+        "model", metavar="NAME[:VERSION]")
+    add(models, "archive", cmd_models_archive, "Archive a model version: \"latest\" skips it.").add_argument(
+        "model", metavar="NAME:VERSION")
 
     endpoints = sub.add_parser("endpoints", help="Batch endpoints.").add_subparsers(
         dest="endpoints_command", required=True, metavar="COMMAND")
@@ -240,6 +313,30 @@ def parser() -> argparse.ArgumentParser:
     update.add_argument("--model", default=None, metavar="NAME[:VERSION]")
     update.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     add(endpoints, "list", cmd_endpoints_list, "List the endpoints.")
+    add(endpoints, "show", cmd_endpoints_show, "Show an endpoint and its deployments.").add_argument("name")
+    add(endpoints, "delete", cmd_endpoints_delete, "Delete an endpoint and its deployments.").add_argument("name")
+    set_default = add(endpoints, "set-default", cmd_endpoints_set_default,
+                      "Route an endpoint's new jobs to another deployment.")
+    set_default.add_argument("endpoint")
+    set_default.add_argument("deployment")
+
+    deployments = sub.add_parser("deployments", help="An endpoint's named deployments.").add_subparsers(
+        dest="deployments_command", required=True, metavar="COMMAND")
+    dcreate = add(deployments, "create", cmd_deployments_create, "Add a deployment to an endpoint.")
+    dcreate.add_argument("endpoint")
+    dcreate.add_argument("name")
+    dcreate.add_argument("--code", required=True, help="folder with the scoring code")
+    dcreate.add_argument("--entry-script", required=True)
+    dcreate.add_argument("--model", required=True, metavar="NAME[:VERSION]")
+    dcreate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    dcreate.add_argument("--default", action="store_true", help="make it the endpoint's default")
+    add(deployments, "list", cmd_deployments_list, "List an endpoint's deployments (* marks the default).").add_argument(
+        "endpoint")
+    for name, func, text in (("show", cmd_deployments_show, "Show a deployment."),
+                             ("delete", cmd_deployments_delete, "Delete a deployment that is not the default.")):
+        command = add(deployments, name, func, text)
+        command.add_argument("endpoint")
+        command.add_argument("name")
 
     submit = add(sub, "submit", cmd_submit, "Submit a job on a folder of inputs; prints the job id.")
     submit.add_argument("--endpoint", required=True)

@@ -34,8 +34,17 @@ class Client:
                        description: str = "") -> registry.ModelVersion:
         return registry.register(self.cfg, path, name, tags, description)
 
-    def models(self) -> list[registry.ModelVersion]:
-        return registry.list_models(self.cfg)
+    def models(self, tags: dict[str, str] | None = None) -> list[registry.ModelVersion]:
+        return registry.list_models(self.cfg, tags)
+
+    def model(self, ref: str) -> registry.ModelVersion:
+        return registry.get(self.cfg, *registry.parse_ref(ref))
+
+    def archive_model(self, ref: str) -> registry.ModelVersion:
+        name, version = registry.parse_ref(ref)
+        if version is None:
+            raise ParallelRunError(f"archive which version of {name}? write {name}:VERSION")
+        return registry.archive(self.cfg, name, version)
 
     def create_endpoint(self, name: str, code: str | Path, entry_script: str, model: str,
                         settings: dict[str, Any] | None = None) -> endpoints.Deployment:
@@ -47,6 +56,28 @@ class Client:
 
     def endpoints(self) -> list[dict[str, Any]]:
         return endpoints.list_endpoints(self.cfg)
+
+    def endpoint(self, name: str) -> dict[str, Any]:
+        return endpoints.get_endpoint(self.cfg, name)
+
+    def delete_endpoint(self, name: str) -> None:
+        endpoints.delete_endpoint(self.cfg, name)
+
+    def add_deployment(self, endpoint: str, name: str, code: str | Path, entry_script: str, model: str,
+                       settings: dict[str, Any] | None = None, make_default: bool = False) -> endpoints.Deployment:
+        return endpoints.add_deployment(self.cfg, endpoint, name, code, entry_script, model, settings, make_default)
+
+    def deployments(self, endpoint: str) -> list[endpoints.Deployment]:
+        return endpoints.list_deployments(self.cfg, endpoint)
+
+    def deployment(self, endpoint: str, name: str | None = None) -> endpoints.Deployment:
+        return endpoints.get_deployment(self.cfg, endpoint, name)
+
+    def set_default(self, endpoint: str, name: str) -> None:
+        endpoints.set_default(self.cfg, endpoint, name)
+
+    def delete_deployment(self, endpoint: str, name: str) -> None:
+        endpoints.delete_deployment(self.cfg, endpoint, name)
 
     # --- jobs
 

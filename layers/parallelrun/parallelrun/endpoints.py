@@ -93,6 +93,36 @@ def upload_code(cfg: StackConfig, code_dir: Path) -> str:
     return sha
 
 
+def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path, entry_script: str,
+                model_ref: str, overrides: dict[str, Any]) -> Deployment:
+    """A deployment with every part checked (names, code, entry script, model, settings) and its
+    code stored; nothing is written to the table yet."""
+    for kind, value in (("endpoint", endpoint), ("deployment", name)):
+        if not _NAME.match(value):
+            raise InputError(f"{kind} name {value!r}: use lower-case letters, digits and '-' "
+                             "(an endpoint's name is a folder in the drop bucket)")
+    code_dir = Path(code_dir)
+    if not code_dir.is_dir():
+        raise InputError(f"--code {code_dir}: not a folder")
+    if not (code_dir / entry_script).is_file():
+        raise InputError(f"--entry-script {entry_script}: no such file in {code_dir}")
+    model_name, model_version = registry.parse_ref(model_ref)
+    registry.get(cfg, model_name, model_version)  # refuse an unknown model now, not at the first job
+    settings.resolve(overrides, limits=cfg.limits)
+    return Deployment(endpoint=endpoint, name=name, code_sha=upload_code(cfg, code_dir), entry_script=entry_script,
+                      model_name=model_name, model_version=model_version, settings=dict(overrides),
+                      created_at=time.time())
+
+
+def _put_new(cfg: StackConfig, item: dict[str, Any], what: str) -> None:
+    try:
+        aws.table(cfg.table).put_item(Item=item, ConditionExpression="attribute_not_exists(pk)")
+    except Exception as error:
+        if aws.is_conditional_failure(error):
+            raise ConflictError(f"{what} already exists") from None
+        raise
+
+
 def create(
     cfg: StackConfig,
     name: str,
@@ -103,34 +133,63 @@ def create(
     deployment: str = DEFAULT_DEPLOYMENT,
 ) -> Deployment:
     """Create endpoint ``name`` with one deployment, its default. Every part is checked first."""
-    if not _NAME.match(name):
-        raise InputError(f"endpoint name {name!r}: use lower-case letters, digits and '-' (it is a folder in the drop bucket)")
-    code_dir = Path(code_dir)
-    if not code_dir.is_dir():
-        raise InputError(f"--code {code_dir}: not a folder")
-    if not (code_dir / entry_script).is_file():
-        raise InputError(f"--entry-script {entry_script}: no such file in {code_dir}")
-    model_name, model_version = registry.parse_ref(model_ref)
-    registry.get(cfg, model_name, model_version)  # refuse an unknown model now, not at the first job
-    overrides = dict(overrides or {})
-    settings.resolve(overrides, limits=cfg.limits)
-    found = Deployment(
-        endpoint=name, name=deployment, code_sha=upload_code(cfg, code_dir), entry_script=entry_script,
-        model_name=model_name, model_version=model_version, settings=overrides, created_at=time.time(),
-    )
-    table = aws.table(cfg.table)
-    try:
-        table.put_item(
-            Item={"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT", "name": name, "default_deployment": deployment,
-                  "created_at": Decimal(str(round(found.created_at, 3)))},
-            ConditionExpression="attribute_not_exists(pk)",
-        )
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            raise ConflictError(f"endpoint {name!r} already exists") from None
-        raise
-    table.put_item(Item=found.to_item())
+    found = _deployment(cfg, name, deployment, code_dir, entry_script, model_ref, dict(overrides or {}))
+    _put_new(cfg, {"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT", "name": name, "default_deployment": deployment,
+                   "created_at": Decimal(str(round(found.created_at, 3)))}, f"endpoint {name!r}")
+    aws.table(cfg.table).put_item(Item=found.to_item())
     return found
+
+
+def add_deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path, entry_script: str,
+                   model_ref: str, overrides: dict[str, Any] | None = None, make_default: bool = False) -> Deployment:
+    """Add a named deployment to an existing endpoint, optionally as its new default."""
+    get_endpoint(cfg, endpoint)
+    found = _deployment(cfg, endpoint, name, code_dir, entry_script, model_ref, dict(overrides or {}))
+    _put_new(cfg, found.to_item(), f"deployment {name!r} of endpoint {endpoint!r}")
+    if make_default:
+        set_default(cfg, endpoint, name)
+    return found
+
+
+def set_default(cfg: StackConfig, endpoint: str, name: str) -> None:
+    """Route the endpoint's new jobs to deployment ``name``; running jobs keep theirs."""
+    get_deployment(cfg, endpoint, name)
+    aws.table(cfg.table).update_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": "ENDPOINT"},
+                                     UpdateExpression="SET default_deployment = :d",
+                                     ExpressionAttributeValues={":d": name})
+
+
+def get_endpoint(cfg: StackConfig, name: str) -> dict[str, Any]:
+    item = aws.table(cfg.table).get_item(Key={"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT"}).get("Item")
+    if not item:
+        raise NotFoundError(f"no endpoint {name!r}: create it with `parallelrun endpoints create {name} ...`")
+    return {"name": item["name"], "default_deployment": item["default_deployment"]}
+
+
+def list_deployments(cfg: StackConfig, endpoint: str) -> list[Deployment]:
+    items = aws.table(cfg.table).query(
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :d)",
+        ExpressionAttributeValues={":pk": f"ENDPOINT#{endpoint}", ":d": "DEPLOYMENT#"},
+    )["Items"]
+    return [Deployment.from_item(item) for item in items]
+
+
+def delete_deployment(cfg: StackConfig, endpoint: str, name: str) -> None:
+    """Delete a deployment that is not the default (callers would have nowhere to go)."""
+    if get_endpoint(cfg, endpoint)["default_deployment"] == name:
+        raise ConflictError(f"deployment {name!r} is the default of endpoint {endpoint!r}: "
+                            "set another default first (`parallelrun endpoints set-default`)")
+    get_deployment(cfg, endpoint, name)
+    aws.table(cfg.table).delete_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": f"DEPLOYMENT#{name}"})
+
+
+def delete_endpoint(cfg: StackConfig, name: str) -> None:
+    """Delete an endpoint and its deployments; jobs already submitted are unaffected."""
+    get_endpoint(cfg, name)
+    table = aws.table(cfg.table)
+    for deployment in list_deployments(cfg, name):
+        table.delete_item(Key={"pk": f"ENDPOINT#{name}", "sk": f"DEPLOYMENT#{deployment.name}"})
+    table.delete_item(Key={"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT"})
 
 
 def update(
@@ -145,21 +204,19 @@ def update(
     """Change a deployment (the default one unless named): new code, entry script, model or
     settings. Running jobs keep what they started with; new jobs and redrives get the change."""
     current = get_deployment(cfg, name, deployment)
-    code_sha = current.code_sha
-    entry = entry_script or current.entry_script
-    if code_dir is not None:
-        code_dir = Path(code_dir)
-        if not (code_dir / entry).is_file():
-            raise InputError(f"--entry-script {entry}: no such file in {code_dir}")
-        code_sha = upload_code(cfg, code_dir)
-    model_name, model_version = (registry.parse_ref(model_ref) if model_ref
-                                 else (current.model_name, current.model_version))
-    registry.get(cfg, model_name, model_version)
     merged = {**current.settings, **(overrides or {})}
-    settings.resolve(merged, limits=cfg.limits)
-    changed = Deployment(endpoint=name, name=current.name, code_sha=code_sha, entry_script=entry,
-                         model_name=model_name, model_version=model_version, settings=merged,
-                         created_at=time.time())
+    if code_dir is None:  # the stored code, with the new entry script, model or settings checked
+        settings.resolve(merged, limits=cfg.limits)
+        model_name, model_version = (registry.parse_ref(model_ref) if model_ref
+                                     else (current.model_name, current.model_version))
+        registry.get(cfg, model_name, model_version)
+        changed = Deployment(endpoint=name, name=current.name, code_sha=current.code_sha,
+                             entry_script=entry_script or current.entry_script, model_name=model_name,
+                             model_version=model_version, settings=merged, created_at=time.time())
+    else:
+        model = model_ref or (f"{current.model_name}:{current.model_version}" if current.model_version
+                              else current.model_name)
+        changed = _deployment(cfg, name, current.name, code_dir, entry_script or current.entry_script, model, merged)
     aws.table(cfg.table).put_item(Item=changed.to_item())
     return changed
 
@@ -168,10 +225,7 @@ def get_deployment(cfg: StackConfig, endpoint: str, deployment: str | None = Non
     """The named deployment of ``endpoint``, or its default one."""
     table = aws.table(cfg.table)
     if deployment is None:
-        item = table.get_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": "ENDPOINT"}).get("Item")
-        if not item:
-            raise NotFoundError(f"no endpoint {endpoint!r}: create it with `parallelrun endpoints create {endpoint} ...`")
-        deployment = item["default_deployment"]
+        deployment = get_endpoint(cfg, endpoint)["default_deployment"]
     item = table.get_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": f"DEPLOYMENT#{deployment}"}).get("Item")
     if not item:
         raise NotFoundError(f"endpoint {endpoint!r} has no deployment {deployment!r}")

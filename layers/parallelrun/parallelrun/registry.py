@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ class ModelVersion:
     tags: dict[str, str] = field(default_factory=dict)
     description: str = ""
     created_at: float = 0.0
+    archived: bool = False
 
     @property
     def prefix(self) -> str:
@@ -45,7 +48,7 @@ class ModelVersion:
             "pk": f"MODEL#{self.name}", "sk": f"V#{self.version:09d}", "name": self.name,
             "version": self.version, "sha256": self.sha256, "files": list(self.files),
             "single_file": self.single_file, "tags": self.tags, "description": self.description,
-            "created_at": Decimal(str(round(self.created_at, 3))),
+            "created_at": Decimal(str(round(self.created_at, 3))), "archived": self.archived,
         }
 
     @classmethod
@@ -54,7 +57,7 @@ class ModelVersion:
             name=item["name"], version=int(item["version"]), sha256=item["sha256"],
             files=tuple(item["files"]), single_file=bool(item["single_file"]),
             tags=dict(item.get("tags") or {}), description=item.get("description", ""),
-            created_at=float(item.get("created_at", 0)),
+            created_at=float(item.get("created_at", 0)), archived=bool(item.get("archived", False)),
         )
 
 
@@ -82,7 +85,11 @@ def _content(path: Path) -> tuple[list[str], str]:
 def register(
     cfg: StackConfig, path: str | Path, name: str, tags: dict[str, str] | None = None, description: str = ""
 ) -> ModelVersion:
-    """Upload ``path`` as the next version of model ``name``."""
+    """Upload ``path`` (a local file or folder, or an ``s3://`` object or prefix such as a
+    training job's output) as the next version of model ``name``."""
+    if str(path).startswith("s3://"):
+        with tempfile.TemporaryDirectory() as tmp:
+            return register(cfg, _download(str(path), Path(tmp)), name, tags, description)
     path = Path(path)
     if not _NAME.match(name):
         raise InputError(f"model name {name!r}: use letters, digits, '_', '.', '-' (at most 64, starting alphanumeric)")
@@ -107,25 +114,57 @@ def register(
     return model
 
 
+def _download(uri: str, folder: Path) -> Path:
+    """An S3 object (→ that file) or prefix (→ a folder of its objects) on local disk."""
+    bucket, key = aws.split_s3_uri(uri)
+    s3 = aws.client("s3")
+    if key and not key.endswith("/"):
+        try:
+            s3.head_object(Bucket=bucket, Key=key)
+            target = folder / posixpath.basename(key)
+            s3.download_file(bucket, key, str(target))
+            return target
+        except s3.exceptions.ClientError:
+            key += "/"
+    root = folder / "model"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith("/"):
+                target = root / obj["Key"][len(key):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, obj["Key"], str(target))
+    if not root.exists():
+        raise InputError(f"model {uri}: no object there")
+    return root
+
+
 def get(cfg: StackConfig, name: str, version: int | None = None) -> ModelVersion:
     """A version of a model; the latest when ``version`` is None."""
     table = aws.table(cfg.table)
     if version is not None:
         item = table.get_item(Key={"pk": f"MODEL#{name}", "sk": f"V#{version:09d}"}).get("Item")
-    else:
+    else:  # the newest version not archived (a model has few versions: read them all)
         items = table.query(
             KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
             ExpressionAttributeValues={":pk": f"MODEL#{name}", ":v": "V#"},
-            ScanIndexForward=False, Limit=1,
+            ScanIndexForward=False,
         ).get("Items", [])
-        item = items[0] if items else None
+        item = next((i for i in items if not i.get("archived")), None)
     if not item:
         what = f"model {name!r}" + (f" version {version}" if version is not None else "")
         raise NotFoundError(f"no {what}: register it with `parallelrun models register PATH --name {name}`")
     return ModelVersion.from_item(item)
 
 
-def list_models(cfg: StackConfig) -> list[ModelVersion]:
+def archive(cfg: StackConfig, name: str, version: int) -> ModelVersion:
+    """Hide a version from "latest" (jobs that pinned it keep working)."""
+    model = get(cfg, name, version)
+    aws.table(cfg.table).update_item(Key={"pk": f"MODEL#{name}", "sk": f"V#{version:09d}"},
+                                     UpdateExpression="SET archived = :t", ExpressionAttributeValues={":t": True})
+    return get(cfg, name, model.version)
+
+
+def list_models(cfg: StackConfig, tags: dict[str, str] | None = None) -> list[ModelVersion]:
     items: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {
         "FilterExpression": "begins_with(pk, :m) AND begins_with(sk, :v)",
@@ -137,7 +176,10 @@ def list_models(cfg: StackConfig) -> list[ModelVersion]:
         if "LastEvaluatedKey" not in page:
             break
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-    return sorted((ModelVersion.from_item(i) for i in items), key=lambda m: (m.name, m.version))
+    found = (ModelVersion.from_item(i) for i in items)
+    wanted = tags or {}
+    return sorted((m for m in found if all(m.tags.get(k) == v for k, v in wanted.items())),
+                  key=lambda m: (m.name, m.version))
 
 
 # --- inside a worker process
