@@ -145,3 +145,36 @@ def test_workers_killed_at_random_points_lose_and_double_nothing(tmp_path: Path,
     result = chaos.run(runs=2, files=24, chance=0.08)
     assert result["worker_kills"] > 0
     assert (result["jobs_succeeded"], result["lost"], result["duplicated"], result["out_of_order"]) == (2, 0, 0, 0)
+
+
+def test_the_sdk_flow(client: Client, tmp_path: Path):
+    from parallelrun import FileDataset, Model, ParallelRunConfig
+    from parallelrun.errors import ConflictError
+
+    train = load_example("digits", "train")
+    train.train_model(tmp_path / "model.pkl")
+    Model.register(client, str(tmp_path / "model.pkl"), "sdkdigits", tags={"source": "sdk"})
+    labels = train.write_images(tmp_path / "images", 30)
+    uri = f"s3://{client.cfg.input_bucket}/sdk/batch1/"
+    client.upload_folder(tmp_path / "images", uri)
+
+    config = ParallelRunConfig(entry_script="digits_batch.py", source_directory=str(EXAMPLES / "azure_style"),
+                               mini_batch_size=8, error_threshold=5, output_action="append_row",
+                               process_count_per_node=2, node_count=1, run_invocation_timeout=30, run_max_try=2,
+                               logging_level="INFO")
+    job = client.submit(config, inputs=FileDataset.from_files(uri), model="sdkdigits",
+                        arguments=["--model_name", "sdkdigits"])
+    assert job.wait_for_completion(show_output=False, timeout=180) == "SUCCEEDED"
+    frame = job.get_output_dataframe()
+    assert list(frame[0]) == sorted(labels) and frame.shape == (30, 2)
+    assert (frame[1].astype(int) == frame[0].map(labels)).mean() >= 0.9
+    folder = job.download(tmp_path / "out")
+    assert sorted(p.name for p in folder.iterdir()) == ["failures.jsonl", "parallel_run_step.txt", "summary.json"]
+    assert json.loads((folder / "summary.json").read_text())["settings"]["mini_batch_size"] == "8"
+
+    again = job.resubmit(mini_batch_size=10)
+    assert again.job_id != job.job_id
+    assert again.wait_for_completion(show_output=False, timeout=180) == "SUCCEEDED"
+    assert again.record.total_batches == 3 and again.record.settings.arguments == ("--model_name", "sdkdigits")
+    with pytest.raises(ConflictError, match="already ended"):
+        again.cancel()

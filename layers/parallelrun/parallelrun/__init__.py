@@ -1,10 +1,25 @@
 """parallelrun: serverless batch inference on AWS, in ParallelRunStep's words.
 
 Scoring scripts may call ``parallelrun.get_model_path(name, version=None)`` to find a
-registered model inside a worker.
+registered model inside a worker. The SDK: ``from parallelrun import Client, ParallelRunConfig,
+FileDataset, Model`` (see :mod:`parallelrun.sdk`).
 """
 
+from typing import Any
+
 from parallelrun.errors import ParallelRunError
+
+_SDK = {"Client": "parallelrun.client", "ParallelRunConfig": "parallelrun.sdk", "FileDataset": "parallelrun.sdk",
+        "Model": "parallelrun.sdk", "Job": "parallelrun.sdk"}
+
+
+def __getattr__(name: str) -> Any:
+    """The SDK's names, imported on first use: a scoring script's ``import parallelrun`` stays cheap."""
+    if name in _SDK:
+        import importlib
+
+        return getattr(importlib.import_module(_SDK[name]), name)
+    raise AttributeError(f"module 'parallelrun' has no attribute {name!r}")
 
 
 def get_model_path(model_name: str, version: int | None = None) -> str:
@@ -17,4 +32,4 @@ def get_model_path(model_name: str, version: int | None = None) -> str:
     return _get_model_path(model_name, version)
 
 
-__all__ = ["ParallelRunError", "get_model_path"]
+__all__ = ["Client", "FileDataset", "Job", "Model", "ParallelRunConfig", "ParallelRunError", "get_model_path"]

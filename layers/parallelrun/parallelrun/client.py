@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aggregator, aws, endpoints, jobs, planner, registry, submit
+from parallelrun import aggregator, aws, endpoints, jobs, planner, registry, sdk, submit
 from parallelrun.config import StackConfig
 from parallelrun.errors import ConflictError, NotFoundError, ParallelRunError, StackError
 
@@ -81,11 +81,38 @@ class Client:
 
     # --- jobs
 
-    def submit(self, endpoint: str, input_uri: str, settings: dict[str, Any] | None = None,
-               deployment: str | None = None) -> jobs.Job:
-        job = submit.prepare(self.cfg, endpoint, input_uri, settings, deployment)
+    def submit(self, target: str | sdk.ParallelRunConfig, inputs: str | sdk.FileDataset,
+               settings: dict[str, Any] | None = None, deployment: str | None = None, *,
+               model: str | None = None, side_inputs: list[str] | None = None,
+               arguments: list[str] | None = None, allow_reuse: bool | None = None) -> sdk.Job:
+        """Start a job on ``inputs`` with an endpoint (by name) or a ParallelRunConfig (deployed
+        first to the endpoint named after its entry script, with ``model``)."""
+        overrides = dict(settings or {})
+        if isinstance(target, sdk.ParallelRunConfig):
+            overrides = {**target.settings(), **overrides}
+            target = self._deploy(target, model)
+        for name, value in (("side_inputs", side_inputs), ("arguments", arguments), ("allow_reuse", allow_reuse)):
+            if value is not None:
+                overrides[name] = value
+        uri = inputs.uri if isinstance(inputs, sdk.FileDataset) else inputs
+        job = submit.prepare(self.cfg, target, uri, overrides, deployment)
         submit.start(self.cfg, job)
-        return job
+        return sdk.Job(self, job.job_id)
+
+    def _deploy(self, config: sdk.ParallelRunConfig, model: str | None) -> str:
+        """The config's code as the default deployment of its endpoint (created the first time)."""
+        name = config.endpoint_name()
+        try:
+            current = endpoints.get_deployment(self.cfg, name)
+        except NotFoundError:
+            if model is None:
+                raise ParallelRunError(f"submit a ParallelRunConfig with model=NAME[:VERSION] the first time "
+                                       f"(it creates endpoint {name!r})") from None
+            endpoints.create(self.cfg, name, config.source_directory, config.entry_script, model)
+            return name
+        endpoints.update(self.cfg, name, config.source_directory, config.entry_script, model,
+                         deployment=current.name)
+        return name
 
     def job(self, job_id: str) -> jobs.Job:
         return jobs.get(self.cfg, job_id)
