@@ -57,3 +57,33 @@ def test_an_azure_entry_script_runs_unchanged(stack, tmp_path: Path):
     assert {"minibatch-0000.csv", "minibatch-0001.csv", "minibatch-0002.csv"} <= listed  # EntryScript().output_dir
     lines = list(Client(stack.cfg).logs(job.job_id))
     assert any('"scoring mini-batch 1: 4 files"' in line for line in lines)
+
+
+SIDE = """
+import argparse
+
+def init():
+    global prefix
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--labels")
+    args, _ = parser.parse_known_args()
+    prefix = open(args.labels).read().strip()
+
+def run(mini_batch, mini_batch_context):
+    vocab = open(mini_batch_context.side_inputs["vocab"] + "/words.txt").read().strip()
+    return [f"{prefix}/{vocab}/" + open(p).read() for p in mini_batch]
+"""
+
+
+def test_side_inputs_are_fetched_once_and_named_in_arguments(stack, make_endpoint):
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="side/labels.txt", Body=b"LABELS")
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="side/vocab/words.txt", Body=b"WORDS")
+    endpoint = make_endpoint(SIDE, name="side")
+    for name in ("a.txt", "b.txt"):
+        s3.put_object(Bucket=stack.cfg.input_bucket, Key=f"side/r/{name}", Body=name.encode())
+    job = stack.run_until_done(start(stack, endpoint, "side/r/", {
+        "side_inputs": f"labels=s3://{stack.cfg.input_bucket}/side/labels.txt,s3://{stack.cfg.input_bucket}/side/vocab/",
+        "arguments": "--labels {side_input:labels}"}).job_id)
+    assert job.state == jobs.SUCCEEDED, job.reason
+    assert read_output(stack.cfg, job).splitlines() == ["LABELS/WORDS/a.txt", "LABELS/WORDS/b.txt"]

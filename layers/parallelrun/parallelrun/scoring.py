@@ -12,6 +12,7 @@ SHA-256 and is verified before anything in it is imported.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import inspect
@@ -19,6 +20,7 @@ import io
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from parallelrun import aws, compat, logs, registry
+from parallelrun import settings as settings_module
 from parallelrun.config import StackConfig
 from parallelrun.errors import ScoringScriptError
 from parallelrun.settings import RunSettings
@@ -44,6 +47,7 @@ class MiniBatchContext:
     minibatch_index: int
     attempt: int
     partition_key_value: dict[str, Any] = field(default_factory=dict)
+    side_inputs: dict[str, str] = field(default_factory=dict)  # name → local path
 
     def __getitem__(self, name: str) -> Any:
         return getattr(self, name)
@@ -88,6 +92,7 @@ class ScoringHost:
         self.cfg, self.deployment, self.settings = cfg, deployment, settings
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
+        self.side_inputs: dict[str, str] = {}
         # EntryScript().output_dir and .log_dir: what the script leaves there after a mini-batch
         # is moved to that mini-batch's job (a scoring process runs one mini-batch at a time).
         self.entry_dirs = {name: registry.CACHE_ROOT / "entry" / f"{os.getpid()}-{id(self)}" / name
@@ -96,6 +101,10 @@ class ScoringHost:
             folder.mkdir(parents=True, exist_ok=True)
 
     def _start(self) -> None:
+        self.side_inputs = fetch_side_inputs(settings_module.side_input_uris(self.settings))
+        arguments = tuple(re.sub(r"\{side_input:([^}]+)\}", lambda m: self._side_path(m.group(1)), word)
+                          for word in self.settings.arguments)
+        settings = dataclasses.replace(self.settings, arguments=arguments)
         root = code_dir(self.cfg, self.deployment["code_sha"])  # verified here, before any import
         model = registry.get(self.cfg, self.deployment["model_name"], self.deployment["model_version"])
         model_path = registry.local_path(self.cfg, model)
@@ -103,12 +112,18 @@ class ScoringHost:
         parent, child = context.Pipe()
         self.process = context.Process(
             target=_host_main, name="parallelrun-scoring", daemon=True,
-            args=(child, str(root), self.deployment, self.settings.to_json(), model_path, model.single_file,
+            args=(child, str(root), self.deployment, settings.to_json(), model_path, model.single_file,
                   {k: str(v) for k, v in self.entry_dirs.items()}),
         )
         self.process.start()
         child.close()
         self.conn = parent
+
+    def _side_path(self, name: str) -> str:
+        if name not in self.side_inputs:
+            raise ScoringScriptError(f"arguments name side input {name!r}, but the job's side inputs are "
+                                     f"{sorted(self.side_inputs) or 'none'}")
+        return self.side_inputs[name]
 
     def run(self, paths: list[str], context: MiniBatchContext, timeout: float) -> Outcome:
         """``run(paths)`` in the scoring process; raises :class:`AttemptFailed`."""
@@ -119,6 +134,7 @@ class ScoringHost:
                 self.stop()
                 raise AttemptFailed(Failure.from_exception(error)) from error
         assert self.conn is not None and self.process is not None
+        context.side_inputs = dict(self.side_inputs)
         self.conn.send((paths, context.__dict__))
         if not self.conn.poll(timeout):
             self.stop()
@@ -159,6 +175,32 @@ def host(cfg: StackConfig, deployment: dict[str, Any], settings: RunSettings) ->
     if key not in _hosts:
         _hosts[key] = ScoringHost(cfg, deployment, settings)
     return _hosts[key]
+
+
+def fetch_side_inputs(uris: dict[str, str]) -> dict[str, str]:
+    """Each side input on local disk, fetched once per machine: an object → a file, a prefix
+    (ending in '/') → a folder of its objects."""
+    paths = {}
+    s3 = aws.client("s3")
+    for name, uri in uris.items():
+        bucket, key = aws.split_s3_uri(uri)
+        target = registry.CACHE_ROOT / "side" / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
+        done = target.parent / ".complete"
+        if not done.exists():
+            if key.endswith("/") or not key:
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                    for obj in page.get("Contents", []):
+                        if not obj["Key"].endswith("/"):
+                            local = target / obj["Key"][len(key):]
+                            local.parent.mkdir(parents=True, exist_ok=True)
+                            s3.download_file(bucket, obj["Key"], str(local))
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, key, str(target))
+            done.touch()
+        paths[name] = str(target)
+    return paths
 
 
 def code_dir(cfg: StackConfig, sha: str) -> Path:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import posixpath
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
@@ -218,8 +219,24 @@ def _s3_uri(value: Any) -> str:
     return text
 
 
-def _s3_uris(value: Any) -> tuple[str, ...]:
-    return tuple(_s3_uri(v) for v in _names(value))
+def _side_inputs(value: Any) -> tuple[str, ...]:
+    entries = []
+    for entry in _names(value):
+        name, sep, uri = entry.partition("=") if not entry.startswith("s3://") else ("", "", entry)
+        if sep and not re.match(r"^[A-Za-z_][A-Za-z0-9_\-]*$", name):
+            raise ValueError
+        entries.append(f"{name}={_s3_uri(uri)}" if sep else _s3_uri(uri))
+    return tuple(entries)
+
+
+def side_input_uris(settings: RunSettings) -> dict[str, str]:
+    """Side inputs by name: ``labels=s3://b/labels.txt`` is named ``labels``; a bare URI is
+    named after its last path part without extension (``s3://b/vocab/`` → ``vocab``)."""
+    named = {}
+    for entry in settings.side_inputs:
+        name, _, uri = entry.partition("=") if not entry.startswith("s3://") else ("", "", entry)
+        named[name or posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0]] = uri
+    return named
 
 
 def _env(value: Any) -> dict[str, str]:
@@ -257,7 +274,8 @@ def _rules(limits: StackLimits) -> dict[str, tuple[Callable[[Any], Any], str]]:
         ),
         "node_count": (_int(1, limits.worker_max_concurrency), f"an integer from 1 to {limits.worker_max_concurrency}"),
         "logging_level": (_choice(LOGGING_LEVELS, upper=True), "one of " + ", ".join(LOGGING_LEVELS)),
-        "side_inputs": (_s3_uris, "a comma-separated list of s3://bucket/key URIs"),
+        "side_inputs": (_side_inputs, "a comma-separated list of s3://bucket/key URIs, each optionally "
+                                      "named as name=s3://bucket/key"),
         "arguments": (_words, "command-line words, such as '--model_name digits --top 3'"),
         "partition_keys": (_names, "a comma-separated list of column names"),
         "allow_reuse": (_bool, "true or false"),
