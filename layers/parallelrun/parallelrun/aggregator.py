@@ -16,12 +16,25 @@ import logging
 import time
 from typing import Any
 
-from parallelrun import aws, jobs, logs
+from parallelrun import aws, jobs, logs, reuse
 from parallelrun.config import StackConfig
 
 log = logging.getLogger("parallelrun.aggregator")
 PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB but the last
 LEASE_SECONDS = 900  # the aggregator function's timeout: past it, a FINALIZING holder is dead
+
+
+def check(cfg: StackConfig, job_id: str) -> None:
+    """After a mini-batch is recorded: whoever sees the counters complete asks for the
+    aggregator (it runs once whatever the count); whoever sees a threshold crossed stops the job."""
+    job = jobs.get(cfg, job_id)
+    if job.state != jobs.RUNNING:
+        return
+    crossed = crossed_mid_job(job)
+    if crossed:
+        stop(cfg, job_id, jobs.FAILED, crossed)
+    elif job.complete:
+        request(cfg, job_id)
 
 
 def request(cfg: StackConfig, job_id: str) -> None:
@@ -125,8 +138,10 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
         return
     job = jobs.get(cfg, job_id)
     started = time.time()
-    rows, errors = collate(cfg, job)
+    rows, errors, reusable = collate(cfg, job)
     state, reason = judge(job)
+    if state == jobs.SUCCEEDED and reusable:
+        reuse.remember(cfg, job_id, reusable)
     if state == jobs.FAILED and errors:
         error_type, count = errors.most_common(1)[0]
         reason += f"; most common error: {error_type} ({count} inputs)"
@@ -139,17 +154,21 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     logs.event(log, "job finished", state=state, rows=rows, aggregate_seconds=round(ended - started, 3))
 
 
-def collate(cfg: StackConfig, job: jobs.Job) -> tuple[int, collections.Counter[str]]:
+def collate(cfg: StackConfig, job: jobs.Job) -> tuple[int, collections.Counter[str], list[tuple[str, str, int, int]]]:
     """Stream the parts, in mini-batch order, into the output file and the failure lines into
-    ``failures.jsonl``; return the row count and the failed inputs by error type."""
+    ``failures.jsonl``; return the row count, the failed inputs by error type, and the wholly
+    successful mini-batches a later job may reuse."""
     bucket, prefix = aws.split_s3_uri(job.output_uri)
     s3 = aws.client("s3")
     rows = 0
     output = S3StreamWriter(bucket, prefix + job.settings.append_row_file_name)
     failures = S3StreamWriter(bucket, prefix + "failures.jsonl")
     errors: collections.Counter[str] = collections.Counter()
+    reusable = []
     try:
         for record in jobs.iter_batches(cfg, job.job_id):
+            if record.part_key and record.fingerprint and not record.items_failed:
+                reusable.append((record.fingerprint, record.part_key, record.rows, record.items))
             if record.part_key and job.settings.output_action == "append_row":
                 output.write(s3.get_object(Bucket=cfg.artifacts_bucket, Key=record.part_key)["Body"].read())
                 rows += record.rows
@@ -164,7 +183,7 @@ def collate(cfg: StackConfig, job: jobs.Job) -> tuple[int, collections.Counter[s
         output.abort()
         failures.abort()
         raise
-    return rows, errors
+    return rows, errors, reusable
 
 
 def build_summary(job: jobs.Job, state: str, reason: str, rows: int, errors: dict[str, int],
@@ -185,6 +204,7 @@ def build_summary(job: jobs.Job, state: str, reason: str, rows: int, errors: dic
                         "failed": job.batches_failed},
             "items": {"total": total_items, "succeeded": job.items_succeeded, "failed": job.items_failed},
             "retries": job.retries,
+            "reused_batches": job.batches_reused,
             "rows": rows,
         },
         "errors": errors,

@@ -56,7 +56,7 @@ def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
                                       worker="dead-letter queue", finished_at=time.time())
             if jobs.commit_batch(cfg, job_id, record):
                 logs.event(log, "dead-lettered mini-batch recorded as failed", level=logging.WARNING, items=len(items))
-        worker.after_commit(cfg, job_id)
+        aggregator.check(cfg, job_id)
 
 
 def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:

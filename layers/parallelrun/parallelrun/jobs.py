@@ -86,6 +86,7 @@ class Job:
     items_succeeded: int = 0
     items_failed: int = 0
     retries: int = 0
+    batches_reused: int = 0
     outcome: str | None = None  # FAILED or CANCELED when the job was stopped before it completed
 
     @property
@@ -126,6 +127,8 @@ class BatchRecord:
     worker: str = ""
     duration: float = 0.0
     finished_at: float = field(default_factory=time.time)
+    fingerprint: str | None = None  # what the rows depend on (see parallelrun.reuse)
+    reused_from: str | None = None  # the job whose part this mini-batch reuses
 
     def to_item(self, job_id: str) -> dict[str, Any]:
         item = {k: _dynamo(v) for k, v in self.__dict__.items() if v is not None}
@@ -300,11 +303,12 @@ def _counts(cfg: StackConfig, job_id: str, record: BatchRecord, sign: int) -> di
         "TableName": cfg.table,
         "Key": _serialize(job_key(job_id)),
         "UpdateExpression": "ADD batches_succeeded :bs, batches_failed :bf, items_succeeded :is, "
-                            "items_failed :if, retries :r",
+                            "items_failed :if, retries :r, batches_reused :ru",
         "ConditionExpression": "attribute_exists(pk)",
         "ExpressionAttributeValues": _serialize({
             ":bs": sign * int(succeeded), ":bf": sign * int(not succeeded), ":is": sign * record.items_succeeded,
             ":if": sign * record.items_failed, ":r": sign * (record.attempt - 1),
+            ":ru": sign * int(record.reused_from is not None),
         }),
     }}
 

@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from parallelrun import aggregator, aws, datasets, endpoints, jobs, logs, submit
+from parallelrun import aggregator, aws, datasets, endpoints, jobs, logs, reuse, submit
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec
 from parallelrun.errors import ConflictError, ParallelRunError
@@ -197,16 +197,31 @@ def batch_message(job: jobs.Job, index: int, items: list[InputFile]) -> dict[str
 
 
 def send_batches(cfg: StackConfig, job: jobs.Job, start: int, end: int) -> None:
-    """Send mini-batches ``start``..``end-1``, ten per SendMessageBatch, retrying refused entries."""
+    """Send mini-batches ``start``..``end-1``, ten per SendMessageBatch; with ``allow_reuse``, a
+    mini-batch a succeeded job already scored is recorded done with that job's part instead."""
+    entries = list(read_plan(cfg, job.job_id, start, end))
+    if job.settings.allow_reuse:
+        entries = _reuse(cfg, job, entries)
     sqs = aws.client("sqs")
-    pending: list[tuple[int, list[InputFile]]] = []
-    for entry in read_plan(cfg, job.job_id, start, end):
-        pending.append(entry)
-        if len(pending) == SEND_BATCH:
-            _send_ten(sqs, cfg, job, pending)
-            pending = []
-    if pending:
-        _send_ten(sqs, cfg, job, pending)
+    for first in range(0, len(entries), SEND_BATCH):
+        _send_ten(sqs, cfg, job, entries[first:first + SEND_BATCH])
+
+
+def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[tuple[int, list[InputFile]]]) -> list[tuple[int, list[InputFile]]]:
+    """Record the remembered mini-batches as done; return those still to send."""
+    prints = {index: reuse.fingerprint(job.deployment, job.settings, items) for index, items in entries}
+    found = reuse.lookup(cfg, prints.values())
+    for index, items in entries:
+        earlier = found.get(prints[index])
+        if earlier is not None:
+            jobs.commit_batch(cfg, job.job_id, jobs.BatchRecord(
+                index=index, status=jobs.SUCCEEDED, items=len(items), items_succeeded=len(items), items_failed=0,
+                attempt=1, part_key=earlier["part_key"], rows=int(earlier["rows"]), worker="reused",
+                fingerprint=prints[index], reused_from=earlier["job_id"]))
+    if any(prints[index] in found for index, _ in entries):
+        logs.event(log, "reused mini-batches scored before", reused=sum(prints[i] in found for i, _ in entries))
+        aggregator.check(cfg, job.job_id)
+    return [(index, items) for index, items in entries if prints[index] not in found]
 
 
 def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.Job, batch: list[tuple[int, list[InputFile]]]) -> None:

@@ -14,6 +14,7 @@ that fail by themselves are failed and the rest of the mini-batch still succeeds
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aggregator, aws, faults, jobs, logs, registry, scoring
+from parallelrun import aggregator, aws, faults, jobs, logs, registry, reuse, scoring
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, relative_name
 from parallelrun.scoring import AttemptFailed, Failure
@@ -90,7 +91,7 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
             else:
                 logs.event(log, "another delivery recorded this mini-batch first", attempt=attempt)
             faults.point("after_commit")
-        after_commit(cfg, job_id)
+        aggregator.check(cfg, job_id)
 
 
 def _retry_soon(cfg: StackConfig, record: dict[str, Any], attempt: int) -> None:
@@ -139,7 +140,8 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
         logging.getLogger().removeHandler(capture)
         shutil.rmtree(folder, ignore_errors=True)  # /tmp is small on Lambda
         _write_log(cfg, job.job_id, index, attempt, capture.lines)
-    return write_results(cfg, job.job_id, index, items, attempt, rows, failed, worker, started)
+    record = write_results(cfg, job.job_id, index, items, attempt, rows, failed, worker, started)
+    return dataclasses.replace(record, fingerprint=reuse.fingerprint(job.deployment, job.settings, items))
 
 
 def short_results(items: list[InputFile], returned: int, spec: InputSpec) -> list[tuple[InputFile | None, Failure]]:
@@ -247,16 +249,3 @@ def _write_log(cfg: StackConfig, job_id: str, index: int, attempt: int, lines: l
                                     Body="".join(line + "\n" for line in lines).encode())
     except Exception:  # logs are for reading, never a reason to fail a mini-batch
         log.warning("could not store the mini-batch's log", exc_info=True)
-
-
-def after_commit(cfg: StackConfig, job_id: str) -> None:
-    """Whoever sees the counters complete asks for the aggregator (it runs once whatever the
-    count); whoever sees a threshold crossed stops the job at once."""
-    job = jobs.get(cfg, job_id)
-    if job.state != jobs.RUNNING:
-        return
-    crossed = aggregator.crossed_mid_job(job)
-    if crossed:
-        aggregator.stop(cfg, job_id, jobs.FAILED, crossed)
-    elif job.complete:
-        aggregator.request(cfg, job_id)
