@@ -61,6 +61,21 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def download_prefix(bucket: str, prefix: str, folder: Any) -> int:
+    """Every object under ``prefix`` into ``folder`` (a pathlib.Path), keeping the layout below
+    the prefix; how many objects there were."""
+    s3 = client("s3")
+    count = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith("/"):
+                local = folder / obj["Key"][len(prefix):]
+                local.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, obj["Key"], str(local))
+                count += 1
+    return count
+
+
 def is_conditional_failure(error: Exception) -> bool:
     """True when a DynamoDB write lost its condition (someone else already did the work)."""
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")

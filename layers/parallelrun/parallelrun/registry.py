@@ -127,13 +127,7 @@ def _download(uri: str, folder: Path) -> Path:
         except s3.exceptions.ClientError:
             key += "/"
     root = folder / "model"
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-        for obj in page.get("Contents", []):
-            if not obj["Key"].endswith("/"):
-                target = root / obj["Key"][len(key):]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, obj["Key"], str(target))
-    if not root.exists():
+    if not aws.download_prefix(bucket, key, root):
         raise InputError(f"model {uri}: no object there")
     return root
 

@@ -181,23 +181,17 @@ def fetch_side_inputs(uris: dict[str, str]) -> dict[str, str]:
     """Each side input on local disk, fetched once per machine: an object → a file, a prefix
     (ending in '/') → a folder of its objects."""
     paths = {}
-    s3 = aws.client("s3")
     for name, uri in uris.items():
         bucket, key = aws.split_s3_uri(uri)
         target = registry.CACHE_ROOT / "side" / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
         done = target.parent / ".complete"
         if not done.exists():
             if key.endswith("/") or not key:
-                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-                    for obj in page.get("Contents", []):
-                        if not obj["Key"].endswith("/"):
-                            local = target / obj["Key"][len(key):]
-                            local.parent.mkdir(parents=True, exist_ok=True)
-                            s3.download_file(bucket, obj["Key"], str(local))
+                aws.download_prefix(bucket, key, target)
                 target.mkdir(parents=True, exist_ok=True)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, key, str(target))
+                aws.client("s3").download_file(bucket, key, str(target))
             done.touch()
         paths[name] = str(target)
     return paths
