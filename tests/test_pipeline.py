@@ -271,3 +271,18 @@ def test_submit_refuses_bad_settings_and_existing_output(stack, make_endpoint):
     aws.client("s3").put_object(Bucket=stack.cfg.artifacts_bucket, Key="taken/parallel_run_step.txt", Body=b"x")
     with pytest.raises(ConflictError, match="already exists"):
         submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/refuse/r/", {"output_path": output})
+
+
+def test_an_input_that_cannot_be_listed_is_refused_or_fails_the_job(stack, make_endpoint):
+    from parallelrun.errors import InputError
+
+    endpoint = make_endpoint(echo("nobucket"), name="nobucket")
+    with pytest.raises(InputError, match=r"s3://no-such-bucket-here/x/: cannot list it \(NoSuchBucket\)"):
+        submit.prepare(stack.cfg, endpoint, "s3://no-such-bucket-here/x/")
+    # Should the bucket go between submit and planning, the job fails saying why; it never hangs.
+    aws.client("s3").create_bucket(Bucket="short-lived-inputs")
+    job = submit.prepare(stack.cfg, endpoint, "s3://short-lived-inputs/x/")
+    aws.client("s3").delete_bucket(Bucket="short-lived-inputs")
+    submit.start(stack.cfg, job)
+    job = stack.run_until_done(job.job_id)
+    assert job.state == jobs.FAILED and "(NoSuchBucket)" in job.reason

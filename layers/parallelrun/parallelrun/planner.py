@@ -110,7 +110,14 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
         job.state = jobs.PLANNING
     if job.state == jobs.PLANNING:
         started = time.time()
-        total_batches, total_items = write_plan(cfg, job)
+        try:
+            total_batches, total_items = write_plan(cfg, job)
+        except aws.client("s3").exceptions.ClientError as error:
+            code = error.response["Error"]["Code"]
+            if code not in ("NoSuchBucket", "AccessDenied", "AllAccessDisabled"):
+                raise  # transient: the message comes back and planning starts over
+            aggregator.stop(cfg, job_id, jobs.FAILED, f"cannot list the inputs at {job.input_uri} ({code})")
+            return
         jobs.transition(cfg, job_id, jobs.RUNNING, (jobs.PLANNING,), total_batches=total_batches,
                         total_items=total_items, cursor=0, planner_tick=0, planner_token="start")
         logs.event(log, "planned", total_batches=total_batches, total_items=total_items,

@@ -45,6 +45,7 @@ def prepare(
         spec = InputSpec.from_uri(input_uri)
     except ValueError:
         raise InputError(f"--input {input_uri!r}: give an s3://bucket/folder/ URI") from None
+    _refuse_unreadable_input(spec)
     job_id = job_id or new_job_id(endpoint)
     output_uri = run_settings.output_path or f"s3://{cfg.artifacts_bucket}/{jobs.job_prefix(job_id)}output/"
     output_uri = output_uri if output_uri.endswith("/") else output_uri + "/"
@@ -68,6 +69,16 @@ def snapshot(cfg: StackConfig, deployment: endpoints.Deployment) -> dict[str, An
         "endpoint": deployment.endpoint, "deployment": deployment.name, "code_sha": deployment.code_sha,
         "entry_script": deployment.entry_script, "model_name": model.name, "model_version": model.version,
     }
+
+
+def _refuse_unreadable_input(spec: InputSpec) -> None:
+    """An input folder that cannot be listed is refused now, not found out by the planner."""
+    s3 = aws.client("s3")
+    try:
+        s3.list_objects_v2(Bucket=spec.bucket, Prefix=spec.prefix, MaxKeys=1)
+    except s3.exceptions.ClientError as error:
+        code = error.response["Error"]["Code"]
+        raise InputError(f"--input {spec.uri}: cannot list it ({code}): check the bucket's name and access") from None
 
 
 def _refuse_existing_output(uri: str) -> None:
