@@ -21,6 +21,7 @@ def test_resubmitting_reuses_and_changes_rerun_only_what_changed(stack, make_end
     same = run(stack, endpoint, "reuse/r/")
     assert (same.state, same.batches_reused, same.items_succeeded) == (jobs.SUCCEEDED, 10, 100)
     assert parts(stack, same.job_id) == []  # nothing was scored again
+    assert (same.reused_from, same.output_uri) == (first.job_id, first.output_uri)  # its output, at once
     assert read_output(stack.cfg, same) == read_output(stack.cfg, first)
 
     put_files(stack.cfg, "reuse/r/", ["042.txt"], lambda name: b"changed " + name.encode())
@@ -37,6 +38,10 @@ def test_resubmitting_reuses_and_changes_rerun_only_what_changed(stack, make_end
     assert no_reuse.batches_reused == 0 and len(parts(stack, no_reuse.job_id)) == 11
     operational = run(stack, endpoint, "reuse/r/", run_max_try="2", logging_level="DEBUG")
     assert operational.batches_reused == 11  # how a job runs does not change its rows
+    assert operational.reused_from == no_reuse.job_id  # the latest identical job that succeeded
+    elsewhere = run(stack, endpoint, "reuse/r/", output_path=f"s3://{stack.cfg.artifacts_bucket}/mine/")
+    assert elsewhere.reused_from is None and elsewhere.batches_reused == 11  # its own output, from reused parts
+    assert read_output(stack.cfg, elsewhere) == read_output(stack.cfg, changed)
 
 
 def test_failed_inputs_are_never_reused(stack, make_endpoint):

@@ -142,6 +142,8 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     state, reason = judge(job)
     if state == jobs.SUCCEEDED and reusable:
         reuse.remember(cfg, job_id, reusable)
+        if job.fingerprint and len(reusable) == job.total_batches:
+            reuse.remember_job(cfg, job.fingerprint, job_id, job.output_uri)
     if state == jobs.FAILED and errors:
         error_type, count = errors.most_common(1)[0]
         reason += f"; most common error: {error_type} ({count} inputs)"

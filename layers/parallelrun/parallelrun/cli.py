@@ -49,7 +49,9 @@ def status_lines(job: jobs.Job) -> list[str]:
         f"inputs:     {job.items_succeeded + job.items_failed}/{total_i} done ({job.items_succeeded} succeeded, "
         f"{job.items_failed} failed), {job.retries} retries",
     ]
-    if job.batches_reused:
+    if job.reused_from:
+        lines.append(f"reused:     the output of job {job.reused_from} (same deployment, settings and inputs)")
+    elif job.batches_reused:
         lines.append(f"reused:     {job.batches_reused} mini-batch(es) scored by an earlier job (allow_reuse)")
     if job.ended_at and job.started_at:
         lines.append(f"duration:   {job.ended_at - job.created_at:.1f} s")

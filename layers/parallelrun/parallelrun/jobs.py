@@ -87,6 +87,8 @@ class Job:
     items_failed: int = 0
     retries: int = 0
     batches_reused: int = 0
+    fingerprint: str | None = None  # what the job's rows depend on (see parallelrun.reuse)
+    reused_from: str | None = None  # the succeeded job whose output this one took whole
     outcome: str | None = None  # FAILED or CANCELED when the job was stopped before it completed
 
     @property

@@ -111,15 +111,18 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
     if job.state == jobs.PLANNING:
         started = time.time()
         try:
-            total_batches, total_items = write_plan(cfg, job)
+            total_batches, total_items, fingerprint = write_plan(cfg, job)
         except aws.client("s3").exceptions.ClientError as error:
             code = error.response["Error"]["Code"]
             if code not in ("NoSuchBucket", "AccessDenied", "AllAccessDisabled"):
                 raise  # transient: the message comes back and planning starts over
             aggregator.stop(cfg, job_id, jobs.FAILED, f"cannot list the inputs at {job.input_uri} ({code})")
             return
+        if total_batches and _reuse_whole_job(cfg, job, fingerprint, total_batches, total_items):
+            return
         jobs.transition(cfg, job_id, jobs.RUNNING, (jobs.PLANNING,), total_batches=total_batches,
-                        total_items=total_items, cursor=0, planner_tick=0, planner_token="start")
+                        total_items=total_items, cursor=0, planner_tick=0, planner_token="start",
+                        fingerprint=fingerprint)
         logs.event(log, "planned", total_batches=total_batches, total_items=total_items,
                    planner_seconds=round(time.time() - started, 3))
         if total_batches == 0:
@@ -130,13 +133,33 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
         tick(cfg, {"job_id": job_id, "tick": 0, "token": "start", "since": time.time()})
 
 
-def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int]:
-    """Write the job's mini-batches to S3 in chunks; return (batches, items). Deterministic."""
+def _reuse_whole_job(cfg: StackConfig, job: jobs.Job, fingerprint: str, batches: int, items: int) -> bool:
+    """With allow_reuse and no output_path of its own, a job identical to a succeeded one takes
+    that job's output at once."""
+    if not job.settings.allow_reuse or job.settings.output_path:
+        return False
+    earlier = reuse.find_job(cfg, fingerprint)
+    if earlier is None:
+        return False
+    done = jobs.transition(
+        cfg, job.job_id, jobs.SUCCEEDED, (jobs.PLANNING,), total_batches=batches, total_items=items, cursor=batches,
+        batches_succeeded=batches, items_succeeded=items, batches_reused=batches, fingerprint=fingerprint,
+        reused_from=earlier["job_id"], output_uri=earlier["output_uri"], ended_at=time.time())
+    if done:
+        logs.event(log, "reused the output of an identical succeeded job", reused_from=earlier["job_id"])
+    return done
+
+
+def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
+    """Write the job's mini-batches to S3 in chunks; return (batches, items, the job's
+    fingerprint). Deterministic."""
     spec = InputSpec.from_uri(job.input_uri)
     s3 = aws.client("s3")
     total_batches = total_items = 0
     chunk: list[list[list]] = []
+    prints = []
     for batch in datasets.batches(datasets.list_files(spec), job.settings.files_per_batch):
+        prints.append(reuse.fingerprint(job.deployment, job.settings, batch))
         chunk.append([item.to_json() for item in batch])
         total_batches += 1
         total_items += len(batch)
@@ -145,7 +168,7 @@ def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int]:
             chunk = []
     if chunk:
         _put_chunk(s3, cfg, job.job_id, total_batches // PLAN_CHUNK, chunk)
-    return total_batches, total_items
+    return total_batches, total_items, reuse.job_fingerprint(prints)
 
 
 def _put_chunk(s3: Any, cfg: StackConfig, job_id: str, number: int, chunk: list) -> None:

@@ -5,7 +5,9 @@ script, model version), the settings that reach the script, and its inputs by ke
 When a job succeeds, its fully successful mini-batches are remembered under their fingerprints;
 a later job with ``allow_reuse`` (the default, as in Azure) records a matching mini-batch as
 done with the earlier part instead of sending it. Appending 10 files to a folder of 10,000 and
-resubmitting runs only the mini-batches that hold new or changed files.
+resubmitting runs only the mini-batches that hold new or changed files. A job whose every
+mini-batch matches a succeeded job (same deployment, settings and inputs) takes that job's
+output at once and says so.
 """
 
 from __future__ import annotations
@@ -53,6 +55,24 @@ def lookup(cfg: StackConfig, fingerprints: Iterable[str]) -> dict[str, dict[str,
                 found[item["pk"][len("REUSE#"):]] = item
             request = response.get("UnprocessedKeys") or None
     return found
+
+
+def job_fingerprint(batch_fingerprints: Iterable[str]) -> str:
+    """A whole job's fingerprint: its mini-batches', in order."""
+    digest = hashlib.sha256()
+    for fp in batch_fingerprints:
+        digest.update(fp.encode())
+    return digest.hexdigest()
+
+
+def find_job(cfg: StackConfig, fp: str) -> dict[str, Any] | None:
+    """The succeeded job with this fingerprint: its id and output."""
+    return aws.table(cfg.table).get_item(Key={"pk": f"REUSE#JOB#{fp}", "sk": "JOB"}).get("Item")
+
+
+def remember_job(cfg: StackConfig, fp: str, job_id: str, output_uri: str) -> None:
+    aws.table(cfg.table).put_item(Item={"pk": f"REUSE#JOB#{fp}", "sk": "JOB", "job_id": job_id,
+                                        "output_uri": output_uri})
 
 
 def remember(cfg: StackConfig, job_id: str, entries: Iterable[tuple[str, str, int, int]]) -> int:
