@@ -156,3 +156,21 @@ def test_a_planner_or_aggregator_that_gives_up_still_ends_the_job(stack, make_en
     job = stack.run_until_done(job.job_id)
     assert job.state == jobs.FAILED
     assert ("planner failed" if queue.startswith("Planner") else "collating the output failed") in job.reason
+
+
+def test_a_slow_init_does_not_count_against_run_invocation_timeout(stack, make_endpoint):
+    endpoint = make_endpoint(echo("slowinit").replace("def init():\n", "def init():\n    import time\n    time.sleep(3)\n"),
+                             name="slowinit")
+    put_files(stack.cfg, "slowinit/r/", ["a.txt", "b.txt"])
+    job = stack.run_until_done(start(stack, endpoint, "slowinit/r/", {"run_invocation_timeout": "1",
+                                                                     "run_max_try": "1"}).job_id)
+    assert (job.state, job.items_succeeded, job.retries) == (jobs.SUCCEEDED, 2, 0)
+
+
+def test_an_init_that_raises_fails_the_attempt_with_its_error(stack, make_endpoint):
+    endpoint = make_endpoint(echo("badinit").replace("def init():\n", "def init():\n    raise ImportError('no module named torch')\n"),
+                             name="badinit")
+    put_files(stack.cfg, "badinit/r/", ["a.txt"])
+    job = stack.run_until_done(start(stack, endpoint, "badinit/r/", {"run_max_try": "2"}).job_id)
+    [failure] = failures_of(stack, job)
+    assert (failure["error_type"], failure["message"], failure["attempts"]) == ("ImportError", "no module named torch", 2)

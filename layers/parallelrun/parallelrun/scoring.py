@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import traceback
 import zipfile
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from parallelrun.errors import ScoringScriptError
 from parallelrun.settings import RunSettings
 
 TRACEBACK_LINES = 12
+INIT_WAIT_LIMIT = 900  # seconds: no invocation lasts longer (Lambda's limit)
 
 
 @dataclass
@@ -125,14 +127,17 @@ class ScoringHost:
                                      f"{sorted(self.side_inputs) or 'none'}")
         return self.side_inputs[name]
 
-    def run(self, paths: list[str], context: MiniBatchContext, timeout: float) -> Outcome:
-        """``run(paths)`` in the scoring process; raises :class:`AttemptFailed`."""
+    def run(self, paths: list[str], context: MiniBatchContext, timeout: float,
+            deadline: float = float("inf")) -> Outcome:
+        """``run(paths)`` in the scoring process, started first if need be (``init()`` may take
+        until ``deadline``, ``run()`` gets ``timeout``); raises :class:`AttemptFailed`."""
         if self.process is None or not self.process.is_alive():
             try:
                 self._start()
             except Exception as error:  # code that fails its check, a missing model: this attempt fails
                 self.stop()
                 raise AttemptFailed(Failure.from_exception(error)) from error
+            self._await_init(deadline)
         assert self.conn is not None and self.process is not None
         context.side_inputs = dict(self.side_inputs)
         self.conn.send((paths, context.__dict__))
@@ -149,10 +154,23 @@ class ScoringHost:
                                                               "killed, out of memory or crashed in native code"))
         if status == "ok":
             return Outcome(payload, log_lines)
-        failure = Failure(*payload)
-        if status == "init":
+        raise AttemptFailed(Failure(*payload), log_lines)
+
+    def _await_init(self, deadline: float) -> None:
+        """Wait for ``init()``: it has the invocation's time, not run()'s (a big model loads slowly)."""
+        assert self.conn is not None
+        wait = min(deadline - time.time(), INIT_WAIT_LIMIT)
+        if wait <= 0 or not self.conn.poll(wait):
+            self.stop()
+            raise AttemptFailed(Failure("InitTimeout", "init() did not finish in the time the invocation had left"))
+        try:
+            status, payload, log_lines = self.conn.recv()
+        except (EOFError, OSError):
+            self.stop()
+            raise AttemptFailed(Failure("ScoringProcessDied", "the scoring process died during init()")) from None
+        if status != "ready":
             self.stop()  # init() failed: a later attempt starts afresh
-        raise AttemptFailed(failure, log_lines)
+            raise AttemptFailed(Failure(*payload), log_lines)
 
     def stop(self) -> None:
         if self.process is not None and self.process.is_alive():
@@ -263,9 +281,15 @@ def _host_main(conn: Connection, root: str, deployment: dict[str, Any], settings
     try:
         with contextlib.redirect_stdout(_PrintToLog(user_log)):
             module, takes_context = _import_and_init(Path(root), deployment["entry_script"], settings.arguments)
-        init_error = None
+        ready: tuple = ("ready", None, capture.lines)
     except BaseException as error:  # noqa: BLE001 - the user's init() may raise anything
-        init_error = Failure.from_exception(error)
+        ready = ("init", tuple(Failure.from_exception(error).__dict__.values()), capture.lines)
+    try:
+        conn.send(ready)
+    except (BrokenPipeError, EOFError, OSError):
+        return
+    if ready[0] != "ready":
+        return
     while True:
         try:
             paths, raw_context = conn.recv()
@@ -273,12 +297,6 @@ def _host_main(conn: Connection, root: str, deployment: dict[str, Any], settings
             return
         context = MiniBatchContext(**raw_context)
         capture.lines = []
-        if init_error is not None:
-            try:
-                conn.send(("init", tuple(init_error.__dict__.values()), capture.lines))
-            except (BrokenPipeError, EOFError, OSError):
-                return
-            continue
         with logs.context(context.job_id, context.minibatch_index), contextlib.redirect_stdout(_PrintToLog(user_log)):
             try:
                 result = module.run(paths, context) if takes_context else module.run(paths)

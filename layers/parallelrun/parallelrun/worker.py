@@ -122,7 +122,7 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
         faults.point("before_run")
         faults.point("during_run")
         try:
-            outcome = host.run(paths, context, timeout)
+            outcome = host.run(paths, context, timeout, deadline)
             capture.lines += outcome.log_lines
             rows, failed = outcome.rows, short_results(items, len(outcome.rows), spec)
         except AttemptFailed as error:
@@ -168,7 +168,7 @@ def isolate(host: scoring.ScoringHost, items: list[InputFile], paths: list[str],
                                          batch_failure.traceback)))
             continue
         try:
-            outcome = host.run([path], context, timeout)
+            outcome = host.run([path], context, timeout, deadline)
         except AttemptFailed as error:
             capture.lines += error.log_lines
             failed.append((item, error.failure))
