@@ -272,8 +272,8 @@ def list_jobs(cfg: StackConfig, limit: int = 50) -> list[Job]:
     """The newest jobs first. A scan: fine for a listing command, never used on a hot path."""
     items: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {
-        "FilterExpression": "sk = :job",
-        "ExpressionAttributeValues": {":job": "JOB"},
+        "FilterExpression": "begins_with(pk, :prefix) AND sk = :job",
+        "ExpressionAttributeValues": {":prefix": "JOB#", ":job": "JOB"},
     }
     while True:
         page = _ddb(cfg).scan(**kwargs)

@@ -67,11 +67,11 @@ def job_fingerprint(batch_fingerprints: Iterable[str]) -> str:
 
 def find_job(cfg: StackConfig, fp: str) -> dict[str, Any] | None:
     """The succeeded job with this fingerprint: its id and output."""
-    return aws.table(cfg.table).get_item(Key={"pk": f"REUSE#JOB#{fp}", "sk": "JOB"}).get("Item")
+    return aws.table(cfg.table).get_item(Key={"pk": f"REUSE#JOB#{fp}", "sk": "OUTPUT"}).get("Item")
 
 
 def remember_job(cfg: StackConfig, fp: str, job_id: str, output_uri: str) -> None:
-    aws.table(cfg.table).put_item(Item={"pk": f"REUSE#JOB#{fp}", "sk": "JOB", "job_id": job_id,
+    aws.table(cfg.table).put_item(Item={"pk": f"REUSE#JOB#{fp}", "sk": "OUTPUT", "job_id": job_id,
                                         "output_uri": output_uri})
 
 

@@ -1,0 +1,131 @@
+"""Splitting tabular files without downloading them, and reading each piece back exactly once."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from parallelrun import tabular
+from parallelrun.errors import InputError
+
+
+class Counting:
+    """An in-memory object behind a ranged reader that counts the bytes asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.read_bytes = data, 0
+
+    def __call__(self, start: int, end: int) -> bytes:
+        self.read_bytes += end - start
+        return self.data[start:end]
+
+
+def pieces(data: bytes, target: int, fmt: str = "csv") -> list:
+    """Every range's DataFrame, as the worker would read them."""
+    read, size = Counting(data), len(data)
+    first_row = tabular.header_end(read, size) if fmt == "csv" else 0
+    header = read(0, first_row)
+    schema = tabular.infer_schema(fmt, tabular.sample(read, size))
+    frames = []
+    for start, end in tabular.byte_ranges(size, target):
+        lines = tabular.read_lines(read, size, start, end, first_row)
+        if fmt == "csv":
+            tabular.check_quotes("f.csv", lines, size)
+        frames.append(tabular.frame(fmt, header, lines, schema))
+    return frames
+
+
+def test_a_50_mb_csv_in_1_mb_ranges_gives_every_row_once():
+    rows = 1_000_000
+    data = b"id,name,value\n" + b"".join(b"%d,name-%d-padding-padding-padding-pad,%d.5\n" % (i, i % 977, i)
+                                         for i in range(rows))
+    assert len(data) > 50 * 1024 * 1024
+    frames = pieces(data, 1024 * 1024)
+    assert len(frames) > 50
+    ids = [i for f in frames for i in f["id"].tolist()]
+    assert ids == list(range(rows))  # straddling rows read once, by the range they start in
+    assert all(list(f.columns) == ["id", "name", "value"] for f in frames)  # the header in every range
+    assert len({tuple(map(str, f.dtypes)) for f in frames}) == 1
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"a,b\r\n1,x\r\n2,y\r\n3,z\r\n", [1, 2, 3]),  # CRLF
+    (b"a,b\n1,x\n2,y\n3,z", [1, 2, 3]),  # no trailing newline
+    (b"a,b\n", []),  # header only
+])
+def test_small_ranges_over_edge_cases(data, expected):
+    for target in (1, 3, 5, 100):
+        frames = pieces(data, target)
+        assert [v for f in frames for v in f["a"].tolist()] == expected
+        assert all(str(v) in ("x", "y", "z") for f in frames for v in f["b"].tolist())
+
+
+def test_an_empty_file_is_one_empty_range():
+    assert tabular.byte_ranges(0, 1024) == [(0, 0)]
+    assert tabular.read_lines(Counting(b""), 0, 0, 0) == b""
+
+
+def test_a_quoted_newline_is_refused_when_split_and_read_whole_otherwise():
+    data = b'id,text\n1,"two\nlines"\n2,plain\n'
+    with pytest.raises(InputError, match="quoted field spans lines.*above the file's size"):
+        pieces(data, 10)
+    [whole] = pieces(b'id,text\n1,"two lines"\n2,plain\n', 1024)
+    assert whole["text"].tolist() == ["two lines", "plain"]
+
+
+def test_dtypes_are_the_files_even_where_a_range_has_no_value():
+    rows = [b"%d,,%d\n" % (i, i) for i in range(20000)] + [b"%d,late,%d\n" % (i, i) for i in range(20000, 20010)]
+    data = b"id,note,n\n" + b"".join(rows)
+    frames = pieces(data, 64 * 1024)
+    assert len({tuple(map(str, f.dtypes)) for f in frames}) == 1  # note is text everywhere
+    assert frames[-1]["note"].tolist()[-1] == "late"
+
+
+def test_json_lines_split_by_bytes():
+    data = b"".join(b'{"id": %d, "tag": "t%d"}\n' % (i, i) for i in range(5000))
+    frames = pieces(data, 4096, fmt="jsonl")
+    assert [i for f in frames for i in f["id"].tolist()] == list(range(5000))
+
+
+@pytest.mark.parametrize("row_group_size, target, expected_pieces", [(10_000, 1, 1), (100, 10_000, None)])
+def test_parquet_by_row_groups_from_the_footer_only(row_group_size, target, expected_pieces):
+    table = pa.table({"id": list(range(10_000)), "x": [float(i) for i in range(10_000)]})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=row_group_size)
+    read = Counting(sink.getvalue())
+    metadata = tabular.parquet_metadata(read, len(read.data))
+    assert read.read_bytes < len(read.data) / 2 or metadata.num_row_groups == 1  # the footer, not the file
+    planned = tabular.row_group_pieces(metadata, target)
+    if expected_pieces:
+        assert len(planned) == expected_pieces
+    else:
+        assert 1 < len(planned) < metadata.num_row_groups
+    ids = [i for p in planned for i in tabular.parquet_frame(read, len(read.data), p)["id"].tolist()]
+    assert ids == list(range(10_000)) and sum(p.rows for p in planned) == 10_000
+
+
+def test_a_200_mb_csv_is_planned_without_downloading_it():
+    line = 40
+    size = 200 * 1024 * 1024 // line * line + len(b"id,payload\n")
+
+    def read(start: int, end: int) -> bytes:  # a 200 MB file made up on demand
+        read.total += end - start
+        header = b"id,payload\n"
+        text = bytearray()
+        for position in range(start, end):
+            if position < len(header):
+                text.append(header[position])
+            else:
+                offset = position - len(header)
+                row = b"%09d,%s\n" % (offset // line, b"p" * (line - 11))
+                text.append(row[offset % line])
+        return bytes(text)
+
+    read.total = 0
+    ranges = tabular.byte_ranges(size, 1024 * 1024)
+    schema = tabular.infer_schema("csv", tabular.sample(read, size, 4096))
+    assert len(ranges) == -(-size // (1024 * 1024)) >= 200 and [f.name for f in schema] == ["id", "payload"]
+    assert read.total < 256 * 1024  # the planner read a sample, not the 200 MB
