@@ -178,3 +178,29 @@ def test_the_sdk_flow(client: Client, tmp_path: Path):
     assert again.record.total_batches == 3 and again.record.settings.arguments == ("--model_name", "sdkdigits")
     with pytest.raises(ConflictError, match="already ended"):
         again.cancel()
+
+
+def test_an_azure_tabular_script_through_the_sdk(client: Client, tmp_path: Path):
+    import numpy as np
+    import pandas as pd
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from parallelrun import Model, ParallelRunConfig, TabularDataset
+
+    iris = load_iris()
+    (tmp_path / "iris.pkl").write_bytes(pickle.dumps(LogisticRegression(max_iter=1000).fit(iris.data, iris.target)))
+    Model.register(client, str(tmp_path / "iris.pkl"), "iris")
+    table = pd.DataFrame(iris.data, columns=["sepal_length", "sepal_width", "petal_length", "petal_width"])
+    table.insert(0, "id", np.arange(150))
+    aws.client("s3").put_object(Bucket=client.cfg.input_bucket, Key="tables/iris/part-0.csv",
+                                Body=table.to_csv(index=False).encode())
+    config = ParallelRunConfig(entry_script="iris_tabular.py", source_directory=str(EXAMPLES / "azure_style"),
+                               mini_batch_size="1KB", error_threshold=0)
+    job = client.submit(config, inputs=TabularDataset.from_delimited_files(
+        f"s3://{client.cfg.input_bucket}/tables/iris/"), model="iris", arguments=["--model_name", "iris"])
+    assert job.wait_for_completion(show_output=False, timeout=180) == "SUCCEEDED"
+    frame = job.get_output_dataframe()
+    assert list(frame[0].astype(int)) == list(range(150)) and job.record.total_batches >= 3
+    assert (frame[1].astype(int) == iris.target).mean() > 0.9
+    assert any('"scoring' in line for line in client.logs(job.job_id, minibatch=0))

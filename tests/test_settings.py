@@ -42,6 +42,8 @@ DEFAULTS = {
     "max_inflight_batches": None,
     "output_path": None,
     "environment_variables": {},
+    "input_type": "files",
+    "input_format": None,
 }
 
 
@@ -111,6 +113,9 @@ ACCEPTED = [
     ("output_path", "none", None),
     ("environment_variables", '{"MODE": "fast", "N": 3}', {"MODE": "fast", "N": "3"}),
     ("environment_variables", {"_X1": "y"}, {"_X1": "y"}),
+    ("input_type", "tabular", "tabular"),
+    ("input_format", "parquet", "parquet"),
+    ("input_format", "none", None),
 ]
 
 
@@ -192,6 +197,8 @@ REFUSED = [
     ("environment_variables", {"1BAD": "x"}, "a JSON object of names to values"),
     ("environment_variables", '["A"]', "a JSON object of names to values"),
     ("environment_variables", {"A-B": "x"}, "a JSON object of names to values"),
+    ("input_type", "table", "one of files, tabular"),
+    ("input_format", "xlsx", "one of csv, jsonl, parquet"),
 ]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from parallelrun.errors import ParallelRunError
 
 _SDK = {"Client": "parallelrun.client", "ParallelRunConfig": "parallelrun.sdk", "FileDataset": "parallelrun.sdk",
-        "Model": "parallelrun.sdk", "Job": "parallelrun.sdk"}
+        "TabularDataset": "parallelrun.sdk", "Model": "parallelrun.sdk", "Job": "parallelrun.sdk"}
 
 
 def __getattr__(name: str) -> Any:
@@ -32,4 +32,5 @@ def get_model_path(model_name: str, version: int | None = None) -> str:
     return _get_model_path(model_name, version)
 
 
-__all__ = ["Client", "FileDataset", "Job", "Model", "ParallelRunConfig", "ParallelRunError", "get_model_path"]
+__all__ = ["Client", "FileDataset", "Job", "Model", "ParallelRunConfig", "ParallelRunError", "TabularDataset",
+           "get_model_path"]

@@ -76,6 +76,17 @@ def download_prefix(bucket: str, prefix: str, folder: Any) -> int:
     return count
 
 
+def range_reader(bucket: str, key: str) -> Any:
+    """``read(start, end)``: bytes [start, end) of one object, by ranged GETs."""
+
+    def read(start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        return client("s3").get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"].read()
+
+    return read
+
+
 def is_conditional_failure(error: Exception) -> bool:
     """True when a DynamoDB write lost its condition (someone else already did the work)."""
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")

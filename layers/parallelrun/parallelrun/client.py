@@ -81,7 +81,7 @@ class Client:
 
     # --- jobs
 
-    def submit(self, target: str | sdk.ParallelRunConfig, inputs: str | sdk.FileDataset,
+    def submit(self, target: str | sdk.ParallelRunConfig, inputs: str | sdk.FileDataset | sdk.TabularDataset,
                settings: dict[str, Any] | None = None, deployment: str | None = None, *,
                model: str | None = None, side_inputs: list[str] | None = None,
                arguments: list[str] | None = None, allow_reuse: bool | None = None) -> sdk.Job:
@@ -94,7 +94,9 @@ class Client:
         for name, value in (("side_inputs", side_inputs), ("arguments", arguments), ("allow_reuse", allow_reuse)):
             if value is not None:
                 overrides[name] = value
-        uri = inputs.uri if isinstance(inputs, sdk.FileDataset) else inputs
+        if isinstance(inputs, sdk.TabularDataset):
+            overrides = {"input_type": "tabular", "input_format": inputs.input_format, **overrides}
+        uri = inputs if isinstance(inputs, str) else inputs.uri
         job = submit.prepare(self.cfg, target, uri, overrides, deployment)
         submit.start(self.cfg, job)
         return sdk.Job(self, job.job_id)

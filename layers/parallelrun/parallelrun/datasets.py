@@ -32,6 +32,37 @@ class InputFile:
 
 
 @dataclass(frozen=True)
+class TablePiece:
+    """A tabular mini-batch: one file's byte range (CSV, JSON lines) or row groups (Parquet,
+    ``start`` to ``end`` inclusive), with the file's column types (decided once per file)."""
+
+    key: str
+    size: int
+    etag: str
+    fmt: str
+    start: int
+    end: int
+    schema: str = ""  # base64 of the Arrow schema; "" where the file itself says (Parquet, gzip)
+
+    def to_json(self) -> list:
+        return [self.key, self.size, self.etag, self.fmt, self.start, self.end, self.schema]
+
+    @property
+    def whole(self) -> bool:
+        return self.fmt != "parquet" and self.start == 0 and self.end == self.size
+
+    def describe(self) -> str:
+        if self.fmt == "parquet":
+            return f"row groups {self.start}-{self.end}"
+        return "whole file" if self.whole else f"bytes {self.start}-{self.end}"
+
+
+def item_from_json(raw: list) -> InputFile | TablePiece:
+    """A plan's or message's input: a file, or a piece of a table."""
+    return InputFile(*raw) if len(raw) == 3 else TablePiece(*raw)
+
+
+@dataclass(frozen=True)
 class InputSpec:
     """A folder of inputs: every object under ``s3://bucket/prefix`` (nested folders included)."""
 

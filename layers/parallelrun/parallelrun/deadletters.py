@@ -16,7 +16,7 @@ from typing import Any
 
 from parallelrun import aggregator, aws, jobs, logs, worker
 from parallelrun.config import StackConfig
-from parallelrun.datasets import InputFile
+from parallelrun.datasets import item_from_json
 from parallelrun.scoring import Failure
 
 log = logging.getLogger("parallelrun.deadletters")
@@ -41,7 +41,7 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 
 def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
     job_id, index = message["job_id"], int(message["batch"])
-    items = [InputFile.from_json(item) for item in message["items"]]
+    items = [item_from_json(item) for item in message["items"]]
     attempts = cfg.limits.max_receive_count
     with logs.context(job_id, index):
         if jobs.get_batch(cfg, job_id, index) is None:

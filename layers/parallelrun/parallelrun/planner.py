@@ -21,7 +21,7 @@ from typing import Any
 
 from parallelrun import aggregator, aws, datasets, endpoints, jobs, logs, reuse, submit
 from parallelrun.config import StackConfig
-from parallelrun.datasets import InputFile, InputSpec
+from parallelrun.datasets import InputFile, InputSpec, TablePiece
 from parallelrun.errors import ConflictError, ParallelRunError
 from parallelrun.settings import RunSettings
 
@@ -120,8 +120,9 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
             return
         if total_batches and _reuse_whole_job(cfg, job, fingerprint, total_batches, total_items):
             return
+        tabular_job = job.settings.input_type == "tabular"  # its inputs are counted in records, once read
         jobs.transition(cfg, job_id, jobs.RUNNING, (jobs.PLANNING,), total_batches=total_batches,
-                        total_items=total_items, cursor=0, planner_tick=0, planner_token="start",
+                        total_items=None if tabular_job else total_items, cursor=0, planner_tick=0, planner_token="start",
                         fingerprint=fingerprint)
         logs.event(log, "planned", total_batches=total_batches, total_items=total_items,
                    planner_seconds=round(time.time() - started, 3))
@@ -158,7 +159,7 @@ def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
     total_batches = total_items = 0
     chunk: list[list[list]] = []
     prints = []
-    for batch in datasets.batches(datasets.list_files(spec), job.settings.files_per_batch):
+    for batch in plan_batches(job, spec):
         prints.append(reuse.fingerprint(job.deployment, job.settings, batch))
         chunk.append([item.to_json() for item in batch])
         total_batches += 1
@@ -169,6 +170,21 @@ def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
     if chunk:
         _put_chunk(s3, cfg, job.job_id, total_batches // PLAN_CHUNK, chunk)
     return total_batches, total_items, reuse.job_fingerprint(prints)
+
+
+def plan_batches(job: jobs.Job, spec: InputSpec) -> Iterator[list[InputFile] | list[TablePiece]]:
+    """The job's mini-batches in input order: files by count, or tables by byte size (a
+    mini-batch never crosses a file; a big file is split into pieces)."""
+    files = datasets.list_files(spec)
+    if job.settings.input_type != "tabular":
+        yield from datasets.batches(files, job.settings.files_per_batch)
+        return
+    from parallelrun import tabular  # pyarrow: only a tabular job pays for importing it
+
+    for item in files:
+        for piece in tabular.plan_file(aws.range_reader(spec.bucket, item.key), item, job.settings.input_format,
+                                       job.settings.bytes_per_batch):
+            yield [piece]
 
 
 def _put_chunk(s3: Any, cfg: StackConfig, job_id: str, number: int, chunk: list) -> None:
@@ -183,7 +199,7 @@ def read_plan(cfg: StackConfig, job_id: str, start: int, end: int) -> Iterator[t
         for offset, batch in enumerate(json.loads(body)):
             index = number * PLAN_CHUNK + offset
             if start <= index < end:
-                yield index, [InputFile.from_json(item) for item in batch]
+                yield index, [datasets.item_from_json(item) for item in batch]
 
 
 def window_end(job: jobs.Job, window: int) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 from parallelrun import aws
 from parallelrun.config import StackConfig
-from parallelrun.datasets import InputFile
+from parallelrun.datasets import InputFile, TablePiece
 from parallelrun.settings import RunSettings
 
 # Settings that change how a job runs, never what a mini-batch's rows are.
@@ -29,11 +29,11 @@ OPERATIONAL = ("allow_reuse", "output_path", "max_inflight_batches", "process_co
                "allowed_failed_count", "allowed_failed_percent", "isolate_failures")
 
 
-def fingerprint(deployment: dict[str, Any], settings: RunSettings, items: Iterable[InputFile]) -> str:
+def fingerprint(deployment: dict[str, Any], settings: RunSettings, items: Iterable[InputFile | TablePiece]) -> str:
     """What a mini-batch's rows depend on, hashed."""
     relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in OPERATIONAL}
     scored_by = {k: deployment.get(k) for k in ("code_sha", "entry_script", "model_name", "model_version")}
-    content = json.dumps([scored_by, relevant, [[i.key, i.etag] for i in items]], sort_keys=True, default=str)
+    content = json.dumps([scored_by, relevant, [i.to_json() for i in items]], sort_keys=True, default=str)
     return hashlib.sha256(content.encode()).hexdigest()
 
 

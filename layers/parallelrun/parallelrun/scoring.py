@@ -127,9 +127,9 @@ class ScoringHost:
                                      f"{sorted(self.side_inputs) or 'none'}")
         return self.side_inputs[name]
 
-    def run(self, paths: list[str], context: MiniBatchContext, timeout: float,
+    def run(self, mini_batch: Any, context: MiniBatchContext, timeout: float,
             deadline: float = float("inf")) -> Outcome:
-        """``run(paths)`` in the scoring process, started first if need be (``init()`` may take
+        """``run(mini_batch)`` in the scoring process, started first if need be (``init()`` may take
         until ``deadline``, ``run()`` gets ``timeout``); raises :class:`AttemptFailed`."""
         if self.process is None or not self.process.is_alive():
             try:
@@ -140,7 +140,7 @@ class ScoringHost:
             self._await_init(deadline)
         assert self.conn is not None and self.process is not None
         context.side_inputs = dict(self.side_inputs)
-        self.conn.send((paths, context.__dict__))
+        self.conn.send((mini_batch, context.__dict__))
         if not self.conn.poll(timeout):
             self.stop()
             raise AttemptFailed(Failure("RunTimeout", f"run() took longer than run_invocation_timeout={timeout:g} s; "

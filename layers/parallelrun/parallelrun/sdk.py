@@ -71,6 +71,33 @@ class FileDataset:
         return cls(str(path))
 
 
+@dataclass(frozen=True)
+class TabularDataset:
+    """Tables under an S3 prefix, as Azure's TabularDataset: run() gets DataFrames of about
+    ``mini_batch_size`` bytes (a big file split by rows, never a mini-batch across files)."""
+
+    uri: str
+    input_format: str | None = None
+
+    @classmethod
+    def from_delimited_files(cls, path: str) -> TabularDataset:
+        return cls._at(path, "csv")
+
+    @classmethod
+    def from_parquet_files(cls, path: str) -> TabularDataset:
+        return cls._at(path, "parquet")
+
+    @classmethod
+    def from_json_lines_files(cls, path: str) -> TabularDataset:
+        return cls._at(path, "jsonl")
+
+    @classmethod
+    def _at(cls, path: str, fmt: str) -> TabularDataset:
+        if not str(path).startswith("s3://"):
+            raise InputError(f"TabularDataset: give an s3://bucket/folder/ URI, not {path!r}")
+        return cls(str(path), fmt)
+
+
 class Model(compat.Model):
     """Azure's Model: ``get_model_path`` inside a script, ``register`` outside."""
 
@@ -133,7 +160,7 @@ class Job:
     def cancel(self) -> str:
         return self.client.cancel(self.job_id).state
 
-    def resubmit(self, inputs: str | FileDataset | None = None, **overrides: Any) -> Job:
+    def resubmit(self, inputs: str | FileDataset | TabularDataset | None = None, **overrides: Any) -> Job:
         """The same endpoint and deployment again, on new inputs and/or with changed settings."""
         record = self.record
         kept = {f.name: value for f in dataclasses.fields(record.settings)

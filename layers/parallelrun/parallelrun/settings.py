@@ -26,6 +26,8 @@ DEFAULT_BYTES_PER_BATCH = 1024 * 1024
 INVOCATION_MARGIN = 30
 LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 OUTPUT_ACTIONS = ("append_row", "summary_only")
+INPUT_TYPES = ("files", "tabular")
+INPUT_FORMATS = ("csv", "jsonl", "parquet")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB)?\s*$", re.IGNORECASE)
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 
@@ -82,6 +84,8 @@ class RunSettings:
     max_inflight_batches: int | None = None
     output_path: str | None = None
     environment_variables: dict[str, str] = field(default_factory=dict)
+    input_type: str = "files"  # or "tabular": run() gets DataFrames (TabularDataset)
+    input_format: str | None = None  # csv, jsonl or parquet; None: by each file's extension
 
     @property
     def files_per_batch(self) -> int:
@@ -283,6 +287,9 @@ def _rules(limits: StackLimits) -> dict[str, tuple[Callable[[Any], Any], str]]:
         "max_inflight_batches": (_optional(_int(1, 10000)), "an integer from 1 to 10000"),
         "output_path": (_optional(_s3_uri), "an s3://bucket/prefix URI"),
         "environment_variables": (_env, 'a JSON object of names to values, such as {"MODE": "fast"}'),
+        "input_type": (_choice(INPUT_TYPES), "one of " + ", ".join(INPUT_TYPES)),
+        "input_format": (_optional(_choice(INPUT_FORMATS)), "one of " + ", ".join(INPUT_FORMATS) +
+                         ", or none to go by each file's extension"),
     }
 
 
@@ -331,6 +338,8 @@ def check(settings: RunSettings, limits: StackLimits) -> None:
 
 def check_for_files(settings: RunSettings) -> None:
     """File inputs are batched by count: a byte size makes no sense for them."""
+    if settings.input_type != "files":
+        return
     if settings.mini_batch_size is not None and not settings.mini_batch_size.isdigit():
         raise SettingsError(
             "mini_batch_size", settings.mini_batch_size, "a file count such as 10 for file inputs (sizes are for tabular input)"

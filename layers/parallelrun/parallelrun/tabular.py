@@ -12,15 +12,19 @@ The S3 edge is a ``read(start, end) -> bytes`` callable; everything here is test
 
 from __future__ import annotations
 
+import base64
+import gzip
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from parallelrun.datasets import InputFile, TablePiece
 from parallelrun.errors import InputError
 
 Reader = Callable[[int, int], bytes]  # bytes [start, end) of one object
@@ -180,3 +184,47 @@ def parquet_metadata(read: Reader, size: int) -> pq.FileMetaData:
 def parquet_frame(read: Reader, size: int, piece: RowGroups) -> object:
     handle = pq.ParquetFile(RangedFile(read, size))
     return handle.read_row_groups(list(range(piece.first, piece.last + 1))).to_pandas()
+
+
+def _encode(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def _decode(text: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+
+
+def plan_file(read: Reader, item: InputFile, fmt_override: str | None, target: int) -> list[TablePiece]:
+    """A file's mini-batches: byte ranges of about ``target`` bytes (its types read from its
+    start), Parquet row groups (from its footer), or the whole file when it is small or gzipped.
+    Never reads more than a sample, a footer, or a few line ends."""
+    fmt = detect_format(item.key, fmt_override)
+    piece = lambda start, end, schema="": TablePiece(item.key, item.size, item.etag, fmt, start, end, schema)  # noqa: E731
+    if fmt == "parquet":
+        return [piece(p.first, p.last) for p in row_group_pieces(parquet_metadata(read, item.size), target)]
+    if item.key.lower().endswith(".gz") or item.size == 0:
+        return [piece(0, item.size)]
+    try:
+        schema = _encode(infer_schema(fmt, sample(read, item.size)))
+    except (pa.ArrowInvalid, ValueError):
+        return [piece(0, item.size)]  # malformed from the start: one piece, which fails saying why
+    return [piece(start, end, schema) for start, end in byte_ranges(item.size, target)]
+
+
+def read_piece(read: Reader, piece: TablePiece) -> Any:
+    """A piece's rows as a pandas DataFrame."""
+    if piece.fmt == "parquet":
+        return parquet_frame(read, piece.size, RowGroups(piece.start, piece.end, 0))
+    if piece.size == 0:
+        return pa.table({}).to_pandas()
+    schema = _decode(piece.schema) if piece.schema else None
+    if piece.whole:  # read as one: quoted newlines and all
+        data = read(0, piece.size)
+        data = gzip.decompress(data) if piece.key.lower().endswith(".gz") else data
+        return _parse(piece.fmt, data, schema).to_pandas()
+    assert schema is not None
+    first_row = header_end(read, piece.size) if piece.fmt == "csv" else 0
+    lines = read_lines(read, piece.size, piece.start, piece.end, first_row)
+    if piece.fmt == "csv":
+        check_quotes(piece.key, lines, piece.size)
+    return frame(piece.fmt, read(0, first_row), lines, schema)

@@ -26,7 +26,7 @@ from typing import Any
 
 from parallelrun import aggregator, aws, faults, jobs, logs, registry, reuse, scoring
 from parallelrun.config import StackConfig
-from parallelrun.datasets import InputFile, InputSpec, relative_name
+from parallelrun.datasets import InputFile, InputSpec, TablePiece, item_from_json, relative_name
 from parallelrun.scoring import AttemptFailed, Failure
 
 log = logging.getLogger("parallelrun.worker")
@@ -70,7 +70,7 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
     message = json.loads(record["body"])
     job_id, index = message["job_id"], int(message["batch"])
     attempt = int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
-    items = [InputFile.from_json(item) for item in message["items"]]
+    items = [item_from_json(item) for item in message["items"]]
     with logs.context(job_id, index):
         job = jobs.get(cfg, job_id)
         if job.state != jobs.RUNNING:
@@ -116,15 +116,18 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
     logging.getLogger().addHandler(capture)
     host = scoring.host(cfg, job.deployment, job.settings)
     try:
-        paths = fetch(spec, items, folder)
         context = scoring.MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt)
         timeout = job.settings.run_invocation_timeout
-        faults.point("before_run")
-        faults.point("during_run")
+        mini_batch, inputs = None, len(items)
         try:
-            outcome = host.run(paths, context, timeout, deadline)
+            mini_batch, inputs = load_inputs(spec, items, folder)
+            faults.point("before_run")
+            faults.point("during_run")
+            outcome = host.run(mini_batch, context, timeout, deadline)
             capture.lines += outcome.log_lines
-            rows, failed = outcome.rows, short_results(items, len(outcome.rows), spec)
+            rows = outcome.rows
+            failed = short_results(items, inputs, len(rows), spec)
+            failed_count = len(failed)
         except AttemptFailed as error:
             capture.lines += error.log_lines
             logs.event(log, "attempt failed", level=logging.WARNING, attempt=attempt,
@@ -132,24 +135,43 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
             if attempt < job.settings.run_max_try:
                 raise Retry() from error
             if job.settings.isolate_failures and len(items) > 1:
-                rows, failed = isolate(host, items, paths, context, timeout, deadline, error.failure, capture)
+                rows, failed = isolate(host, items, mini_batch, context, timeout, deadline, error.failure, capture)
+                failed_count = len(failed)
             else:
                 rows, failed = [], [(item, error.failure) for item in items]
+                failed_count = inputs if job.settings.input_type == "tabular" else len(items)
     finally:
         collect_entry_dirs(cfg, job, host)
         logging.getLogger().removeHandler(capture)
         shutil.rmtree(folder, ignore_errors=True)  # /tmp is small on Lambda
         _write_log(cfg, job.job_id, index, attempt, capture.lines)
-    record = write_results(cfg, job.job_id, index, items, attempt, rows, failed, worker, started)
+    inputs = max(inputs, failed_count)
+    record = write_results(cfg, job.job_id, index, inputs, attempt, rows, failed, failed_count, worker, started)
     return dataclasses.replace(record, fingerprint=reuse.fingerprint(job.deployment, job.settings, items))
 
 
-def short_results(items: list[InputFile], returned: int, spec: InputSpec) -> list[tuple[InputFile | None, Failure]]:
+def load_inputs(spec: InputSpec, items: list, folder: Path) -> tuple[Any, int]:
+    """What ``run()`` gets and how many inputs that is: local paths of files (fetched
+    concurrently), or a table piece as a DataFrame (counted in records). A piece that cannot be
+    read fails the attempt like run() would."""
+    if not items or not isinstance(items[0], TablePiece):
+        return fetch(spec, items, folder), len(items)
+    from parallelrun import tabular
+
+    [piece] = items
+    try:
+        frame = tabular.read_piece(aws.range_reader(spec.bucket, piece.key), piece)
+    except Exception as error:  # a malformed file or a row cut by a quoted newline
+        raise AttemptFailed(Failure.from_exception(error)) from error
+    return frame, len(frame)
+
+
+def short_results(items: list, inputs: int, returned: int, spec: InputSpec) -> list[tuple[Any, Failure]]:
     """``run()`` returned fewer results than inputs: that many inputs failed, which ones unknown."""
-    missing = len(items) - returned
+    missing = inputs - returned
     if missing <= 0:
         return []
-    failure = Failure("MissingResults", f"run() returned {returned} results for {len(items)} inputs "
+    failure = Failure("MissingResults", f"run() returned {returned} results for {inputs} inputs "
                                         f"({relative_name(items[0].key, spec.prefix)} .. "
                                         f"{relative_name(items[-1].key, spec.prefix)}): return one per input")
     return [(None, failure)] * missing
@@ -181,8 +203,8 @@ def isolate(host: scoring.ScoringHost, items: list[InputFile], paths: list[str],
     return rows, failed
 
 
-def write_results(cfg: StackConfig, job_id: str, index: int, items: list[InputFile], attempt: int,
-                  rows: list[str], failed: list[tuple[InputFile | None, Failure]], worker: str,
+def write_results(cfg: StackConfig, job_id: str, index: int, inputs: int, attempt: int, rows: list[str],
+                  failed: list[tuple[Any, Failure]], failed_count: int, worker: str,
                   started: float) -> jobs.BatchRecord:
     """Write the part and the failure lines under keys naming the attempt; the batch's record."""
     s3 = aws.client("s3")
@@ -194,18 +216,19 @@ def write_results(cfg: StackConfig, job_id: str, index: int, items: list[InputFi
         failures = jobs.failures_key(job_id, index, attempt)
         lines = [failure_line(item, index, attempt, failure, worker) for item, failure in failed]
         s3.put_object(Bucket=cfg.artifacts_bucket, Key=failures, Body="".join(lines).encode())
-    items_failed = min(len(failed), len(items))
+    items_failed = min(failed_count, inputs)
     return jobs.BatchRecord(
-        index=index, status=jobs.FAILED if items_failed == len(items) else jobs.SUCCEEDED, items=len(items),
-        items_succeeded=len(items) - items_failed, items_failed=items_failed, attempt=attempt, part_key=part,
+        index=index, status=jobs.FAILED if items_failed == inputs and inputs else jobs.SUCCEEDED, items=inputs,
+        items_succeeded=inputs - items_failed, items_failed=items_failed, attempt=attempt, part_key=part,
         failures_key=failures, rows=len(rows), worker=worker, duration=time.time() - started,
     )
 
 
-def failure_line(item: InputFile | None, index: int, attempts: int, failure: Failure, worker: str) -> str:
-    """One line of ``failures.jsonl``: what failed, where, how often, and why."""
+def failure_line(item: InputFile | TablePiece | None, index: int, attempts: int, failure: Failure, worker: str) -> str:
+    """One line of ``failures.jsonl``: what failed (a file, or a table's range), where, how often, and why."""
+    where = {"range": item.describe()} if isinstance(item, TablePiece) else {}
     return json.dumps({
-        "input": item.key if item is not None else None, "minibatch": index, "attempts": attempts,
+        "input": item.key if item is not None else None, **where, "minibatch": index, "attempts": attempts,
         "error_type": failure.error_type, "message": failure.message, "traceback": list(failure.traceback),
         "worker": worker,
     }) + "\n"

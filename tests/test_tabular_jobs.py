@@ -1,0 +1,90 @@
+"""Tabular jobs end to end on moto: DataFrames in, rows out in input order, big files split."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from parallelrun import aws, endpoints, jobs, registry
+from tests.conftest import read_output
+from tests.test_pipeline import start
+
+IRIS = """
+import pickle
+import parallelrun
+
+def init():
+    global model
+    with open(parallelrun.get_model_path("iris"), "rb") as handle:
+        model = pickle.load(handle)
+
+def run(mini_batch):
+    features = mini_batch[["sepal_length", "sepal_width", "petal_length", "petal_width"]]
+    return mini_batch.assign(predicted=model.predict(features.to_numpy()))[["id", "predicted"]]
+"""
+
+
+def test_an_iris_csv_scored_by_a_model_returning_a_dataframe(stack, tmp_path: Path):
+    stack.purge()
+    iris = load_iris()
+    model = LogisticRegression(max_iter=1000).fit(iris.data, iris.target)
+    (tmp_path / "iris.pkl").write_bytes(pickle.dumps(model))
+    registry.register(stack.cfg, tmp_path / "iris.pkl", "iris")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(IRIS)
+    endpoints.create(stack.cfg, "iris", code, "score.py", "iris", {"input_type": "tabular"})
+    table = pd.DataFrame(iris.data, columns=["sepal_length", "sepal_width", "petal_length", "petal_width"])
+    table.insert(0, "id", np.arange(150))
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="iris/csv/iris.csv", Body=table.to_csv(index=False).encode())
+
+    whole = stack.run_until_done(start(stack, "iris", "iris/csv/", {"input_type": "tabular"}).job_id)
+    split = stack.run_until_done(start(stack, "iris", "iris/csv/", {"input_type": "tabular", "mini_batch_size": "512",
+                                                                   "allow_reuse": "false"}).job_id)
+    for job in (whole, split):
+        assert job.state == jobs.SUCCEEDED, job.reason
+        rows = read_output(stack.cfg, job).splitlines()
+        assert [int(r.split(" ")[0]) for r in rows] == list(range(150))  # input order
+        assert (job.items_succeeded, job.items_failed) == (150, 0)  # counted in records
+        assert sum(int(r.split(" ")[1]) == t for r, t in zip(rows, iris.target)) >= 140
+    assert (whole.total_batches, split.total_batches > 5) == (1, True)
+
+
+def test_parquet_and_json_lines_pieces(stack, make_endpoint):
+    endpoint = make_endpoint("def run(mini_batch):\n    return mini_batch[['id']]\n", name="pieces",
+                             settings={"input_type": "tabular"})
+    table = pa.table({"id": list(range(1000)), "x": [float(i) for i in range(1000)]})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=100)
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="pieces/r/a.parquet", Body=sink.getvalue())
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="pieces/r/b.jsonl",
+                  Body=b"".join(json.dumps({"id": 1000 + i}).encode() + b"\n" for i in range(300)))
+    job = stack.run_until_done(start(stack, endpoint, "pieces/r/", {"input_type": "tabular",
+                                                                   "mini_batch_size": "2KB"}).job_id)
+    assert job.state == jobs.SUCCEEDED, job.reason
+    assert [int(r) for r in read_output(stack.cfg, job).splitlines()] == list(range(1300))
+    assert job.total_batches > 3 and job.items_succeeded == 1300
+
+
+def test_a_malformed_table_fails_its_piece_with_the_reason(stack, make_endpoint):
+    endpoint = make_endpoint("def run(mini_batch):\n    return mini_batch[['a']]\n", name="malformed")
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/good.csv", Body=b"a,b\n1,2\n3,4\n")
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/bad.csv", Body=b"a,b\n1,2,3\n")
+    job = stack.run_until_done(start(stack, endpoint, "malformed/r/", {"input_type": "tabular",
+                                                                      "run_max_try": "1"}).job_id)
+    assert read_output(stack.cfg, job).splitlines() == ["1", "3"]
+    [failure] = [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
+    assert failure["input"] == "malformed/r/bad.csv" and failure["range"] == "whole file"
+    assert "Expected 2 columns" in failure["message"]
