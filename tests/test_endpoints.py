@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from parallelrun import aws, endpoints, jobs, registry
+from parallelrun import aws, endpoints, registry
 from parallelrun.errors import ConflictError, InputError, NotFoundError
 from tests.conftest import put_files, read_output
 from tests.test_pipeline import start
