@@ -56,6 +56,8 @@ def test_an_iris_csv_scored_by_a_model_returning_a_dataframe(stack, tmp_path: Pa
         rows = read_output(stack.cfg, job).splitlines()
         assert [int(r.split(" ")[0]) for r in rows] == list(range(150))  # input order
         assert (job.items_succeeded, job.items_failed) == (150, 0)  # counted in records
+        summary = json.loads(read_output(stack.cfg, job, "summary.json"))
+        assert summary["counts"]["items"] == {"total": 150, "succeeded": 150, "failed": 0}
         assert sum(int(r.split(" ")[1]) == t for r, t in zip(rows, iris.target)) >= 140
     assert (whole.total_batches, split.total_batches > 5) == (1, True)
 

@@ -191,7 +191,8 @@ def collate(cfg: StackConfig, job: jobs.Job) -> tuple[int, collections.Counter[s
 def build_summary(job: jobs.Job, state: str, reason: str, rows: int, errors: dict[str, int],
                   ended: float, aggregate_seconds: float) -> dict[str, Any]:
     """What ``summary.json`` says: state, counts, timings and the settings used."""
-    total_items = job.total_items or 0
+    # A table's inputs are records, known once read: then the total is what was read.
+    total_items = job.total_items if job.total_items is not None else job.items_succeeded + job.items_failed
     return {
         "job_id": job.job_id,
         "state": state,
