@@ -44,6 +44,8 @@ DEFAULTS = {
     "environment_variables": {},
     "input_type": "files",
     "input_format": None,
+    "output_format": "txt",
+    "append_row_separator": " ",
 }
 
 
@@ -114,6 +116,9 @@ ACCEPTED = [
     ("environment_variables", '{"MODE": "fast", "N": 3}', {"MODE": "fast", "N": "3"}),
     ("environment_variables", {"_X1": "y"}, {"_X1": "y"}),
     ("input_type", "tabular", "tabular"),
+    ("output_format", "csv", "csv"),
+    ("append_row_separator", ",", ","),
+    ("append_row_separator", "\\t", "\t"),
     ("input_format", "parquet", "parquet"),
     ("input_format", "none", None),
 ]
@@ -198,6 +203,9 @@ REFUSED = [
     ("environment_variables", '["A"]', "a JSON object of names to values"),
     ("environment_variables", {"A-B": "x"}, "a JSON object of names to values"),
     ("input_type", "table", "one of files, tabular"),
+    ("output_format", "xlsx", "one of txt, csv"),
+    ("append_row_separator", "ab", "one character other than a newline"),
+    ("append_row_separator", "\n", "one character other than a newline"),
     ("input_format", "xlsx", "one of csv, jsonl, parquet"),
 ]
 

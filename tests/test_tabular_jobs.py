@@ -61,6 +61,15 @@ def test_an_iris_csv_scored_by_a_model_returning_a_dataframe(stack, tmp_path: Pa
         assert sum(int(r.split(" ")[1]) == t for r, t in zip(rows, iris.target)) >= 140
     assert (whole.total_batches, split.total_batches > 5) == (1, True)
 
+    as_csv = stack.run_until_done(start(stack, "iris", "iris/csv/", {
+        "input_type": "tabular", "mini_batch_size": "1KB", "output_format": "csv"}).job_id)
+    read_back = pd.read_csv(io.StringIO(read_output(stack.cfg, as_csv)))  # one line, header once
+    assert list(read_back.columns) == ["id", "predicted"] and list(read_back["id"]) == list(range(150))
+    as_txt = stack.run_until_done(start(stack, "iris", "iris/csv/", {
+        "input_type": "tabular", "append_row_separator": ","}).job_id)
+    read_back = pd.read_csv(io.StringIO(read_output(stack.cfg, as_txt)), header=None)
+    assert read_back.shape == (150, 2) and list(read_back[0]) == list(range(150))
+
 
 def test_parquet_and_json_lines_pieces(stack, make_endpoint):
     endpoint = make_endpoint("def run(mini_batch):\n    return mini_batch[['id']]\n", name="pieces",

@@ -156,7 +156,7 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     logs.event(log, "job finished", state=state, rows=rows, aggregate_seconds=round(ended - started, 3))
 
 
-def collate(cfg: StackConfig, job: jobs.Job) -> tuple[int, collections.Counter[str], list[tuple[str, str, int, int]]]:
+def collate(cfg: StackConfig, job: jobs.Job) -> tuple[int, collections.Counter[str], list[tuple]]:
     """Stream the parts, in mini-batch order, into the output file and the failure lines into
     ``failures.jsonl``; return the row count, the failed inputs by error type, and the wholly
     successful mini-batches a later job may reuse."""
@@ -168,10 +168,14 @@ def collate(cfg: StackConfig, job: jobs.Job) -> tuple[int, collections.Counter[s
     errors: collections.Counter[str] = collections.Counter()
     reusable = []
     try:
+        header_written = job.settings.output_format != "csv"
         for record in jobs.iter_batches(cfg, job.job_id):
             if record.part_key and record.fingerprint and not record.items_failed:
-                reusable.append((record.fingerprint, record.part_key, record.rows, record.items))
+                reusable.append((record.fingerprint, record.part_key, record.rows, record.items, record.header))
             if record.part_key and job.settings.output_action == "append_row":
+                if not header_written and record.header:
+                    output.write(record.header.encode() + b"\n")  # csv: the header once, at the top
+                    header_written = True
                 output.write(s3.get_object(Bucket=cfg.artifacts_bucket, Key=record.part_key)["Body"].read())
                 rows += record.rows
             if record.failures_key:

@@ -131,6 +131,7 @@ class BatchRecord:
     finished_at: float = field(default_factory=time.time)
     fingerprint: str | None = None  # what the rows depend on (see parallelrun.reuse)
     reused_from: str | None = None  # the job whose part this mini-batch reuses
+    header: str | None = None  # csv output: the column names of the DataFrame run() returned
 
     def to_item(self, job_id: str) -> dict[str, Any]:
         item = {k: _dynamo(v) for k, v in self.__dict__.items() if v is not None}

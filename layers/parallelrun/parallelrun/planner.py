@@ -263,7 +263,7 @@ def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[tuple[int, list[InputF
             jobs.commit_batch(cfg, job.job_id, jobs.BatchRecord(
                 index=index, status=jobs.SUCCEEDED, items=len(items), items_succeeded=len(items), items_failed=0,
                 attempt=1, part_key=earlier["part_key"], rows=int(earlier["rows"]), worker="reused",
-                fingerprint=prints[index], reused_from=earlier["job_id"]))
+                fingerprint=prints[index], reused_from=earlier["job_id"], header=earlier.get("header")))
     if any(prints[index] in found for index, _ in entries):
         logs.event(log, "reused mini-batches scored before", reused=sum(prints[i] in found for i, _ in entries))
         aggregator.check(cfg, job.job_id)

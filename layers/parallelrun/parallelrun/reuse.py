@@ -75,11 +75,12 @@ def remember_job(cfg: StackConfig, fp: str, job_id: str, output_uri: str) -> Non
                                         "output_uri": output_uri})
 
 
-def remember(cfg: StackConfig, job_id: str, entries: Iterable[tuple[str, str, int, int]]) -> int:
-    """Remember a succeeded job's mini-batches: (fingerprint, part key, rows, items) each."""
+def remember(cfg: StackConfig, job_id: str, entries: Iterable[tuple[str, str, int, int, str | None]]) -> int:
+    """Remember a succeeded job's mini-batches: (fingerprint, part key, rows, items, csv header) each."""
     count = 0
     with aws.table(cfg.table).batch_writer(overwrite_by_pkeys=["pk", "sk"]) as writer:
-        for fp, part_key, rows, items in entries:
-            writer.put_item(Item={**_key(fp), "part_key": part_key, "rows": rows, "items": items, "job_id": job_id})
+        for fp, part_key, rows, items, header in entries:
+            writer.put_item(Item={**_key(fp), "part_key": part_key, "rows": rows, "items": items, "job_id": job_id,
+                                  **({"header": header} if header else {})})
             count += 1
     return count

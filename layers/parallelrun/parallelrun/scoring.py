@@ -82,6 +82,7 @@ class AttemptFailed(Exception):
 class Outcome:
     rows: list[str]
     log_lines: list[str]
+    header: str | None = None  # a DataFrame's column names, for csv output
 
 
 # --- the worker's side
@@ -153,7 +154,7 @@ class ScoringHost:
             raise AttemptFailed(Failure("ScoringProcessDied", f"the scoring process died (exit code {code}): "
                                                               "killed, out of memory or crashed in native code"))
         if status == "ok":
-            return Outcome(payload, log_lines)
+            return Outcome(payload["rows"], log_lines, payload["header"])
         raise AttemptFailed(Failure(*payload), log_lines)
 
     def _await_init(self, deadline: float) -> None:
@@ -189,7 +190,7 @@ def host(cfg: StackConfig, deployment: dict[str, Any], settings: RunSettings) ->
     """The scoring process for this deployment and these arguments, kept across mini-batches."""
     key = (deployment["code_sha"], deployment["entry_script"], deployment["model_name"],
            deployment["model_version"], settings.arguments, tuple(sorted(settings.environment_variables.items())),
-           settings.logging_level)
+           settings.side_inputs, settings.logging_level, settings.output_format, settings.append_row_separator)
     if key not in _hosts:
         _hosts[key] = ScoringHost(cfg, deployment, settings)
     return _hosts[key]
@@ -300,7 +301,8 @@ def _host_main(conn: Connection, root: str, deployment: dict[str, Any], settings
         with logs.context(context.job_id, context.minibatch_index), contextlib.redirect_stdout(_PrintToLog(user_log)):
             try:
                 result = module.run(paths, context) if takes_context else module.run(paths)
-                reply = ("ok", to_rows(result), capture.lines)
+                header, rows = to_rows(result, settings.output_format, settings.append_row_separator)
+                reply = ("ok", {"rows": rows, "header": header}, capture.lines)
             except BaseException as error:  # noqa: BLE001 - the user's run() may raise anything
                 failure = Failure.from_exception(error)
                 user_log.error("run() failed: %s: %s", failure.error_type, failure.message)
@@ -327,17 +329,28 @@ def _import_and_init(root: Path, entry_script: str, arguments: tuple[str, ...]) 
     return module, len(inspect.signature(module.run).parameters) >= 2
 
 
-def to_rows(result: Any) -> list[str]:
-    """``run()``'s return value as output rows: ``str()`` of each element, a DataFrame's rows
-    space-separated. A row never spans lines, so no input's rows can merge with another's."""
+def to_rows(result: Any, output_format: str = "txt", separator: str = " ") -> tuple[str | None, list[str]]:
+    """``run()``'s return value as output rows, and a DataFrame's header line for csv output.
+
+    txt (ParallelRunStep's): ``str()`` of each element, a DataFrame's values joined by
+    ``separator``, no header. csv: a DataFrame's rows quoted as CSV, its header kept to be
+    written once. Either way a row never spans lines, so no input's rows merge with another's.
+    """
     if result is None:
         raise ScoringScriptError("run() returned None: return a list, tuple, array or DataFrame")
+    header = None
     if hasattr(result, "itertuples") and hasattr(result, "columns"):
-        rows = (" ".join(str(value) for value in row) for row in result.itertuples(index=False, name=None))
+        if output_format == "csv":
+            lines = result.to_csv(index=False, lineterminator="\n").split("\n")
+            header, rows = lines[0], [line for line in lines[1:] if line]
+            if len(rows) != len(result):
+                raise ScoringScriptError("run() returned values with newlines: csv output needs one line per row")
+            return header, rows
+        rows = (separator.join(str(value) for value in row) for row in result.itertuples(index=False, name=None))
     elif isinstance(result, (list, tuple)) or hasattr(result, "tolist"):
         rows = (str(value) for value in (result.tolist() if hasattr(result, "tolist") else result))
     else:
         raise ScoringScriptError(
             f"run() returned {type(result).__name__}: return a list, tuple, array or DataFrame"
         )
-    return [row.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r") for row in rows]
+    return header, [row.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r") for row in rows]

@@ -27,6 +27,7 @@ INVOCATION_MARGIN = 30
 LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 OUTPUT_ACTIONS = ("append_row", "summary_only")
 INPUT_TYPES = ("files", "tabular")
+OUTPUT_FORMATS = ("txt", "csv")
 INPUT_FORMATS = ("csv", "jsonl", "parquet")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB)?\s*$", re.IGNORECASE)
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
@@ -84,6 +85,8 @@ class RunSettings:
     max_inflight_batches: int | None = None
     output_path: str | None = None
     environment_variables: dict[str, str] = field(default_factory=dict)
+    output_format: str = "txt"  # txt: ParallelRunStep's rows; csv: a DataFrame's header once at the top
+    append_row_separator: str = " "  # between a DataFrame row's values in txt output
     input_type: str = "files"  # or "tabular": run() gets DataFrames (TabularDataset)
     input_format: str | None = None  # csv, jsonl or parquet; None: by each file's extension
 
@@ -201,6 +204,13 @@ def _file_name(value: Any) -> str:
     return text
 
 
+def _separator(value: Any) -> str:
+    text = {"\\t": "\t", "tab": "\t", "space": " "}.get(str(value), str(value))
+    if len(text) != 1 or text in "\r\n":
+        raise ValueError
+    return text
+
+
 def _words(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(shlex.split(value))
@@ -288,6 +298,8 @@ def _rules(limits: StackLimits) -> dict[str, tuple[Callable[[Any], Any], str]]:
         "output_path": (_optional(_s3_uri), "an s3://bucket/prefix URI"),
         "environment_variables": (_env, 'a JSON object of names to values, such as {"MODE": "fast"}'),
         "input_type": (_choice(INPUT_TYPES), "one of " + ", ".join(INPUT_TYPES)),
+        "output_format": (_choice(OUTPUT_FORMATS), "one of " + ", ".join(OUTPUT_FORMATS)),
+        "append_row_separator": (_separator, "one character other than a newline, such as ',' or a tab"),
         "input_format": (_optional(_choice(INPUT_FORMATS)), "one of " + ", ".join(INPUT_FORMATS) +
                          ", or none to go by each file's extension"),
     }

@@ -118,14 +118,14 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
     try:
         context = scoring.MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt)
         timeout = job.settings.run_invocation_timeout
-        mini_batch, inputs = None, len(items)
+        mini_batch, inputs, header = None, len(items), None
         try:
             mini_batch, inputs = load_inputs(spec, items, folder)
             faults.point("before_run")
             faults.point("during_run")
             outcome = host.run(mini_batch, context, timeout, deadline)
             capture.lines += outcome.log_lines
-            rows = outcome.rows
+            rows, header = outcome.rows, outcome.header
             failed = short_results(items, inputs, len(rows), spec)
             failed_count = len(failed)
         except AttemptFailed as error:
@@ -147,7 +147,8 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
         _write_log(cfg, job.job_id, index, attempt, capture.lines)
     inputs = max(inputs, failed_count)
     record = write_results(cfg, job.job_id, index, inputs, attempt, rows, failed, failed_count, worker, started)
-    return dataclasses.replace(record, fingerprint=reuse.fingerprint(job.deployment, job.settings, items))
+    return dataclasses.replace(record, header=header,
+                               fingerprint=reuse.fingerprint(job.deployment, job.settings, items))
 
 
 def load_inputs(spec: InputSpec, items: list, folder: Path) -> tuple[Any, int]:
