@@ -88,14 +88,17 @@ def test_parquet_and_json_lines_pieces(stack, make_endpoint):
     assert job.total_batches > 3 and job.items_succeeded == 1300
 
 
-def test_a_malformed_table_fails_its_piece_with_the_reason(stack, make_endpoint):
+def test_a_malformed_row_fails_alone_and_an_unreadable_file_fails_its_piece(stack, make_endpoint):
     endpoint = make_endpoint("def run(mini_batch):\n    return mini_batch[['a']]\n", name="malformed")
     s3 = aws.client("s3")
-    s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/good.csv", Body=b"a,b\n1,2\n3,4\n")
-    s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/bad.csv", Body=b"a,b\n1,2,3\n")
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/a.csv", Body=b"a,b\n1,2\n3,4,5\n6,7\n")
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/b.jsonl", Body=b'{"a": 8}\n{"a": \n')
     job = stack.run_until_done(start(stack, endpoint, "malformed/r/", {"input_type": "tabular",
                                                                       "run_max_try": "1"}).job_id)
-    assert read_output(stack.cfg, job).splitlines() == ["1", "3"]
-    [failure] = [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
-    assert failure["input"] == "malformed/r/bad.csv" and failure["range"] == "whole file"
-    assert "Expected 2 columns" in failure["message"]
+    assert job.state == jobs.SUCCEEDED
+    assert read_output(stack.cfg, job).splitlines() == ["1", "6"]  # the rows around the bad one
+    failures = [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
+    assert [(f["input"], f["error_type"]) for f in failures] == [
+        ("malformed/r/a.csv", "MalformedRow"), ("malformed/r/b.jsonl", "ArrowInvalid")]
+    assert "expected 2 columns, got 3: 3,4,5" in failures[0]["message"] and failures[0]["range"] == "whole file"
+    assert (job.items_succeeded, job.items_failed) == (2, 2)

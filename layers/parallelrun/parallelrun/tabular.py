@@ -100,25 +100,35 @@ def sample(read: Reader, size: int, limit: int = SAMPLE) -> bytes:
 
 def infer_schema(fmt: str, sample: bytes) -> pa.Schema:
     """Column types from a file's start; a column with no value there is read as text."""
-    table = _parse(fmt, sample, None)
+    table = _parse(fmt, sample, None, [])  # a malformed row in the sample does not decide the types
     return pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type) for f in table.schema])
 
 
-def _parse(fmt: str, data: bytes, schema: pa.Schema | None) -> pa.Table:
+def _parse(fmt: str, data: bytes, schema: pa.Schema | None, bad: list[str] | None = None) -> pa.Table:
+    """Rows of CSV or JSON lines text; a CSV row with the wrong number of columns is skipped and
+    described in ``bad`` (the other rows still count)."""
     if fmt == "csv":
         options = pa_csv.ConvertOptions(column_types=schema) if schema is not None else None
-        return pa_csv.read_csv(io.BytesIO(data), convert_options=options)
+
+        def skip(row: Any) -> str:
+            where = f"row {row.number}" if row.number is not None else "a row"
+            (bad if bad is not None else []).append(
+                f"{where}: expected {row.expected_columns} columns, got {row.actual_columns}: {row.text[:200]}")
+            return "skip"
+
+        return pa_csv.read_csv(io.BytesIO(data), convert_options=options,
+                               parse_options=pa_csv.ParseOptions(invalid_row_handler=skip))
     if fmt == "jsonl":
         options = pa_json.ParseOptions(explicit_schema=schema) if schema is not None else None
         return pa_json.read_json(io.BytesIO(data), parse_options=options)
     raise InputError(f"cannot parse {fmt!r} text: use csv or jsonl")
 
 
-def frame(fmt: str, header: bytes, lines: bytes, schema: pa.Schema) -> object:
+def frame(fmt: str, header: bytes, lines: bytes, schema: pa.Schema, bad: list[str] | None = None) -> object:
     """One range's rows as a pandas DataFrame with the file's columns and types."""
     if not lines.strip():
         return schema.empty_table().to_pandas()
-    return _parse(fmt, header + lines if fmt == "csv" else lines, schema).to_pandas()
+    return _parse(fmt, header + lines if fmt == "csv" else lines, schema, bad).to_pandas()
 
 
 @dataclass(frozen=True)
@@ -211,8 +221,8 @@ def plan_file(read: Reader, item: InputFile, fmt_override: str | None, target: i
     return [piece(start, end, schema) for start, end in byte_ranges(item.size, target)]
 
 
-def read_piece(read: Reader, piece: TablePiece) -> Any:
-    """A piece's rows as a pandas DataFrame."""
+def read_piece(read: Reader, piece: TablePiece, bad: list[str] | None = None) -> Any:
+    """A piece's rows as a pandas DataFrame; malformed CSV rows are left out and described in ``bad``."""
     if piece.fmt == "parquet":
         return parquet_frame(read, piece.size, RowGroups(piece.start, piece.end, 0))
     if piece.size == 0:
@@ -221,10 +231,10 @@ def read_piece(read: Reader, piece: TablePiece) -> Any:
     if piece.whole:  # read as one: quoted newlines and all
         data = read(0, piece.size)
         data = gzip.decompress(data) if piece.key.lower().endswith(".gz") else data
-        return _parse(piece.fmt, data, schema).to_pandas()
+        return _parse(piece.fmt, data, schema, bad).to_pandas()
     assert schema is not None
     first_row = header_end(read, piece.size) if piece.fmt == "csv" else 0
     lines = read_lines(read, piece.size, piece.start, piece.end, first_row)
     if piece.fmt == "csv":
         check_quotes(piece.key, lines, piece.size)
-    return frame(piece.fmt, read(0, first_row), lines, schema)
+    return frame(piece.fmt, read(0, first_row), lines, schema, bad)

@@ -120,14 +120,15 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
         timeout = job.settings.run_invocation_timeout
         mini_batch, inputs, header = None, len(items), None
         try:
-            mini_batch, inputs = load_inputs(spec, items, folder)
+            mini_batch, inputs, unreadable = load_inputs(spec, items, folder)
             faults.point("before_run")
             faults.point("during_run")
             outcome = host.run(mini_batch, context, timeout, deadline)
             capture.lines += outcome.log_lines
             rows, header = outcome.rows, outcome.header
-            failed = short_results(items, inputs, len(rows), spec)
+            failed = short_results(items, inputs, len(rows), spec) + unreadable
             failed_count = len(failed)
+            inputs += len(unreadable)
         except AttemptFailed as error:
             capture.lines += error.log_lines
             logs.event(log, "attempt failed", level=logging.WARNING, attempt=attempt,
@@ -151,20 +152,21 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
                                fingerprint=reuse.fingerprint(job.deployment, job.settings, items))
 
 
-def load_inputs(spec: InputSpec, items: list, folder: Path) -> tuple[Any, int]:
-    """What ``run()`` gets and how many inputs that is: local paths of files (fetched
-    concurrently), or a table piece as a DataFrame (counted in records). A piece that cannot be
-    read fails the attempt like run() would."""
+def load_inputs(spec: InputSpec, items: list, folder: Path) -> tuple[Any, int, list[tuple[Any, Failure]]]:
+    """What ``run()`` gets, how many inputs that is, and the inputs that failed on reading:
+    local paths of files (fetched concurrently), or a table piece as a DataFrame (counted in
+    records; a malformed row fails alone). A piece that cannot be read at all fails the attempt."""
     if not items or not isinstance(items[0], TablePiece):
-        return fetch(spec, items, folder), len(items)
+        return fetch(spec, items, folder), len(items), []
     from parallelrun import tabular
 
     [piece] = items
+    bad: list[str] = []
     try:
-        frame = tabular.read_piece(aws.range_reader(spec.bucket, piece.key), piece)
-    except Exception as error:  # a malformed file or a row cut by a quoted newline
+        frame = tabular.read_piece(aws.range_reader(spec.bucket, piece.key), piece, bad)
+    except Exception as error:  # a file that cannot be parsed, a row cut by a quoted newline
         raise AttemptFailed(Failure.from_exception(error)) from error
-    return frame, len(frame)
+    return frame, len(frame), [(piece, Failure("MalformedRow", f"{piece.describe()}, {text}")) for text in bad]
 
 
 def short_results(items: list, inputs: int, returned: int, spec: InputSpec) -> list[tuple[Any, Failure]]:
