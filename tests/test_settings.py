@@ -46,6 +46,7 @@ DEFAULTS = {
     "input_format": None,
     "output_format": "txt",
     "append_row_separator": " ",
+    "csv_options": {},
 }
 
 
@@ -117,6 +118,7 @@ ACCEPTED = [
     ("environment_variables", {"_X1": "y"}, {"_X1": "y"}),
     ("input_type", "tabular", "tabular"),
     ("output_format", "csv", "csv"),
+    ("csv_options", '{"delimiter": ";", "encoding": "latin-1"}', {"delimiter": ";", "encoding": "latin-1"}),
     ("append_row_separator", ",", ","),
     ("append_row_separator", "\\t", "\t"),
     ("input_format", "parquet", "parquet"),
@@ -204,6 +206,9 @@ REFUSED = [
     ("environment_variables", {"A-B": "x"}, "a JSON object of names to values"),
     ("input_type", "table", "one of files, tabular"),
     ("output_format", "xlsx", "one of txt, csv"),
+    ("csv_options", '{"delimiter": ";;"}', "a JSON object of delimiter"),
+    ("csv_options", '{"encoding": "utf-16"}', "keeps newlines as bytes"),
+    ("csv_options", '{"sep": ","}', "a JSON object of delimiter"),
     ("append_row_separator", "ab", "one character other than a newline"),
     ("append_row_separator", "\n", "one character other than a newline"),
     ("input_format", "xlsx", "one of csv, jsonl, parquet"),

@@ -102,3 +102,14 @@ def test_a_malformed_row_fails_alone_and_an_unreadable_file_fails_its_piece(stac
         ("malformed/r/a.csv", "MalformedRow"), ("malformed/r/b.jsonl", "ArrowInvalid")]
     assert "expected 2 columns, got 3: 3,4,5" in failures[0]["message"] and failures[0]["range"] == "whole file"
     assert (job.items_succeeded, job.items_failed) == (2, 2)
+
+
+def test_csv_options_delimiter_and_encoding(stack, make_endpoint):
+    endpoint = make_endpoint("def run(mini_batch):\n    return mini_batch[['name']]\n", name="latin")
+    body = "id;name\n" + "".join(f"{i};caf\u00e9-{i}\n" for i in range(400))
+    aws.client("s3").put_object(Bucket=stack.cfg.input_bucket, Key="latin/r/t.csv", Body=body.encode("latin-1"))
+    job = stack.run_until_done(start(stack, endpoint, "latin/r/", {
+        "input_type": "tabular", "mini_batch_size": "1KB",
+        "csv_options": '{"delimiter": ";", "encoding": "latin-1"}'}).job_id)
+    assert job.state == jobs.SUCCEEDED and job.total_batches > 3
+    assert read_output(stack.cfg, job).splitlines() == [f"caf\u00e9-{i}" for i in range(400)]

@@ -183,7 +183,7 @@ def plan_batches(job: jobs.Job, spec: InputSpec) -> Iterator[list[InputFile] | l
 
     for item in files:
         for piece in tabular.plan_file(aws.range_reader(spec.bucket, item.key), item, job.settings.input_format,
-                                       job.settings.bytes_per_batch):
+                                       job.settings.bytes_per_batch, job.settings.csv_options):
             yield [piece]
 
 

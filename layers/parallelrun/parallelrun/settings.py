@@ -89,6 +89,7 @@ class RunSettings:
     append_row_separator: str = " "  # between a DataFrame row's values in txt output
     input_type: str = "files"  # or "tabular": run() gets DataFrames (TabularDataset)
     input_format: str | None = None  # csv, jsonl or parquet; None: by each file's extension
+    csv_options: dict[str, str] = field(default_factory=dict)  # delimiter, quote_char, encoding
 
     @property
     def files_per_batch(self) -> int:
@@ -211,6 +212,22 @@ def _separator(value: Any) -> str:
     return text
 
 
+def _csv_options(value: Any) -> dict[str, str]:
+    raw = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(raw, dict) or not set(raw) <= {"delimiter", "quote_char", "encoding"}:
+        raise ValueError
+    for name in ("delimiter", "quote_char"):
+        if name in raw and (len(str(raw[name])) != 1 or str(raw[name]) in "\r\n"):
+            raise ValueError
+    if "encoding" in raw:
+        try:  # ranges are cut at newline bytes: the encoding must write them as such
+            if "a\n".encode(str(raw["encoding"])) != b"a\n":
+                raise ValueError
+        except LookupError:
+            raise ValueError from None
+    return {str(k): str(v) for k, v in raw.items()}
+
+
 def _words(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(shlex.split(value))
@@ -299,6 +316,8 @@ def _rules(limits: StackLimits) -> dict[str, tuple[Callable[[Any], Any], str]]:
         "environment_variables": (_env, 'a JSON object of names to values, such as {"MODE": "fast"}'),
         "input_type": (_choice(INPUT_TYPES), "one of " + ", ".join(INPUT_TYPES)),
         "output_format": (_choice(OUTPUT_FORMATS), "one of " + ", ".join(OUTPUT_FORMATS)),
+        "csv_options": (_csv_options, 'a JSON object of delimiter, quote_char (one character each) and encoding '
+                                      '(one that keeps newlines as bytes, such as latin-1), e.g. {"delimiter": ";"}'),
         "append_row_separator": (_separator, "one character other than a newline, such as ',' or a tab"),
         "input_format": (_optional(_choice(INPUT_FORMATS)), "one of " + ", ".join(INPUT_FORMATS) +
                          ", or none to go by each file's extension"),

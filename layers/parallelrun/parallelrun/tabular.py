@@ -84,10 +84,10 @@ def read_lines(read: Reader, size: int, start: int, end: int, first_row: int = 0
     return read(begin, stop) if stop > begin else b""
 
 
-def check_quotes(key: str, lines: bytes, size: int) -> None:
+def check_quotes(key: str, lines: bytes, size: int, quote: bytes = b'"') -> None:
     """A CSV row broken over lines by a quoted newline cannot be split by bytes: refuse it."""
     for number, line in enumerate(lines.split(b"\n")):
-        if line.count(b'"') % 2:
+        if line.count(quote) % 2:
             raise InputError(
                 f"{key}: a quoted field spans lines (near line {number + 1} of its range), which splitting by "
                 f"bytes would cut; set mini_batch_size above the file's size ({size} bytes) to read it whole")
@@ -98,17 +98,20 @@ def sample(read: Reader, size: int, limit: int = SAMPLE) -> bytes:
     return read_lines(read, size, 0, min(size, limit))
 
 
-def infer_schema(fmt: str, sample: bytes) -> pa.Schema:
+def infer_schema(fmt: str, sample: bytes, csv_options: dict[str, str] | None = None) -> pa.Schema:
     """Column types from a file's start; a column with no value there is read as text."""
-    table = _parse(fmt, sample, None, [])  # a malformed row in the sample does not decide the types
+    table = _parse(fmt, sample, None, [], csv_options)  # a malformed row in the sample does not decide the types
     return pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type) for f in table.schema])
 
 
-def _parse(fmt: str, data: bytes, schema: pa.Schema | None, bad: list[str] | None = None) -> pa.Table:
+def _parse(fmt: str, data: bytes, schema: pa.Schema | None, bad: list[str] | None = None,
+           csv_options: dict[str, str] | None = None) -> pa.Table:
     """Rows of CSV or JSON lines text; a CSV row with the wrong number of columns is skipped and
     described in ``bad`` (the other rows still count)."""
     if fmt == "csv":
         options = pa_csv.ConvertOptions(column_types=schema) if schema is not None else None
+        given = csv_options or {}
+        read_options = pa_csv.ReadOptions(encoding=given["encoding"]) if "encoding" in given else None
 
         def skip(row: Any) -> str:
             where = f"row {row.number}" if row.number is not None else "a row"
@@ -116,19 +119,22 @@ def _parse(fmt: str, data: bytes, schema: pa.Schema | None, bad: list[str] | Non
                 f"{where}: expected {row.expected_columns} columns, got {row.actual_columns}: {row.text[:200]}")
             return "skip"
 
-        return pa_csv.read_csv(io.BytesIO(data), convert_options=options,
-                               parse_options=pa_csv.ParseOptions(invalid_row_handler=skip))
+        parse = pa_csv.ParseOptions(invalid_row_handler=skip, delimiter=given.get("delimiter", ","),
+                                    quote_char=given.get("quote_char", '"'))
+        return pa_csv.read_csv(io.BytesIO(data), read_options=read_options, convert_options=options,
+                               parse_options=parse)
     if fmt == "jsonl":
         options = pa_json.ParseOptions(explicit_schema=schema) if schema is not None else None
         return pa_json.read_json(io.BytesIO(data), parse_options=options)
     raise InputError(f"cannot parse {fmt!r} text: use csv or jsonl")
 
 
-def frame(fmt: str, header: bytes, lines: bytes, schema: pa.Schema, bad: list[str] | None = None) -> object:
+def frame(fmt: str, header: bytes, lines: bytes, schema: pa.Schema, bad: list[str] | None = None,
+          csv_options: dict[str, str] | None = None) -> object:
     """One range's rows as a pandas DataFrame with the file's columns and types."""
     if not lines.strip():
         return schema.empty_table().to_pandas()
-    return _parse(fmt, header + lines if fmt == "csv" else lines, schema, bad).to_pandas()
+    return _parse(fmt, header + lines if fmt == "csv" else lines, schema, bad, csv_options).to_pandas()
 
 
 @dataclass(frozen=True)
@@ -204,7 +210,8 @@ def _decode(text: str) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
 
 
-def plan_file(read: Reader, item: InputFile, fmt_override: str | None, target: int) -> list[TablePiece]:
+def plan_file(read: Reader, item: InputFile, fmt_override: str | None, target: int,
+              csv_options: dict[str, str] | None = None) -> list[TablePiece]:
     """A file's mini-batches: byte ranges of about ``target`` bytes (its types read from its
     start), Parquet row groups (from its footer), or the whole file when it is small or gzipped.
     Never reads more than a sample, a footer, or a few line ends."""
@@ -215,13 +222,14 @@ def plan_file(read: Reader, item: InputFile, fmt_override: str | None, target: i
     if item.key.lower().endswith(".gz") or item.size == 0:
         return [piece(0, item.size)]
     try:
-        schema = _encode(infer_schema(fmt, sample(read, item.size)))
+        schema = _encode(infer_schema(fmt, sample(read, item.size), csv_options))
     except (pa.ArrowInvalid, ValueError):
         return [piece(0, item.size)]  # malformed from the start: one piece, which fails saying why
     return [piece(start, end, schema) for start, end in byte_ranges(item.size, target)]
 
 
-def read_piece(read: Reader, piece: TablePiece, bad: list[str] | None = None) -> Any:
+def read_piece(read: Reader, piece: TablePiece, bad: list[str] | None = None,
+               csv_options: dict[str, str] | None = None) -> Any:
     """A piece's rows as a pandas DataFrame; malformed CSV rows are left out and described in ``bad``."""
     if piece.fmt == "parquet":
         return parquet_frame(read, piece.size, RowGroups(piece.start, piece.end, 0))
@@ -231,10 +239,10 @@ def read_piece(read: Reader, piece: TablePiece, bad: list[str] | None = None) ->
     if piece.whole:  # read as one: quoted newlines and all
         data = read(0, piece.size)
         data = gzip.decompress(data) if piece.key.lower().endswith(".gz") else data
-        return _parse(piece.fmt, data, schema, bad).to_pandas()
+        return _parse(piece.fmt, data, schema, bad, csv_options).to_pandas()
     assert schema is not None
     first_row = header_end(read, piece.size) if piece.fmt == "csv" else 0
     lines = read_lines(read, piece.size, piece.start, piece.end, first_row)
     if piece.fmt == "csv":
-        check_quotes(piece.key, lines, piece.size)
-    return frame(piece.fmt, read(0, first_row), lines, schema, bad)
+        check_quotes(piece.key, lines, piece.size, (csv_options or {}).get("quote_char", '"').encode())
+    return frame(piece.fmt, read(0, first_row), lines, schema, bad, csv_options)

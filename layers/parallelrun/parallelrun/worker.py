@@ -120,7 +120,7 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
         timeout = job.settings.run_invocation_timeout
         mini_batch, inputs, header = None, len(items), None
         try:
-            mini_batch, inputs, unreadable = load_inputs(spec, items, folder)
+            mini_batch, inputs, unreadable = load_inputs(spec, items, folder, job.settings.csv_options)
             faults.point("before_run")
             faults.point("during_run")
             outcome = host.run(mini_batch, context, timeout, deadline)
@@ -152,7 +152,8 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
                                fingerprint=reuse.fingerprint(job.deployment, job.settings, items))
 
 
-def load_inputs(spec: InputSpec, items: list, folder: Path) -> tuple[Any, int, list[tuple[Any, Failure]]]:
+def load_inputs(spec: InputSpec, items: list, folder: Path,
+                csv_options: dict[str, str] | None = None) -> tuple[Any, int, list[tuple[Any, Failure]]]:
     """What ``run()`` gets, how many inputs that is, and the inputs that failed on reading:
     local paths of files (fetched concurrently), or a table piece as a DataFrame (counted in
     records; a malformed row fails alone). A piece that cannot be read at all fails the attempt."""
@@ -163,7 +164,7 @@ def load_inputs(spec: InputSpec, items: list, folder: Path) -> tuple[Any, int, l
     [piece] = items
     bad: list[str] = []
     try:
-        frame = tabular.read_piece(aws.range_reader(spec.bucket, piece.key), piece, bad)
+        frame = tabular.read_piece(aws.range_reader(spec.bucket, piece.key), piece, bad, csv_options)
     except Exception as error:  # a file that cannot be parsed, a row cut by a quoted newline
         raise AttemptFailed(Failure.from_exception(error)) from error
     return frame, len(frame), [(piece, Failure("MalformedRow", f"{piece.describe()}, {text}")) for text in bad]
