@@ -265,6 +265,8 @@ def test_submit_refuses_bad_settings_and_existing_output(stack, make_endpoint):
     from parallelrun.errors import ConflictError, SettingsError
 
     endpoint = make_endpoint(echo("refuse"), name="refuse")
+    with pytest.raises(SettingsError, match=r"partition_keys='store'.*not available"):
+        submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/refuse/r/", {"partition_keys": "store"})
     with pytest.raises(SettingsError, match=r"run_max_try='9'.*from 1 to 3"):
         submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/refuse/r/", {"run_max_try": "9"})
     output = f"s3://{stack.cfg.artifacts_bucket}/taken/"

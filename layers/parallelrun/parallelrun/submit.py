@@ -17,7 +17,7 @@ from typing import Any
 from parallelrun import aws, endpoints, jobs, registry, settings
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputSpec
-from parallelrun.errors import ConflictError, InputError
+from parallelrun.errors import ConflictError, InputError, SettingsError
 
 
 def new_job_id(endpoint: str, seed: str | None = None) -> str:
@@ -41,6 +41,9 @@ def prepare(
     run_settings = settings.resolve(found.settings, limits=cfg.limits)
     run_settings = settings.resolve(dict(overrides or {}), base=run_settings, limits=cfg.limits)
     settings.check_for_files(run_settings)
+    if run_settings.partition_keys:  # refused, not ignored: a silently unpartitioned job would mislead
+        raise SettingsError("partition_keys", ",".join(run_settings.partition_keys),
+                            "nothing yet: partitions (many-models) are not available in this version; leave it unset")
     try:
         spec = InputSpec.from_uri(input_uri)
     except ValueError:
