@@ -118,17 +118,16 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
     try:
         context = scoring.MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt)
         timeout = job.settings.run_invocation_timeout
-        mini_batch, inputs, header = None, len(items), None
+        mini_batch, readable, unreadable, header = None, len(items), [], None
         try:
-            mini_batch, inputs, unreadable = load_inputs(spec, items, folder, job.settings.csv_options)
+            mini_batch, readable, unreadable = load_inputs(spec, items, folder, job.settings.csv_options)
             faults.point("before_run")
             faults.point("during_run")
             outcome = host.run(mini_batch, context, timeout, deadline)
             capture.lines += outcome.log_lines
             rows, header = outcome.rows, outcome.header
-            failed = short_results(items, inputs, len(rows), spec) + unreadable
+            failed = short_results(items, readable, len(rows), spec) + unreadable
             failed_count = len(failed)
-            inputs += len(unreadable)
         except AttemptFailed as error:
             capture.lines += error.log_lines
             logs.event(log, "attempt failed", level=logging.WARNING, attempt=attempt,
@@ -139,14 +138,14 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
                 rows, failed = isolate(host, items, mini_batch, context, timeout, deadline, error.failure, capture)
                 failed_count = len(failed)
             else:
-                rows, failed = [], [(item, error.failure) for item in items]
-                failed_count = inputs if job.settings.input_type == "tabular" else len(items)
+                rows, failed = [], [(item, error.failure) for item in items] + unreadable
+                failed_count = (readable if job.settings.input_type == "tabular" else len(items)) + len(unreadable)
     finally:
         collect_entry_dirs(cfg, job, host)
         logging.getLogger().removeHandler(capture)
         shutil.rmtree(folder, ignore_errors=True)  # /tmp is small on Lambda
         _write_log(cfg, job.job_id, index, attempt, capture.lines)
-    inputs = max(inputs, failed_count)
+    inputs = max(readable + len(unreadable), failed_count)
     record = write_results(cfg, job.job_id, index, inputs, attempt, rows, failed, failed_count, worker, started)
     return dataclasses.replace(record, header=header,
                                fingerprint=reuse.fingerprint(job.deployment, job.settings, items))
