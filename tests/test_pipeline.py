@@ -69,7 +69,7 @@ def test_same_minibatch_twice_changes_nothing(stack, make_endpoint, monkeypatch)
     original = planner._send_ten
 
     def send_every_batch_twice(sqs, cfg, job, batch):
-        sent.extend(json.dumps(planner.batch_message(job, i, items)) for i, items in batch)
+        sent.extend(json.dumps(planner.batch_message(job, i, items, p)) for i, items, p in batch)
         original(sqs, cfg, job, batch)
         original(sqs, cfg, job, batch)
 
@@ -265,7 +265,7 @@ def test_submit_refuses_bad_settings_and_existing_output(stack, make_endpoint):
     from parallelrun.errors import ConflictError, SettingsError
 
     endpoint = make_endpoint(echo("refuse"), name="refuse")
-    with pytest.raises(SettingsError, match=r"partition_keys='store'.*not available"):
+    with pytest.raises(SettingsError, match=r"partition_keys=.store.*set partition_format too"):
         submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/refuse/r/", {"partition_keys": "store"})
     with pytest.raises(SettingsError, match=r"run_max_try='9'.*from 1 to 3"):
         submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/refuse/r/", {"run_max_try": "9"})

@@ -47,6 +47,8 @@ DEFAULTS = {
     "output_format": "txt",
     "append_row_separator": " ",
     "csv_options": {},
+    "partition_format": None,
+    "model_cache_size": "1GB",
 }
 
 
@@ -105,6 +107,10 @@ ACCEPTED = [
     ("partition_keys", "a,b", ("a", "b")),
     ("partition_keys", " a , b ", ("a", "b")),
     ("partition_keys", ["a", "b"], ("a", "b")),
+    ("partition_format", "{store}/{date}/*.png", "{store}/{date}/*.png"),
+    ("partition_format", " region={region}/** ", "region={region}/**"),
+    ("model_cache_size", "512mb", "512MB"),
+    ("model_cache_size", "1048576", "1048576B"),
     ("allow_reuse", "false", False),
     ("allow_reuse", "true", True),
     ("allow_reuse", False, False),
@@ -194,6 +200,10 @@ REFUSED = [
     ("arguments", "--name 'unclosed", "command-line words"),
     ("arguments", {"a": 1}, "command-line words"),
     ("partition_keys", "a,,b", "comma-separated list of column names"),
+    ("partition_format", "*/*.png", "naming each field once"),
+    ("partition_format", "{a}/{a}/*.png", "naming each field once"),
+    ("partition_format", "{a}/{b/*.png", "naming each field once"),
+    ("model_cache_size", "lots", "a size such as 512MB"),
     ("allow_reuse", "maybe", "true or false"),
     ("isolate_failures", "2", "true or false"),
     ("max_inflight_batches", 0, "an integer from 1 to 10000"),

@@ -32,5 +32,13 @@ def get_model_path(model_name: str, version: int | None = None) -> str:
     return _get_model_path(model_name, version)
 
 
+def load_model(name: str | None = None, version: int | None = None, loader: Any = None) -> Any:
+    """The mini-batch's partition's model (or model ``name``), loaded once and kept in the
+    scoring process's cache, least recently used out first (see :mod:`parallelrun.models`)."""
+    from parallelrun.models import load_model as _load_model
+
+    return _load_model(name, version, loader)
+
+
 __all__ = ["Client", "FileDataset", "Job", "Model", "ParallelRunConfig", "ParallelRunError", "TabularDataset",
-           "get_model_path"]
+           "get_model_path", "load_model"]

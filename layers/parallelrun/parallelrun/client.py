@@ -96,6 +96,8 @@ class Client:
                 overrides[name] = value
         if isinstance(inputs, sdk.TabularDataset):
             overrides = {"input_type": "tabular", "input_format": inputs.input_format, **overrides}
+        if isinstance(inputs, sdk.FileDataset) and inputs.partition_format:
+            overrides = {"partition_format": inputs.partition_format, **overrides}
         uri = inputs if isinstance(inputs, str) else inputs.uri
         job = submit.prepare(self.cfg, target, uri, overrides, deployment)
         submit.start(self.cfg, job)

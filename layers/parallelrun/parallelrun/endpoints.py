@@ -38,6 +38,10 @@ class Deployment:
     created_at: float = 0.0
 
     @property
+    def model_ref(self) -> str:
+        return f"{self.model_name}:{self.model_version}" if self.model_version else self.model_name
+
+    @property
     def code_key(self) -> str:
         return code_key(self.code_sha)
 
@@ -106,12 +110,22 @@ def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path
         raise InputError(f"--code {code_dir}: not a folder")
     if not (code_dir / entry_script).is_file():
         raise InputError(f"--entry-script {entry_script}: no such file in {code_dir}")
-    model_name, model_version = registry.parse_ref(model_ref)
-    registry.get(cfg, model_name, model_version)  # refuse an unknown model now, not at the first job
+    model_name, model_version = check_model(cfg, model_ref)
     settings.resolve(overrides, limits=cfg.limits)
     return Deployment(endpoint=endpoint, name=name, code_sha=upload_code(cfg, code_dir), entry_script=entry_script,
                       model_name=model_name, model_version=model_version, settings=dict(overrides),
                       created_at=time.time())
+
+
+def check_model(cfg: StackConfig, model_ref: str) -> tuple[str, int | None]:
+    """The model a deployment names, refused now if unknown rather than at the first job. A
+    model per partition (``sales-{store}``, ``tags:store={store}``) is checked for its form
+    only: its models are resolved when each mini-batch runs."""
+    if registry.is_per_partition(model_ref):
+        return registry.parse_selector(model_ref).ref, None
+    model_name, model_version = registry.parse_ref(model_ref)
+    registry.get(cfg, model_name, model_version)
+    return model_name, model_version
 
 
 def _put_new(cfg: StackConfig, item: dict[str, Any], what: str) -> None:
@@ -207,16 +221,13 @@ def update(
     merged = {**current.settings, **(overrides or {})}
     if code_dir is None:  # the stored code, with the new entry script, model or settings checked
         settings.resolve(merged, limits=cfg.limits)
-        model_name, model_version = (registry.parse_ref(model_ref) if model_ref
-                                     else (current.model_name, current.model_version))
-        registry.get(cfg, model_name, model_version)
+        model_name, model_version = check_model(cfg, model_ref or current.model_ref)
         changed = Deployment(endpoint=name, name=current.name, code_sha=current.code_sha,
                              entry_script=entry_script or current.entry_script, model_name=model_name,
                              model_version=model_version, settings=merged, created_at=time.time())
     else:
-        model = model_ref or (f"{current.model_name}:{current.model_version}" if current.model_version
-                              else current.model_name)
-        changed = _deployment(cfg, name, current.name, code_dir, entry_script or current.entry_script, model, merged)
+        changed = _deployment(cfg, name, current.name, code_dir, entry_script or current.entry_script,
+                              model_ref or current.model_ref, merged)
     aws.table(cfg.table).put_item(Item=changed.to_item())
     return changed
 

@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from parallelrun import aggregator, aws, datasets, endpoints, jobs, logs, reuse, submit
+from parallelrun import aggregator, aws, datasets, endpoints, jobs, logs, partitions, registry, reuse, submit
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, TablePiece
 from parallelrun.errors import ConflictError, ParallelRunError
@@ -137,7 +137,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
 def _reuse_whole_job(cfg: StackConfig, job: jobs.Job, fingerprint: str, batches: int, items: int) -> bool:
     """With allow_reuse and no output_path of its own, a job identical to a succeeded one takes
     that job's output at once."""
-    if not job.settings.allow_reuse or job.settings.output_path:
+    if not job.settings.allow_reuse or job.settings.output_path or registry.is_per_partition(job.deployment["model_name"]):
         return False
     earlier = reuse.find_job(cfg, fingerprint)
     if earlier is None:
@@ -159,9 +159,9 @@ def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
     total_batches = total_items = 0
     chunk: list[list[list]] = []
     prints = []
-    for batch in plan_batches(job, spec):
+    for batch, partition in plan_batches(job, spec):
         prints.append(reuse.fingerprint(job.deployment, job.settings, batch))
-        chunk.append([item.to_json() for item in batch])
+        chunk.append(plan_entry(batch, partition, bool(job.settings.partition_keys)))
         total_batches += 1
         total_items += len(batch)
         if len(chunk) == PLAN_CHUNK:
@@ -172,34 +172,54 @@ def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
     return total_batches, total_items, reuse.job_fingerprint(prints)
 
 
-def plan_batches(job: jobs.Job, spec: InputSpec) -> Iterator[list[InputFile] | list[TablePiece]]:
-    """The job's mini-batches in input order: files by count, or tables by byte size (a
-    mini-batch never crosses a file; a big file is split into pieces)."""
+Planned = tuple[list[InputFile] | list[TablePiece], dict[str, str] | None]
+
+
+def plan_batches(job: jobs.Job, spec: InputSpec) -> Iterator[Planned]:
+    """The job's mini-batches and their partitions: files by count (one partition each when
+    ``partition_format`` is set), or tables by byte size (a mini-batch never crosses a file; a
+    big file is split into pieces; column partitions are found by the worker, which reads them)."""
     files = datasets.list_files(spec)
-    if job.settings.input_type != "tabular":
-        yield from datasets.batches(files, job.settings.files_per_batch)
+    s = job.settings
+    if s.input_type != "tabular":
+        if s.partition_format:
+            yield from partitions.file_batches(files, spec.prefix, partitions.PathPattern(s.partition_format),
+                                               s.partition_keys, s.files_per_batch)
+        else:
+            yield from ((batch, None) for batch in datasets.batches(files, s.files_per_batch))
         return
     from parallelrun import tabular  # pyarrow: only a tabular job pays for importing it
 
     for item in files:
-        for piece in tabular.plan_file(aws.range_reader(spec.bucket, item.key), item, job.settings.input_format,
-                                       job.settings.bytes_per_batch, job.settings.csv_options):
-            yield [piece]
+        for piece in tabular.plan_file(aws.range_reader(spec.bucket, item.key), item, s.input_format,
+                                       s.bytes_per_batch, s.csv_options):
+            yield [piece], None
+
+
+def plan_entry(items: list, partition: dict[str, str] | None, partitioned: bool) -> list | dict:
+    """A mini-batch as the plan stores it: its items, with its partition in a partitioned job."""
+    listed = [item.to_json() for item in items]
+    return {"partition": partition, "items": listed} if partitioned else listed
 
 
 def _put_chunk(s3: Any, cfg: StackConfig, job_id: str, number: int, chunk: list) -> None:
     s3.put_object(Bucket=cfg.artifacts_bucket, Key=jobs.plan_chunk_key(job_id, number), Body=json.dumps(chunk).encode())
 
 
-def read_plan(cfg: StackConfig, job_id: str, start: int, end: int) -> Iterator[tuple[int, list[InputFile]]]:
-    """Mini-batches ``start`` ≤ index < ``end`` of a job's plan, reading only the chunks needed."""
+Entry = tuple[int, list[InputFile], dict[str, str] | None]
+
+
+def read_plan(cfg: StackConfig, job_id: str, start: int, end: int) -> Iterator[Entry]:
+    """Mini-batches ``start`` ≤ index < ``end`` of a job's plan (index, items, partition),
+    reading only the chunks needed."""
     s3 = aws.client("s3")
     for number in range(start // PLAN_CHUNK, (end - 1) // PLAN_CHUNK + 1):
         body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=jobs.plan_chunk_key(job_id, number))["Body"].read()
         for offset, batch in enumerate(json.loads(body)):
             index = number * PLAN_CHUNK + offset
             if start <= index < end:
-                yield index, [datasets.item_from_json(item) for item in batch]
+                listed, partition = (batch["items"], batch["partition"]) if isinstance(batch, dict) else (batch, None)
+                yield index, [datasets.item_from_json(item) for item in listed], partition
 
 
 def window_end(job: jobs.Job, window: int) -> int:
@@ -238,40 +258,43 @@ def _send_tick(cfg: StackConfig, message: dict[str, Any]) -> None:
     )
 
 
-def batch_message(job: jobs.Job, index: int, items: list[InputFile]) -> dict[str, Any]:
-    return {"job_id": job.job_id, "batch": index, "items": [item.to_json() for item in items]}
+def batch_message(job: jobs.Job, index: int, items: list[InputFile],
+                  partition: dict[str, str] | None = None) -> dict[str, Any]:
+    message = {"job_id": job.job_id, "batch": index, "items": [item.to_json() for item in items]}
+    return message | ({"partition": partition} if job.settings.partition_keys else {})
 
 
 def send_batches(cfg: StackConfig, job: jobs.Job, start: int, end: int) -> None:
     """Send mini-batches ``start``..``end-1``, ten per SendMessageBatch; with ``allow_reuse``, a
     mini-batch a succeeded job already scored is recorded done with that job's part instead."""
     entries = list(read_plan(cfg, job.job_id, start, end))
-    if job.settings.allow_reuse:
+    if job.settings.allow_reuse and not registry.is_per_partition(job.deployment["model_name"]):
         entries = _reuse(cfg, job, entries)
     sqs = aws.client("sqs")
     for first in range(0, len(entries), SEND_BATCH):
         _send_ten(sqs, cfg, job, entries[first:first + SEND_BATCH])
 
 
-def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[tuple[int, list[InputFile]]]) -> list[tuple[int, list[InputFile]]]:
-    """Record the remembered mini-batches as done; return those still to send."""
-    prints = {index: reuse.fingerprint(job.deployment, job.settings, items) for index, items in entries}
+def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]:
+    """Record the remembered mini-batches as done; return those still to send. (Not for a model
+    per partition: which version scores a partition is only known when it runs.)"""
+    prints = {index: reuse.fingerprint(job.deployment, job.settings, items) for index, items, _ in entries}
     found = reuse.lookup(cfg, prints.values())
-    for index, items in entries:
+    for index, items, _ in entries:
         earlier = found.get(prints[index])
         if earlier is not None:
             jobs.commit_batch(cfg, job.job_id, jobs.BatchRecord(
                 index=index, status=jobs.SUCCEEDED, items=len(items), items_succeeded=len(items), items_failed=0,
                 attempt=1, part_key=earlier["part_key"], rows=int(earlier["rows"]), worker="reused",
                 fingerprint=prints[index], reused_from=earlier["job_id"], header=earlier.get("header")))
-    if any(prints[index] in found for index, _ in entries):
-        logs.event(log, "reused mini-batches scored before", reused=sum(prints[i] in found for i, _ in entries))
+    if any(prints[entry[0]] in found for entry in entries):
+        logs.event(log, "reused mini-batches scored before", reused=sum(prints[e[0]] in found for e in entries))
         aggregator.check(cfg, job.job_id)
-    return [(index, items) for index, items in entries if prints[index] not in found]
+    return [entry for entry in entries if prints[entry[0]] not in found]
 
 
-def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.Job, batch: list[tuple[int, list[InputFile]]]) -> None:
-    entries = {str(i): json.dumps(batch_message(job, i, items)) for i, items in batch}
+def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.Job, batch: list[Entry]) -> None:
+    entries = {str(i): json.dumps(batch_message(job, i, items, partition)) for i, items, partition in batch}
     for _ in range(5):
         response = sqs.send_message_batch(
             QueueUrl=cfg.batch_queue_url, Entries=[{"Id": k, "MessageBody": v} for k, v in entries.items()]

@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aws, compat, logs, registry
+from parallelrun import aws, compat, logs, models, registry
 from parallelrun import settings as settings_module
 from parallelrun.config import StackConfig
 from parallelrun.errors import ScoringScriptError
@@ -50,6 +50,11 @@ class MiniBatchContext:
     attempt: int
     partition_key_value: dict[str, Any] = field(default_factory=dict)
     side_inputs: dict[str, str] = field(default_factory=dict)  # name → local path
+    input_files: list[str] = field(default_factory=list)  # s3:// URIs of the mini-batch's files
+    # The partition's own model, when the deployment picks one per partition (many-models).
+    model_name: str = ""
+    model_version: int | None = None
+    model_path: str = ""
 
     def __getitem__(self, name: str) -> Any:
         return getattr(self, name)
@@ -109,13 +114,16 @@ class ScoringHost:
                           for word in self.settings.arguments)
         settings = dataclasses.replace(self.settings, arguments=arguments)
         root = code_dir(self.cfg, self.deployment["code_sha"])  # verified here, before any import
-        model = registry.get(self.cfg, self.deployment["model_name"], self.deployment["model_version"])
-        model_path = registry.local_path(self.cfg, model)
+        if registry.is_per_partition(self.deployment["model_name"]):
+            model_path, single_file = "", False  # each mini-batch brings its partition's model
+        else:
+            model = registry.get(self.cfg, self.deployment["model_name"], self.deployment["model_version"])
+            model_path, single_file = registry.local_path(self.cfg, model), model.single_file
         context = multiprocessing.get_context("spawn")  # never fork a process that holds client threads
         parent, child = context.Pipe()
         self.process = context.Process(
             target=_host_main, name="parallelrun-scoring", daemon=True,
-            args=(child, str(root), self.deployment, settings.to_json(), model_path, model.single_file,
+            args=(child, str(root), self.deployment, settings.to_json(), model_path, single_file,
                   {k: str(v) for k, v in self.entry_dirs.items()}),
         )
         self.process.start()
@@ -190,7 +198,8 @@ def host(cfg: StackConfig, deployment: dict[str, Any], settings: RunSettings) ->
     """The scoring process for this deployment and these arguments, kept across mini-batches."""
     key = (deployment["code_sha"], deployment["entry_script"], deployment["model_name"],
            deployment["model_version"], settings.arguments, tuple(sorted(settings.environment_variables.items())),
-           settings.side_inputs, settings.logging_level, settings.output_format, settings.append_row_separator)
+           settings.side_inputs, settings.logging_level, settings.output_format, settings.append_row_separator,
+           settings.model_cache_size)
     if key not in _hosts:
         _hosts[key] = ScoringHost(cfg, deployment, settings)
     return _hosts[key]
@@ -276,8 +285,10 @@ def _host_main(conn: Connection, root: str, deployment: dict[str, Any], settings
     capture = LogCapture()
     logging.getLogger().addHandler(capture)
     user_log = logging.getLogger("user")
-    registry.pinned[deployment["model_name"]] = (deployment["model_version"], model_path)
-    os.environ["AZUREML_MODEL_DIR"] = str(Path(model_path).parent if single_file else model_path)
+    if model_path:
+        registry.pinned[deployment["model_name"]] = (deployment["model_version"], model_path)
+        os.environ["AZUREML_MODEL_DIR"] = str(Path(model_path).parent if single_file else model_path)
+    models.configure(settings.model_cache_bytes)
     os.environ.update(settings.environment_variables)
     try:
         with contextlib.redirect_stdout(_PrintToLog(user_log)):
@@ -297,6 +308,11 @@ def _host_main(conn: Connection, root: str, deployment: dict[str, Any], settings
         except EOFError:
             return
         context = MiniBatchContext(**raw_context)
+        if context.model_path:  # this partition's model: what get_model_path and load_model give
+            registry.pinned[context.model_name] = (context.model_version, context.model_path)
+            os.environ["AZUREML_MODEL_DIR"] = str(Path(context.model_path).parent if Path(context.model_path).is_file()
+                                                  else context.model_path)
+            models.current = (context.model_name, context.model_version, context.model_path)
         capture.lines = []
         with logs.context(context.job_id, context.minibatch_index), contextlib.redirect_stdout(_PrintToLog(user_log)):
             try:

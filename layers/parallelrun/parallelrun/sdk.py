@@ -60,15 +60,17 @@ class ParallelRunConfig:
 
 @dataclass(frozen=True)
 class FileDataset:
-    """Files under an S3 prefix, as Azure's FileDataset: each file is one input."""
+    """Files under an S3 prefix, as Azure's FileDataset: each file is one input;
+    ``partition_format`` (``{store}/{date}/*.png``) names partitions after folders."""
 
     uri: str
+    partition_format: str | None = None
 
     @classmethod
-    def from_files(cls, path: str) -> FileDataset:
+    def from_files(cls, path: str, partition_format: str | None = None) -> FileDataset:
         if not str(path).startswith("s3://"):
             raise InputError(f"FileDataset.from_files({path!r}): give an s3://bucket/folder/ URI")
-        return cls(str(path))
+        return cls(str(path), partition_format.lstrip("/") if partition_format else None)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,8 @@ class RunSettings:
     input_type: str = "files"  # or "tabular": run() gets DataFrames (TabularDataset)
     input_format: str | None = None  # csv, jsonl or parquet; None: by each file's extension
     csv_options: dict[str, str] = field(default_factory=dict)  # delimiter, quote_char, encoding
+    partition_format: str | None = None  # files: a path pattern naming partition fields, {store}/{date}/*.png
+    model_cache_size: str = "1GB"  # models a worker keeps loaded (many-models), least recently used out first
 
     @property
     def files_per_batch(self) -> int:
@@ -98,6 +100,10 @@ class RunSettings:
     @property
     def bytes_per_batch(self) -> int:
         return DEFAULT_BYTES_PER_BATCH if self.mini_batch_size is None else parse_size(self.mini_batch_size)
+
+    @property
+    def model_cache_bytes(self) -> int:
+        return parse_size(self.model_cache_size)
 
     @property
     def concurrency(self) -> int | None:
@@ -196,6 +202,17 @@ def _mini_batch_size(value: Any) -> str:
     if parse_size(text) < 1:
         raise ValueError
     return text
+
+
+def _size(value: Any) -> str:
+    text = _mini_batch_size(value)
+    return text if text[-1].isalpha() else text + "B"
+
+
+def _pattern(value: Any) -> str:
+    from parallelrun.partitions import check_pattern
+
+    return check_pattern(str(value)).text
 
 
 def _file_name(value: Any) -> str:
@@ -308,7 +325,11 @@ def _rules(limits: StackLimits) -> dict[str, tuple[Callable[[Any], Any], str]]:
         "side_inputs": (_side_inputs, "a comma-separated list of s3://bucket/key URIs, each optionally "
                                       "named as name=s3://bucket/key"),
         "arguments": (_words, "command-line words, such as '--model_name digits --top 3'"),
-        "partition_keys": (_names, "a comma-separated list of column names"),
+        "partition_keys": (_names, "a comma-separated list of column names (tabular input) or of "
+                                   "partition_format's fields (file input)"),
+        "partition_format": (_optional(_pattern), "a path pattern below the input folder naming each field once, "
+                                                  "such as {store}/{date}/*.png (* any name part, ** any folders)"),
+        "model_cache_size": (_size, "a size such as 512MB or 2GB"),
         "allow_reuse": (_bool, "true or false"),
         "isolate_failures": (_bool, "true or false"),
         "max_inflight_batches": (_optional(_int(1, 10000)), "an integer from 1 to 10000"),
@@ -365,6 +386,32 @@ def check(settings: RunSettings, limits: StackLimits) -> None:
             f"process_count_per_node x node_count at most {limits.worker_max_concurrency} "
             f"(now {settings.concurrency}; raise the stack's WorkerMaxConcurrency for more)",
         )
+
+
+def check_partitions(settings: RunSettings) -> RunSettings:
+    """Partition settings that fit the input type; for files, ``partition_keys`` defaults to
+    every field of ``partition_format``."""
+    keys, pattern = settings.partition_keys, settings.partition_format
+    if settings.input_type == "tabular":
+        if pattern:
+            raise SettingsError("partition_format", pattern, "nothing for tabular input, which is partitioned by "
+                                "the values of the columns named in partition_keys")
+        return settings
+    if not pattern:
+        if keys:
+            raise SettingsError("partition_keys", ",".join(keys), "for file input, names of partition_format's "
+                                "fields: set partition_format too, such as {store}/{date}/*.png")
+        return settings
+    from parallelrun.partitions import PathPattern
+
+    fields = PathPattern(pattern).fields
+    if not keys:
+        return dataclasses.replace(settings, partition_keys=fields)
+    unknown = [key for key in keys if key not in fields]
+    if unknown:
+        raise SettingsError("partition_keys", ",".join(keys), f"fields of partition_format {pattern} "
+                            f"({', '.join(fields)}); {', '.join(unknown)} is not one")
+    return settings
 
 
 def check_for_files(settings: RunSettings) -> None:

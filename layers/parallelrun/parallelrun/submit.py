@@ -41,9 +41,8 @@ def prepare(
     run_settings = settings.resolve(found.settings, limits=cfg.limits)
     run_settings = settings.resolve(dict(overrides or {}), base=run_settings, limits=cfg.limits)
     settings.check_for_files(run_settings)
-    if run_settings.partition_keys:  # refused, not ignored: a silently unpartitioned job would mislead
-        raise SettingsError("partition_keys", ",".join(run_settings.partition_keys),
-                            "nothing yet: partitions (many-models) are not available in this version; leave it unset")
+    run_settings = settings.check_partitions(run_settings)
+    _check_partition_model(found, run_settings)
     try:
         spec = InputSpec.from_uri(input_uri)
     except ValueError:
@@ -64,13 +63,29 @@ def prepare(
     )
 
 
+def _check_partition_model(deployment: endpoints.Deployment, run_settings: settings.RunSettings) -> None:
+    """A model chosen per partition needs partitions that carry every field it names."""
+    if not registry.is_per_partition(deployment.model_name):
+        return
+    fields = registry.parse_selector(deployment.model_name).fields
+    missing = [name for name in fields if name not in run_settings.partition_keys]
+    if missing:
+        raise SettingsError("partition_keys", ",".join(run_settings.partition_keys) or None,
+                            f"names including {', '.join(missing)}: deployment {deployment.name!r} chooses its "
+                            f"model per partition by {deployment.model_name!r}")
+
+
 def snapshot(cfg: StackConfig, deployment: endpoints.Deployment) -> dict[str, Any]:
-    """What a job keeps of its deployment, the model version resolved: later changes to the
-    endpoint never reach it."""
-    model = registry.get(cfg, deployment.model_name, deployment.model_version)
+    """What a job keeps of its deployment, the model version resolved (a model per partition is
+    resolved when each mini-batch runs): later changes to the endpoint never reach it."""
+    if registry.is_per_partition(deployment.model_name):
+        name, version = deployment.model_name, None
+    else:
+        model = registry.get(cfg, deployment.model_name, deployment.model_version)
+        name, version = model.name, model.version
     return {
         "endpoint": deployment.endpoint, "deployment": deployment.name, "code_sha": deployment.code_sha,
-        "entry_script": deployment.entry_script, "model_name": model.name, "model_version": model.version,
+        "entry_script": deployment.entry_script, "model_name": name, "model_version": version,
     }
 
 

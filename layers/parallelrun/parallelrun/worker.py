@@ -21,12 +21,15 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from parallelrun import aggregator, aws, faults, jobs, logs, registry, reuse, scoring
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, TablePiece, item_from_json, relative_name
+from parallelrun.errors import NotFoundError
+from parallelrun.partitions import frame_groups
 from parallelrun.scoring import AttemptFailed, Failure
 
 log = logging.getLogger("parallelrun.worker")
@@ -71,6 +74,7 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
     job_id, index = message["job_id"], int(message["batch"])
     attempt = int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
     items = [item_from_json(item) for item in message["items"]]
+    partition = message.get("partition")
     with logs.context(job_id, index):
         job = jobs.get(cfg, job_id)
         if job.state != jobs.RUNNING:
@@ -80,7 +84,8 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
             logs.event(log, "dropped: a duplicate of a recorded mini-batch", attempt=attempt)
         else:
             try:
-                batch = run_batch(cfg, job, index, items, attempt, worker_name(context), deadline_of(context))
+                batch = run_batch(cfg, job, index, items, attempt, worker_name(context), deadline_of(context),
+                                  partition)
             except Retry:
                 _retry_soon(cfg, record, attempt)
                 raise
@@ -107,7 +112,7 @@ def _retry_soon(cfg: StackConfig, record: dict[str, Any], attempt: int) -> None:
 
 
 def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile], attempt: int,
-              worker: str, deadline: float) -> jobs.BatchRecord:
+              worker: str, deadline: float, partition: dict[str, str] | None = None) -> jobs.BatchRecord:
     """Fetch, score, write the part and the failure lines; the record to commit."""
     started = time.time()
     spec = InputSpec.from_uri(job.input_uri)
@@ -116,18 +121,20 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
     logging.getLogger().addHandler(capture)
     host = scoring.host(cfg, job.deployment, job.settings)
     try:
-        context = scoring.MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt)
+        context = scoring.MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt,
+                                           input_files=[f"s3://{spec.bucket}/{item.key}" for item in items])
         timeout = job.settings.run_invocation_timeout
         mini_batch, readable, unreadable, header = None, len(items), [], None
         try:
             mini_batch, readable, unreadable = load_inputs(spec, items, folder, job.settings.csv_options)
             faults.point("before_run")
             faults.point("during_run")
-            outcome = host.run(mini_batch, context, timeout, deadline)
-            capture.lines += outcome.log_lines
-            rows, header = outcome.rows, outcome.header
-            failed = short_results(items, readable, len(rows), spec) + unreadable
-            failed_count = len(failed)
+            scored = score_partitions(cfg, job, host, partitions_of(job, items, mini_batch, partition), context,
+                                      deadline)
+            capture.lines += scored.log_lines
+            rows, header = scored.rows, scored.header
+            failed = short_results(items, readable - scored.unscored, len(rows), spec) + unreadable + scored.failed
+            failed_count = len(failed) - len(scored.failed) + scored.unscored
         except AttemptFailed as error:
             capture.lines += error.log_lines
             logs.event(log, "attempt failed", level=logging.WARNING, attempt=attempt,
@@ -149,6 +156,81 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
     record = write_results(cfg, job.job_id, index, inputs, attempt, rows, failed, failed_count, worker, started)
     return dataclasses.replace(record, header=header,
                                fingerprint=reuse.fingerprint(job.deployment, job.settings, items))
+
+
+@dataclass
+class Part:
+    """The inputs of one partition within a mini-batch: one run() call."""
+
+    partition: dict[str, Any] | None
+    mini_batch: Any  # local paths, or a DataFrame
+    items: list  # the files (or the one table piece) these inputs come from
+    count: int  # inputs: files, or records
+    positions: list[int] | None = None  # a table's rows: where each sits in the piece
+
+
+@dataclass
+class Scored:
+    rows: list[str] = field(default_factory=list)
+    header: str | None = None
+    failed: list[tuple[Any, Failure]] = field(default_factory=list)  # inputs no run() was given
+    unscored: int = 0  # how many inputs those failure lines stand for (a table's lines stand for rows)
+    log_lines: list[str] = field(default_factory=list)
+
+
+def partitions_of(job: jobs.Job, items: list, mini_batch: Any, partition: dict[str, str] | None) -> list[Part]:
+    """The mini-batch's run() calls: one, or with ``partition_keys`` on a table one per distinct
+    value of the key columns (a file mini-batch was planned as one partition already)."""
+    keys = job.settings.partition_keys
+    if job.settings.input_type != "tabular" or not keys:
+        count = len(mini_batch) if job.settings.input_type == "tabular" else len(items)
+        return [Part(partition if keys else {}, mini_batch, items, count)]
+    try:
+        groups = frame_groups(mini_batch, keys)
+    except KeyError as error:
+        raise AttemptFailed(Failure("PartitionKeyMissing", str(error.args[0]))) from error
+    return [Part(value, rows.reset_index(drop=True), items, len(rows), list(rows.index)) for value, rows in groups]
+
+
+def score_partitions(cfg: StackConfig, job: jobs.Job, host: scoring.ScoringHost, parts: list[Part],
+                     context: scoring.MiniBatchContext, deadline: float) -> Scored:
+    """run() once per partition, with that partition's model when the deployment picks one per
+    partition. A partition with no model (or a file outside ``partition_format``) fails its own
+    inputs at once, not the mini-batch; any run() that fails fails the attempt."""
+    scored, placed = Scored(), []
+    selector = registry.ModelSelector(job.deployment["model_name"]) if registry.is_per_partition(
+        job.deployment["model_name"]) else None
+    for part in parts:
+        if job.settings.partition_keys and part.partition is None:
+            reason = f"its path does not match partition_format {job.settings.partition_format}"
+            scored.failed += [(item, Failure("PartitionMismatch", reason)) for item in part.items]
+            scored.unscored += part.count
+            continue
+        context.partition_key_value = dict(part.partition or {})
+        if selector is not None:
+            try:
+                model = selector.resolve(cfg, part.partition)
+            except NotFoundError as error:
+                scored.failed += [(item, Failure("NoModelForPartition", str(error))) for item in part.items]
+                scored.unscored += part.count
+                continue
+            context.model_name, context.model_version = model.name, model.version
+            context.model_path = registry.local_path(cfg, model)
+        outcome = host.run(part.mini_batch, context, job.settings.run_invocation_timeout, deadline)
+        scored.log_lines += outcome.log_lines
+        scored.header = scored.header or outcome.header
+        placed.append((part, outcome.rows))
+    scored.rows = in_input_order(placed)
+    return scored
+
+
+def in_input_order(placed: list[tuple[Part, list[str]]]) -> list[str]:
+    """Rows back in the order of the inputs they came from when every partition returned one
+    row per input; otherwise partition by partition (which row belongs where is unknown)."""
+    if all(part.positions is not None and len(rows) == len(part.positions) for part, rows in placed) and placed:
+        ordered = sorted((position, row) for part, rows in placed for position, row in zip(part.positions, rows))
+        return [row for _, row in ordered]
+    return [row for _, rows in placed for row in rows]
 
 
 def load_inputs(spec: InputSpec, items: list, folder: Path,
