@@ -204,3 +204,39 @@ def test_an_azure_tabular_script_through_the_sdk(client: Client, tmp_path: Path)
     assert list(frame[0].astype(int)) == list(range(150)) and job.record.total_batches >= 3
     assert (frame[1].astype(int) == iris.target).mean() > 0.9
     assert any('"scoring' in line for line in client.logs(job.job_id, minibatch=0))
+
+
+def test_many_models_an_azure_style_script_with_a_model_per_store(client: Client, tmp_path: Path):
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LinearRegression
+
+    from parallelrun import Model, ParallelRunConfig, TabularDataset
+
+    rng = np.random.default_rng(7)
+    slopes = {"north": (1.0, 5.0), "south": (2.0, -1.0), "east": (0.5, 9.0)}
+    for store, (week, promo) in slopes.items():
+        x = rng.uniform(0, 10, (40, 2))
+        (tmp_path / f"{store}.pkl").write_bytes(pickle.dumps(LinearRegression().fit(x, x @ [week, promo])))
+        Model.register(client, str(tmp_path / f"{store}.pkl"), f"sales-{store}")
+    stores = ["north", "south", "east", "west"] * 30  # west has no model
+    table = pd.DataFrame({"id": range(120), "store": stores, "week": rng.integers(1, 52, 120),
+                          "promo": rng.integers(0, 2, 120)})
+    aws.client("s3").put_object(Bucket=client.cfg.input_bucket, Key="tables/sales/sales.csv",
+                                Body=table.to_csv(index=False).encode())
+    config = ParallelRunConfig(entry_script="many_models.py", source_directory=str(EXAMPLES / "azure_style"),
+                               mini_batch_size="1KB", partition_keys=["store"])
+    job = client.submit(config, inputs=TabularDataset.from_delimited_files(
+        f"s3://{client.cfg.input_bucket}/tables/sales/"), model="sales-{store}")
+    assert job.wait_for_completion(show_output=False, timeout=180) == "SUCCEEDED"
+    assert job.record.total_batches >= 2  # the file was split, and each piece held every store
+    frame = job.get_output_dataframe()
+    scored = table[table["store"] != "west"]
+    assert list(frame[0].astype(int)) == list(scored["id"])  # input order, west's rows left out
+    expected = [slopes[s][0] * w + slopes[s][1] * p for s, w, p in zip(scored["store"], scored["week"], scored["promo"])]
+    assert np.allclose(frame[2].astype(float), expected, atol=0.01)
+    body = b"".join(client.read_output(job.job_id, "failures.jsonl")).decode()
+    failures = [json.loads(line) for line in body.splitlines()]
+    assert {f["error_type"] for f in failures} == {"NoModelForPartition"}
+    assert sum(1 for f in failures) == job.record.total_batches  # one line per piece, for west's rows
+    assert (job.record.items_succeeded, job.record.items_failed) == (90, 30)

@@ -101,7 +101,7 @@ def test_loaded_models_are_kept_within_the_cache_size(tmp_path):
         assert loads == ["a", "b", "c", "b"]  # b was least recently used when c came, so it left
         assert models.cached() == [("a", 1), ("b", 1)]
     finally:
-        models.configure(1024**3)
+        models.configure(256 * 1024**2)
         models.current = None
         models._loaded.clear()
 
@@ -235,3 +235,46 @@ def test_the_sdk_file_dataset_takes_azure_s_partition_format():
 
     dataset = FileDataset.from_files("s3://bucket/sales/", partition_format="/{store}/{date}/*.png")
     assert dataset.partition_format == "{store}/{date}/*.png"  # Azure's leading '/' is below the folder here
+
+
+def test_partition_models_on_disk_stay_within_the_cache_size(stack, tmp_path):
+    versions = []
+    for name in ("disk-a", "disk-b", "disk-c"):
+        path = tmp_path / f"{name}.pkl"
+        path.write_bytes(b"x" * 1000)
+        versions.append(registry.register(stack.cfg, path, name))
+    a, b, c = versions
+    paths = [registry.partition_model_path(stack.cfg, model, 2500) for model in (a, b, a, c)]
+    assert Path(paths[0]).exists() and Path(paths[3]).exists()
+    assert not Path(paths[1]).exists()  # b was least recently used when c came
+    again = registry.partition_model_path(stack.cfg, b, 2500)  # downloaded again when needed
+    assert Path(again).read_bytes() == b"x" * 1000
+
+
+FOLDER_MODELS = """
+import parallelrun
+
+def run(mini_batch, mini_batch_context):
+    factor = parallelrun.load_model()["factor"]
+    return [f"{open(path).read()} {factor}" for path in mini_batch]
+"""
+
+
+def test_file_partitions_with_a_model_per_folder(stack, tmp_path):
+    stack.purge()
+    for store, factor in (("n", 2), ("s", 3)):
+        (tmp_path / f"{store}.pkl").write_bytes(pickle.dumps({"factor": factor}))
+        registry.register(stack.cfg, tmp_path / f"{store}.pkl", f"folder-model-{store}")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text(FOLDER_MODELS)
+    endpoints.create(stack.cfg, "byfoldermodel", code, "score.py", "folder-model-{store}",
+                     {"partition_format": "{store}/*.txt"})
+    names = [f"{store}/{i}.txt" for store in ("n", "s", "w") for i in range(3)]
+    put_files(stack.cfg, "byfoldermodel/r/", names)
+    job = stack.run_until_done(start(stack, "byfoldermodel", "byfoldermodel/r/").job_id)
+    assert read_output(stack.cfg, job).splitlines() == [f"{n} {2 if n[0] == 'n' else 3}" for n in names[:6]]
+    failures = [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
+    assert sorted(f["input"] for f in failures) == [f"byfoldermodel/r/{n}" for n in names[6:]]
+    assert {f["error_type"] for f in failures} == {"NoModelForPartition"}
+    assert (job.items_succeeded, job.items_failed, job.retries) == (6, 3, 0)  # no attempt spent on it

@@ -48,7 +48,7 @@ DEFAULTS = {
     "append_row_separator": " ",
     "csv_options": {},
     "partition_format": None,
-    "model_cache_size": "1GB",
+    "model_cache_size": "256MB",
 }
 
 

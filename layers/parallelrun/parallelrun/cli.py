@@ -121,7 +121,7 @@ def cmd_models_archive(args: argparse.Namespace) -> int:
 
 
 def _deployment_dict(d: Any) -> dict[str, Any]:
-    return {**d.__dict__, "model": f"{d.model_name}:{d.model_version or 'latest'}"}
+    return {**d.__dict__, "model": d.model_label}
 
 
 def cmd_endpoints_show(args: argparse.Namespace) -> int:
@@ -156,7 +156,7 @@ def cmd_deployments_list(args: argparse.Namespace) -> int:
     default = client.endpoint(args.endpoint)["default_deployment"]
     for d in client.deployments(args.endpoint):
         mark = "*" if d.name == default else " "
-        print(f"{mark} {d.name}\t{d.entry_script}\t{d.model_name}:{d.model_version or 'latest'}\t{d.code_sha[:12]}")
+        print(f"{mark} {d.name}\t{d.entry_script}\t{d.model_label}\t{d.code_sha[:12]}")
     return 0
 
 
@@ -174,9 +174,8 @@ def cmd_deployments_delete(args: argparse.Namespace) -> int:
 def cmd_endpoints_create(args: argparse.Namespace) -> int:
     deployment = Client.local().create_endpoint(args.name, args.code, args.entry_script, args.model,
                                                 parse_assignments(args.set))
-    version = deployment.model_version or "latest"
     print(f"created endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script}, "
-          f"model {deployment.model_name}:{version}, code {deployment.code_sha[:12]})")
+          f"model {deployment.model_label}, code {deployment.code_sha[:12]})")
     return 0
 
 
@@ -307,14 +306,17 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--code", required=True, help="folder with the scoring code")
     create.add_argument("--entry-script", required=True, help="the scoring script, relative to --code")
-    create.add_argument("--model", required=True, metavar="NAME[:VERSION]")
+    create.add_argument("--model", required=True, metavar="NAME[:VERSION]",
+                        help="a registered model; per partition: a name template such as 'sales-{store}' "
+                             "or tags such as 'tags:store={store}'")
     create.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a default run setting")
     update = add(endpoints, "update", cmd_endpoints_update,
                  "Change an endpoint's default deployment (new code, entry script, model or settings).")
     update.add_argument("name")
     update.add_argument("--code", default=None, help="folder with the new scoring code")
     update.add_argument("--entry-script", default=None)
-    update.add_argument("--model", default=None, metavar="NAME[:VERSION]")
+    update.add_argument("--model", default=None, metavar="NAME[:VERSION]",
+                        help="a registered model, or a model per partition ('sales-{store}', 'tags:store={store}')")
     update.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     add(endpoints, "list", cmd_endpoints_list, "List the endpoints.")
     add(endpoints, "show", cmd_endpoints_show, "Show an endpoint and its deployments.").add_argument("name")
@@ -331,7 +333,9 @@ def parser() -> argparse.ArgumentParser:
     dcreate.add_argument("name")
     dcreate.add_argument("--code", required=True, help="folder with the scoring code")
     dcreate.add_argument("--entry-script", required=True)
-    dcreate.add_argument("--model", required=True, metavar="NAME[:VERSION]")
+    dcreate.add_argument("--model", required=True, metavar="NAME[:VERSION]",
+                        help="a registered model; per partition: a name template such as 'sales-{store}' "
+                             "or tags such as 'tags:store={store}'")
     dcreate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     dcreate.add_argument("--default", action="store_true", help="make it the endpoint's default")
     add(deployments, "list", cmd_deployments_list, "List an endpoint's deployments (* marks the default).").add_argument(

@@ -42,6 +42,13 @@ class Deployment:
         return f"{self.model_name}:{self.model_version}" if self.model_version else self.model_name
 
     @property
+    def model_label(self) -> str:
+        """How listings show the model: ``digits:3``, ``digits:latest`` or ``sales-{store} (per partition)``."""
+        if registry.is_per_partition(self.model_name):
+            return f"{self.model_name} (per partition)"
+        return f"{self.model_name}:{self.model_version or 'latest'}"
+
+    @property
     def code_key(self) -> str:
         return code_key(self.code_sha)
 

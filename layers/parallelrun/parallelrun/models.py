@@ -15,25 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from parallelrun.errors import ScoringScriptError
+from parallelrun.registry import disk_size, get_model_path
 
 Loader = Callable[[str], Any]
 
 # The mini-batch's own model (name, version, local path), set before each run() of a job whose
 # deployment picks a model per partition.
 current: tuple[str, int | None, str] | None = None
-_limit = 1024**3
+_limit = 256 * 1024**2
 _loaded: collections.OrderedDict[tuple[str, int | None, str], tuple[int, Any]] = collections.OrderedDict()
 
 
 def configure(limit_bytes: int) -> None:
     global _limit
     _limit = limit_bytes
-
-
-def weight(path: str) -> int:
-    """Bytes of a model's files: one file, or every file under its folder."""
-    root = Path(path)
-    return root.stat().st_size if root.is_file() else sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
 def default_loader(path: str) -> Any:
@@ -57,14 +52,12 @@ def load_model(name: str | None = None, version: int | None = None, loader: Load
                                      "partition (such as sales-{store}); name the model otherwise")
         key = current
     else:
-        from parallelrun.registry import get_model_path
-
         key = (name, version, get_model_path(name, version))
     if key in _loaded:
         _loaded.move_to_end(key)
         return _loaded[key][1]
     model = (loader or default_loader)(key[2])
-    _loaded[key] = (weight(key[2]), model)
+    _loaded[key] = (disk_size(key[2]), model)
     while len(_loaded) > 1 and sum(w for w, _ in _loaded.values()) > _limit:
         _loaded.popitem(last=False)  # the newest always stays: the running mini-batch needs it
     return model

@@ -7,10 +7,12 @@ once per process and returns a local path, as Azure's ``Model.get_model_path`` d
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import posixpath
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -201,6 +203,31 @@ def local_path(cfg: StackConfig, model: ModelVersion) -> str:
                 done.touch()
             _downloaded[key] = str(root / model.files[0]) if model.single_file else str(root)
     return _downloaded[key]
+
+
+def disk_size(path: str) -> int:
+    """Bytes of a model's files: one file, or every file under its folder."""
+    root = Path(path)
+    return root.stat().st_size if root.is_file() else sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+# Partition models on this machine's disk, least recently used first, with their sizes.
+_on_disk: collections.OrderedDict[tuple[str, int], int] = collections.OrderedDict()
+
+
+def partition_model_path(cfg: StackConfig, model: ModelVersion, limit_bytes: int) -> str:
+    """:func:`local_path` for a partition's model, keeping partition models on disk within
+    ``limit_bytes`` (least recently used removed first; the one asked for always stays)."""
+    path = local_path(cfg, model)
+    key = (model.name, model.version)
+    _on_disk[key] = disk_size(path)
+    _on_disk.move_to_end(key)
+    while len(_on_disk) > 1 and sum(_on_disk.values()) > limit_bytes:
+        (name, version), _ = _on_disk.popitem(last=False)
+        with _download_lock:
+            _downloaded.pop((name, version), None)
+            shutil.rmtree(CACHE_ROOT / "models" / name / str(version), ignore_errors=True)
+    return path
 
 
 def get_model_path(model_name: str, version: int | None = None) -> str:

@@ -91,7 +91,8 @@ class RunSettings:
     input_format: str | None = None  # csv, jsonl or parquet; None: by each file's extension
     csv_options: dict[str, str] = field(default_factory=dict)  # delimiter, quote_char, encoding
     partition_format: str | None = None  # files: a path pattern naming partition fields, {store}/{date}/*.png
-    model_cache_size: str = "1GB"  # models a worker keeps loaded (many-models), least recently used out first
+    # Partition models a worker keeps, loaded and on disk (Lambda's /tmp is 512 MB by default).
+    model_cache_size: str = "256MB"
 
     @property
     def files_per_batch(self) -> int:

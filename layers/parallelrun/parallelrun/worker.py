@@ -215,7 +215,7 @@ def score_partitions(cfg: StackConfig, job: jobs.Job, host: scoring.ScoringHost,
                 scored.unscored += part.count
                 continue
             context.model_name, context.model_version = model.name, model.version
-            context.model_path = registry.local_path(cfg, model)
+            context.model_path = registry.partition_model_path(cfg, model, job.settings.model_cache_bytes)
         outcome = host.run(part.mini_batch, context, job.settings.run_invocation_timeout, deadline)
         scored.log_lines += outcome.log_lines
         scored.header = scored.header or outcome.header
