@@ -278,3 +278,30 @@ def test_file_partitions_with_a_model_per_folder(stack, tmp_path):
     assert sorted(f["input"] for f in failures) == [f"byfoldermodel/r/{n}" for n in names[6:]]
     assert {f["error_type"] for f in failures} == {"NoModelForPartition"}
     assert (job.items_succeeded, job.items_failed, job.retries) == (6, 3, 0)  # no attempt spent on it
+
+
+FLAKY_PARTITION = """
+def run(mini_batch, mini_batch_context):
+    store = mini_batch_context.partition_key_value["store"]
+    if store == "broken":
+        raise ValueError("this store's data is bad")
+    if store == "short":
+        return [str(i) for i in mini_batch["id"]][:1]
+    return [f"{i} {store}" for i in mini_batch["id"]]
+"""
+
+
+def test_after_the_last_attempt_only_the_failing_partitions_of_a_table_lose_their_rows(stack, make_endpoint):
+    endpoint = make_endpoint(FLAKY_PARTITION, name="isoparts")
+    stores = ["ok", "broken", "ok", "fine", "broken", "short", "short"]
+    table = pd.DataFrame({"id": range(7), "store": stores})
+    aws.client("s3").put_object(Bucket=stack.cfg.input_bucket, Key="isoparts/t/t.csv",
+                                Body=table.to_csv(index=False).encode())
+    job = stack.run_until_done(start(stack, endpoint, "isoparts/t/", {
+        "input_type": "tabular", "partition_keys": "store", "run_max_try": "2"}).job_id)
+    assert job.state == jobs.SUCCEEDED, job.reason
+    assert read_output(stack.cfg, job).splitlines() == ["0 ok", "2 ok", "3 fine", "5"]
+    failures = [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
+    assert [(f["error_type"], f["attempts"]) for f in failures] == [("ValueError", 2), ("MissingResults", 2)]
+    assert failures[0]["message"] == "partition {'store': 'broken'}: this store's data is bad"
+    assert (job.items_succeeded, job.items_failed, job.retries) == (4, 3, 1)

@@ -124,13 +124,13 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
         context = scoring.MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt,
                                            input_files=[f"s3://{spec.bucket}/{item.key}" for item in items])
         timeout = job.settings.run_invocation_timeout
-        mini_batch, readable, unreadable, header = None, len(items), [], None
+        mini_batch, readable, unreadable, header, parts = None, len(items), [], None, []
         try:
             mini_batch, readable, unreadable = load_inputs(spec, items, folder, job.settings.csv_options)
             faults.point("before_run")
             faults.point("during_run")
-            scored = score_partitions(cfg, job, host, partitions_of(job, items, mini_batch, partition), context,
-                                      deadline)
+            parts = partitions_of(job, items, mini_batch, partition)
+            scored = score_partitions(cfg, job, host, parts, context, deadline)
             capture.lines += scored.log_lines
             rows, header = scored.rows, scored.header
             failed = short_results(items, readable - scored.unscored, len(rows), spec) + unreadable + scored.failed
@@ -144,6 +144,11 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
             if job.settings.isolate_failures and len(items) > 1:
                 rows, failed = isolate(host, items, mini_batch, context, timeout, deadline, error.failure, capture)
                 failed_count = len(failed)
+            elif job.settings.isolate_failures and len(parts) > 1:
+                scored = isolate_partitions(cfg, job, host, parts, context, deadline)
+                capture.lines += scored.log_lines
+                rows, header, failed = scored.rows, scored.header, scored.failed + unreadable
+                failed_count = scored.unscored + len(unreadable)
             else:
                 rows, failed = [], [(item, error.failure) for item in items] + unreadable
                 failed_count = (readable if job.settings.input_type == "tabular" else len(items)) + len(unreadable)
@@ -222,6 +227,37 @@ def score_partitions(cfg: StackConfig, job: jobs.Job, host: scoring.ScoringHost,
         placed.append((part, outcome.rows))
     scored.rows = in_input_order(placed)
     return scored
+
+
+def isolate_partitions(cfg: StackConfig, job: jobs.Job, host: scoring.ScoringHost, parts: list[Part],
+                       context: scoring.MiniBatchContext, deadline: float) -> Scored:
+    """After a table's last attempt: each partition alone, so only the partitions whose run()
+    fails lose their rows."""
+    isolated, placed = Scored(), []
+    for part in parts:
+        try:
+            scored = score_partitions(cfg, job, host, [part], context, deadline)
+        except AttemptFailed as error:
+            isolated.log_lines += error.log_lines
+            failure = dataclasses.replace(error.failure, message=f"partition {part.partition}: {error.failure.message}")
+            isolated.failed += [(item, failure) for item in part.items]
+            isolated.unscored += part.count
+            continue
+        isolated.log_lines += scored.log_lines
+        isolated.header = isolated.header or scored.header
+        isolated.failed += scored.failed
+        isolated.unscored += scored.unscored
+        missing = part.count - scored.unscored - len(scored.rows)
+        if missing > 0:
+            isolated.failed.append((part.items[0], Failure("MissingResults", f"partition {part.partition}: run() "
+                                                           f"returned {len(scored.rows)} results for {part.count} "
+                                                           "inputs: return one per input")))
+            isolated.unscored += missing
+        placed.append((part, scored.rows))
+    isolated.rows = in_input_order(placed)
+    logs.event(log, "isolated the failed mini-batch's partitions", partitions=len(parts),
+               failed=len(parts) - len(placed))
+    return isolated
 
 
 def in_input_order(placed: list[tuple[Part, list[str]]]) -> list[str]:
