@@ -144,6 +144,10 @@ def test_partition_keys_default_to_every_field_and_are_checked_at_submit(stack, 
     folder = f"s3://{stack.cfg.input_bucket}/bychecks/r/"
     job = submit.prepare(stack.cfg, endpoint, folder, {"partition_format": "{store}/{date}/*"})
     assert job.settings.partition_keys == ("store", "date")
+    as_keys = submit.prepare(stack.cfg, endpoint, folder, {"partition_keys": "{store}/*.png"})
+    assert (as_keys.settings.partition_format, as_keys.settings.partition_keys) == ("{store}/*.png", ("store",))
+    with pytest.raises(SettingsError, match=r"partition_keys='\{store\}/\{store\}'.*path pattern"):
+        submit.prepare(stack.cfg, endpoint, folder, {"partition_keys": "{store}/{store}"})
     with pytest.raises(SettingsError, match=r"partition_keys='region'.*fields of partition_format"):
         submit.prepare(stack.cfg, endpoint, folder, {"partition_format": "{store}/*", "partition_keys": "region"})
     with pytest.raises(SettingsError, match=r"partition_format=.*nothing for tabular input"):

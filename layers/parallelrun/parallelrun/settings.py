@@ -391,8 +391,17 @@ def check(settings: RunSettings, limits: StackLimits) -> None:
 
 def check_partitions(settings: RunSettings) -> RunSettings:
     """Partition settings that fit the input type; for files, ``partition_keys`` defaults to
-    every field of ``partition_format``."""
+    every field of ``partition_format``, and a pattern given as ``partition_keys`` is taken as
+    ``partition_format`` with all its fields."""
     keys, pattern = settings.partition_keys, settings.partition_format
+    if settings.input_type == "files" and not pattern and len(keys) == 1 and "{" in keys[0]:
+        try:
+            pattern = _pattern(keys[0])
+        except ValueError:
+            raise SettingsError("partition_keys", keys[0], "a path pattern naming each field once, such as "
+                                "{store}/{date}/*.png, or names of partition_format's fields") from None
+        keys = ()
+        settings = dataclasses.replace(settings, partition_format=pattern, partition_keys=())
     if settings.input_type == "tabular":
         if pattern:
             raise SettingsError("partition_format", pattern, "nothing for tabular input, which is partitioned by "
