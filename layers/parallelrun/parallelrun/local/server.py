@@ -39,6 +39,10 @@ class CountingMotoServer(ThreadedMotoServer):
         self.throttled: collections.Counter[str] = collections.Counter()
         self.throttle_every: dict[str, int] = {}  # service → throttle one request in N
         self._count_lock = threading.Lock()
+        # moto's TransactWriteItems deep-copies the tables it touches for rollback, and the copy
+        # breaks ("dictionary changed size during iteration", a 500) when another thread writes
+        # meanwhile; on AWS a transaction is atomic. One DynamoDB request at a time keeps it so.
+        self._dynamodb_lock = threading.Lock()
 
     def _server_entry(self) -> None:
         app = DomainDispatcherApplication(create_backend_app)
@@ -57,6 +61,9 @@ class CountingMotoServer(ThreadedMotoServer):
                 start_response(status, [("Content-Type", content_type), ("x-amzn-RequestId", "throttled"),
                                         ("Content-Length", str(len(body)))])
                 return [body]
+            if service == "dynamodb":
+                with self._dynamodb_lock:
+                    return app(environ, start_response)
             return app(environ, start_response)
 
         self._server = make_server(self._ip_address, self._port, counting, True, request_handler=MotoRequestHandler)
