@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from parallelrun import aws, jobs, logs, reuse
+from parallelrun import aws, jobs, logs, reuse, schedules
 from parallelrun.config import StackConfig
 
 log = logging.getLogger("parallelrun.aggregator")
@@ -144,6 +144,8 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
         reuse.remember(cfg, job_id, reusable)
         if job.fingerprint and len(reusable) == job.total_batches:
             reuse.remember_job(cfg, job.fingerprint, job_id, job.output_uri)
+    if state == jobs.SUCCEEDED and job.schedule:
+        schedules.mark_scored(cfg, job)  # before the state says so: the schedule's next run may follow at once
     if state == jobs.FAILED and errors:
         error_type, count = errors.most_common(1)[0]
         reason += f"; most common error: {error_type} ({count} inputs)"
@@ -154,6 +156,8 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
                   ContentType="application/json")
     jobs.transition(cfg, job_id, state, (jobs.FINALIZING,), ended_at=ended, reason=reason, rows=rows)
     logs.event(log, "job finished", state=state, rows=rows, aggregate_seconds=round(ended - started, 3))
+    if job.schedule:
+        schedules.run_ended(cfg, job)
 
 
 def collate(cfg: StackConfig, job: jobs.Job) -> tuple[int, collections.Counter[str], list[tuple]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from parallelrun import jobs
 from parallelrun.client import Client
-from parallelrun.errors import ParallelRunError
+from parallelrun.errors import NotFoundError, ParallelRunError
 from parallelrun.settings import parse_assignments
 
 
@@ -257,6 +257,75 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expression(args: argparse.Namespace) -> str:
+    """--cron or --rate as EventBridge writes it; the bare fields are accepted too."""
+    kind, text = ("cron", args.cron) if args.cron is not None else ("rate", args.rate)
+    text = text.strip()
+    return text if text.startswith(("cron(", "rate(")) else f"{kind}({text})"
+
+
+def cmd_schedules_create(args: argparse.Namespace) -> int:
+    s = Client.local().create_schedule(args.endpoint, args.name, args.input, _expression(args),
+                                       parse_assignments(args.set), args.deployment, overlap=args.overlap)
+    print(f"created schedule {s.name}: endpoint {s.endpoint} over {s.input_uri} on {s.expression} "
+          f"(overlap {s.overlap}, rule {s.rule_name})")
+    return 0
+
+
+def _schedule_dict(client: Client, s: Any) -> dict[str, Any]:
+    """A schedule as `schedules show` prints it: its last run's job state read from the job."""
+    last = None
+    if s.last_job_id:
+        try:
+            job: jobs.Job | None = client.job(s.last_job_id)
+        except NotFoundError:
+            job = None
+        last = {"time": s.last_run_time, "job_id": s.last_job_id, "trigger": s.last_trigger,
+                "state": job.state if job else "unknown", "reason": job.reason if job else "",
+                "items_succeeded": job.items_succeeded if job else None,
+                "output": job.output_uri if job else None}
+    return {**{k: v for k, v in s.__dict__.items() if not k.startswith("last_")}, "last_run": last,
+            "last_skipped": s.last_skipped}
+
+
+def cmd_schedules_list(args: argparse.Namespace) -> int:
+    client = Client.local()
+    for s in client.schedules():
+        d = _schedule_dict(client, s)
+        last = d["last_run"]
+        run = f"last run {last['time']} {last['job_id']} {last['state']}" if last else "not run yet"
+        skipped = f", {s.skipped_runs} skipped (last {s.last_skipped})" if s.skipped_runs else ""
+        print(f"{s.name}\t{s.expression}\t{s.endpoint}\t{s.input_uri}\toverlap {s.overlap}\t{run}{skipped}")
+    return 0
+
+
+def cmd_schedules_show(args: argparse.Namespace) -> int:
+    client = Client.local()
+    print(json.dumps(_schedule_dict(client, client.schedule(args.name)), indent=2, default=str))
+    return 0
+
+
+def cmd_schedules_delete(args: argparse.Namespace) -> int:
+    Client.local().delete_schedule(args.name)
+    print(f"deleted schedule {args.name}, its rule and its record of what was scored")
+    return 0
+
+
+def cmd_schedules_run_now(args: argparse.Namespace) -> int:
+    client = Client.local()
+    fired = client.run_schedule_now(args.name)
+    if fired.outcome == "skipped":
+        print(f"schedule {args.name}: run skipped, job {fired.holder} is still running (overlap skip)")
+        return 1
+    if fired.outcome == "waiting":
+        print(f"schedule {args.name}: the run will start when job {fired.holder} ends (overlap wait)")
+        return 0
+    if fired.job_id is None:
+        raise ParallelRunError(f"schedule {args.name}: no run started")
+    print(fired.job_id)
+    return _wait(client, fired.job_id) if args.wait or fired.outcome == "refused" else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from parallelrun import demo
 
@@ -352,6 +421,29 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--deployment", default=None, help="a named deployment instead of the default one")
     submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run setting")
     submit.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
+
+    scheds = sub.add_parser("schedules", help="Scheduled incremental runs (EventBridge rules).").add_subparsers(
+        dest="schedules_command", required=True, metavar="COMMAND")
+    screate = add(scheds, "create", cmd_schedules_create,
+                  "Run an endpoint over a folder on a schedule; each run scores only new or changed inputs.")
+    screate.add_argument("endpoint")
+    screate.add_argument("name")
+    when = screate.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", metavar="EXPR", help="EventBridge cron (UTC): \"cron(0 2 * * ? *)\" is 02:00 daily")
+    when.add_argument("--rate", metavar="EXPR", help="EventBridge rate: \"rate(15 minutes)\", \"rate(1 hour)\"")
+    screate.add_argument("--input", required=True, metavar="S3_URI", help="the folder whose new files each run scores")
+    screate.add_argument("--deployment", default=None, help="a named deployment instead of the default one")
+    screate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="a run setting; output_path is the prefix runs write <schedule>/<run time>/ under")
+    screate.add_argument("--overlap", choices=("skip", "wait"), default="skip",
+                         help="a run due while the last one runs: skip it (default) or start it when that one ends")
+    add(scheds, "list", cmd_schedules_list, "List the schedules with their last run and skipped runs.")
+    add(scheds, "show", cmd_schedules_show, "Show a schedule and its last run as JSON.").add_argument("name")
+    add(scheds, "delete", cmd_schedules_delete,
+        "Delete a schedule, its rule and its record of what was scored.").add_argument("name")
+    run_now = add(scheds, "run-now", cmd_schedules_run_now, "Run a schedule now, as its rule would; prints the job id.")
+    run_now.add_argument("name")
+    run_now.add_argument("--wait", action="store_true", help="wait for the run, with a progress bar")
 
     status = add(sub, "status", cmd_status, "Show a job's state and counts.")
     status.add_argument("job")

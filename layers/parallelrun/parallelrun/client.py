@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aggregator, aws, endpoints, jobs, planner, registry, sdk, submit
+from parallelrun import aggregator, aws, endpoints, jobs, planner, registry, schedules, sdk, submit
 from parallelrun.config import StackConfig
 from parallelrun.errors import ConflictError, NotFoundError, ParallelRunError, StackError
 
@@ -117,6 +117,38 @@ class Client:
         endpoints.update(self.cfg, name, config.source_directory, config.entry_script, model,
                          deployment=current.name)
         return name
+
+    # --- schedules
+
+    def create_schedule(self, target: str | sdk.ParallelRunConfig, name: str,
+                        inputs: str | sdk.FileDataset | sdk.TabularDataset, expression: str,
+                        settings: dict[str, Any] | None = None, deployment: str | None = None, *,
+                        overlap: str = schedules.SKIP, model: str | None = None) -> schedules.Schedule:
+        """Run an endpoint (or a ParallelRunConfig, deployed as :meth:`submit` does) over
+        ``inputs`` on an EventBridge ``rate(...)`` or ``cron(...)`` expression; each run scores
+        only the inputs no earlier run scored. ``overlap``: ``skip`` or ``wait``."""
+        overrides = dict(settings or {})
+        if isinstance(target, sdk.ParallelRunConfig):
+            overrides = {**target.settings(), **overrides}
+            target = self._deploy(target, model)
+        if isinstance(inputs, sdk.TabularDataset):
+            overrides = {"input_type": "tabular", "input_format": inputs.input_format, **overrides}
+        uri = inputs if isinstance(inputs, str) else inputs.uri
+        return schedules.create(self.cfg, name, target, expression, uri, overrides, deployment, overlap)
+
+    def schedules(self) -> list[schedules.Schedule]:
+        return schedules.list_schedules(self.cfg)
+
+    def schedule(self, name: str) -> schedules.Schedule:
+        return schedules.get(self.cfg, name)
+
+    def delete_schedule(self, name: str) -> None:
+        """Delete the schedule, its rule and its record of what was scored; a run in progress finishes."""
+        schedules.delete(self.cfg, name)
+
+    def run_schedule_now(self, name: str) -> schedules.Firing:
+        """Fire the schedule at once, as its rule would (the overlap setting applies)."""
+        return schedules.run_now(self.cfg, name)
 
     def job(self, job_id: str) -> jobs.Job:
         return jobs.get(self.cfg, job_id)

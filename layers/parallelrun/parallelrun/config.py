@@ -46,6 +46,9 @@ class StackConfig:
     finalize_queue_url: str
     limits: StackLimits = field(default_factory=StackLimits)
     planner_interval: int = 2
+    # Names of the schedules' EventBridge rules start with it (the planner queue's policy lets
+    # only those rules send); clients create rules, functions never do.
+    schedule_rule_prefix: str = "parallelrun-schedule-"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
@@ -65,4 +68,5 @@ class StackConfig:
         if missing:
             raise StackError(f"the stack's outputs lack {', '.join(missing)}: is it a parallelrun stack?")
         limits = StackLimits(**{a: int(outputs[o]) for a, o in _LIMIT_OUTPUTS.items() if o in outputs})
-        return cls(**{attr: outputs[name] for attr, name in _OUTPUTS.items()}, limits=limits)
+        prefix = {"schedule_rule_prefix": outputs["ScheduleRulePrefix"]} if "ScheduleRulePrefix" in outputs else {}
+        return cls(**{attr: outputs[name] for attr, name in _OUTPUTS.items()}, limits=limits, **prefix)

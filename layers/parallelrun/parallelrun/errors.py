@@ -33,3 +33,7 @@ class ScoringScriptError(ParallelRunError):
 
 class StackError(ParallelRunError):
     """The stack (local or on AWS) cannot be reached or is missing something."""
+
+
+class ExpressionError(ParallelRunError):
+    """A schedule expression (``rate(...)`` or ``cron(...)``) that EventBridge would refuse or that never fires."""

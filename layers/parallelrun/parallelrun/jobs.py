@@ -90,6 +90,7 @@ class Job:
     fingerprint: str | None = None  # what the job's rows depend on (see parallelrun.reuse)
     reused_from: str | None = None  # the succeeded job whose output this one took whole
     outcome: str | None = None  # FAILED or CANCELED when the job was stopped before it completed
+    schedule: str | None = None  # the schedule this job is a run of (see parallelrun.schedules)
 
     @property
     def batches_done(self) -> int:

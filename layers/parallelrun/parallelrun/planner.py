@@ -19,7 +19,8 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from parallelrun import aggregator, aws, datasets, endpoints, jobs, logs, partitions, registry, reuse, submit
+from parallelrun import (aggregator, aws, datasets, endpoints, jobs, logs, partitions, registry, reuse, schedules,
+                         scored, submit)
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, TablePiece
 from parallelrun.errors import ConflictError, ParallelRunError
@@ -48,6 +49,10 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                 start_job(cfg, body["job_id"])
             elif body.get("action") == "tick":
                 tick(cfg, body)
+            elif body.get("action") == "schedule":  # an EventBridge rule fired, or a waiting run's turn came
+                fired = schedules.fire(cfg, body["schedule"], body["time"], body.get("trigger", "rule"))
+                if fired.outcome == schedules.STARTED and fired.job_id:
+                    start_job(cfg, fired.job_id)
             else:
                 log.warning("ignored a planner message with no known action", extra={"fields": {"body": body}})
     return {}
@@ -127,7 +132,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
         logs.event(log, "planned", total_batches=total_batches, total_items=total_items,
                    planner_seconds=round(time.time() - started, 3))
         if total_batches == 0:
-            aggregator.request(cfg, job_id)
+            aggregator.finalize(cfg, job_id)  # nothing to wait for: end it now, not one message later
             return
         job = jobs.get(cfg, job_id)
     if job.state == jobs.RUNNING and (job.planner_tick, job.planner_token) == (0, "start"):
@@ -159,7 +164,7 @@ def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
     total_batches = total_items = 0
     chunk: list[list[list]] = []
     prints = []
-    for batch, partition in plan_batches(job, spec):
+    for batch, partition in plan_batches(cfg, job, spec):
         prints.append(reuse.fingerprint(job.deployment, job.settings, batch))
         chunk.append(plan_entry(batch, partition, bool(job.settings.partition_keys)))
         total_batches += 1
@@ -175,11 +180,14 @@ def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
 Planned = tuple[list[InputFile] | list[TablePiece], dict[str, str] | None]
 
 
-def plan_batches(job: jobs.Job, spec: InputSpec) -> Iterator[Planned]:
+def plan_batches(cfg: StackConfig, job: jobs.Job, spec: InputSpec) -> Iterator[Planned]:
     """The job's mini-batches and their partitions: files by count (one partition each when
     ``partition_format`` is set), or tables by byte size (a mini-batch never crosses a file; a
-    big file is split into pieces; column partitions are found by the worker, which reads them)."""
+    big file is split into pieces; column partitions are found by the worker, which reads them).
+    A schedule's run plans only the inputs its earlier runs have not scored."""
     files = datasets.list_files(spec)
+    if job.schedule:
+        files = scored.unscored(cfg, job.schedule, files)
     s = job.settings
     if s.input_type != "tabular":
         if s.partition_format:

@@ -9,6 +9,10 @@
     job = client.submit(config, inputs=FileDataset.from_files("s3://bucket/digits/batch1/"), model="digits")
     job.wait_for_completion(show_output=True)
     frame = job.get_output_dataframe()
+
+    # every night at 02:00 UTC, score what arrived in the folder since the last run
+    client.create_schedule(config, "nightly", FileDataset.from_files("s3://bucket/incoming/"),
+                           "cron(0 2 * * ? *)", model="digits")
 """
 
 from __future__ import annotations

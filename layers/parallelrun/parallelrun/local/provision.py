@@ -47,6 +47,9 @@ _CODE_PROPERTIES = {
     "AWS::Serverless::LayerVersion": "ContentUri",
 }
 _READY_STATES = ("CREATE_COMPLETE", "UPDATE_COMPLETE")
+# Resource types moto's CloudFormation cannot create (it would list a resource with no type):
+# resource policies, which moto does not enforce anyway, so the local stack goes without them.
+_NOT_CREATED_LOCALLY = ("AWS::SQS::QueuePolicy",)
 _CREATE_TIMEOUT = 120.0  # seconds; moto creates the stack within the CreateStack call
 
 
@@ -273,7 +276,7 @@ def _create_stack(
     try:
         cfn.create_stack(
             StackName=stack_name,
-            TemplateBody=json.dumps(translated),
+            TemplateBody=json.dumps(_locally_creatable(translated)),
             Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in overrides.items()],
             Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
         )
@@ -290,6 +293,11 @@ def _create_stack(
         reason = "; ".join(failed) or stack.get("StackStatusReason")
         raise StackError(f"stack {stack_name} ended in {stack['StackStatus']}: {reason}")
     return stack
+
+
+def _locally_creatable(translated: dict[str, Any]) -> dict[str, Any]:
+    resources = {k: r for k, r in translated["Resources"].items() if r["Type"] not in _NOT_CREATED_LOCALLY}
+    return {**translated, "Resources": resources}
 
 
 def _wait(cfn: Any, stack_name: str) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Control functions (planner, aggregator, failure recorder) are polled by threads of this
 process; the worker function runs in N long-lived processes, each one a warm Lambda container
 that keeps ``init()`` state across mini-batches. S3 notifications, which moto cannot deliver to
-a function, go to a local queue this runtime wires and polls.
+a function, go to a local queue this runtime wires and polls; schedule rules, which moto stores
+but never fires, are fired by a clock thread (:mod:`parallelrun.local.rules`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from parallelrun import aws, logs
-from parallelrun.local import lambdas, provision, server
+from parallelrun.local import lambdas, provision, rules, server
 
 log = logging.getLogger("parallelrun.local")
 WORKER_FUNCTION = "WorkerFunction"  # the one function that scales out: it gets processes
@@ -110,6 +112,7 @@ class LocalStack:
                 self.threads.append(supervisor)
             else:
                 self._start_threads(spec)
+        self._start_rule_clock()
         if self.write_state:
             save_state(self.state())
 
@@ -135,6 +138,21 @@ class LocalStack:
             queue_url, queue_arn = self._notification_queue(spec.logical_id, number, source)
             self._thread(spec.logical_id, queue_url=queue_url, queue_arn=queue_arn, region=self.stack.region,
                          batch_size=10, report_failures=False, invoke=lambda e: invoke(s3_event(e)))
+
+    def _start_rule_clock(self) -> None:
+        """Fire the schedule rules, which moto stores but never fires (see parallelrun.local.rules)."""
+        clock = rules.RuleClock()
+
+        def loop() -> None:
+            while not self.stop_event.wait(1.0):
+                try:
+                    clock.fire_due(datetime.now(UTC))
+                except Exception:
+                    log.exception("firing the schedule rules failed; trying again in a second")
+
+        thread = threading.Thread(target=loop, name="schedule-rules", daemon=True)
+        thread.start()
+        self.threads.append(thread)
 
     def _thread(self, name: str, **kwargs: Any) -> None:
         thread = threading.Thread(target=lambdas.poll_forever, args=(self.stop_event,), kwargs=kwargs,
