@@ -330,6 +330,22 @@ def test_a_run_whose_endpoint_is_gone_fails_visibly_and_frees_the_schedule(stack
     assert (found.last_job_id, found.running_job) == (fired.job_id, None)
 
 
+def test_a_run_whose_planner_gave_up_ends_failed_and_frees_the_schedule(stack, make_schedule):
+    name, folder = make_schedule("gaveup")
+    put_files(stack.cfg, folder, ["a.txt"])
+    when = "2026-11-22T10:00:00Z"
+    assert schedules.fire(stack.cfg, name, when).outcome == schedules.STARTED  # the job exists, never planned
+    dead_letters = stack.source("FailureRecorderFunction", "PlannerDeadLetterQueue").queue_url
+    for fired_at in (when, "2026-11-22T09:00:00Z"):  # the second never created a job: only logged
+        aws.client("sqs").send_message(QueueUrl=dead_letters, MessageBody=json.dumps(
+            {"action": "schedule", "schedule": name, "time": fired_at, "trigger": "rule"}))
+    stack.deliver("FailureRecorderFunction")
+    job = stack.run_until_done(schedules.run_job_id(name, when))
+    assert job.state == jobs.FAILED and "planner failed" in job.reason
+    assert schedules.get(stack.cfg, name).running_job is None
+    assert aws.client("sqs").receive_message(QueueUrl=dead_letters).get("Messages") is None
+
+
 def test_the_local_rule_clock_fires_a_rate_rule_when_due(stack, make_schedule):
     name, folder = make_schedule("clock", "rate(7 minutes)")
     put_files(stack.cfg, folder, ["a.txt", "b.txt"])
@@ -412,3 +428,33 @@ def test_cli_create_list_show_run_now_delete(cli, stack, make_schedule, capsys):
     assert main(["schedules", "delete", "cli3"]) == 0
     assert main(["schedules", "show", "cli3"]) == 1
     assert "no schedule 'cli3'" in capsys.readouterr().err
+
+
+def test_every_schedules_command_has_help(capsys):
+    from parallelrun.cli import parser
+
+    for words in (["schedules"], ["schedules", "create"], ["schedules", "list"], ["schedules", "show"],
+                  ["schedules", "delete"], ["schedules", "run-now"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parser().parse_args([*words, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: parallelrun schedules" in capsys.readouterr().out
+
+
+def test_the_template_lets_only_the_stacks_schedule_rules_reach_the_planner_queue():
+    from cfnlint.decode import decode
+
+    from tests.test_template import TEMPLATE
+
+    template, matches = decode(str(TEMPLATE))
+    assert not matches
+    policy = template["Resources"]["PlannerQueuePolicy"]["Properties"]
+    assert policy["Queues"] == [{"Ref": "PlannerQueue"}]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert (statement["Principal"], statement["Action"]) == ({"Service": "events.amazonaws.com"}, "sqs:SendMessage")
+    source = statement["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
+    prefix = template["Outputs"]["ScheduleRulePrefix"]["Value"]["Fn::Sub"]
+    assert source.endswith(f":rule/{prefix}*")
+    # The aggregator hands a waiting run to the planner when the running one ends.
+    aggregator = template["Resources"]["AggregatorFunction"]["Properties"]["Policies"]
+    assert {"SQSSendMessagePolicy": {"QueueName": {"Fn::GetAtt": ["PlannerQueue", "QueueName"]}}} in aggregator

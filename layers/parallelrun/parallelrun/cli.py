@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from parallelrun import jobs
+from parallelrun import jobs, schedules
 from parallelrun.client import Client
 from parallelrun.errors import NotFoundError, ParallelRunError
 from parallelrun.settings import parse_assignments
@@ -314,16 +314,16 @@ def cmd_schedules_delete(args: argparse.Namespace) -> int:
 def cmd_schedules_run_now(args: argparse.Namespace) -> int:
     client = Client.local()
     fired = client.run_schedule_now(args.name)
-    if fired.outcome == "skipped":
+    if fired.outcome == schedules.SKIPPED:
         print(f"schedule {args.name}: run skipped, job {fired.holder} is still running (overlap skip)")
         return 1
-    if fired.outcome == "waiting":
+    if fired.outcome == schedules.WAITING:
         print(f"schedule {args.name}: the run will start when job {fired.holder} ends (overlap wait)")
         return 0
     if fired.job_id is None:
         raise ParallelRunError(f"schedule {args.name}: no run started")
     print(fired.job_id)
-    return _wait(client, fired.job_id) if args.wait or fired.outcome == "refused" else 0
+    return _wait(client, fired.job_id) if args.wait or fired.outcome == schedules.REFUSED else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

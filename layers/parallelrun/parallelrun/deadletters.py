@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from parallelrun import aggregator, aws, jobs, logs, worker
+from parallelrun import aggregator, aws, jobs, logs, schedules, worker
 from parallelrun.config import StackConfig
 from parallelrun.datasets import item_from_json
 from parallelrun.scoring import Failure
@@ -60,8 +60,15 @@ def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
 
 
 def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:
-    """A planner (start, tick) or aggregator message failed every delivery: end the job FAILED."""
-    job_id = message["job_id"]
+    """A planner (start, tick, schedule) or aggregator message failed every delivery: end the job FAILED."""
+    if message.get("action") == "schedule":  # a run's job, if it was created, holds its schedule's lock
+        job_id = schedules.run_job_id(message["schedule"], message["time"])
+        if jobs.find(cfg, job_id) is None:
+            log.error("a schedule's run failed to start on every try; the next run scores what it would have",
+                      extra={"fields": {"schedule": message["schedule"], "run_time": message["time"]}})
+            return
+    else:
+        job_id = message["job_id"]
     with logs.context(job_id):
         if "action" in message:
             reason = ("the planner failed on every delivery of this job's message; its logs say why. "
