@@ -224,6 +224,28 @@ def test_second_run_scores_exactly_the_five_new_files(stack, make_schedule):
     assert (found.last_job_id, found.last_run_time, found.running_job) == (run2.job_id, "2026-11-22T11:00:00Z", None)
 
 
+TABLE_SCRIPT = """
+def run(mini_batch):
+    return list(mini_batch["name"] + ":" + mini_batch["n"].astype(str))
+"""
+
+
+def test_a_tabular_schedule_reads_only_new_tables_split_or_whole(stack, make_schedule):
+    name, folder = make_schedule("tables", settings={"input_type": "tabular", "mini_batch_size": "64"},
+                                 source=TABLE_SCRIPT)
+
+    def table(n: int) -> Callable[[str], bytes]:
+        return lambda key: ("name,n\n" + "".join(f"{key},{i}\n" for i in range(n))).encode()
+
+    put_files(stack.cfg, folder, ["big.csv"], table(20))  # split in several pieces of 64 bytes
+    put_files(stack.cfg, folder, ["small.csv"], table(1))
+    run1 = stack.run_until_done(fire(stack, name, "2026-11-22T10:00:00Z"))
+    assert run1.total_batches > 2 and len(rows(stack, run1.job_id)) == 21
+    put_files(stack.cfg, folder, ["later.csv"], table(2))
+    run2 = stack.run_until_done(fire(stack, name, "2026-11-22T11:00:00Z"))
+    assert rows(stack, run2.job_id) == ["later.csv:0", "later.csv:1"]
+
+
 def test_a_changed_file_is_scored_again_and_an_unchanged_one_is_not(stack, make_schedule):
     name, folder = make_schedule("change")
     put_files(stack.cfg, folder, ["a.txt", "b.txt", "c.txt"])
