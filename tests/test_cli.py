@@ -105,3 +105,48 @@ def test_a_user_session(running, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["version"] == 1
     assert main(["status", "no-such-job"]) == 1
     assert "no job 'no-such-job'" in capsys.readouterr().err
+
+
+def test_local_up_stopped_with_sigterm_stops_its_worker_processes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from parallelrun.local.runtime import STATE_FILE
+
+    env = {**os.environ, "PARALLELRUN_HOME": str(tmp_path)}
+    up = subprocess.Popen([sys.executable, "-c", "import sys; from parallelrun.cli import main; "
+                           "sys.exit(main(['local', 'up', '--workers', '2']))"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / STATE_FILE).exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert (tmp_path / STATE_FILE).exists(), "the local stack did not start"
+
+        def workers() -> list[int]:
+            found = []
+            for proc in Path("/proc").iterdir():
+                try:
+                    stat = (proc / "stat").read_text()
+                    cmdline = (proc / "cmdline").read_bytes()
+                except (OSError, ValueError):
+                    continue
+                if proc.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == up.pid \
+                        and b"parallelrun.local.workerproc" in cmdline:
+                    found.append(int(proc.name))
+            return found
+
+        started = workers()
+        assert len(started) == 2
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=30) == 0
+        assert not [pid for pid in started if Path(f"/proc/{pid}").exists()
+                    and "Z" not in (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:1])]
+        assert not (tmp_path / STATE_FILE).exists()  # the next command does not think a stack runs
+    finally:
+        if up.poll() is None:
+            up.kill()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -66,6 +67,8 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     from parallelrun.local.runtime import LocalStack
 
     stack = LocalStack(workers=args.workers, port=args.port, parameters=parse_assignments(args.param))
+    # `kill` (SIGTERM) stops the stack as Ctrl-C does, worker processes included.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     stack.start()
     print(json.dumps(stack.state(), indent=2))
     print(f"local stack running at {stack.endpoint_url} with {args.workers} worker processes; Ctrl-C stops it",
