@@ -15,6 +15,7 @@ from typing import Any
 from parallelrun import logs
 
 log = logging.getLogger("parallelrun.metrics")
+log.setLevel(logging.INFO)  # metrics are not chatter: PARALLELRUN_LOG_LEVEL=WARNING keeps them
 NAMESPACE = "parallelrun"
 DIMENSIONS = ["Endpoint"]  # low cardinality; the job and mini-batch ride along as plain properties
 
