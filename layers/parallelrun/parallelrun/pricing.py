@@ -72,7 +72,8 @@ def estimate(usage: dict[str, Any], region: str) -> dict[str, Any]:
         note += f" (the table has no prices for {region})"
     note += "; storage, data transfer and logs are not included."
     return {"estimate": True, "note": note, "region": region, "priced_as_region": priced,
-            "prices_as_of": PRICES_AS_OF, "prices": asdict(p), "usd": {k: round(v, 12) for k, v in usd.items()}}
+            "prices_as_of": PRICES_AS_OF, "prices": {k: float(f"{v:.6g}") for k, v in asdict(p).items()},
+            "usd": {k: round(v, 12) for k, v in usd.items()}}
 
 
 def cost_section(usage: dict[str, Any], region: str) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def gather(cfg: StackConfig, job_id: str) -> ReportData:
     batches = list(jobs.iter_batches(cfg, job_id))
     summary = None
     failures: collections.Counter[str] = collections.Counter()
-    if job.output_uri:
+    if job.output_uri and not job.reused_from:  # a job that took another's output whole has no summary of its own
         bucket, prefix = aws.split_s3_uri(job.output_uri)
         s3 = aws.client("s3")
         try:
@@ -196,15 +196,17 @@ def render(data: ReportData) -> str:
     workers = lanes(timeline)
     slowest = sorted(timeline, key=lambda b: b.seconds, reverse=True)[:SLOWEST]
     total_items = job.total_items if job.total_items is not None else job.items_succeeded + job.items_failed
+    planned = job.total_batches if job.total_batches is not None else "?"
     facts = [("job", job.job_id), ("state", job.state), ("endpoint", job.endpoint), ("input", job.input_uri),
-             ("mini-batches", f"{job.batches_done} done of {job.total_batches if job.total_batches is not None else '?'}"
-                              f" ({job.batches_failed} failed)"),
+             ("mini-batches", f"{job.batches_done} done of {planned} ({job.batches_failed} failed)"),
              ("inputs", f"{job.items_succeeded} scored, {job.items_failed} failed, of {total_items}"),
              ("retries", job.retries)]
     if job.ended_at:
         facts.append(("duration", f"{job.ended_at - job.created_at:.1f} s"))
     if job.reason:
         facts.append(("reason", job.reason))
+    if job.reused_from:
+        facts.append(("reused", f"the output of job {job.reused_from}, which ran nothing again: see its report"))
     failures = (_table(["error type", "failed inputs"], [[k, v] for k, v in data.failures_by_type.items()])
                 if data.failures_by_type else "<p>No input failed.</p>")
     pictures = (f'<div class="figure" id="timeline">{timeline_svg(timeline, workers)}</div>'
