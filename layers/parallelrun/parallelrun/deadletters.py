@@ -9,7 +9,6 @@ FAILED, saying which part gave up.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -54,11 +53,11 @@ def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
             failure = Failure("WorkerLost", reason)
             lines = [worker.failure_line(item, index, attempts, failure, "dead-letter queue") for item in items]
             aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=key, Body="".join(lines).encode())
+            spent = usage.take(including=[jobs.COMMIT_CALL])
             record = jobs.BatchRecord(index=index, status=jobs.FAILED, items=len(items), items_succeeded=0,
                                       items_failed=len(items), attempt=attempts, part_key=None, failures_key=key,
-                                      worker="dead-letter queue", finished_at=time.time(), started_at=started)
-            spent = usage.take(including=[jobs.COMMIT_CALL])
-            record = dataclasses.replace(record, usage=spent.to_dict() if spent else None)
+                                      worker="dead-letter queue", finished_at=time.time(), started_at=started,
+                                      usage=spent.to_dict() if spent else None)
             if jobs.commit_batch(cfg, job_id, record):
                 logs.event(log, "dead-lettered mini-batch recorded as failed", level=logging.WARNING, items=len(items))
         aggregator.check(cfg, job_id)

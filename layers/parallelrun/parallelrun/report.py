@@ -159,12 +159,12 @@ def throughput_svg(timeline: list[Bar]) -> str:
     return _svg(figure)
 
 
-def _table(headers: list[str], rows: list[list[Any]], attrs: list[str] | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+def _table(headers: list[str] | None, rows: list[list[Any]], attrs: list[str] | None = None) -> str:
+    head = "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead>" if headers else ""
     body = "".join(
         f"<tr{(' ' + attrs[n]) if attrs else ''}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
         for n, row in enumerate(rows))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
 def _workers_table(timeline: list[Bar], workers: list[str]) -> str:
@@ -225,7 +225,7 @@ th {{ background: #f5f5f5; }}
 </style></head>
 <body>
 <h1>Job {html.escape(job.job_id)}</h1>
-{_table(["", ""], [[k, v] for k, v in facts])}
+{_table(None, [[k, v] for k, v in facts])}
 <h2>Timeline</h2>
 <p>One lane per worker; each mini-batch is a bar from the start of its recorded attempt to its record,
 coloured by outcome ({", ".join(COLOURS)}).</p>
