@@ -54,7 +54,7 @@ class Stack:
             def invoke(event: dict[str, Any]) -> Any:
                 messages.extend(event["Records"])
                 try:
-                    response = self.handlers[function](event, None)
+                    response = self.handlers[function](event, self.context(function))
                 except Exception:
                     for record in messages:
                         sqs.change_message_visibility(QueueUrl=source.queue_url,
@@ -73,6 +73,11 @@ class Stack:
             if not count:
                 break
         return received
+
+    def context(self, function: str) -> lambdas.LambdaContext:
+        """Lambda's context for one invocation, with the function's memory and timeout from the template."""
+        spec = self.spec.functions[function]
+        return lambdas.LambdaContext(function, spec.memory, spec.timeout, f"unit-{function}")
 
     def purge(self) -> None:
         """Empty every queue: what an earlier test left behind (dropped stragglers) stays out."""

@@ -92,6 +92,15 @@ def test_a_user_session(running, tmp_path, capsys):
     assert (tmp_path / "out.txt").read_text().splitlines() == [f"{i}.png: ok" for i in range(5)]
     assert main(["results", job_id, "--file", "summary.json"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["items"]["succeeded"] == 5
+    assert main(["results", job_id, "--file", "summary.json"]) == 0
+    cost = json.loads(capsys.readouterr().out)["cost"]
+    # worker processes report what Lambda would: an invocation per mini-batch, the template's memory
+    assert cost["functions"]["worker"]["invocations"] >= 3 and cost["functions"]["worker"]["memory_mb"] == 1769
+    assert cost["requests"]["sqs"] > 0 and cost["usd"]["total"] > 0
+    assert main(["report", job_id, "-o", str(tmp_path / "report.html")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'report.html'}"
+    page = (tmp_path / "report.html").read_text()
+    assert [n for n in range(3) if page.count(f'id="minibatch-{n}"') == 1] == [0, 1, 2]
     assert main(["jobs"]) == 0
     assert job_id in capsys.readouterr().out
     assert main(["deployments", "create", "cli", "blue", "--code", str(code), "--entry-script", "score.py",

@@ -217,6 +217,8 @@ def test_dead_lettered_batch_counts_as_failed(stack, make_endpoint):
     assert read_output(stack.cfg, job).splitlines() == ["a.txt", "b.txt"]
     failures = [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
     assert [(f["input"], f["error_type"]) for f in failures] == [("dlq/r/c.txt", "WorkerLost")]
+    recorder = json.loads(read_output(stack.cfg, job, "summary.json"))["cost"]["functions"]["failure_recorder"]
+    assert (recorder["invocations"], recorder["memory_mb"]) == (1, 256)  # its own invocation, priced too
 
 
 def _marker_event(bucket: str, key: str, sequencer: str) -> dict[str, Any]:

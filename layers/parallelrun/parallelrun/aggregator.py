@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from parallelrun import aws, jobs, logs, reuse, schedules
+from parallelrun import aws, jobs, logs, pricing, reuse, schedules, usage
 from parallelrun.config import StackConfig
 
 log = logging.getLogger("parallelrun.aggregator")
@@ -45,10 +45,11 @@ def request(cfg: StackConfig, job_id: str) -> None:
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     cfg = StackConfig.from_env()
     logs.setup()
-    for record in event.get("Records", []):
-        job_id = json.loads(record["body"])["job_id"]
-        with logs.context(job_id):
-            finalize(cfg, job_id)
+    with usage.invocation(usage.AGGREGATOR, context, event):
+        for record in event.get("Records", []):
+            job_id = json.loads(record["body"])["job_id"]
+            with logs.context(job_id):
+                finalize(cfg, job_id)
     return {}
 
 
@@ -138,7 +139,8 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
         return
     job = jobs.get(cfg, job_id)
     started = time.time()
-    rows, errors, reusable = collate(cfg, job)
+    spent = usage.Tally()
+    rows, errors, reusable = collate(cfg, job, spent)
     state, reason = judge(job)
     if state == jobs.SUCCEEDED and reusable:
         reuse.remember(cfg, job_id, reusable)
@@ -151,6 +153,7 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
         reason += f"; most common error: {error_type} ({count} inputs)"
     ended = time.time()
     summary = build_summary(job, state, reason, rows, dict(errors), ended, ended - started)
+    summary["cost"] = job_cost(cfg, job_id, spent)
     bucket, prefix = aws.split_s3_uri(job.output_uri)
     aws.client("s3").put_object(Bucket=bucket, Key=prefix + "summary.json", Body=json.dumps(summary, indent=2).encode(),
                   ContentType="application/json")
@@ -160,10 +163,20 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
         schedules.run_ended(cfg, job)
 
 
-def collate(cfg: StackConfig, job: jobs.Job) -> tuple[int, collections.Counter[str], list[tuple]]:
+def job_cost(cfg: StackConfig, job_id: str, spent: usage.Tally) -> dict[str, Any]:
+    """``summary.json``'s cost section: the mini-batch records' usage (in ``spent``), the job's
+    usage items, and this aggregation's own, up to and including the writes that end the job."""
+    for item in jobs.iter_usage(cfg, job_id):
+        spent.add(item)
+    spent.add(usage.take(including=[("s3", "PutObject", {}), ("dynamodb", "UpdateItem", {})]))
+    return pricing.cost_section(spent.to_dict(), aws.region())
+
+
+def collate(cfg: StackConfig, job: jobs.Job,
+            spent: usage.Tally | None = None) -> tuple[int, collections.Counter[str], list[tuple]]:
     """Stream the parts, in mini-batch order, into the output file and the failure lines into
     ``failures.jsonl``; return the row count, the failed inputs by error type, and the wholly
-    successful mini-batches a later job may reuse."""
+    successful mini-batches a later job may reuse. Each record's usage is added to ``spent``."""
     bucket, prefix = aws.split_s3_uri(job.output_uri)
     s3 = aws.client("s3")
     rows = 0
@@ -174,6 +187,8 @@ def collate(cfg: StackConfig, job: jobs.Job) -> tuple[int, collections.Counter[s
     try:
         header_written = job.settings.output_format != "csv"
         for record in jobs.iter_batches(cfg, job.job_id):
+            if spent is not None:
+                spent.add(record.usage)
             if record.part_key and record.fingerprint and not record.items_failed:
                 reusable.append((record.fingerprint, record.part_key, record.rows, record.items, record.header))
             if record.part_key and job.settings.output_action == "append_row":

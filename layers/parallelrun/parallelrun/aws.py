@@ -13,6 +13,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from parallelrun import usage
+
 RETRIES = Config(
     retries={"mode": "standard", "max_attempts": 10},
     max_pool_connections=32,
@@ -30,7 +32,7 @@ def client(service: str) -> Any:
         with _lock:  # boto3's default session is not safe to use from threads at once
             found = _clients.get(service)
             if found is None:
-                found = _clients[service] = boto3.session.Session().client(service, config=RETRIES)
+                found = _clients[service] = _metered(boto3.session.Session().client(service, config=RETRIES))
     return found
 
 
@@ -43,8 +45,20 @@ def table(name: str) -> Any:
             found = _clients.get(key)
             if found is None:
                 resource = boto3.session.Session().resource("dynamodb", config=RETRIES)
+                _metered(resource.meta.client)
                 found = _clients[key] = resource.Table(name)
     return found
+
+
+def _metered(client: Any) -> Any:
+    """Count the client's requests into the running invocation's usage (parallelrun.usage)."""
+    client.meta.events.register("before-parameter-build", usage.on_request)
+    return client
+
+
+def region() -> str:
+    """The region this process's clients talk to."""
+    return client("sqs").meta.region_name
 
 
 def reset_clients() -> None:

@@ -329,6 +329,13 @@ def cmd_schedules_run_now(args: argparse.Namespace) -> int:
     return _wait(client, fired.job_id) if args.wait or fired.outcome == schedules.REFUSED else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    path = args.output or f"{args.job}.html"
+    Client.local().report(args.job, path)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from parallelrun import demo
 
@@ -466,6 +473,10 @@ def parser() -> argparse.ArgumentParser:
     results.add_argument("job")
     results.add_argument("-o", "--output", default=None, metavar="FILE")
     results.add_argument("--file", default=None, help="another output file: summary.json or failures.jsonl")
+    report = add(sub, "report", cmd_report, "Write a job's HTML report: timeline, throughput, slowest "
+                 "mini-batches, failures by type and the cost estimate.")
+    report.add_argument("job")
+    report.add_argument("-o", "--output", default=None, metavar="FILE", help="default: JOB.html")
     return root
 
 

@@ -177,6 +177,16 @@ class Client:
                 body = s3.get_object(Bucket=self.cfg.artifacts_bucket, Key=obj["Key"])["Body"].read()
                 yield from body.decode().splitlines()
 
+    def report(self, job_id: str, path: str | Path | None = None) -> str:
+        """The job's self-contained HTML report (timeline, throughput, slowest mini-batches,
+        failures, cost); also written to ``path`` if given."""
+        from parallelrun import report  # matplotlib: only a report pays for importing it
+
+        page = report.build(self.cfg, job_id)
+        if path is not None:
+            Path(path).write_text(page, encoding="utf-8")
+        return page
+
     def find_job(self, input_uri: str) -> jobs.Job | None:
         """The newest job on ``input_uri`` (a drop folder's job has no id known in advance)."""
         return next((j for j in self.jobs(1000) if j.input_uri == input_uri), None)

@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from parallelrun import aggregator, aws, jobs, logs, schedules, worker
+from parallelrun import aggregator, aws, jobs, logs, schedules, usage, worker
 from parallelrun.config import StackConfig
 from parallelrun.datasets import item_from_json
 from parallelrun.scoring import Failure
@@ -26,20 +26,22 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     cfg = StackConfig.from_env()
     logs.setup()
     failures = []
-    for record in event.get("Records", []):
-        try:
-            body = json.loads(record["body"])
-            if "batch" in body:
-                record_dead_letter(cfg, body)
-            else:
-                give_up(cfg, body)
-        except Exception:
-            log.exception("could not record a dead-lettered mini-batch; it will be retried")
-            failures.append({"itemIdentifier": record["messageId"]})
+    with usage.invocation(usage.FAILURE_RECORDER, context, event):
+        for record in event.get("Records", []):
+            try:
+                body = json.loads(record["body"])
+                if "batch" in body:
+                    record_dead_letter(cfg, body)
+                else:
+                    give_up(cfg, body)
+            except Exception:
+                log.exception("could not record a dead-lettered mini-batch; it will be retried")
+                failures.append({"itemIdentifier": record["messageId"]})
     return {"batchItemFailures": failures}
 
 
 def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
+    started = time.time()
     job_id, index = message["job_id"], int(message["batch"])
     items = [item_from_json(item) for item in message["items"]]
     attempts = cfg.limits.max_receive_count
@@ -51,9 +53,11 @@ def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
             failure = Failure("WorkerLost", reason)
             lines = [worker.failure_line(item, index, attempts, failure, "dead-letter queue") for item in items]
             aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=key, Body="".join(lines).encode())
+            spent = usage.take(including=[jobs.COMMIT_CALL])
             record = jobs.BatchRecord(index=index, status=jobs.FAILED, items=len(items), items_succeeded=0,
                                       items_failed=len(items), attempt=attempts, part_key=None, failures_key=key,
-                                      worker="dead-letter queue", finished_at=time.time())
+                                      worker="dead-letter queue", finished_at=time.time(), started_at=started,
+                                      usage=spent.to_dict() if spent else None)
             if jobs.commit_batch(cfg, job_id, record):
                 logs.event(log, "dead-lettered mini-batch recorded as failed", level=logging.WARNING, items=len(items))
         aggregator.check(cfg, job_id)

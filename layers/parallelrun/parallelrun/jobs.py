@@ -9,13 +9,14 @@ so a duplicate delivery can never count twice (DESIGN invariant 1).
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from parallelrun import aws
+from parallelrun import aws, usage
 from parallelrun.config import StackConfig
 from parallelrun.errors import ConflictError, NotFoundError
 from parallelrun.settings import RunSettings
@@ -56,7 +57,9 @@ def log_key(job_id: str, index: int, attempt: int) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal; callers want int or float."""
+    """DynamoDB numbers come back as Decimal; callers want int or float (in maps too)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return value
@@ -133,6 +136,8 @@ class BatchRecord:
     fingerprint: str | None = None  # what the rows depend on (see parallelrun.reuse)
     reused_from: str | None = None  # the job whose part this mini-batch reuses
     header: str | None = None  # csv output: the column names of the DataFrame run() returned
+    started_at: float | None = None  # when the recorded attempt began (the report's timeline)
+    usage: dict[str, int] | None = None  # what the recorded attempt used (see parallelrun.usage)
 
     def to_item(self, job_id: str) -> dict[str, Any]:
         item = {k: _dynamo(v) for k, v in self.__dict__.items() if v is not None}
@@ -223,6 +228,10 @@ def advance_planner(cfg: StackConfig, job_id: str, tick: int, token: str, cursor
     ))
 
 
+# The request commit_batch makes, as parallelrun.usage counts it (a record's usage includes it).
+COMMIT_CALL = ("dynamodb", "TransactWriteItems", {"TransactItems": [{"Put": {}}, {"Update": {}}]})
+
+
 def commit_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
     """Record a finished mini-batch and add its counts, atomically; False if it was already recorded."""
     return _succeeds(lambda: aws.client("dynamodb").transact_write_items(TransactItems=[
@@ -265,6 +274,36 @@ def iter_batches(cfg: StackConfig, job_id: str) -> Iterator[BatchRecord]:
         page = _ddb(cfg).query(**kwargs)
         for item in page.get("Items", []):
             yield BatchRecord.from_item(item)
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def put_usage(cfg: StackConfig, job_id: str, spent: usage.Usage | None) -> None:
+    """Keep what an invocation used for a job beyond a mini-batch record (a planner tick, an
+    attempt that will be retried); the aggregator sums them into the job's cost."""
+    if spent is None:
+        return
+    key = {"pk": f"JOB#{job_id}", "sk": f"USAGE#{time.time_ns():020d}#{secrets.token_hex(4)}"}
+    _ddb(cfg).put_item(Item={**key, **spent.to_dict()})
+
+
+def keep_usage(cfg: StackConfig, job_id: str) -> None:
+    """Keep the running invocation's usage since its last take, its own write included."""
+    put_usage(cfg, job_id, usage.take(including=[("dynamodb", "PutItem", {})]))
+
+
+def iter_usage(cfg: StackConfig, job_id: str) -> Iterator[usage.Usage]:
+    """Every usage item of a job (see :func:`put_usage`)."""
+    kwargs: dict[str, Any] = {
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :usage)",
+        "ExpressionAttributeValues": {":pk": f"JOB#{job_id}", ":usage": "USAGE#"},
+        "ConsistentRead": True,
+    }
+    while True:
+        page = _ddb(cfg).query(**kwargs)
+        for item in page.get("Items", []):
+            yield usage.Usage.from_dict(item)
         if "LastEvaluatedKey" not in page:
             return
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

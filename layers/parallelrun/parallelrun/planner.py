@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from parallelrun import (aggregator, aws, datasets, endpoints, jobs, logs, partitions, registry, reuse, schedules,
-                         scored, submit)
+                         scored, submit, usage)
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, TablePiece
 from parallelrun.errors import ConflictError, ParallelRunError
@@ -38,23 +38,29 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """S3 ``_READY`` notifications and planner-queue messages (start, tick)."""
     cfg = StackConfig.from_env()
     logs.setup()
-    for record in event.get("Records", []):
-        if record.get("eventSource") == "aws:s3":
-            on_marker(cfg, record["s3"]["bucket"]["name"], urllib.parse.unquote_plus(record["s3"]["object"]["key"]),
-                      record["s3"]["object"].get("sequencer") or record["s3"]["object"].get("eTag", ""))
-            continue
-        body = json.loads(record["body"])
-        with logs.context(body.get("job_id")):
-            if body.get("action") == "start":
-                start_job(cfg, body["job_id"])
-            elif body.get("action") == "tick":
-                tick(cfg, body)
-            elif body.get("action") == "schedule":  # an EventBridge rule fired, or a waiting run's turn came
-                fired = schedules.fire(cfg, body["schedule"], body["time"], body.get("trigger", "rule"))
-                if fired.outcome == schedules.STARTED and fired.job_id:
-                    start_job(cfg, fired.job_id)
+    with usage.invocation(usage.PLANNER, context, event):
+        for record in event.get("Records", []):
+            if record.get("eventSource") == "aws:s3":
+                job_id = on_marker(cfg, record["s3"]["bucket"]["name"],
+                                   urllib.parse.unquote_plus(record["s3"]["object"]["key"]),
+                                   record["s3"]["object"].get("sequencer") or record["s3"]["object"].get("eTag", ""))
             else:
-                log.warning("ignored a planner message with no known action", extra={"fields": {"body": body}})
+                body = json.loads(record["body"])
+                job_id = body.get("job_id")
+                with logs.context(job_id):
+                    if body.get("action") == "start":
+                        start_job(cfg, body["job_id"])
+                    elif body.get("action") == "tick":
+                        tick(cfg, body)
+                    elif body.get("action") == "schedule":  # an EventBridge rule fired, or a waiting run's turn came
+                        fired = schedules.fire(cfg, body["schedule"], body["time"], body.get("trigger", "rule"))
+                        job_id = fired.job_id
+                        if fired.outcome == schedules.STARTED and fired.job_id:
+                            start_job(cfg, fired.job_id)
+                    else:
+                        log.warning("ignored a planner message with no known action", extra={"fields": {"body": body}})
+            if job_id:
+                jobs.keep_usage(cfg, job_id)
     return {}
 
 
@@ -67,12 +73,13 @@ def marker_target(key: str) -> tuple[str, str] | None:
     return parts[0], folder + "/"
 
 
-def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> None:
-    """A ``_READY`` marker landed: start a job on its folder, with the marker's JSON overrides."""
+def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> str | None:
+    """A ``_READY`` marker landed: start a job on its folder, with the marker's JSON overrides.
+    Returns the job's id (None for a marker that starts no job)."""
     target = marker_target(key)
     if target is None:
         log.warning("ignored a marker outside <endpoint>/<folder>/", extra={"fields": {"key": key}})
-        return
+        return None
     endpoint, folder = target
     job_id = submit.new_job_id(endpoint, f"{bucket}/{key}@{version}")
     with logs.context(job_id):
@@ -92,6 +99,7 @@ def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> None:
                 pass  # a retried notification: the job exists, carry on with it
             log.info("job from drop folder", extra={"fields": {"folder": f"s3://{bucket}/{folder}"}})
         start_job(cfg, job_id)
+    return job_id
 
 
 def _marker_overrides(bucket: str, key: str) -> dict[str, Any]:
@@ -251,6 +259,8 @@ def tick(cfg: StackConfig, message: dict[str, Any]) -> None:
         return  # an old or duplicate continuation
     end = window_end(job, job.settings.window(cfg.limits))
     if end > job.cursor:
+        # Kept before the mini-batches go out: the job may be over before this invocation is.
+        jobs.keep_usage(cfg, job.job_id)
         send_batches(cfg, job, job.cursor, end)
     next_token = secrets.token_hex(8)
     if end < (job.total_batches or 0):

@@ -166,6 +166,10 @@ class Job:
     def cancel(self) -> str:
         return self.client.cancel(self.job_id).state
 
+    def report(self, path: str | Path | None = None) -> str:
+        """The job's HTML report; also written to ``path`` if given."""
+        return self.client.report(self.job_id, path)
+
     def resubmit(self, inputs: str | FileDataset | TabularDataset | None = None, **overrides: Any) -> Job:
         """The same endpoint and deployment again, on new inputs and/or with changed settings."""
         record = self.record

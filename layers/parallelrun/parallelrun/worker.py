@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aggregator, aws, faults, jobs, logs, registry, reuse, scoring
+from parallelrun import aggregator, aws, faults, jobs, logs, metrics, registry, reuse, scoring, usage
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, TablePiece, item_from_json, relative_name
 from parallelrun.errors import NotFoundError
@@ -47,14 +47,15 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     cfg = StackConfig.from_env()
     logs.setup()
     failures = []
-    for record in event.get("Records", []):
-        try:
-            process(cfg, record, context)
-        except Retry:
-            failures.append({"itemIdentifier": record["messageId"]})
-        except Exception:
-            log.exception("mini-batch attempt failed; SQS will deliver it again")
-            failures.append({"itemIdentifier": record["messageId"]})
+    with usage.invocation(usage.WORKER, context, event):
+        for record in event.get("Records", []):
+            try:
+                process(cfg, record, context)
+            except Retry:
+                failures.append({"itemIdentifier": record["messageId"]})
+            except Exception:
+                log.exception("mini-batch attempt failed; SQS will deliver it again")
+                failures.append({"itemIdentifier": record["messageId"]})
     return {"batchItemFailures": failures}
 
 
@@ -70,6 +71,7 @@ def deadline_of(context: Any) -> float:
 
 def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> None:
     """Handle one mini-batch message; raise to have it delivered again."""
+    started = time.time()
     message = json.loads(record["body"])
     job_id, index = message["job_id"], int(message["batch"])
     attempt = int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
@@ -80,21 +82,32 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
         if job.state != jobs.RUNNING:
             logs.event(log, "dropped: the job is not running", state=job.state)
             return
+        queue_wait = metrics.queue_wait_ms(record, started)
         if jobs.get_batch(cfg, job_id, index) is not None:
             logs.event(log, "dropped: a duplicate of a recorded mini-batch", attempt=attempt)
+            jobs.keep_usage(cfg, job_id)  # a duplicate delivery is paid for too
         else:
             try:
                 batch = run_batch(cfg, job, index, items, attempt, worker_name(context), deadline_of(context),
                                   partition)
             except Retry:
                 _retry_soon(cfg, record, attempt)
+                metrics.attempt_retried(job.endpoint, queue_wait)
+                jobs.keep_usage(cfg, job_id)
                 raise
             faults.point("after_part")
+            # The record carries what its invocation used up to and including its own commit.
+            spent = usage.take(including=[jobs.COMMIT_CALL])
+            batch = dataclasses.replace(batch, started_at=started, usage=spent.to_dict() if spent else None)
             if jobs.commit_batch(cfg, job_id, batch):
                 logs.event(log, "mini-batch recorded", status=batch.status, items=batch.items,
                            failed=batch.items_failed, attempt=attempt, seconds=round(batch.duration, 3))
+                metrics.mini_batch_done(job.endpoint, batch.items_succeeded, batch.items_failed,
+                                        batch.status == jobs.FAILED, round((batch.finished_at - started) * 1000),
+                                        queue_wait)
             else:
                 logs.event(log, "another delivery recorded this mini-batch first", attempt=attempt)
+                jobs.put_usage(cfg, job_id, spent)
             faults.point("after_commit")
         aggregator.check(cfg, job_id)
 
@@ -371,7 +384,7 @@ def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
                 handle.write(chunk)
 
     with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, max(1, len(items)))) as pool:
-        list(pool.map(get, zip(items, paths)))
+        list(pool.map(usage.bind(get), zip(items, paths)))
     return [str(path) for path in paths]
 
 
