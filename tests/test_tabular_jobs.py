@@ -69,6 +69,14 @@ def test_an_iris_csv_scored_by_a_model_returning_a_dataframe(stack, tmp_path: Pa
         "input_type": "tabular", "append_row_separator": ","}).job_id)
     read_back = pd.read_csv(io.StringIO(read_output(stack.cfg, as_txt)), header=None)
     assert read_back.shape == (150, 2) and list(read_back[0]) == list(range(150))
+    as_parquet = stack.run_until_done(start(stack, "iris", "iris/csv/", {
+        "input_type": "tabular", "mini_batch_size": "512", "output_format": "parquet"}).job_id)
+    assert as_parquet.state == jobs.SUCCEEDED and as_parquet.total_batches > 5
+    bucket, key = aws.split_s3_uri(as_parquet.output_uri + "parallel_run_step.parquet")
+    read_back = pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))  # one line, typed
+    assert read_back.dtypes.astype(str).to_dict() == {"id": "int64", "predicted": "int64"}
+    assert list(read_back["id"]) == list(range(150)) and list(read_back["predicted"]) == [
+        int(r.split(" ")[1]) for r in read_output(stack.cfg, whole).splitlines()]
 
 
 def test_parquet_and_json_lines_pieces(stack, make_endpoint):
