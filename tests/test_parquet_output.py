@@ -157,9 +157,33 @@ def test_a_failed_mini_batch_is_absent_from_a_parquet_output(stack, make_endpoin
     assert back.dtypes.astype(str).to_dict() == {"id": "int64", "half": "float64"}
 
 
-
 def test_partitions_rows_go_back_to_input_order_as_a_table():
     a, b = Part({"s": "a"}, None, [], 2, [1, 3]), Part({"s": "b"}, None, [], 2, [0, 2])
     ta, tb = pa.table({"v": ["a1", "a3"]}), pa.table({"v": ["b0", "b2"]})
     assert in_input_order([(a, ta), (b, tb)]).column("v").to_pylist() == ["b0", "a1", "b2", "a3"]
     assert in_input_order([(a, ta.slice(0, 1)), (b, tb)]).column("v").to_pylist() == ["a1", "b0", "b2"]
+
+
+def test_a_tabular_job_reuses_parquet_parts_and_counts_records(stack, make_endpoint):
+    endpoint = make_endpoint("def run(mini_batch):\n    return mini_batch[['id']]\n", name="pqreuse",
+                             settings={"input_type": "tabular", "output_format": "parquet"})
+    s3 = aws.client("s3")
+
+    def put(name: str, ids: range) -> None:
+        body = "id\n" + "".join(f"{i}\n" for i in ids)
+        s3.put_object(Bucket=stack.cfg.input_bucket, Key=f"pqreuse/r/{name}", Body=body.encode())
+
+    def run() -> jobs.Job:
+        return stack.run_until_done(start(stack, endpoint, "pqreuse/r/", {"input_type": "tabular"}).job_id)
+
+    put("a.csv", range(100))
+    put("b.csv", range(100, 150))
+    first = run()
+    same = run()
+    assert same.reused_from == first.job_id
+    assert (first.items_succeeded, same.items_succeeded, same.total_items) == (150, 150, 150)  # records, not pieces
+    put("c.csv", range(150, 180))
+    grown = run()
+    assert (grown.batches_reused, grown.items_succeeded, grown.items_failed) == (2, 180, 0)  # records, not pieces
+    back = pd.read_parquet(io.BytesIO(read_bytes(stack.cfg, grown)))
+    assert list(back["id"]) == list(range(180)) and str(back["id"].dtype) == "int64"
