@@ -100,16 +100,21 @@ def test_a_malformed_row_fails_alone_and_an_unreadable_file_fails_its_piece(stac
     endpoint = make_endpoint("def run(mini_batch):\n    return mini_batch[['a']]\n", name="malformed")
     s3 = aws.client("s3")
     s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/a.csv", Body=b"a,b\n1,2\n3,4,5\n6,7\n")
-    s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/b.jsonl", Body=b'{"a": 8}\n{"a": \n')
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/b.jsonl", Body=b'{"a": 8}\n{"a": \n[9]\n{"a": 10}\n')
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/c.csv.gz", Body=b"a\n11\n")  # not gzipped
     job = stack.run_until_done(start(stack, endpoint, "malformed/r/", {"input_type": "tabular",
                                                                       "run_max_try": "1"}).job_id)
     assert job.state == jobs.SUCCEEDED
-    assert read_output(stack.cfg, job).splitlines() == ["1", "6"]  # the rows around the bad one
+    assert read_output(stack.cfg, job).splitlines() == ["1", "6", "8", "10"]  # the rows around the bad ones
     failures = [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
     assert [(f["input"], f["error_type"]) for f in failures] == [
-        ("malformed/r/a.csv", "MalformedRow"), ("malformed/r/b.jsonl", "ArrowInvalid")]
-    assert "expected 2 columns, got 3: 3,4,5" in failures[0]["message"] and failures[0]["range"] == "whole file"
-    assert (job.items_succeeded, job.items_failed) == (2, 2)
+        ("malformed/r/a.csv", "MalformedRow"), ("malformed/r/b.jsonl", "MalformedRow"),
+        ("malformed/r/b.jsonl", "MalformedRow"), ("malformed/r/c.csv.gz", "BadGzipFile")]
+    assert failures[0]["message"] == "whole file, line 3: expected 2 columns, got 3: 3,4,5"
+    assert failures[1]["message"].startswith("whole file, line 2: not valid JSON")
+    assert failures[2]["message"] == "whole file, line 3: not a JSON object: [9]"
+    assert failures[0]["range"] == "whole file"
+    assert (job.items_succeeded, job.items_failed) == (4, 4)
 
 
 def test_csv_options_delimiter_and_encoding(stack, make_endpoint):
