@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from parallelrun import aggregator, aws, jobs, parts
+from parallelrun import aggregator, aws, jobs, parts, sdk
+from parallelrun.client import Client
 from parallelrun.errors import ScoringScriptError
 from parallelrun.scoring import to_rows
 from parallelrun.settings import RunSettings, resolve
@@ -155,6 +156,7 @@ def test_a_failed_mini_batch_is_absent_from_a_parquet_output(stack, make_endpoin
     ids = list(back["id"])
     assert 50 not in ids and ids == sorted(ids) and len(ids) == 200 - job.items_failed
     assert back.dtypes.astype(str).to_dict() == {"id": "int64", "half": "float64"}
+    assert sdk.Job(Client(stack.cfg), job.job_id).get_output_dataframe().equals(back)
 
 
 def test_partitions_rows_go_back_to_input_order_as_a_table():

@@ -175,7 +175,7 @@ def collate(cfg: StackConfig, job: jobs.Job,
     rows = 0
     output = S3StreamWriter(bucket, prefix + job.settings.output_file_name, part_size)
     failures = S3StreamWriter(bucket, prefix + "failures.jsonl", part_size)
-    table = parts.ParquetCollator(output) if job.settings.output_format == "parquet" else None
+    table = parts.ParquetCollator(output) if job.settings.output_format == "parquet" else None  # written only for append_row
     errors: collections.Counter[str] = collections.Counter()
     reusable, unwritten = [], []
     try:
