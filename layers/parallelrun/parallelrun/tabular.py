@@ -158,7 +158,9 @@ def _parse_csv(header: bytes, body: bytes, schema: pa.Schema | None, problems: P
     """pyarrow's reader, with rows of the wrong column count skipped and then found in ``body``
     (pyarrow tells their text, not where they are)."""
     options = pa_csv.ConvertOptions(column_types=schema) if schema is not None else None
-    read_options = pa_csv.ReadOptions(encoding=given["encoding"]) if "encoding" in given else None
+    # One thread: a Python row handler called from many threads fights for the GIL (a piece of
+    # bad rows took 25x longer), and one thread reports the rows in file order.
+    read_options = pa_csv.ReadOptions(use_threads=False, **({"encoding": given["encoding"]} if "encoding" in given else {}))
     skipped: list[Any] = []
 
     def skip(row: Any) -> str:
@@ -169,28 +171,41 @@ def _parse_csv(header: bytes, body: bytes, schema: pa.Schema | None, problems: P
                                 quote_char=given.get("quote_char", '"'))
     table = pa_csv.read_csv(io.BytesIO(header + body), read_options=read_options, convert_options=options,
                             parse_options=parse)
-    after: dict[bytes, int] = {}  # identical malformed rows are found one after the other
-    for text, expected, actual in skipped:
-        try:
-            raw = text.encode(given.get("encoding", "utf-8"))
-        except (UnicodeEncodeError, LookupError):
-            raw = b""
-        offset = _find_line(body, raw, after.get(raw, 0)) if raw else None
-        if offset is not None:
-            after[raw] = offset + 1
+    raws = [_encoded(text, given.get("encoding", "utf-8")) for text, _, _ in skipped]
+    for (text, expected, actual), offset in zip(skipped, _find_lines(body, raws)):
         problems.append((offset, f"expected {expected} columns, got {actual}: {_shown(text)}"))
     return table
 
 
-def _find_line(body: bytes, line: bytes, start: int) -> int | None:
-    """Where a whole line ``line`` starts in ``body``, at or after ``start``."""
-    found = body.find(line, start)
-    while found >= 0:
-        end = found + len(line)
-        if (found == 0 or body[found - 1:found] == NEWLINE) and body[end:end + 1] in (b"", NEWLINE, b"\r"):
-            return found
-        found = body.find(line, found + 1)
-    return None
+def _encoded(text: str, encoding: str) -> bytes:
+    try:
+        return text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return b""  # not findable: reported as "a row"
+
+
+def _find_lines(body: bytes, lines: list[bytes]) -> list[int | None]:
+    """Where each of ``lines`` starts in ``body`` (None if nowhere), in one pass over its lines;
+    identical lines are matched to their occurrences in turn. A row spanning lines (a quoted
+    newline in a file read whole) is searched for."""
+    wanted = set(lines)
+    starts: dict[bytes, list[int]] = {}
+    position = 0
+    for line in body.split(NEWLINE):
+        text = line[:-1] if line.endswith(b"\r") else line
+        if text in wanted:
+            starts.setdefault(text, []).append(position)
+        position += len(line) + 1
+    found: list[int | None] = []
+    used: dict[bytes, int] = {}
+    for line in lines:
+        if line and NEWLINE in line and line not in starts:
+            offset = body.find(line)
+            starts[line] = [offset] if offset >= 0 else []
+        turn = used[line] = used.get(line, -1) + 1
+        candidates = starts.get(line, [])
+        found.append(candidates[turn] if line and turn < len(candidates) else None)
+    return found
 
 
 def _read_json(lines: bytes, schema: pa.Schema | None) -> pa.Table:
