@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from parallelrun import aggregator, aws, jobs, parts, sdk
+from parallelrun import aggregator, aws, jobs, results, sdk
 from parallelrun.client import Client
 from parallelrun.errors import ScoringScriptError
 from parallelrun.scoring import to_rows
@@ -34,20 +34,20 @@ class Sink:
 
 
 def part(frame: pd.DataFrame) -> bytes:
-    return parts.encode(parts.table_of(frame))
+    return results.encode(results.table_of(frame))
 
 
 def test_a_dataframe_keeps_its_types_and_a_list_becomes_one_result_column():
     frame = pd.DataFrame({"id": [3, 4], "score": [0.5, 0.25], "label": ["a", "b"]}, index=[10, 11])
     header, table = to_rows(frame, "parquet")
     assert header is None and table.column_names == ["id", "score", "label"]  # the index left out
-    back = pq.read_table(io.BytesIO(parts.encode(table))).to_pandas()
+    back = pq.read_table(io.BytesIO(results.encode(table))).to_pandas()
     assert back.dtypes.astype(str).to_dict() == {"id": "int64", "score": "float64", "label": "str"}
     _, table = to_rows([1, "two", 3.5], "parquet")
     assert table.to_pydict() == {"result": ["1", "two", "3.5"]} and table.schema.field("result").type == pa.string()
     with pytest.raises(ScoringScriptError, match="Parquet cannot store"):
         to_rows(pd.DataFrame({"mixed": [1, "a"]}), "parquet")
-    assert parts.concat([[], table]).equals(table) and len(parts.concat([table, [], table])) == 6
+    assert results.concat([[], table]).equals(table) and len(results.concat([table, [], table])) == 6
 
 
 def test_the_default_file_name_follows_parquet_output():
@@ -58,13 +58,13 @@ def test_the_default_file_name_follows_parquet_output():
 
 def test_the_collator_casts_to_the_first_schema_and_refuses_what_cannot_be_cast():
     sink = Sink()
-    collator = parts.ParquetCollator(sink)
+    collator = results.ParquetCollator(sink)
     assert collator.add(0, part(pd.DataFrame({"id": [0, 1], "x": [0.0, 0.5]}))) == 2
     # Columns in another order, int32 ids: taken by name and cast.
-    collator.add(1, parts.encode(pa.table({"x": pa.array([1.0]), "id": pa.array([2], pa.int32())})))
-    with pytest.raises(parts.SchemaMismatch, match=r"mini-batch 2 returned columns \['id'\].*mini-batch 0"):
+    collator.add(1, results.encode(pa.table({"x": pa.array([1.0]), "id": pa.array([2], pa.int32())})))
+    with pytest.raises(results.SchemaMismatch, match=r"mini-batch 2 returned columns \['id'\].*mini-batch 0"):
         collator.add(2, part(pd.DataFrame({"id": [9]})))
-    with pytest.raises(parts.SchemaMismatch, match="mini-batch 3 returned columns of other types"):
+    with pytest.raises(results.SchemaMismatch, match="mini-batch 3 returned columns of other types"):
         collator.add(3, part(pd.DataFrame({"id": [9], "x": ["not a number"]})))
     collator.add(4, part(pd.DataFrame({"id": [3], "x": [1.5]})))
     collator.close()
@@ -75,7 +75,7 @@ def test_the_collator_casts_to_the_first_schema_and_refuses_what_cannot_be_cast(
 
 def test_the_collator_writes_row_groups_of_bounded_size_and_an_empty_output_is_valid():
     sink = Sink()
-    collator = parts.ParquetCollator(sink, row_group_bytes=4000)
+    collator = results.ParquetCollator(sink, row_group_bytes=4000)
     held = []
     for index in range(20):
         collator.add(index, part(pd.DataFrame({"id": range(index * 100, index * 100 + 100)})))  # 800 bytes each
@@ -85,7 +85,7 @@ def test_the_collator_writes_row_groups_of_bounded_size_and_an_empty_output_is_v
     handle = pq.ParquetFile(io.BytesIO(bytes(sink.data)))
     assert handle.metadata.num_row_groups == 4 and handle.read().column("id").to_pylist() == list(range(2000))
     empty = Sink()
-    parts.ParquetCollator(empty).close()
+    results.ParquetCollator(empty).close()
     assert pd.read_parquet(io.BytesIO(bytes(empty.data))).shape == (0, 0)
 
 

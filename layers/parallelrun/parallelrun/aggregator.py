@@ -5,7 +5,7 @@ duplicate requests (DESIGN invariant 3). A winner that dies keeps its request me
 comes back and takes over once the lease has run out; the output's key is fixed, so the retry
 writes the same file. Parts are streamed into a multipart upload, so memory holds one upload
 part (about 8 MiB) whatever the size of the output; for parquet output, also one row group
-of parts being written (see :mod:`parallelrun.parts`).
+of parts being written (see :mod:`parallelrun.results`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from parallelrun import aws, jobs, logs, parts, reuse, schedules
+from parallelrun import aws, jobs, logs, results, reuse, schedules
 from parallelrun.config import StackConfig
 
 log = logging.getLogger("parallelrun.aggregator")
@@ -175,7 +175,7 @@ def collate(cfg: StackConfig, job: jobs.Job,
     rows = 0
     output = S3StreamWriter(bucket, prefix + job.settings.output_file_name, part_size)
     failures = S3StreamWriter(bucket, prefix + "failures.jsonl", part_size)
-    table = parts.ParquetCollator(output) if job.settings.output_format == "parquet" else None  # written only for append_row
+    table = results.ParquetCollator(output) if job.settings.output_format == "parquet" else None  # written only for append_row
     errors: collections.Counter[str] = collections.Counter()
     reusable, unwritten = [], []
     try:
@@ -194,7 +194,7 @@ def collate(cfg: StackConfig, job: jobs.Job,
                 else:
                     try:
                         rows += table.add(record.index, body)
-                    except parts.SchemaMismatch as mismatch:
+                    except results.SchemaMismatch as mismatch:
                         unwritten.append(str(mismatch))
                         failures.write(_unwritten_line(record, str(mismatch)).encode())
                         errors[UNWRITTEN] += record.items_succeeded

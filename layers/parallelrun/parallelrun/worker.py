@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aggregator, aws, faults, jobs, logs, parts, registry, reuse, scoring
+from parallelrun import aggregator, aws, faults, jobs, logs, registry, results, reuse, scoring
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, TablePiece, item_from_json, relative_name
 from parallelrun.errors import NotFoundError
@@ -176,7 +176,7 @@ class Part:
 
 @dataclass
 class Scored:
-    rows: parts.Rows = field(default_factory=list)
+    rows: results.Rows = field(default_factory=list)
     header: str | None = None
     failed: list[tuple[Any, Failure]] = field(default_factory=list)  # inputs no run() was given
     unscored: int = 0  # how many inputs those failure lines stand for (a table's lines stand for rows)
@@ -260,13 +260,13 @@ def isolate_partitions(cfg: StackConfig, job: jobs.Job, host: scoring.ScoringHos
     return isolated
 
 
-def in_input_order(placed: list[tuple[Part, parts.Rows]]) -> parts.Rows:
+def in_input_order(placed: list[tuple[Part, results.Rows]]) -> results.Rows:
     """Rows back in the order of the inputs they came from when every partition returned one
     row per input; otherwise partition by partition (which row belongs where is unknown)."""
-    joined = parts.concat([rows for _, rows in placed])
+    joined = results.concat([rows for _, rows in placed])
     if all(part.positions is not None and len(rows) == len(part.positions) for part, rows in placed) and placed:
         positions = [position for part, _ in placed for position in part.positions]
-        return parts.take(joined, sorted(range(len(positions)), key=positions.__getitem__))
+        return results.take(joined, sorted(range(len(positions)), key=positions.__getitem__))
     return joined
 
 
@@ -301,9 +301,9 @@ def short_results(items: list, inputs: int, returned: int, spec: InputSpec) -> l
 
 def isolate(host: scoring.ScoringHost, items: list[InputFile], paths: list[str], context: scoring.MiniBatchContext,
             timeout: float, deadline: float, batch_failure: Failure,
-            capture: scoring.LogCapture) -> tuple[parts.Rows, list[tuple[InputFile | None, Failure]]]:
+            capture: scoring.LogCapture) -> tuple[results.Rows, list[tuple[InputFile | None, Failure]]]:
     """Run each input alone: keep the rows of those that succeed, fail only those that fail alone."""
-    rows: parts.Rows = []
+    rows: results.Rows = []
     failed: list[tuple[InputFile | None, Failure]] = []
     for item, path in zip(items, paths):
         if time.time() + timeout > deadline:
@@ -318,22 +318,22 @@ def isolate(host: scoring.ScoringHost, items: list[InputFile], paths: list[str],
             failed.append((item, error.failure))
             continue
         capture.lines += outcome.log_lines
-        rows = parts.concat([rows, outcome.rows])
+        rows = results.concat([rows, outcome.rows])
         if not len(outcome.rows):
             failed.append((item, Failure("MissingResults", "run() returned no result for this input alone")))
     logs.event(log, "isolated the failed mini-batch's inputs", inputs=len(items), failed=len(failed))
     return rows, failed
 
 
-def write_results(cfg: StackConfig, job_id: str, index: int, inputs: int, attempt: int, rows: parts.Rows,
+def write_results(cfg: StackConfig, job_id: str, index: int, inputs: int, attempt: int, rows: results.Rows,
                   failed: list[tuple[Any, Failure]], failed_count: int, worker: str,
                   started: float) -> jobs.BatchRecord:
     """Write the part and the failure lines under keys naming the attempt; the batch's record."""
     s3 = aws.client("s3")
     part = failures = None
     if len(rows):
-        part = jobs.part_key(job_id, index, attempt, parts.suffix(rows))
-        s3.put_object(Bucket=cfg.artifacts_bucket, Key=part, Body=parts.encode(rows))
+        part = jobs.part_key(job_id, index, attempt, results.suffix(rows))
+        s3.put_object(Bucket=cfg.artifacts_bucket, Key=part, Body=results.encode(rows))
     if failed:
         failures = jobs.failures_key(job_id, index, attempt)
         lines = [failure_line(item, index, attempt, failure, worker) for item, failure in failed]

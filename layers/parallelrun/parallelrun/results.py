@@ -1,4 +1,5 @@
-"""A mini-batch's part: the rows ``run()`` returned, as a worker stores them and the aggregator collates them.
+"""A mini-batch's results: the rows ``run()`` returned, as a worker stores them (its part) and the
+aggregator collates them.
 
 Text output (``txt``, ``csv``) is lines: a part is their bytes and the output is the parts one
 after the other. ``parquet`` output keeps a DataFrame's types: a part is a small Parquet file
