@@ -159,5 +159,5 @@ def put_files(cfg: StackConfig, prefix: str, names: list[str], body: Callable[[s
 
 
 def read_output(cfg: StackConfig, job: jobs.Job, name: str | None = None) -> str:
-    bucket, key = aws.split_s3_uri(job.output_uri + (name or job.settings.append_row_file_name))
+    bucket, key = aws.split_s3_uri(job.output_uri + (name or job.settings.output_file_name))
     return aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from parallelrun import tabular
+from parallelrun.datasets import InputFile
 from parallelrun.errors import InputError
 
 
@@ -129,3 +130,58 @@ def test_a_200_mb_csv_is_planned_without_downloading_it():
     schema = tabular.infer_schema("csv", tabular.sample(read, size, 4096))
     assert len(ranges) == -(-size // (1024 * 1024)) >= 200 and [f.name for f in schema] == ["id", "payload"]
     assert read.total < 256 * 1024  # the planner read a sample, not the 200 MB
+
+
+def read_all(data: bytes, key: str, target: int) -> tuple[list, list[str]]:
+    """Plan a file as the planner does and read every piece as a worker does: rows and malformed rows."""
+    read = Counting(data)
+    item = InputFile(key, len(data), "etag")
+    frames, bad = [], []
+    for piece in tabular.plan_file(read, item, None, target):
+        found: list[str] = []
+        frames.append(tabular.read_piece(read, piece, found))
+        bad += [f"{piece.describe()}, {text}" for text in found]
+    return frames, bad
+
+
+def test_a_malformed_csv_row_is_placed_by_line_in_a_whole_file_and_by_byte_in_a_range():
+    data = b"a,b\n1,2\n3,4,5\n6,7\n3,4,5\r\n8\n"
+    frames, bad = read_all(data, "t.csv", 1024)
+    assert [v for f in frames for v in f["a"].tolist()] == [1, 6]
+    assert bad == ["whole file, line 3: expected 2 columns, got 3: 3,4,5",  # the same text twice, each found
+                   "whole file, line 5: expected 2 columns, got 3: 3,4,5",
+                   "whole file, line 6: expected 2 columns, got 1: 8"]
+    rows = [b"%d,%d\n" % (i, i) if i % 500 else b"%d,broken,row\n" % i for i in range(1, 3000)]
+    data = b"a,b\n" + b"".join(rows)
+    frames, bad = read_all(data, "t.csv", 4096)
+    assert len(frames) > 5 and sum(len(f) for f in frames) == 2994
+    offsets = [int(text.split("line starting at byte ")[1].split(":")[0]) for text in bad]
+    assert [data[o:data.index(b"\n", o)] for o in offsets] == [b"%d,broken,row" % i for i in range(500, 3000, 500)]
+    assert all(text.startswith("bytes ") and "expected 2 columns, got 3" in text for text in bad)
+
+
+def test_a_malformed_json_line_fails_alone_wherever_it_is():
+    data = (b'{"id": 1, "tag": "a"}\n{"id": \n[2]\n{"id": "three"}\n\n{"id": 4, "tag": "d"}\n5\n'
+            b'{"id": 6.5}\n\xff\n{"id": 7}\n')
+    frames, bad = read_all(data, "t.jsonl", 1024)
+    [frame] = frames
+    assert frame["id"].tolist() == [1, 4, 7] and str(frame["id"].dtype) == "int64"
+    assert [text.split(":")[0] for text in bad] == [f"whole file, line {n}" for n in (2, 3, 4, 7, 8, 9)]
+    assert "line 2: not valid JSON" in bad[0] and "line 3: not a JSON object: [2]" in bad[1]
+    assert "line 4: does not fit the file's column types" in bad[2] and '{"id": "three"}' in bad[2]
+    rows = [b'{"id": %d}\n' % i if i % 700 else b'{"id": "x%d"}\n' % i for i in range(1, 3000)]
+    rows[1500] = b'{"id": 1501, oops}\n'
+    data = b"".join(rows)
+    frames, bad = read_all(data, "t.jsonl", 8000)
+    assert len(frames) > 3 and {str(f["id"].dtype) for f in frames} == {"int64"}
+    ids = [i for f in frames for i in f["id"].tolist()]
+    assert ids == [i for i in range(1, 3000) if i % 700 and i != 1501]
+    offsets = [int(text.split("line starting at byte ")[1].split(":")[0]) for text in bad]
+    assert [data[o:data.index(b"\n", o)] for o in offsets] == [
+        b'{"id": "x700"}', b'{"id": "x1400"}', b'{"id": 1501, oops}', b'{"id": "x2100"}', b'{"id": "x2800"}']
+
+
+def test_a_split_quoted_newline_names_the_byte_its_line_starts_at():
+    data = b"id,text\n" + b"".join(b"%d,plain\n" % i for i in range(200)) + b'200,"two\nlines"\n'
+    with pytest.raises(InputError, match=rf"the line starting at byte {data.index(b'200,')}\)"):
+        read_all(data, "q.csv", 1024)

@@ -69,6 +69,14 @@ def test_an_iris_csv_scored_by_a_model_returning_a_dataframe(stack, tmp_path: Pa
         "input_type": "tabular", "append_row_separator": ","}).job_id)
     read_back = pd.read_csv(io.StringIO(read_output(stack.cfg, as_txt)), header=None)
     assert read_back.shape == (150, 2) and list(read_back[0]) == list(range(150))
+    as_parquet = stack.run_until_done(start(stack, "iris", "iris/csv/", {
+        "input_type": "tabular", "mini_batch_size": "512", "output_format": "parquet"}).job_id)
+    assert as_parquet.state == jobs.SUCCEEDED and as_parquet.total_batches > 5
+    bucket, key = aws.split_s3_uri(as_parquet.output_uri + "parallel_run_step.parquet")
+    read_back = pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))  # one line, typed
+    assert read_back.dtypes.astype(str).to_dict() == {"id": "int64", "predicted": "int64"}
+    assert list(read_back["id"]) == list(range(150)) and list(read_back["predicted"]) == [
+        int(r.split(" ")[1]) for r in read_output(stack.cfg, whole).splitlines()]
 
 
 def test_parquet_and_json_lines_pieces(stack, make_endpoint):
@@ -92,16 +100,21 @@ def test_a_malformed_row_fails_alone_and_an_unreadable_file_fails_its_piece(stac
     endpoint = make_endpoint("def run(mini_batch):\n    return mini_batch[['a']]\n", name="malformed")
     s3 = aws.client("s3")
     s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/a.csv", Body=b"a,b\n1,2\n3,4,5\n6,7\n")
-    s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/b.jsonl", Body=b'{"a": 8}\n{"a": \n')
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/b.jsonl", Body=b'{"a": 8}\n{"a": \n[9]\n{"a": 10}\n')
+    s3.put_object(Bucket=stack.cfg.input_bucket, Key="malformed/r/c.csv.gz", Body=b"a\n11\n")  # not gzipped
     job = stack.run_until_done(start(stack, endpoint, "malformed/r/", {"input_type": "tabular",
                                                                       "run_max_try": "1"}).job_id)
     assert job.state == jobs.SUCCEEDED
-    assert read_output(stack.cfg, job).splitlines() == ["1", "6"]  # the rows around the bad one
+    assert read_output(stack.cfg, job).splitlines() == ["1", "6", "8", "10"]  # the rows around the bad ones
     failures = [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
     assert [(f["input"], f["error_type"]) for f in failures] == [
-        ("malformed/r/a.csv", "MalformedRow"), ("malformed/r/b.jsonl", "ArrowInvalid")]
-    assert "expected 2 columns, got 3: 3,4,5" in failures[0]["message"] and failures[0]["range"] == "whole file"
-    assert (job.items_succeeded, job.items_failed) == (2, 2)
+        ("malformed/r/a.csv", "MalformedRow"), ("malformed/r/b.jsonl", "MalformedRow"),
+        ("malformed/r/b.jsonl", "MalformedRow"), ("malformed/r/c.csv.gz", "BadGzipFile")]
+    assert failures[0]["message"] == "whole file, line 3: expected 2 columns, got 3: 3,4,5"
+    assert failures[1]["message"].startswith("whole file, line 2: not valid JSON")
+    assert failures[2]["message"] == "whole file, line 3: not a JSON object: [9]"
+    assert failures[0]["range"] == "whole file"
+    assert (job.items_succeeded, job.items_failed) == (4, 4)
 
 
 def test_csv_options_delimiter_and_encoding(stack, make_endpoint):

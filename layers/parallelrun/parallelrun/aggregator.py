@@ -4,7 +4,8 @@ It runs once per job: a conditional state change (RUNNING → FINALIZING) picks 
 duplicate requests (DESIGN invariant 3). A winner that dies keeps its request message, which
 comes back and takes over once the lease has run out; the output's key is fixed, so the retry
 writes the same file. Parts are streamed into a multipart upload, so memory holds one upload
-part (about 8 MiB) whatever the size of the output.
+part (about 8 MiB) whatever the size of the output; for parquet output, also one row group
+of parts being written (see :mod:`parallelrun.results`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import logging
 import time
 from typing import Any
 
-from parallelrun import aws, jobs, logs, pricing, reuse, schedules, usage
+from parallelrun import aws, jobs, logs, pricing, results, reuse, schedules, usage
 from parallelrun.config import StackConfig
 
 log = logging.getLogger("parallelrun.aggregator")
 PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB but the last
 LEASE_SECONDS = 900  # the aggregator function's timeout: past it, a FINALIZING holder is dead
+UNWRITTEN = "OutputSchemaMismatch"  # parquet output: a part whose columns differ from the first part's
 
 
 def check(cfg: StackConfig, job_id: str) -> None:
@@ -140,8 +142,10 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     job = jobs.get(cfg, job_id)
     started = time.time()
     spent = usage.Tally()
-    rows, errors, reusable = collate(cfg, job, spent)
+    rows, errors, reusable, unwritten = collate(cfg, job, spent)
     state, reason = judge(job)
+    if unwritten:  # rows the script returned are missing from the output: never a success
+        state, reason = (jobs.FAILED, unwritten) if state == jobs.SUCCEEDED else (state, f"{reason}; {unwritten}")
     if state == jobs.SUCCEEDED and reusable:
         reuse.remember(cfg, job_id, reusable)
         if job.fingerprint and len(reusable) == job.total_batches:
@@ -172,18 +176,20 @@ def job_cost(cfg: StackConfig, job_id: str, spent: usage.Tally) -> dict[str, Any
     return pricing.cost_section(spent.to_dict(), aws.region())
 
 
-def collate(cfg: StackConfig, job: jobs.Job,
-            spent: usage.Tally | None = None) -> tuple[int, collections.Counter[str], list[tuple]]:
+def collate(cfg: StackConfig, job: jobs.Job, spent: usage.Tally | None = None,
+            part_size: int = PART_SIZE) -> tuple[int, collections.Counter[str], list[tuple], str]:
     """Stream the parts, in mini-batch order, into the output file and the failure lines into
-    ``failures.jsonl``; return the row count, the failed inputs by error type, and the wholly
-    successful mini-batches a later job may reuse. Each record's usage is added to ``spent``."""
+    ``failures.jsonl``; return the row count, the failed inputs by error type, the wholly
+    successful mini-batches a later job may reuse, and why rows were left out of the output
+    ("" if none were). Each record's usage is added to ``spent``."""
     bucket, prefix = aws.split_s3_uri(job.output_uri)
     s3 = aws.client("s3")
     rows = 0
-    output = S3StreamWriter(bucket, prefix + job.settings.append_row_file_name)
-    failures = S3StreamWriter(bucket, prefix + "failures.jsonl")
+    output = S3StreamWriter(bucket, prefix + job.settings.output_file_name, part_size)
+    failures = S3StreamWriter(bucket, prefix + "failures.jsonl", part_size)
+    table = results.ParquetCollator(output) if job.settings.output_format == "parquet" else None  # written only for append_row
     errors: collections.Counter[str] = collections.Counter()
-    reusable = []
+    reusable, unwritten = [], []
     try:
         header_written = job.settings.output_format != "csv"
         for record in jobs.iter_batches(cfg, job.job_id):
@@ -195,20 +201,42 @@ def collate(cfg: StackConfig, job: jobs.Job,
                 if not header_written and record.header:
                     output.write(record.header.encode() + b"\n")  # csv: the header once, at the top
                     header_written = True
-                output.write(s3.get_object(Bucket=cfg.artifacts_bucket, Key=record.part_key)["Body"].read())
-                rows += record.rows
+                body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=record.part_key)["Body"].read()
+                if table is None:
+                    output.write(body)
+                    rows += record.rows
+                else:
+                    try:
+                        rows += table.add(record.index, body)
+                    except results.SchemaMismatch as mismatch:
+                        unwritten.append(str(mismatch))
+                        failures.write(_unwritten_line(record, str(mismatch)).encode())
+                        errors[UNWRITTEN] += record.items_succeeded
             if record.failures_key:
                 body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=record.failures_key)["Body"].read()
                 failures.write(body)
                 errors.update(json.loads(line)["error_type"] for line in body.splitlines() if line)
         if job.settings.output_action == "append_row":
+            if table is not None:
+                table.close()
             output.close()
         failures.close()
     except BaseException:
         output.abort()
         failures.abort()
         raise
-    return rows, errors, reusable
+    reason = ""
+    if unwritten:
+        reason = (f"output_format=parquet: the rows of {len(unwritten)} mini-batch(es) are not in the output, "
+                  f"their columns differing from the first part's (first: {unwritten[0]}); return the same "
+                  "columns and types from every run()")
+    return rows, errors, reusable, reason
+
+
+def _unwritten_line(record: jobs.BatchRecord, message: str) -> str:
+    """A ``failures.jsonl`` line for a mini-batch whose rows could not join the output."""
+    return json.dumps({"input": None, "minibatch": record.index, "attempts": record.attempt,
+                       "error_type": UNWRITTEN, "message": message, "traceback": [], "worker": "aggregator"}) + "\n"
 
 
 def build_summary(job: jobs.Job, state: str, reason: str, rows: int, errors: dict[str, int],
@@ -223,7 +251,7 @@ def build_summary(job: jobs.Job, state: str, reason: str, rows: int, errors: dic
         "endpoint": job.endpoint,
         "deployment": job.deployment,
         "input": job.input_uri,
-        "output": job.output_uri + job.settings.append_row_file_name
+        "output": job.output_uri + job.settings.output_file_name
         if job.settings.output_action == "append_row" else None,
         "counts": {
             "batches": {"total": job.total_batches or 0, "succeeded": job.batches_succeeded,

@@ -206,7 +206,7 @@ class Client:
             time.sleep(poll_seconds)
 
     def output_uri(self, job: jobs.Job, name: str | None = None) -> str:
-        return job.output_uri + (name or job.settings.append_row_file_name)
+        return job.output_uri + (name or job.settings.output_file_name)
 
     def read_output(self, job_id: str, name: str | None = None) -> Iterator[bytes]:
         """The collated output (or ``summary.json``, ``failures.jsonl``) streamed in chunks."""

@@ -43,9 +43,9 @@ def plan_chunk_key(job_id: str, chunk: int) -> str:
     return f"{job_prefix(job_id)}plan/{chunk:06d}.json"
 
 
-def part_key(job_id: str, index: int, attempt: int) -> str:
+def part_key(job_id: str, index: int, attempt: int, suffix: str = "txt") -> str:
     # The attempt is in the key: a late duplicate can never overwrite the committed part.
-    return f"{job_prefix(job_id)}parts/{index:09d}.{attempt}.txt"
+    return f"{job_prefix(job_id)}parts/{index:09d}.{attempt}.{suffix}"
 
 
 def failures_key(job_id: str, index: int, attempt: int) -> str:

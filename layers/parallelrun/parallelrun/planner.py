@@ -131,7 +131,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
                 raise  # transient: the message comes back and planning starts over
             aggregator.stop(cfg, job_id, jobs.FAILED, f"cannot list the inputs at {job.input_uri} ({code})")
             return
-        if total_batches and _reuse_whole_job(cfg, job, fingerprint, total_batches, total_items):
+        if total_batches and _reuse_whole_job(cfg, job, fingerprint, total_batches):
             return
         tabular_job = job.settings.input_type == "tabular"  # its inputs are counted in records, once read
         jobs.transition(cfg, job_id, jobs.RUNNING, (jobs.PLANNING,), total_batches=total_batches,
@@ -147,7 +147,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
         tick(cfg, {"job_id": job_id, "tick": 0, "token": "start", "since": time.time()})
 
 
-def _reuse_whole_job(cfg: StackConfig, job: jobs.Job, fingerprint: str, batches: int, items: int) -> bool:
+def _reuse_whole_job(cfg: StackConfig, job: jobs.Job, fingerprint: str, batches: int) -> bool:
     """With allow_reuse and no output_path of its own, a job identical to a succeeded one takes
     that job's output at once."""
     if not job.settings.allow_reuse or job.settings.output_path or registry.is_per_partition(job.deployment["model_name"]):
@@ -155,6 +155,8 @@ def _reuse_whole_job(cfg: StackConfig, job: jobs.Job, fingerprint: str, batches:
     earlier = reuse.find_job(cfg, fingerprint)
     if earlier is None:
         return False
+    # The earlier job's counts: a table's inputs are records, which the plan (of pieces) cannot count.
+    items = jobs.get(cfg, earlier["job_id"]).items_succeeded
     done = jobs.transition(
         cfg, job.job_id, jobs.SUCCEEDED, (jobs.PLANNING,), total_batches=batches, total_items=items, cursor=batches,
         batches_succeeded=batches, items_succeeded=items, batches_reused=batches, fingerprint=fingerprint,
@@ -300,9 +302,10 @@ def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]
     found = reuse.lookup(cfg, prints.values())
     for index, items, _ in entries:
         earlier = found.get(prints[index])
-        if earlier is not None:
+        if earlier is not None:  # counted as the earlier job counted it: a table piece in records
             jobs.commit_batch(cfg, job.job_id, jobs.BatchRecord(
-                index=index, status=jobs.SUCCEEDED, items=len(items), items_succeeded=len(items), items_failed=0,
+                index=index, status=jobs.SUCCEEDED, items=int(earlier["items"]),
+                items_succeeded=int(earlier["items"]), items_failed=0,
                 attempt=1, part_key=earlier["part_key"], rows=int(earlier["rows"]), worker="reused",
                 fingerprint=prints[index], reused_from=earlier["job_id"], header=earlier.get("header")))
     if any(prints[entry[0]] in found for entry in entries):

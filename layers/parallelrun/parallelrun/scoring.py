@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aws, compat, logs, models, registry
+from parallelrun import aws, compat, logs, models, registry, results
 from parallelrun import settings as settings_module
 from parallelrun.config import StackConfig
 from parallelrun.errors import ScoringScriptError
@@ -85,7 +85,7 @@ class AttemptFailed(Exception):
 
 @dataclass
 class Outcome:
-    rows: list[str]
+    rows: results.Rows
     log_lines: list[str]
     header: str | None = None  # a DataFrame's column names, for csv output
 
@@ -345,15 +345,18 @@ def _import_and_init(root: Path, entry_script: str, arguments: tuple[str, ...]) 
     return module, len(inspect.signature(module.run).parameters) >= 2
 
 
-def to_rows(result: Any, output_format: str = "txt", separator: str = " ") -> tuple[str | None, list[str]]:
+def to_rows(result: Any, output_format: str = "txt", separator: str = " ") -> tuple[str | None, results.Rows]:
     """``run()``'s return value as output rows, and a DataFrame's header line for csv output.
 
     txt (ParallelRunStep's): ``str()`` of each element, a DataFrame's values joined by
     ``separator``, no header. csv: a DataFrame's rows quoted as CSV, its header kept to be
     written once. Either way a row never spans lines, so no input's rows merge with another's.
+    parquet: a table (see :func:`results.table_of`).
     """
     if result is None:
         raise ScoringScriptError("run() returned None: return a list, tuple, array or DataFrame")
+    if output_format == "parquet":
+        return None, results.table_of(result)
     header = None
     if hasattr(result, "itertuples") and hasattr(result, "columns"):
         if output_format == "csv":

@@ -141,9 +141,12 @@ class Job:
         return job.state
 
     def get_output_dataframe(self, sep: str = " ") -> Any:
-        """The collated file as a pandas DataFrame (rows split on ``sep``, no header)."""
+        """The collated file as a pandas DataFrame (rows split on ``sep``, no header; parquet
+        output with its columns and types)."""
         import pandas as pd
 
+        if self.record.settings.output_format == "parquet":
+            return pd.read_parquet(io.BytesIO(b"".join(self.client.read_output(self.job_id))))
         text = b"".join(self.client.read_output(self.job_id)).decode()
         if not text:
             return pd.DataFrame()
@@ -156,7 +159,7 @@ class Job:
         record = self.record
         names = ["summary.json", "failures.jsonl"]
         if record.settings.output_action == "append_row":
-            names.insert(0, record.settings.append_row_file_name)
+            names.insert(0, record.settings.output_file_name)
         for name in names:
             with open(folder / name, "wb") as handle:
                 for chunk in self.client.read_output(self.job_id, name):

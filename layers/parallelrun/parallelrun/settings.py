@@ -27,7 +27,8 @@ INVOCATION_MARGIN = 30
 LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 OUTPUT_ACTIONS = ("append_row", "summary_only")
 INPUT_TYPES = ("files", "tabular")
-OUTPUT_FORMATS = ("txt", "csv")
+OUTPUT_FORMATS = ("txt", "csv", "parquet")
+DEFAULT_FILE_NAME = "parallel_run_step.txt"
 INPUT_FORMATS = ("csv", "jsonl", "parquet")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB)?\s*$", re.IGNORECASE)
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
@@ -71,7 +72,7 @@ class RunSettings:
     allowed_failed_count: int = -1
     allowed_failed_percent: float = 100.0
     output_action: str = "append_row"
-    append_row_file_name: str = "parallel_run_step.txt"
+    append_row_file_name: str = DEFAULT_FILE_NAME
     run_invocation_timeout: int = 60
     run_max_try: int = 3
     process_count_per_node: int | None = None
@@ -85,7 +86,7 @@ class RunSettings:
     max_inflight_batches: int | None = None
     output_path: str | None = None
     environment_variables: dict[str, str] = field(default_factory=dict)
-    output_format: str = "txt"  # txt: ParallelRunStep's rows; csv: a DataFrame's header once at the top
+    output_format: str = "txt"  # txt: ParallelRunStep's rows; csv: a header once at the top; parquet: typed
     append_row_separator: str = " "  # between a DataFrame row's values in txt output
     input_type: str = "files"  # or "tabular": run() gets DataFrames (TabularDataset)
     input_format: str | None = None  # csv, jsonl or parquet; None: by each file's extension
@@ -105,6 +106,14 @@ class RunSettings:
     @property
     def model_cache_bytes(self) -> int:
         return parse_size(self.model_cache_size)
+
+    @property
+    def output_file_name(self) -> str:
+        """The collated file's name: ``append_row_file_name``, but parquet output left at the
+        default name is ``parallel_run_step.parquet`` (a ``.txt`` name would mislead every tool)."""
+        if self.output_format == "parquet" and self.append_row_file_name == DEFAULT_FILE_NAME:
+            return "parallel_run_step.parquet"
+        return self.append_row_file_name
 
     @property
     def concurrency(self) -> int | None:

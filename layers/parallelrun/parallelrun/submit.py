@@ -51,7 +51,7 @@ def prepare(
     job_id = job_id or new_job_id(endpoint)
     output_uri = run_settings.output_path or f"s3://{cfg.artifacts_bucket}/{jobs.job_prefix(job_id)}output/"
     output_uri = output_uri if output_uri.endswith("/") else output_uri + "/"
-    _refuse_existing_output(output_uri + run_settings.append_row_file_name)
+    _refuse_existing_output(output_uri + run_settings.output_file_name)
     return jobs.Job(
         job_id=job_id,
         endpoint=endpoint,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ FORMATS = (("csv.gz", "csv"), ("jsonl.gz", "jsonl"), ("csv", "csv"), ("jsonl", "
            ("parquet", "parquet"), ("pq", "parquet"))
 STEP = 64 * 1024  # bytes fetched at a time when looking for a line's end
 SAMPLE = 256 * 1024  # bytes of a file's start its column types are decided from
+NEWLINE = b"\n"
 
 
 def detect_format(key: str, override: str | None = None) -> str:
@@ -84,13 +86,16 @@ def read_lines(read: Reader, size: int, start: int, end: int, first_row: int = 0
     return read(begin, stop) if stop > begin else b""
 
 
-def check_quotes(key: str, lines: bytes, size: int, quote: bytes = b'"') -> None:
-    """A CSV row broken over lines by a quoted newline cannot be split by bytes: refuse it."""
-    for number, line in enumerate(lines.split(b"\n")):
+def check_quotes(key: str, lines: bytes, size: int, quote: bytes = b'"', origin: int = 0) -> None:
+    """A CSV row broken over lines by a quoted newline cannot be split by bytes: refuse it.
+    ``lines`` start at byte ``origin`` of the file."""
+    offset = 0
+    for line in lines.split(NEWLINE):
         if line.count(quote) % 2:
             raise InputError(
-                f"{key}: a quoted field spans lines (near line {number + 1} of its range), which splitting by "
-                f"bytes would cut; set mini_batch_size above the file's size ({size} bytes) to read it whole")
+                f"{key}: a quoted field spans lines (the line starting at byte {origin + offset}), which splitting "
+                f"by bytes would cut; set mini_batch_size above the file's size ({size} bytes) to read it whole")
+        offset += len(line) + 1
 
 
 def sample(read: Reader, size: int, limit: int = SAMPLE) -> bytes:
@@ -101,40 +106,182 @@ def sample(read: Reader, size: int, limit: int = SAMPLE) -> bytes:
 def infer_schema(fmt: str, sample: bytes, csv_options: dict[str, str] | None = None) -> pa.Schema:
     """Column types from a file's start; a column with no value there is read as text."""
     table = _parse(fmt, sample, None, [], csv_options)  # a malformed row in the sample does not decide the types
-    return pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type) for f in table.schema])
+    return _text_for_null(table.schema)
 
 
-def _parse(fmt: str, data: bytes, schema: pa.Schema | None, bad: list[str] | None = None,
-           csv_options: dict[str, str] | None = None) -> pa.Table:
-    """Rows of CSV or JSON lines text; a CSV row with the wrong number of columns is skipped and
-    described in ``bad`` (the other rows still count)."""
+def _text_for_null(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type) for f in schema])
+
+
+Problems = list[tuple[int | None, str]]  # malformed rows: (offset in the parsed text or None, what is wrong)
+
+
+def _parse(fmt: str, body: bytes, schema: pa.Schema | None, bad: list[str] | None = None,
+           csv_options: dict[str, str] | None = None, header: bytes = b"", origin: int | None = None) -> pa.Table:
+    """Rows of CSV (``header`` then ``body``) or JSON lines text. A malformed row is skipped and
+    described in ``bad`` (the other rows still count) with its place: its line number when
+    ``body`` is a whole file (``origin`` None), else the file byte its line starts at (``body``
+    starting at byte ``origin``; a line number would need the file's earlier bytes)."""
+    problems: Problems = []
     if fmt == "csv":
-        options = pa_csv.ConvertOptions(column_types=schema) if schema is not None else None
-        given = csv_options or {}
-        read_options = pa_csv.ReadOptions(encoding=given["encoding"]) if "encoding" in given else None
+        table = _parse_csv(header, body, schema, problems, csv_options or {})
+    elif fmt == "jsonl":
+        table = _parse_json_lines(body, schema, problems if bad is not None else None)
+    else:
+        raise InputError(f"cannot parse {fmt!r} text: use csv or jsonl")
+    if bad is not None:
+        bad += _describe(problems, body, origin)
+    return table
 
-        def skip(row: Any) -> str:
-            where = f"row {row.number}" if row.number is not None else "a row"
-            (bad if bad is not None else []).append(
-                f"{where}: expected {row.expected_columns} columns, got {row.actual_columns}: {row.text[:200]}")
-            return "skip"
 
-        parse = pa_csv.ParseOptions(invalid_row_handler=skip, delimiter=given.get("delimiter", ","),
-                                    quote_char=given.get("quote_char", '"'))
-        return pa_csv.read_csv(io.BytesIO(data), read_options=read_options, convert_options=options,
-                               parse_options=parse)
-    if fmt == "jsonl":
-        options = pa_json.ParseOptions(explicit_schema=schema) if schema is not None else None
-        return pa_json.read_json(io.BytesIO(data), parse_options=options)
-    raise InputError(f"cannot parse {fmt!r} text: use csv or jsonl")
+def _describe(problems: Problems, body: bytes, origin: int | None) -> list[str]:
+    """Each malformed row's place and fault, in file order (line numbers counted in one pass)."""
+    described, line, counted = [], 1, 0
+    for offset, fault in sorted(problems, key=lambda p: (p[0] is None, p[0] or 0)):
+        if offset is None:
+            place = "a row"
+        elif origin is None:
+            line, counted = line + body.count(NEWLINE, counted, offset), offset
+            place = f"line {line}"
+        else:
+            place = f"line starting at byte {origin + offset}"
+        described.append(f"{place}: {fault}")
+    return described
+
+
+def _shown(text: bytes | str) -> str:
+    return (text.decode("utf-8", "replace") if isinstance(text, bytes) else text)[:200]
+
+
+def _parse_csv(header: bytes, body: bytes, schema: pa.Schema | None, problems: Problems,
+               given: dict[str, str]) -> pa.Table:
+    """pyarrow's reader, with rows of the wrong column count skipped and then found in ``body``
+    (pyarrow tells their text, not where they are)."""
+    options = pa_csv.ConvertOptions(column_types=schema) if schema is not None else None
+    # One thread: a Python row handler called from many threads fights for the GIL (a piece of
+    # bad rows took 25x longer), and one thread reports the rows in file order.
+    read_options = pa_csv.ReadOptions(use_threads=False, **({"encoding": given["encoding"]} if "encoding" in given else {}))
+    skipped: list[Any] = []
+
+    def skip(row: Any) -> str:
+        skipped.append((row.text, row.expected_columns, row.actual_columns))
+        return "skip"
+
+    parse = pa_csv.ParseOptions(invalid_row_handler=skip, delimiter=given.get("delimiter", ","),
+                                quote_char=given.get("quote_char", '"'))
+    table = pa_csv.read_csv(io.BytesIO(header + body), read_options=read_options, convert_options=options,
+                            parse_options=parse)
+    raws = [_encoded(text, given.get("encoding", "utf-8")) for text, _, _ in skipped]
+    for (text, expected, actual), offset in zip(skipped, _find_lines(body, raws)):
+        problems.append((offset, f"expected {expected} columns, got {actual}: {_shown(text)}"))
+    return table
+
+
+def _encoded(text: str, encoding: str) -> bytes:
+    try:
+        return text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return b""  # not findable: reported as "a row"
+
+
+def _find_lines(body: bytes, lines: list[bytes]) -> list[int | None]:
+    """Where each of ``lines`` starts in ``body`` (None if nowhere), in one pass over its lines;
+    identical lines are matched to their occurrences in turn. A row spanning lines (a quoted
+    newline in a file read whole) is searched for."""
+    wanted = set(lines)
+    starts: dict[bytes, list[int]] = {}
+    position = 0
+    for line in body.split(NEWLINE):
+        text = line[:-1] if line.endswith(b"\r") else line
+        if text in wanted:
+            starts.setdefault(text, []).append(position)
+        position += len(line) + 1
+    found: list[int | None] = []
+    used: dict[bytes, int] = {}
+    for line in lines:
+        if line and NEWLINE in line and line not in starts:
+            offset = body.find(line)
+            starts[line] = [offset] if offset >= 0 else []
+        turn = used[line] = used.get(line, -1) + 1
+        candidates = starts.get(line, [])
+        found.append(candidates[turn] if line and turn < len(candidates) else None)
+    return found
+
+
+def _read_json(lines: bytes, schema: pa.Schema | None) -> pa.Table:
+    options = pa_json.ParseOptions(explicit_schema=schema) if schema is not None else None
+    return pa_json.read_json(io.BytesIO(lines), parse_options=options)
+
+
+def _parse_json_lines(body: bytes, schema: pa.Schema | None, problems: Problems | None) -> pa.Table:
+    """pyarrow's reader at full speed; if it refuses the text and malformed rows are wanted, a
+    line-by-line pass sets aside the lines that are not JSON objects, and the rest are read with
+    the file's types, a line whose values cannot take them found by halving (a few bad lines
+    cost a few reads, not one per line)."""
+    try:
+        return _read_json(body, schema)
+    except pa.ArrowInvalid:
+        if problems is None:
+            raise
+    good: list[tuple[int, bytes]] = []
+    position = 0
+    for line in body.split(NEWLINE):
+        start, position = position, position + len(line) + 1
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as error:
+            problems.append((start, f"not valid JSON ({error}): {_shown(line)}"))
+            continue
+        if not isinstance(value, dict):
+            problems.append((start, f"not a JSON object: {_shown(line)}"))
+            continue
+        good.append((start, line))
+    schema = schema if schema is not None else _schema_of(good)
+    tables = _read_typed(good, schema, problems)
+    return pa.concat_tables(tables, promote_options="permissive") if tables else schema.empty_table()
+
+
+def _schema_of(lines: list[tuple[int, bytes]]) -> pa.Schema:
+    """A whole file's types, from its first good lines (from its first line if those disagree)."""
+    if not lines:
+        return pa.schema([])
+    first, size = [], 0
+    for _, line in lines:
+        first.append(line)
+        size += len(line) + 1
+        if size >= SAMPLE:
+            break
+    try:
+        return _text_for_null(_read_json(NEWLINE.join(first), None).schema)
+    except pa.ArrowInvalid:
+        return _text_for_null(_read_json(first[0], None).schema)
+
+
+def _read_typed(lines: list[tuple[int, bytes]], schema: pa.Schema, problems: Problems) -> list[pa.Table]:
+    """``lines`` read with ``schema``, in order; the lines that cannot be go to ``problems``."""
+    if not lines:
+        return []
+    try:
+        return [_read_json(NEWLINE.join(line for _, line in lines), schema)]
+    except pa.ArrowInvalid as error:
+        if len(lines) == 1:
+            start, line = lines[0]
+            message = str(error).removeprefix("JSON parse error: ").split(" in row ")[0]
+            problems.append((start, f"does not fit the file's column types ({message}): {_shown(line)}"))
+            return []
+    half = len(lines) // 2
+    return _read_typed(lines[:half], schema, problems) + _read_typed(lines[half:], schema, problems)
 
 
 def frame(fmt: str, header: bytes, lines: bytes, schema: pa.Schema, bad: list[str] | None = None,
-          csv_options: dict[str, str] | None = None) -> object:
-    """One range's rows as a pandas DataFrame with the file's columns and types."""
+          csv_options: dict[str, str] | None = None, origin: int = 0) -> object:
+    """One range's rows (``lines``, from byte ``origin`` of the file) as a pandas DataFrame with
+    the file's columns and types."""
     if not lines.strip():
         return schema.empty_table().to_pandas()
-    return _parse(fmt, header + lines if fmt == "csv" else lines, schema, bad, csv_options).to_pandas()
+    return _parse(fmt, lines, schema, bad, csv_options, header if fmt == "csv" else b"", origin).to_pandas()
 
 
 @dataclass(frozen=True)
@@ -230,7 +377,7 @@ def plan_file(read: Reader, item: InputFile, fmt_override: str | None, target: i
 
 def read_piece(read: Reader, piece: TablePiece, bad: list[str] | None = None,
                csv_options: dict[str, str] | None = None) -> Any:
-    """A piece's rows as a pandas DataFrame; malformed CSV rows are left out and described in ``bad``."""
+    """A piece's rows as a pandas DataFrame; malformed rows are left out and described in ``bad``."""
     if piece.fmt == "parquet":
         return parquet_frame(read, piece.size, RowGroups(piece.start, piece.end, 0))
     if piece.size == 0:
@@ -242,7 +389,8 @@ def read_piece(read: Reader, piece: TablePiece, bad: list[str] | None = None,
         return _parse(piece.fmt, data, schema, bad, csv_options).to_pandas()
     assert schema is not None
     first_row = header_end(read, piece.size) if piece.fmt == "csv" else 0
-    lines = read_lines(read, piece.size, piece.start, piece.end, first_row)
+    begin, stop = range_bounds(read, piece.size, piece.start, piece.end, first_row)
+    lines = read(begin, stop) if stop > begin else b""
     if piece.fmt == "csv":
-        check_quotes(piece.key, lines, piece.size, (csv_options or {}).get("quote_char", '"').encode())
-    return frame(piece.fmt, read(0, first_row), lines, schema, bad, csv_options)
+        check_quotes(piece.key, lines, piece.size, (csv_options or {}).get("quote_char", '"').encode(), begin)
+    return frame(piece.fmt, read(0, first_row), lines, schema, bad, csv_options, begin)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aggregator, aws, faults, jobs, logs, metrics, registry, reuse, scoring, usage
+from parallelrun import aggregator, aws, faults, jobs, logs, metrics, registry, results, reuse, scoring, usage
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, TablePiece, item_from_json, relative_name
 from parallelrun.errors import NotFoundError
@@ -189,7 +189,7 @@ class Part:
 
 @dataclass
 class Scored:
-    rows: list[str] = field(default_factory=list)
+    rows: results.Rows = field(default_factory=list)
     header: str | None = None
     failed: list[tuple[Any, Failure]] = field(default_factory=list)  # inputs no run() was given
     unscored: int = 0  # how many inputs those failure lines stand for (a table's lines stand for rows)
@@ -273,13 +273,14 @@ def isolate_partitions(cfg: StackConfig, job: jobs.Job, host: scoring.ScoringHos
     return isolated
 
 
-def in_input_order(placed: list[tuple[Part, list[str]]]) -> list[str]:
+def in_input_order(placed: list[tuple[Part, results.Rows]]) -> results.Rows:
     """Rows back in the order of the inputs they came from when every partition returned one
     row per input; otherwise partition by partition (which row belongs where is unknown)."""
+    joined = results.concat([rows for _, rows in placed])
     if all(part.positions is not None and len(rows) == len(part.positions) for part, rows in placed) and placed:
-        ordered = sorted((position, row) for part, rows in placed for position, row in zip(part.positions, rows))
-        return [row for _, row in ordered]
-    return [row for _, rows in placed for row in rows]
+        positions = [position for part, _ in placed for position in part.positions]
+        return results.take(joined, sorted(range(len(positions)), key=positions.__getitem__))
+    return joined
 
 
 def load_inputs(spec: InputSpec, items: list, folder: Path,
@@ -313,9 +314,9 @@ def short_results(items: list, inputs: int, returned: int, spec: InputSpec) -> l
 
 def isolate(host: scoring.ScoringHost, items: list[InputFile], paths: list[str], context: scoring.MiniBatchContext,
             timeout: float, deadline: float, batch_failure: Failure,
-            capture: scoring.LogCapture) -> tuple[list[str], list[tuple[InputFile | None, Failure]]]:
+            capture: scoring.LogCapture) -> tuple[results.Rows, list[tuple[InputFile | None, Failure]]]:
     """Run each input alone: keep the rows of those that succeed, fail only those that fail alone."""
-    rows: list[str] = []
+    rows: results.Rows = []
     failed: list[tuple[InputFile | None, Failure]] = []
     for item, path in zip(items, paths):
         if time.time() + timeout > deadline:
@@ -330,22 +331,22 @@ def isolate(host: scoring.ScoringHost, items: list[InputFile], paths: list[str],
             failed.append((item, error.failure))
             continue
         capture.lines += outcome.log_lines
-        rows += outcome.rows
-        if not outcome.rows:
+        rows = results.concat([rows, outcome.rows])
+        if not len(outcome.rows):
             failed.append((item, Failure("MissingResults", "run() returned no result for this input alone")))
     logs.event(log, "isolated the failed mini-batch's inputs", inputs=len(items), failed=len(failed))
     return rows, failed
 
 
-def write_results(cfg: StackConfig, job_id: str, index: int, inputs: int, attempt: int, rows: list[str],
+def write_results(cfg: StackConfig, job_id: str, index: int, inputs: int, attempt: int, rows: results.Rows,
                   failed: list[tuple[Any, Failure]], failed_count: int, worker: str,
                   started: float) -> jobs.BatchRecord:
     """Write the part and the failure lines under keys naming the attempt; the batch's record."""
     s3 = aws.client("s3")
     part = failures = None
-    if rows:
-        part = jobs.part_key(job_id, index, attempt)
-        s3.put_object(Bucket=cfg.artifacts_bucket, Key=part, Body="".join(row + "\n" for row in rows).encode())
+    if len(rows):
+        part = jobs.part_key(job_id, index, attempt, results.suffix(rows))
+        s3.put_object(Bucket=cfg.artifacts_bucket, Key=part, Body=results.encode(rows))
     if failed:
         failures = jobs.failures_key(job_id, index, attempt)
         lines = [failure_line(item, index, attempt, failure, worker) for item, failure in failed]
