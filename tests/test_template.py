@@ -185,7 +185,7 @@ def test_handler_delegates_to_the_core(
     template: dict[str, Any], function: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     props = _props(template, function)
-    module_file, _, attribute = props.get("Handler", template["Globals"]["Function"]["Handler"]).rpartition(".")
+    module_file, _, attribute = props["Handler"].rpartition(".")
     app = ROOT / props["CodeUri"] / f"{module_file}.py"
     core = HANDLERS[function]
     calls = []

@@ -145,7 +145,10 @@ def provision(
     else:
         _check_parameters(existing, overrides)
 
-    resources = cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
+    # moto also lists the resources whose Condition is false, without a type or logical id.
+    resources = [
+        r for r in cfn.describe_stack_resources(StackName=stack_name)["StackResources"] if "ResourceType" in r
+    ]
     physical = {  # moto gives some resources (a Lambda permission) no physical id
         r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources if "PhysicalResourceId" in r
     }
@@ -160,7 +163,7 @@ def provision(
         queue_urls,
         translated,
         physical,
-        {logical_id: code_dirs[logical_id] for logical_id in _function_ids(translated)},
+        {logical_id: code_dirs[logical_id] for logical_id in _function_ids(translated, physical)},
     )
     return LocalStack(
         endpoint_url=endpoint_url,
@@ -324,8 +327,15 @@ def _check_parameters(stack: dict[str, Any], overrides: dict[str, str]) -> None:
         )
 
 
-def _function_ids(translated: dict[str, Any]) -> list[str]:
-    return [k for k, r in translated["Resources"].items() if r["Type"] == "AWS::Lambda::Function"]
+def _function_ids(translated: dict[str, Any], physical: dict[str, str]) -> list[str]:
+    """The functions the stack created (a false Condition leaves one out), all with local code."""
+    created = [
+        k for k, r in translated["Resources"].items() if r["Type"] == "AWS::Lambda::Function" and k in physical
+    ]
+    images = [k for k in created if translated["Resources"][k]["Properties"].get("PackageType") == "Image"]
+    if images:
+        raise StackError(f"{', '.join(images)}: the local stack runs Zip functions only (WorkerPackageType=Zip)")
+    return created
 
 
 def _read_functions(
