@@ -45,6 +45,7 @@ OUTPUTS = {
     "WorkerBatchSize",
     "MaxReceiveCount",
     "MaxInflightBatches",
+    "PlannerInterval",
     "WorkerMaxConcurrency",
     "PlannerFunctionName",
     "WorkerFunctionName",

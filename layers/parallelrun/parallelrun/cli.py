@@ -94,7 +94,7 @@ def cmd_local_outputs(args: argparse.Namespace) -> int:
 
 
 def cmd_models_register(args: argparse.Namespace) -> int:
-    model = Client.local().register_model(args.path, args.name, parse_assignments(args.tag), args.description)
+    model = Client.connect(args.stack).register_model(args.path, args.name, parse_assignments(args.tag), args.description)
     print(f"registered model {model.name} version {model.version} (sha256 {model.sha256[:12]}...)")
     return 0
 
@@ -106,19 +106,19 @@ def _model_line(m: Any) -> str:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    for m in Client.local().models(parse_assignments(args.tag)):
+    for m in Client.connect(args.stack).models(parse_assignments(args.tag)):
         print(_model_line(m))
     return 0
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
-    m = Client.local().model(args.model)
+    m = Client.connect(args.stack).model(args.model)
     print(json.dumps({**m.__dict__, "files": list(m.files)}, indent=2))
     return 0
 
 
 def cmd_models_archive(args: argparse.Namespace) -> int:
-    m = Client.local().archive_model(args.model)
+    m = Client.connect(args.stack).archive_model(args.model)
     print(f"archived {m.name}:{m.version}: \"latest\" no longer resolves to it")
     return 0
 
@@ -128,7 +128,7 @@ def _deployment_dict(d: Any) -> dict[str, Any]:
 
 
 def cmd_endpoints_show(args: argparse.Namespace) -> int:
-    client = Client.local()
+    client = Client.connect(args.stack)
     endpoint = client.endpoint(args.name)
     print(json.dumps({**endpoint, "deployments": [_deployment_dict(d) for d in client.deployments(args.name)]},
                      indent=2, default=str))
@@ -136,26 +136,26 @@ def cmd_endpoints_show(args: argparse.Namespace) -> int:
 
 
 def cmd_endpoints_delete(args: argparse.Namespace) -> int:
-    Client.local().delete_endpoint(args.name)
+    Client.connect(args.stack).delete_endpoint(args.name)
     print(f"deleted endpoint {args.name} and its deployments")
     return 0
 
 
 def cmd_endpoints_set_default(args: argparse.Namespace) -> int:
-    Client.local().set_default(args.endpoint, args.deployment)
+    Client.connect(args.stack).set_default(args.endpoint, args.deployment)
     print(f"endpoint {args.endpoint}: new jobs go to deployment {args.deployment}; running jobs keep theirs")
     return 0
 
 
 def cmd_deployments_create(args: argparse.Namespace) -> int:
-    d = Client.local().add_deployment(args.endpoint, args.name, args.code, args.entry_script, args.model,
+    d = Client.connect(args.stack).add_deployment(args.endpoint, args.name, args.code, args.entry_script, args.model,
                                       parse_assignments(args.set), args.default)
     print(f"created deployment {d.name} of endpoint {d.endpoint}" + (" (now the default)" if args.default else ""))
     return 0
 
 
 def cmd_deployments_list(args: argparse.Namespace) -> int:
-    client = Client.local()
+    client = Client.connect(args.stack)
     default = client.endpoint(args.endpoint)["default_deployment"]
     for d in client.deployments(args.endpoint):
         mark = "*" if d.name == default else " "
@@ -164,18 +164,18 @@ def cmd_deployments_list(args: argparse.Namespace) -> int:
 
 
 def cmd_deployments_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_deployment_dict(Client.local().deployment(args.endpoint, args.name)), indent=2, default=str))
+    print(json.dumps(_deployment_dict(Client.connect(args.stack).deployment(args.endpoint, args.name)), indent=2, default=str))
     return 0
 
 
 def cmd_deployments_delete(args: argparse.Namespace) -> int:
-    Client.local().delete_deployment(args.endpoint, args.name)
+    Client.connect(args.stack).delete_deployment(args.endpoint, args.name)
     print(f"deleted deployment {args.name} of endpoint {args.endpoint}")
     return 0
 
 
 def cmd_endpoints_create(args: argparse.Namespace) -> int:
-    deployment = Client.local().create_endpoint(args.name, args.code, args.entry_script, args.model,
+    deployment = Client.connect(args.stack).create_endpoint(args.name, args.code, args.entry_script, args.model,
                                                 parse_assignments(args.set))
     print(f"created endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script}, "
           f"model {deployment.model_label}, code {deployment.code_sha[:12]})")
@@ -183,7 +183,7 @@ def cmd_endpoints_create(args: argparse.Namespace) -> int:
 
 
 def cmd_endpoints_update(args: argparse.Namespace) -> int:
-    deployment = Client.local().update_endpoint(args.name, args.code, args.entry_script, args.model,
+    deployment = Client.connect(args.stack).update_endpoint(args.name, args.code, args.entry_script, args.model,
                                                 parse_assignments(args.set))
     print(f"updated endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script}, "
           f"code {deployment.code_sha[:12]}); running jobs keep what they started with")
@@ -191,32 +191,32 @@ def cmd_endpoints_update(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    job = Client.local().cancel(args.job)
+    job = Client.connect(args.stack).cancel(args.job)
     print(f"job {job.job_id}: {job.state} ({job.reason}); the output will hold what succeeded")
     return 0
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
-    client = Client.local()
+    client = Client.connect(args.stack)
     again = client.redrive(args.job)
     print(f"job {args.job}: running {len(again)} mini-batch(es) again")
     return _wait(client, args.job) if args.wait else 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    for line in Client.local().logs(args.job, args.minibatch):
+    for line in Client.connect(args.stack).logs(args.job, args.minibatch):
         print(line)
     return 0
 
 
 def cmd_endpoints_list(args: argparse.Namespace) -> int:
-    for endpoint in Client.local().endpoints():
+    for endpoint in Client.connect(args.stack).endpoints():
         print(f"{endpoint['name']}\tdefault deployment: {endpoint['default_deployment']}")
     return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    client = Client.local()
+    client = Client.connect(args.stack)
     job = client.submit(args.endpoint, args.input, parse_assignments(args.set), args.deployment)
     print(job.job_id)
     if not args.wait:
@@ -231,17 +231,17 @@ def _wait(client: Client, job_id: str) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    return _wait(Client.local(), args.job)
+    return _wait(Client.connect(args.stack), args.job)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    job = Client.local().job(args.job)
+    job = Client.connect(args.stack).job(args.job)
     print(json.dumps(_job_dict(job), indent=2, default=str) if args.json else "\n".join(status_lines(job)))
     return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    for job in Client.local().jobs(args.limit):
+    for job in Client.connect(args.stack).jobs(args.limit):
         done = job.items_succeeded + job.items_failed
         print(f"{job.job_id}\t{job.state}\t{done}/{job.total_items if job.total_items is not None else '?'}\t"
               f"{job.input_uri}")
@@ -249,7 +249,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    chunks = Client.local().read_output(args.job, args.file)
+    chunks = Client.connect(args.stack).read_output(args.job, args.file)
     if args.output:
         with open(args.output, "wb") as handle:
             for chunk in chunks:
@@ -345,6 +345,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="parallelrun", description="Serverless batch inference on AWS Lambda, "
                                    "in ParallelRunStep's words; runs locally on moto with no AWS account.")
+    root.add_argument("--stack", default=None, metavar="NAME",
+                      help="a deployed stack's name (default: $PARALLELRUN_STACK, else the running local stack)")
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(parent: Any, name: str, func: Any, help_text: str) -> argparse.ArgumentParser:

@@ -19,14 +19,30 @@ class Client:
 
     @classmethod
     def local(cls) -> Client:
-        """The running local stack (``parallelrun local up``), found through its state file."""
+        """The running local stack (``parallelrun local up``), found through its state file.
+
+        Its resources are read from its outputs through CloudFormation, which moto answers, as
+        for a deployed stack.
+        """
         from parallelrun.local import runtime
 
         state = runtime.load_state()
         if state is None:
             raise StackError("no local stack is running: start one with `parallelrun local up`")
         use_endpoint(state["endpoint_url"], state["region"])
-        return cls(StackConfig.from_outputs(state["outputs"]))
+        return cls.from_stack(state["stack_name"])
+
+    @classmethod
+    def from_stack(cls, stack_name: str) -> Client:
+        """A stack of template.yaml by name (``sam deploy --stack-name``), in the region boto3 is
+        set to (``AWS_REGION``, ``AWS_PROFILE``)."""
+        return cls(StackConfig.from_stack(stack_name))
+
+    @classmethod
+    def connect(cls, stack_name: str | None = None) -> Client:
+        """The stack named by ``stack_name`` or ``PARALLELRUN_STACK``; without either, the local one."""
+        name = stack_name or os.environ.get("PARALLELRUN_STACK")
+        return cls.from_stack(name) if name else cls.local()
 
     # --- models and endpoints
 

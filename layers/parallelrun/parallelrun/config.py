@@ -6,6 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from botocore.exceptions import ClientError
+
+from parallelrun import aws
 from parallelrun.errors import StackError
 from parallelrun.settings import StackLimits
 
@@ -33,6 +36,12 @@ _LIMIT_OUTPUTS = {
     "max_receive_count": "MaxReceiveCount",
     "max_inflight_batches": "MaxInflightBatches",
     "worker_max_concurrency": "WorkerMaxConcurrency",
+}
+
+# A stack in one of these states has no resources to use (a failed create rolls everything back).
+_UNUSABLE = {
+    "CREATE_IN_PROGRESS", "CREATE_FAILED", "ROLLBACK_IN_PROGRESS", "ROLLBACK_FAILED", "ROLLBACK_COMPLETE",
+    "DELETE_IN_PROGRESS", "DELETE_FAILED",
 }
 
 
@@ -69,4 +78,34 @@ class StackConfig:
             raise StackError(f"the stack's outputs lack {', '.join(missing)}: is it a parallelrun stack?")
         limits = StackLimits(**{a: int(outputs[o]) for a, o in _LIMIT_OUTPUTS.items() if o in outputs})
         prefix = {"schedule_rule_prefix": outputs["ScheduleRulePrefix"]} if "ScheduleRulePrefix" in outputs else {}
-        return cls(**{attr: outputs[name] for attr, name in _OUTPUTS.items()}, limits=limits, **prefix)
+        return cls(
+            **{attr: outputs[name] for attr, name in _OUTPUTS.items()},
+            limits=limits,
+            planner_interval=int(outputs.get("PlannerInterval") or 2),
+            **prefix,
+        )
+
+    @classmethod
+    def from_stack(cls, stack_name: str) -> StackConfig:
+        """The stack's resources, from its outputs as CloudFormation gives them."""
+        return cls.from_outputs(stack_outputs(stack_name))
+
+
+def stack_outputs(stack_name: str) -> dict[str, str]:
+    """A CloudFormation stack's outputs by key, in the region (and at the endpoint) boto3 is set to.
+
+    The same call reads a stack deployed with ``sam deploy`` and the local stack on moto.
+    """
+    cfn = aws.client("cloudformation")
+    try:
+        (stack,) = cfn.describe_stacks(StackName=stack_name)["Stacks"]
+    except ClientError as error:
+        if "does not exist" not in str(error):
+            raise
+        raise StackError(
+            f"stack {stack_name!r} does not exist in region {cfn.meta.region_name}: check --stack "
+            "(or PARALLELRUN_STACK) and AWS_REGION, or deploy it (README: Deploy to AWS)"
+        ) from None
+    if stack["StackStatus"] in _UNUSABLE:
+        raise StackError(f"stack {stack_name!r} is {stack['StackStatus']}: it cannot be used")
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
