@@ -22,6 +22,7 @@ from parallelrun import aws
 from parallelrun.cli import main
 from parallelrun.client import Client
 from parallelrun.config import StackConfig
+from parallelrun.errors import StackError
 from parallelrun.local import provision, server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +148,13 @@ def test_the_worker_dockerfile_builds_from_this_repository() -> None:
     assert f"def {function}(" in (ROOT / "functions" / "worker" / f"{module}.py").read_text()
     (run,) = [args for kind, args in instructions if kind == "RUN"]
     assert "-c /tmp/parallelrun/constraints.txt" in run and "scikit-learn" in run
+
+
+def test_the_local_stack_refuses_the_image_worker(stack: Any) -> None:
+    """The local runtime runs handlers from code folders: an image worker would never run there."""
+    image = {"WorkerPackageType": "Image", "WorkerImageUri": "123456789012.dkr.ecr.us-east-1.amazonaws.com/w:1"}
+    with pytest.raises(StackError, match=r"WorkerImageFunction: the local stack runs Zip functions only"):
+        provision.provision(None, stack_name="local-image-worker", parameters=image)
 
 
 def test_stack_outputs_give_the_config_the_functions_use(stack: Any) -> None:
