@@ -268,8 +268,8 @@ def _expression(args: argparse.Namespace) -> str:
 
 
 def cmd_schedules_create(args: argparse.Namespace) -> int:
-    s = Client.local().create_schedule(args.endpoint, args.name, args.input, _expression(args),
-                                       parse_assignments(args.set), args.deployment, overlap=args.overlap)
+    s = Client.connect(args.stack).create_schedule(args.endpoint, args.name, args.input, _expression(args),
+                                                   parse_assignments(args.set), args.deployment, overlap=args.overlap)
     print(f"created schedule {s.name}: endpoint {s.endpoint} over {s.input_uri} on {s.expression} "
           f"(overlap {s.overlap}, rule {s.rule_name})")
     return 0
@@ -292,7 +292,7 @@ def _schedule_dict(client: Client, s: Any) -> dict[str, Any]:
 
 
 def cmd_schedules_list(args: argparse.Namespace) -> int:
-    client = Client.local()
+    client = Client.connect(args.stack)
     for s in client.schedules():
         d = _schedule_dict(client, s)
         last = d["last_run"]
@@ -303,19 +303,19 @@ def cmd_schedules_list(args: argparse.Namespace) -> int:
 
 
 def cmd_schedules_show(args: argparse.Namespace) -> int:
-    client = Client.local()
+    client = Client.connect(args.stack)
     print(json.dumps(_schedule_dict(client, client.schedule(args.name)), indent=2, default=str))
     return 0
 
 
 def cmd_schedules_delete(args: argparse.Namespace) -> int:
-    Client.local().delete_schedule(args.name)
+    Client.connect(args.stack).delete_schedule(args.name)
     print(f"deleted schedule {args.name}, its rule and its record of what was scored")
     return 0
 
 
 def cmd_schedules_run_now(args: argparse.Namespace) -> int:
-    client = Client.local()
+    client = Client.connect(args.stack)
     fired = client.run_schedule_now(args.name)
     if fired.outcome == schedules.SKIPPED:
         print(f"schedule {args.name}: run skipped, job {fired.holder} is still running (overlap skip)")
