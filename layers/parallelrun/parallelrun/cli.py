@@ -331,7 +331,7 @@ def cmd_schedules_run_now(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     path = args.output or f"{args.job}.html"
-    Client.local().report(args.job, path)
+    Client.connect(args.stack).report(args.job, path)
     print(f"wrote {path}")
     return 0
 
