@@ -99,7 +99,8 @@ def test_sam_build_builds_every_zip_function_and_the_layer(build_dir: Path) -> N
         assert (build_dir / resources[function]["Properties"]["CodeUri"] / "app.py").is_file()
     layer = build_dir / resources["ParallelRunLayer"]["Properties"]["ContentUri"] / "python"
     assert (layer / "parallelrun" / "worker.py").is_file()
-    assert (layer / "aioboto3").is_dir()  # the layer's requirements.txt was installed
+    assert (layer / "boto3").is_dir()  # the layer's requirements.txt was installed
+    assert not (layer / "aiohttp").exists()  # nothing the functions do not import
 
 
 def test_every_function_fits_the_lambda_size_limit(build_dir: Path) -> None:
