@@ -263,20 +263,24 @@ def get_batch(cfg: StackConfig, job_id: str, index: int) -> BatchRecord | None:
     return BatchRecord.from_item(item) if item else None
 
 
-def iter_batches(cfg: StackConfig, job_id: str) -> Iterator[BatchRecord]:
-    """Every recorded mini-batch of a job, in mini-batch order (the sort key is zero-padded)."""
+def _job_items(cfg: StackConfig, job_id: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """The job's items whose sort key starts with ``prefix``, in sort-key order, page by page."""
     kwargs: dict[str, Any] = {
-        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :batch)",
-        "ExpressionAttributeValues": {":pk": f"JOB#{job_id}", ":batch": "BATCH#"},
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+        "ExpressionAttributeValues": {":pk": f"JOB#{job_id}", ":prefix": prefix},
         "ConsistentRead": True,
     }
     while True:
         page = _ddb(cfg).query(**kwargs)
-        for item in page.get("Items", []):
-            yield BatchRecord.from_item(item)
+        yield from page.get("Items", [])
         if "LastEvaluatedKey" not in page:
             return
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def iter_batches(cfg: StackConfig, job_id: str) -> Iterator[BatchRecord]:
+    """Every recorded mini-batch of a job, in mini-batch order (the sort key is zero-padded)."""
+    return (BatchRecord.from_item(item) for item in _job_items(cfg, job_id, "BATCH#"))
 
 
 def put_usage(cfg: StackConfig, job_id: str, spent: usage.Usage | None) -> None:
@@ -295,18 +299,7 @@ def keep_usage(cfg: StackConfig, job_id: str) -> None:
 
 def iter_usage(cfg: StackConfig, job_id: str) -> Iterator[usage.Usage]:
     """Every usage item of a job (see :func:`put_usage`)."""
-    kwargs: dict[str, Any] = {
-        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :usage)",
-        "ExpressionAttributeValues": {":pk": f"JOB#{job_id}", ":usage": "USAGE#"},
-        "ConsistentRead": True,
-    }
-    while True:
-        page = _ddb(cfg).query(**kwargs)
-        for item in page.get("Items", []):
-            yield usage.Usage.from_dict(item)
-        if "LastEvaluatedKey" not in page:
-            return
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return (usage.Usage.from_dict(item) for item in _job_items(cfg, job_id, "USAGE#"))
 
 
 def list_jobs(cfg: StackConfig, limit: int = 50) -> list[Job]:
