@@ -78,7 +78,7 @@ def _layer_size(layer: Any, built: dict[str, Any], build_dir: Path) -> int:
     """The unzipped size of one entry of a function's Layers."""
     if layer == {"Ref": "ParallelRunLayer"}:
         return _size(build_dir / built["Resources"]["ParallelRunLayer"]["Properties"]["ContentUri"])
-    assert "AWSSDKPandas-Python311" in json.dumps(layer), f"a layer of unknown size: {layer}"
+    assert "aws-sdk-pandas" in json.dumps(layer), f"a layer of unknown size: {layer}"
     return AWS_SDK_PANDAS_UNZIPPED
 
 
@@ -223,3 +223,19 @@ def test_cli_with_stack_works_against_a_stack_by_name(deployed: provision.LocalS
     err = capsys.readouterr().err
     assert err.startswith("error: stack 'no-such-stack' does not exist in region us-east-1")
 
+
+
+def test_the_pandas_layer_is_looked_up_for_the_stack_s_region() -> None:
+    """Every region the layer is published in works with no ARN given: the template resolves the
+    public SSM parameter of the chosen release in the stack's own region, unless an ARN is passed."""
+    template, _ = decode(str(TEMPLATE))
+    lookup = ("{{resolve:ssm:/aws/service/aws-sdk-pandas/${AwsSdkPandasVersion}/${AWS::Region}"
+              "/py3.11/x86_64/layer-arn}}")
+    zip_functions = [r for r in template["Resources"].values()
+                     if r["Type"] == "AWS::Serverless::Function" and r["Properties"].get("PackageType") != "Image"]
+    assert len(zip_functions) == 4
+    for function in zip_functions:
+        [choice] = [layer["Fn::If"] for layer in function["Properties"]["Layers"] if "Fn::If" in layer]
+        assert choice == ["PandasLayerFromRegion", {"Fn::Sub": lookup}, {"Ref": "AwsSdkPandasLayerArn"}]
+    assert template["Conditions"]["PandasLayerFromRegion"] == {"Fn::Equals": [{"Ref": "AwsSdkPandasLayerArn"}, ""]}
+    assert template["Parameters"]["AwsSdkPandasVersion"]["Default"] == "3.16.1"
