@@ -185,3 +185,24 @@ def test_a_split_quoted_newline_names_the_byte_its_line_starts_at():
     data = b"id,text\n" + b"".join(b"%d,plain\n" % i for i in range(200)) + b'200,"two\nlines"\n'
     with pytest.raises(InputError, match=rf"the line starting at byte {data.index(b'200,')}\)"):
         read_all(data, "q.csv", 1024)
+
+
+def test_a_row_with_undecodable_bytes_fails_alone_and_its_column_stays_text():
+    data = b"id,name,score\n1,alice,3\n2,b\xff\xfeob,4\n3,carol,5\n4,dan\n"
+    frames, bad = read_all(data, "t.csv", 1024)
+    [frame] = frames
+    assert frame["name"].tolist() == ["alice", "carol"] and frame["score"].tolist() == [3, 5]
+    assert bad == ["whole file, line 3: bytes that are not utf-8 text: 2,b\ufffd\ufffdob,4",
+                   "whole file, line 5: expected 3 columns, got 2: 4,dan"]
+    rows = [b"%d,n%d\n" % (i, i) for i in range(3000)]
+    rows[2500], rows[2600] = b"2500,n\xff\n", b"2600\n"  # places after a dropped line stay right
+    data = b"id,name\n" + b"".join(rows)
+    frames, bad = read_all(data, "t.csv", 4096)
+    assert sum(len(f) for f in frames) == 2998 and {str(f["name"].dtype) for f in frames} == {"str"}
+    offsets = [int(text.split("line starting at byte ")[1].split(":")[0]) for text in bad]
+    assert [data[o:data.index(b"\n", o)] for o in offsets] == [b"2500,n\xff", b"2600"]
+    latin = b"id,name\n1,caf\xe9\n"  # with csv_options' encoding the same bytes are text
+    read = Counting(latin)
+    [piece] = tabular.plan_file(read, InputFile("l.csv", len(latin), "e"), None, 1024, {"encoding": "latin-1"})
+    none: list[str] = []
+    assert tabular.read_piece(read, piece, none, {"encoding": "latin-1"})["name"].tolist() == ["café"] and not none

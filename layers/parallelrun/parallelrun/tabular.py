@@ -13,6 +13,7 @@ The S3 edge is a ``read(start, end) -> bytes`` callable; everything here is test
 from __future__ import annotations
 
 import base64
+import bisect
 import gzip
 import io
 import json
@@ -123,15 +124,49 @@ def _parse(fmt: str, body: bytes, schema: pa.Schema | None, bad: list[str] | Non
     ``body`` is a whole file (``origin`` None), else the file byte its line starts at (``body``
     starting at byte ``origin``; a line number would need the file's earlier bytes)."""
     problems: Problems = []
+    encoding = (csv_options or {}).get("encoding", "utf-8") if fmt == "csv" else "utf-8"
+    text, original = _without_undecodable(body, encoding, problems)
+    parsed: Problems = []
     if fmt == "csv":
-        table = _parse_csv(header, body, schema, problems, csv_options or {})
+        table = _parse_csv(header, text, schema, parsed, csv_options or {})
     elif fmt == "jsonl":
-        table = _parse_json_lines(body, schema, problems if bad is not None else None)
+        table = _parse_json_lines(text, schema, parsed if bad is not None else None)
     else:
         raise InputError(f"cannot parse {fmt!r} text: use csv or jsonl")
+    problems += [(None if offset is None else original(offset), fault) for offset, fault in parsed]
     if bad is not None:
         bad += _describe(problems, body, origin)
     return table
+
+
+def _without_undecodable(body: bytes, encoding: str, problems: Problems) -> tuple[bytes, Callable[[int], int]]:
+    """``body`` less the lines that are not text in ``encoding`` (each a malformed row: left in,
+    pyarrow would read a CSV's whole column as bytes, or refuse a JSON piece), and a function
+    from an offset in what is left to the same line's offset in ``body``."""
+    try:
+        body.decode(encoding)
+        return body, lambda offset: offset
+    except UnicodeDecodeError:
+        pass
+    kept, starts, position = [], [], 0  # starts: (offset in what is left, offset in body) per kept line
+    left = 0
+    for line in body.split(NEWLINE):
+        start, position = position, position + len(line) + 1
+        try:
+            line.decode(encoding)
+        except UnicodeDecodeError:
+            problems.append((start, f"bytes that are not {encoding} text: {_shown(line)}"))
+            continue
+        kept.append(line)
+        starts.append((left, start))
+        left += len(line) + 1
+    lefts = [pair[0] for pair in starts]
+
+    def original(offset: int) -> int:
+        left_start, body_start = starts[bisect.bisect_right(lefts, offset) - 1]
+        return body_start + offset - left_start
+
+    return NEWLINE.join(kept), original
 
 
 def _describe(problems: Problems, body: bytes, origin: int | None) -> list[str]:
