@@ -480,3 +480,16 @@ def test_the_template_lets_only_the_stacks_schedule_rules_reach_the_planner_queu
     # The aggregator hands a waiting run to the planner when the running one ends.
     aggregator = template["Resources"]["AggregatorFunction"]["Properties"]["Policies"]
     assert {"SQSSendMessagePolicy": {"QueueName": {"Fn::GetAtt": ["PlannerQueue", "QueueName"]}}} in aggregator
+
+
+def test_a_run_whose_aggregation_gave_up_ends_failed_and_frees_the_schedule(stack, make_schedule):
+    name, folder = make_schedule("aggdead")
+    put_files(stack.cfg, folder, ["a.txt"])
+    run1 = fire_and_plan(stack, name, "2026-11-22T10:00:00Z")
+    assert schedules.get(stack.cfg, name).running_job == run1
+    dead_letters = stack.source("FailureRecorderFunction", "FinalizeDeadLetterQueue").queue_url
+    aws.client("sqs").send_message(QueueUrl=dead_letters, MessageBody=json.dumps({"job_id": run1}))
+    stack.deliver("FailureRecorderFunction")
+    job = jobs.get(stack.cfg, run1)
+    assert job.state == jobs.FAILED and "collating the output failed" in job.reason
+    assert schedules.get(stack.cfg, name).running_job is None  # the next run need not wait for a takeover

@@ -83,3 +83,6 @@ def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:
             if jobs.transition(cfg, job_id, jobs.FAILED, (jobs.RUNNING, jobs.FINALIZING), reason=reason,
                                ended_at=time.time()):
                 logs.event(log, "job failed: its aggregation gave up", level=logging.ERROR)
+                job = jobs.get(cfg, job_id)
+                if job.schedule:  # its schedule's next run need not wait for a takeover
+                    schedules.run_ended(cfg, job)
