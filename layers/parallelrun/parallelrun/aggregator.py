@@ -147,8 +147,10 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     if unwritten:  # rows the script returned are missing from the output: never a success
         state, reason = (jobs.FAILED, unwritten) if state == jobs.SUCCEEDED else (state, f"{reason}; {unwritten}")
     if state == jobs.SUCCEEDED and reusable:
-        reuse.remember(cfg, job_id, reusable)
-        if job.fingerprint and len(reusable) == job.total_batches:
+        # A second pass over the records: a list of a million mini-batches would grow with the job.
+        reuse.remember(cfg, job_id, (entry for record in jobs.iter_batches(cfg, job_id)
+                                     if (entry := reusable_entry(record)) is not None))
+        if job.fingerprint and reusable == job.total_batches:
             reuse.remember_job(cfg, job.fingerprint, job_id, job.output_uri)
     if state == jobs.SUCCEEDED and job.schedule:
         schedules.mark_scored(cfg, job)  # before the state says so: the schedule's next run may follow at once
@@ -177,9 +179,9 @@ def job_cost(cfg: StackConfig, job_id: str, spent: usage.Tally) -> dict[str, Any
 
 
 def collate(cfg: StackConfig, job: jobs.Job, spent: usage.Tally | None = None,
-            part_size: int = PART_SIZE) -> tuple[int, collections.Counter[str], list[tuple], str]:
+            part_size: int = PART_SIZE) -> tuple[int, collections.Counter[str], int, str]:
     """Stream the parts, in mini-batch order, into the output file and the failure lines into
-    ``failures.jsonl``; return the row count, the failed inputs by error type, the wholly
+    ``failures.jsonl``; return the row count, the failed inputs by error type, how many wholly
     successful mini-batches a later job may reuse, and why rows were left out of the output
     ("" if none were). Each record's usage is added to ``spent``."""
     bucket, prefix = aws.split_s3_uri(job.output_uri)
@@ -189,14 +191,13 @@ def collate(cfg: StackConfig, job: jobs.Job, spent: usage.Tally | None = None,
     failures = S3StreamWriter(bucket, prefix + "failures.jsonl", part_size)
     table = results.ParquetCollator(output) if job.settings.output_format == "parquet" else None  # written only for append_row
     errors: collections.Counter[str] = collections.Counter()
-    reusable, unwritten = [], []
+    reusable, unwritten = 0, []
     try:
         header_written = job.settings.output_format != "csv"
         for record in jobs.iter_batches(cfg, job.job_id):
             if spent is not None:
                 spent.add(record.usage)
-            if record.part_key and record.fingerprint and not record.items_failed:
-                reusable.append((record.fingerprint, record.part_key, record.rows, record.items, record.header))
+            reusable += reusable_entry(record) is not None
             if record.part_key and job.settings.output_action == "append_row":
                 if not header_written and record.header:
                     output.write(record.header.encode() + b"\n")  # csv: the header once, at the top
@@ -231,6 +232,13 @@ def collate(cfg: StackConfig, job: jobs.Job, spent: usage.Tally | None = None,
                   f"their columns differing from the first part's (first: {unwritten[0]}); return the same "
                   "columns and types from every run()")
     return rows, errors, reusable, reason
+
+
+def reusable_entry(record: jobs.BatchRecord) -> tuple[str, str, int, int, str | None] | None:
+    """What a later job may take of a wholly successful mini-batch (see :mod:`parallelrun.reuse`)."""
+    if record.part_key and record.fingerprint and not record.items_failed:
+        return record.fingerprint, record.part_key, record.rows, record.items, record.header
+    return None
 
 
 def _unwritten_line(record: jobs.BatchRecord, message: str) -> str:

@@ -40,8 +40,10 @@ class CountingMotoServer(ThreadedMotoServer):
         self.throttle_every: dict[str, int] = {}  # service → throttle one request in N
         self._count_lock = threading.Lock()
         # moto's TransactWriteItems deep-copies the tables it touches for rollback, and the copy
-        # breaks ("dictionary changed size during iteration", a 500) when another thread writes
-        # meanwhile; on AWS a transaction is atomic. One DynamoDB request at a time keeps it so.
+        # breaks ("dictionary changed size during iteration", a 500) when another thread touches
+        # the table meanwhile, reads included; on AWS a transaction is atomic. One DynamoDB request
+        # at a time keeps it so (measured: locking writes alone left the 500s, and their retries
+        # made a 20,000-file job slower than this).
         self._dynamodb_lock = threading.Lock()
 
     def _server_entry(self) -> None:
