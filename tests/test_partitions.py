@@ -208,12 +208,14 @@ def test_tabular_partitions_by_column_with_a_model_per_partition_by_tag(stack, t
 def test_a_model_per_partition_by_name_template_is_resolved_when_the_mini_batch_runs(stack, tmp_path):
     stack.purge()
     endpoint = _sales_stack(stack, tmp_path, "sales-names", "shop-{store}", {"shop-a": (2, {}), "shop-b": (3, {})})
-    registry.register(stack.cfg, tmp_path / "shop-b.pkl", "shop-b")  # version 2 exists before the job runs
     for number, store in enumerate(("a", "b", "c")):
         table = pd.DataFrame({"id": [number], "store": [store], "units": [1]})
         aws.client("s3").put_object(Bucket=stack.cfg.input_bucket, Key=f"sales-names/t/{number}.csv",
                                     Body=table.to_csv(index=False).encode())
-    job = stack.run_until_done(start(stack, endpoint, "sales-names/t/").job_id)
+    submitted = start(stack, endpoint, "sales-names/t/")
+    # Registered after submit, before any mini-batch runs: resolved at run time, version 2 scores b.
+    registry.register(stack.cfg, tmp_path / "shop-b.pkl", "shop-b")
+    job = stack.run_until_done(submitted.job_id)
     assert job.deployment["model_name"] == "shop-{store}" and job.deployment["model_version"] is None
     rows = read_output(stack.cfg, job).splitlines()
     assert rows == ["0 2 shop-a:1/a", "1 3 shop-b:2/b"]

@@ -23,7 +23,7 @@ Loader = Callable[[str], Any]
 # deployment picks a model per partition.
 current: tuple[str, int | None, str] | None = None
 _limit = 256 * 1024**2
-_loaded: collections.OrderedDict[tuple[str, int | None, str], tuple[int, Any]] = collections.OrderedDict()
+_loaded: collections.OrderedDict[tuple[str, int | None], tuple[int, Any]] = collections.OrderedDict()
 
 
 def configure(limit_bytes: int) -> None:
@@ -50,14 +50,16 @@ def load_model(name: str | None = None, version: int | None = None, loader: Load
         if current is None:
             raise ScoringScriptError("load_model() without a name needs a deployment that picks a model per "
                                      "partition (such as sales-{store}); name the model otherwise")
-        key = current
+        name, version, path = current
     else:
-        key = (name, version, get_model_path(name, version))
+        path = None  # looked up only when the model is not loaded yet
+    key = (name, version)
     if key in _loaded:
         _loaded.move_to_end(key)
         return _loaded[key][1]
-    model = (loader or default_loader)(key[2])
-    _loaded[key] = (disk_size(key[2]), model)
+    path = path or get_model_path(name, version)
+    model = (loader or default_loader)(path)
+    _loaded[key] = (disk_size(path), model)
     while len(_loaded) > 1 and sum(w for w, _ in _loaded.values()) > _limit:
         _loaded.popitem(last=False)  # the newest always stays: the running mini-batch needs it
     return model
@@ -65,4 +67,4 @@ def load_model(name: str | None = None, version: int | None = None, loader: Load
 
 def cached() -> list[tuple[str, int | None]]:
     """Names and versions held now, least recently used first."""
-    return [(name, version) for name, version, _ in _loaded]
+    return list(_loaded)

@@ -190,10 +190,11 @@ pinned: dict[str, tuple[int, str]] = {}
 def local_path(cfg: StackConfig, model: ModelVersion) -> str:
     """Download ``model`` once per process; a file path for a single-file model, else its folder."""
     key = (model.name, model.version)
+    root = CACHE_ROOT / "models" / model.name / str(model.version)
+    done = root / ".complete"
     with _download_lock:
-        if key not in _downloaded:
-            root = CACHE_ROOT / "models" / model.name / str(model.version)
-            done = root / ".complete"
+        # Checked every time: another local worker sharing this disk may have evicted it.
+        if key not in _downloaded or not done.exists():
             if not done.exists():
                 s3 = aws.client("s3")
                 for rel in model.files:
@@ -226,7 +227,9 @@ def partition_model_path(cfg: StackConfig, model: ModelVersion, limit_bytes: int
         (name, version), _ = _on_disk.popitem(last=False)
         with _download_lock:
             _downloaded.pop((name, version), None)
-            shutil.rmtree(CACHE_ROOT / "models" / name / str(version), ignore_errors=True)
+            root = CACHE_ROOT / "models" / name / str(version)
+            (root / ".complete").unlink(missing_ok=True)  # first: nobody takes a half-deleted model for whole
+            shutil.rmtree(root, ignore_errors=True)
     return path
 
 
