@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from parallelrun import aws, cron, jobs, schedules, scored
+from parallelrun import aggregator, aws, cron, jobs, schedules, scored
 from parallelrun.cli import main
 from parallelrun.client import Client
 from parallelrun.datasets import InputFile
@@ -338,6 +338,7 @@ def test_a_repeated_event_does_not_start_a_second_run(stack, make_schedule):
     stack.deliver("PlannerFunction", max_rounds=5)
     assert rows(stack, run1) == ["a.txt"]
     assert schedules.get(stack.cfg, name).running_job is None
+    assert schedules.get(stack.cfg, name).skipped_runs == 0  # a copy of a run's event is not an overlap
     assert [j.job_id for j in jobs.list_jobs(stack.cfg, 1000) if j.schedule == name] == [run1]
 
 
@@ -480,6 +481,9 @@ def test_the_template_lets_only_the_stacks_schedule_rules_reach_the_planner_queu
     # The aggregator hands a waiting run to the planner when the running one ends.
     aggregator = template["Resources"]["AggregatorFunction"]["Properties"]["Policies"]
     assert {"SQSSendMessagePolicy": {"QueueName": {"Fn::GetAtt": ["PlannerQueue", "QueueName"]}}} in aggregator
+    # So does the failure recorder, when it ends a scheduled job whose aggregation gave up.
+    recorder = template["Resources"]["FailureRecorderFunction"]["Properties"]["Policies"]
+    assert {"SQSSendMessagePolicy": {"QueueName": {"Fn::GetAtt": ["PlannerQueue", "QueueName"]}}} in recorder
 
 
 def test_a_run_whose_aggregation_gave_up_ends_failed_and_frees_the_schedule(stack, make_schedule):
@@ -493,3 +497,23 @@ def test_a_run_whose_aggregation_gave_up_ends_failed_and_frees_the_schedule(stac
     job = jobs.get(stack.cfg, run1)
     assert job.state == jobs.FAILED and "collating the output failed" in job.reason
     assert schedules.get(stack.cfg, name).running_job is None  # the next run need not wait for a takeover
+
+
+def test_a_crash_between_a_runs_end_and_handing_over_loses_no_waiting_run(stack, make_schedule):
+    name, folder = make_schedule("handover", overlap=schedules.WAIT)
+    put_files(stack.cfg, folder, ["a.txt"])
+    run1 = fire_and_plan(stack, name, "2026-11-22T10:00:00Z")
+    waiting = fire(stack, name, "2026-11-22T10:05:00Z")
+    stack.deliver("PlannerFunction", max_rounds=5)
+    original = schedules.run_ended
+    schedules.run_ended = lambda cfg, job: None  # the aggregator dies right after the final state
+    try:
+        assert stack.run_until_done(run1).state == jobs.SUCCEEDED
+    finally:
+        schedules.run_ended = original
+    assert schedules.get(stack.cfg, name).running_job == run1 and jobs.find(stack.cfg, waiting) is None
+    aggregator.request(stack.cfg, run1)  # the unacknowledged request comes back
+    stack.deliver("AggregatorFunction")
+    stack.deliver("PlannerFunction", max_rounds=5)
+    assert stack.run_until_done(waiting).state == jobs.SUCCEEDED
+    assert schedules.get(stack.cfg, name).running_job is None

@@ -137,6 +137,9 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     job = jobs.get(cfg, job_id)
     if job.state == jobs.RUNNING and not job.complete:
         return  # a stray request: the counters are not complete
+    if job.state in jobs.TERMINAL and job.schedule:
+        schedules.run_ended(cfg, job)  # a redelivery after a crash past the final state: finish handing over
+        return
     if job.state not in (jobs.RUNNING, jobs.FINALIZING) or not jobs.claim_finalize(cfg, job_id, LEASE_SECONDS):
         return
     job = jobs.get(cfg, job_id)

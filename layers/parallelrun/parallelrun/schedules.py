@@ -187,8 +187,10 @@ def delete(cfg: StackConfig, name: str) -> None:
         events.delete_rule(Name=schedule.rule_name)
     except events.exceptions.ResourceNotFoundException:
         pass  # a delete that stopped half-way: the rule is already gone
-    aws.table(cfg.table).delete_item(Key=schedule_key(name))
+    # What was scored goes first: a delete that stops half-way is repeated while the schedule
+    # still exists, and a later schedule of the same name never inherits its records.
     forgotten = scored.forget(cfg, name)
+    aws.table(cfg.table).delete_item(Key=schedule_key(name))
     logs.event(log, "schedule deleted", schedule=name, forgotten_inputs=forgotten)
 
 
@@ -282,20 +284,24 @@ def run_now(cfg: StackConfig, name: str) -> Firing:
 
 
 def run_ended(cfg: StackConfig, job: jobs.Job) -> None:
-    """A run's job ended: give the schedule's lock back and start the run waiting for it."""
+    """A run's job ended: start the run waiting for it, then give the schedule's lock back. In
+    that order, a crash between the two loses no waiting run (the lock stays with an ended job,
+    so a repeat of this call finishes it; the waiting run's job id is its time's, so sending it
+    twice starts it once)."""
     assert job.schedule is not None
-    try:
-        old = aws.table(cfg.table).update_item(
-            Key=schedule_key(job.schedule), UpdateExpression="REMOVE running_job, waiting",
-            ConditionExpression="running_job = :job", ExpressionAttributeValues={":job": job.job_id},
-            ReturnValues="ALL_OLD")["Attributes"]
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            return  # given back already, or taken over
-        raise
-    if old.get("waiting"):
+    current = aws.table(cfg.table).get_item(Key=schedule_key(job.schedule), ConsistentRead=True).get("Item") or {}
+    if current.get("running_job") != job.job_id:
+        return  # given back already, or taken over
+    if current.get("waiting"):
         aws.client("sqs").send_message(QueueUrl=cfg.planner_queue_url, MessageBody=json.dumps(
-            {"action": "schedule", "schedule": job.schedule, "time": old["waiting"], "trigger": "waited"}))
+            {"action": "schedule", "schedule": job.schedule, "time": current["waiting"], "trigger": "waited"}))
+    try:
+        aws.table(cfg.table).update_item(
+            Key=schedule_key(job.schedule), UpdateExpression="REMOVE running_job, waiting",
+            ConditionExpression="running_job = :job", ExpressionAttributeValues={":job": job.job_id})
+    except Exception as error:
+        if not aws.is_conditional_failure(error):
+            raise
 
 
 def mark_scored(cfg: StackConfig, job: jobs.Job) -> int:
