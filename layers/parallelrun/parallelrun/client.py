@@ -103,21 +103,26 @@ class Client:
                arguments: list[str] | None = None, allow_reuse: bool | None = None) -> sdk.Job:
         """Start a job on ``inputs`` with an endpoint (by name) or a ParallelRunConfig (deployed
         first to the endpoint named after its entry script, with ``model``)."""
-        overrides = dict(settings or {})
+        given = {name: value for name, value in (("side_inputs", side_inputs), ("arguments", arguments),
+                                                  ("allow_reuse", allow_reuse)) if value is not None}
+        target, uri, overrides = self._resolve(target, inputs, {**(settings or {}), **given}, model)
+        job = submit.prepare(self.cfg, target, uri, overrides, deployment)
+        submit.start(self.cfg, job)
+        return sdk.Job(self, job.job_id)
+
+    def _resolve(self, target: str | sdk.ParallelRunConfig, inputs: str | sdk.FileDataset | sdk.TabularDataset,
+                 settings: dict[str, Any], model: str | None) -> tuple[str, str, dict[str, Any]]:
+        """The endpoint, input URI and settings a job or a schedule runs with: a config deployed
+        and its settings taken, a dataset's kind and partitions taken, ``settings`` over both."""
+        overrides = dict(settings)
         if isinstance(target, sdk.ParallelRunConfig):
             overrides = {**target.settings(), **overrides}
             target = self._deploy(target, model)
-        for name, value in (("side_inputs", side_inputs), ("arguments", arguments), ("allow_reuse", allow_reuse)):
-            if value is not None:
-                overrides[name] = value
         if isinstance(inputs, sdk.TabularDataset):
             overrides = {"input_type": "tabular", "input_format": inputs.input_format, **overrides}
         if isinstance(inputs, sdk.FileDataset) and inputs.partition_format:
             overrides = {"partition_format": inputs.partition_format, **overrides}
-        uri = inputs if isinstance(inputs, str) else inputs.uri
-        job = submit.prepare(self.cfg, target, uri, overrides, deployment)
-        submit.start(self.cfg, job)
-        return sdk.Job(self, job.job_id)
+        return target, inputs if isinstance(inputs, str) else inputs.uri, overrides
 
     def _deploy(self, config: sdk.ParallelRunConfig, model: str | None) -> str:
         """The config's code as the default deployment of its endpoint (created the first time)."""
@@ -143,13 +148,7 @@ class Client:
         """Run an endpoint (or a ParallelRunConfig, deployed as :meth:`submit` does) over
         ``inputs`` on an EventBridge ``rate(...)`` or ``cron(...)`` expression; each run scores
         only the inputs no earlier run scored. ``overlap``: ``skip`` or ``wait``."""
-        overrides = dict(settings or {})
-        if isinstance(target, sdk.ParallelRunConfig):
-            overrides = {**target.settings(), **overrides}
-            target = self._deploy(target, model)
-        if isinstance(inputs, sdk.TabularDataset):
-            overrides = {"input_type": "tabular", "input_format": inputs.input_format, **overrides}
-        uri = inputs if isinstance(inputs, str) else inputs.uri
+        target, uri, overrides = self._resolve(target, inputs, dict(settings or {}), model)
         return schedules.create(self.cfg, name, target, expression, uri, overrides, deployment, overlap)
 
     def schedules(self) -> list[schedules.Schedule]:

@@ -60,7 +60,8 @@ class Bar:
 
 
 def gather(cfg: StackConfig, job_id: str) -> ReportData:
-    """Read the job, its mini-batch records, and (once it ended) its summary and failures."""
+    """Read the job, its mini-batch records, and (once it ended) its summary, whose failed
+    inputs by error type the aggregator counted while collating failures.jsonl."""
     job = jobs.get(cfg, job_id)
     batches = list(jobs.iter_batches(cfg, job_id))
     summary = None
@@ -70,8 +71,7 @@ def gather(cfg: StackConfig, job_id: str) -> ReportData:
         s3 = aws.client("s3")
         try:
             summary = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "summary.json")["Body"].read())
-            body = s3.get_object(Bucket=bucket, Key=prefix + "failures.jsonl")["Body"]
-            failures.update(json.loads(line)["error_type"] for line in body.iter_lines() if line.strip())
+            failures.update(summary.get("errors") or {})
         except s3.exceptions.NoSuchKey:
             pass  # not ended yet: the page says so
     return ReportData(job, batches, dict(failures.most_common()), summary)
