@@ -246,7 +246,7 @@ def isolate_partitions(cfg: StackConfig, job: jobs.Job, host: scoring.ScoringHos
                        context: scoring.MiniBatchContext, deadline: float) -> Scored:
     """After a table's last attempt: each partition alone, so only the partitions whose run()
     fails lose their rows."""
-    isolated, placed = Scored(), []
+    isolated, placed, spec = Scored(), [], InputSpec.from_uri(job.input_uri)
     for part in parts:
         try:
             scored = score_partitions(cfg, job, host, [part], context, deadline)
@@ -260,12 +260,9 @@ def isolate_partitions(cfg: StackConfig, job: jobs.Job, host: scoring.ScoringHos
         isolated.header = isolated.header or scored.header
         isolated.failed += scored.failed
         isolated.unscored += scored.unscored
-        missing = part.count - scored.unscored - len(scored.rows)
-        if missing > 0:
-            isolated.failed.append((part.items[0], Failure("MissingResults", f"partition {part.partition}: run() "
-                                                           f"returned {len(scored.rows)} results for {part.count} "
-                                                           "inputs: return one per input")))
-            isolated.unscored += missing
+        short = short_results(part.items, part.count - scored.unscored, len(scored.rows), spec)
+        isolated.failed += short
+        isolated.unscored += len(short)
         placed.append((part, scored.rows))
     isolated.rows = in_input_order(placed)
     logs.event(log, "isolated the failed mini-batch's partitions", partitions=len(parts),
