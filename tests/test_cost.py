@@ -64,7 +64,6 @@ def test_cost_section_counts_every_invocation(stack, flaky_job):
     functions = cost["functions"]
     # Every attempt is an invocation: the four that failed were paid for too.
     assert functions["worker"]["invocations"] == job.total_batches + job.retries == 8
-    assert functions["worker"]["invocations"] >= job.total_batches
     assert functions["planner"]["invocations"] >= 1
     assert functions["aggregator"]["invocations"] == 1
     assert functions["failure_recorder"]["invocations"] == 0
