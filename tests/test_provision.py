@@ -133,7 +133,7 @@ def test_event_sources(stack: LocalStack) -> None:
     recorders = stack.functions["FailureRecorderFunction"].queue_sources
     assert stack.outputs["BatchDeadLetterQueueUrl"] in {r.queue_url for r in recorders}
     assert sorted(r.queue_url.rsplit("/", 1)[1].split("-")[-2] for r in recorders) == [
-        "BatchDeadLetterQueue", "FinalizeDeadLetterQueue", "PlannerDeadLetterQueue"]
+        "BatchDeadLetterQueue", "FinalizeDeadLetterQueue", "PlannerDeadLetterQueue", "PlannerFailureQueue"]
     assert all((r.batch_size, r.report_batch_item_failures) == (10, True) for r in recorders)
 
     (aggregator,) = stack.functions["AggregatorFunction"].queue_sources
@@ -145,6 +145,10 @@ def test_event_sources(stack: LocalStack) -> None:
     assert bucket.bucket == stack.outputs["InputBucketName"]
     assert bucket.events == ["s3:ObjectCreated:*"]
     assert (bucket.suffix, bucket.prefix) == ("_READY", None)
+    # Its asynchronous (S3) invocations: EventInvokeConfig, which moto's CloudFormation cannot create.
+    assert planner.async_invoke.maximum_retry_attempts == 2
+    assert planner.async_invoke.on_failure_queue_url in {r.queue_url for r in recorders}
+    assert planner.function_arn.startswith("arn:aws:lambda:us-east-1:") and "PlannerFunction" in planner.function_arn
 
 
 def test_nothing_steals_messages_from_mapped_queues(stack: LocalStack, aws: Any) -> None:

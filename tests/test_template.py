@@ -26,6 +26,9 @@ RESOURCES = {
     "PlannerDeadLetterQueue": "AWS::SQS::Queue",
     "FinalizeQueue": "AWS::SQS::Queue",
     "FinalizeDeadLetterQueue": "AWS::SQS::Queue",
+    "PlannerFailureQueue": "AWS::SQS::Queue",
+    "InputBucketPolicy": "AWS::S3::BucketPolicy",
+    "ArtifactsBucketPolicy": "AWS::S3::BucketPolicy",
     "Table": "AWS::DynamoDB::Table",
     "ParallelRunLayer": "AWS::Serverless::LayerVersion",
     "PlannerFunction": "AWS::Serverless::Function",
@@ -131,7 +134,7 @@ def test_worker_reports_batch_item_failures(template: dict[str, Any]) -> None:
     # Every dead-letter queue has a consumer, so whatever gives up still ends its job.
     recorder = _sqs_events(template, "FailureRecorderFunction")
     assert sorted(e["Queue"]["Fn::GetAtt"][0] for e in recorder) == [
-        "BatchDeadLetterQueue", "FinalizeDeadLetterQueue", "PlannerDeadLetterQueue"]
+        "BatchDeadLetterQueue", "FinalizeDeadLetterQueue", "PlannerDeadLetterQueue", "PlannerFailureQueue"]
     assert all(e["FunctionResponseTypes"] == ["ReportBatchItemFailures"] for e in recorder)
 
 
@@ -160,6 +163,83 @@ def test_buckets_are_encrypted_and_private(template: dict[str, Any]) -> None:
         }
         rules = props["LifecycleConfiguration"]["Rules"]
         assert any(r.get("AbortIncompleteMultipartUpload") == {"DaysAfterInitiation": 1} for r in rules)
+
+
+def _value(template: dict[str, Any], value: Any) -> Any:
+    """A literal, or the default of the parameter it !Refs."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        return template["Parameters"][value["Ref"]]["Default"]
+    return value
+
+
+def test_buckets_deny_requests_without_tls(template: dict[str, Any]) -> None:
+    policies = {_props(template, k)["Bucket"]["Ref"]: _props(template, k)["PolicyDocument"]
+                for k, v in template["Resources"].items() if v["Type"] == "AWS::S3::BucketPolicy"}
+    assert set(policies) == {"InputBucket", "ArtifactsBucket"}
+    for bucket, document in policies.items():
+        (deny,) = [s for s in document["Statement"] if s["Effect"] == "Deny"]
+        assert deny["Principal"] == "*" and deny["Action"] == "s3:*"
+        assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        # Both the bucket (list, policy calls) and every object in it.
+        assert deny["Resource"] == [{"Fn::GetAtt": [bucket, "Arn"]}, {"Fn::Sub": f"${{{bucket}.Arn}}/*"}]
+    # Still named by string, not by !Ref (see test_planner_starts_on_ready_markers).
+    assert "BucketName" in _props(template, "InputBucket")
+
+
+def test_data_outlives_the_stack(template: dict[str, Any]) -> None:
+    for logical_id in ("InputBucket", "ArtifactsBucket", "Table"):
+        resource = template["Resources"][logical_id]
+        assert (resource.get("DeletionPolicy"), resource.get("UpdateReplacePolicy")) == ("Retain", "Retain"), logical_id
+
+
+def test_artifacts_are_versioned_and_old_versions_expire(template: dict[str, Any]) -> None:
+    props = _props(template, "ArtifactsBucket")
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    expiring = [r for r in props["LifecycleConfiguration"]["Rules"]
+                if r["Status"] == "Enabled" and "NoncurrentVersionExpiration" in r]
+    assert expiring and 0 < expiring[0]["NoncurrentVersionExpiration"]["NoncurrentDays"] <= 90
+
+
+def test_control_functions_have_reserved_concurrency_their_sources_fit_in(template: dict[str, Any]) -> None:
+    # AWS: keep the reserved concurrency >= the sum of the SQS event sources' MaximumConcurrency,
+    # or Lambda throttles messages it already received (each throttle spends a receive).
+    for function in ("PlannerFunction", "AggregatorFunction", "FailureRecorderFunction"):
+        reserved = _props(template, function)["ReservedConcurrentExecutions"]
+        sources = _sqs_events(template, function)
+        assert all("MaximumConcurrency" in s.get("ScalingConfig", {}) for s in sources), function
+        assert sum(s["ScalingConfig"]["MaximumConcurrency"] for s in sources) <= reserved, function
+    # The planner keeps room for its asynchronous (S3) invocations too.
+    planner = _sqs_events(template, "PlannerFunction")
+    assert sum(s["ScalingConfig"]["MaximumConcurrency"] for s in planner) < _props(
+        template, "PlannerFunction")["ReservedConcurrentExecutions"]
+
+
+def test_planner_failures_reach_the_failure_recorder(template: dict[str, Any]) -> None:
+    config = _props(template, "PlannerFunction")["EventInvokeConfig"]
+    assert 0 <= config["MaximumRetryAttempts"] <= 2
+    assert config["DestinationConfig"]["OnFailure"] == {
+        "Type": "SQS", "Destination": {"Fn::GetAtt": ["PlannerFailureQueue", "Arn"]}}
+    assert any(e["Queue"] == {"Fn::GetAtt": ["PlannerFailureQueue", "Arn"]}
+               for e in _sqs_events(template, "FailureRecorderFunction"))
+
+
+def test_every_queue_is_encrypted_and_outlasts_its_readers_timeout(template: dict[str, Any]) -> None:
+    """Lambda refuses at deploy an SQS event source whose queue's visibility timeout is below the
+    function's timeout (moto accepts it); AWS recommends 6 x the timeout
+    (https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-configure.html)."""
+    queues = [k for k, v in template["Resources"].items() if v["Type"] == "AWS::SQS::Queue"]
+    assert all(_props(template, q).get("SqsManagedSseEnabled") is True for q in queues)
+    read = set()
+    for function, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        timeout = _value(template, _props(template, function)["Timeout"])
+        for source in _sqs_events(template, function):
+            queue = source["Queue"]["Fn::GetAtt"][0]
+            read.add(queue)
+            visibility = _value(template, _props(template, queue).get("VisibilityTimeout", 30))  # SQS's default
+            assert visibility >= 6 * timeout, f"{queue} ({visibility} s) read by {function} (timeout {timeout} s)"
+    assert read == set(queues)  # every queue has a reader whose timeout was checked
 
 
 def test_planner_starts_on_ready_markers(template: dict[str, Any]) -> None:

@@ -4,7 +4,9 @@ A mini-batch lands in its dead-letter queue when its worker died (killed, out of
 timeout) on every delivery the queue allows: the batch is recorded FAILED with one failure line
 per input, by the same conditional transaction the worker uses, so a batch that did finish is
 never counted twice. A planner or aggregator message that failed every delivery ends its job
-FAILED, saying which part gave up.
+FAILED, saying which part gave up. So does a ``_READY`` marker the planner failed on every try:
+S3 invokes the planner asynchronously, and Lambda sends the record of such an invocation to the
+planner's on-failure destination queue, which this function reads too.
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.parse
 from typing import Any
 
-from parallelrun import aggregator, aws, jobs, logs, schedules, usage, worker
+from parallelrun import aggregator, aws, jobs, logs, planner, schedules, submit, usage, worker
 from parallelrun.config import StackConfig
 from parallelrun.datasets import item_from_json
+from parallelrun.errors import ConflictError
 from parallelrun.scoring import Failure
+from parallelrun.settings import RunSettings
 
 log = logging.getLogger("parallelrun.deadletters")
+ERROR_MESSAGE_CHARS = 1000  # of the planner's error kept in a job's reason (Lambda's may be 256 KB)
 
 
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -30,7 +36,9 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         for record in event.get("Records", []):
             try:
                 body = json.loads(record["body"])
-                if "batch" in body:
+                if "requestContext" in body:  # Lambda's record of a failed asynchronous invocation
+                    record_failed_invocation(cfg, body)
+                elif "batch" in body:
                     record_dead_letter(cfg, body)
                 else:
                     give_up(cfg, body)
@@ -86,3 +94,64 @@ def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:
                 job = jobs.get(cfg, job_id)
                 if job.schedule:  # its schedule's next run need not wait for a takeover
                     schedules.run_ended(cfg, job)
+
+
+def marker_job(bucket: str, key: str, version: str) -> tuple[str, str, str] | None:
+    """The job a ``_READY`` marker starts: (job id, endpoint, input folder URI), or None for a
+    marker outside ``<endpoint>/<folder>/``. ``key`` is decoded; ``version`` is the S3 event's
+    sequencer (else its ETag), so a retried notification maps to the same job."""
+    target = planner.marker_target(key)
+    if target is None:
+        return None
+    endpoint, folder = target
+    return submit.new_job_id(endpoint, f"{bucket}/{key}@{version}"), endpoint, f"s3://{bucket}/{folder}"
+
+
+def failed_drop_job(job_id: str, endpoint: str, input_uri: str, reason: str) -> jobs.Job:
+    """A drop folder's job that failed before it could be prepared: nobody waits on a drop
+    folder's answer, so the reason is kept where `parallelrun jobs` and `status` show it."""
+    return jobs.Job(job_id=job_id, endpoint=endpoint, deployment={}, settings=RunSettings(), input_uri=input_uri,
+                    output_uri="", state=jobs.FAILED, source="drop", reason=reason, ended_at=time.time())
+
+
+def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:
+    """Lambda gave up on an asynchronous invocation of the planner: end each marker's job FAILED
+    (creating it FAILED if the planner never did), with the marker and the error as its reason.
+
+    ``record`` is Lambda's invocation record
+    (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.html): the
+    original S3 event in ``requestPayload``, the tries in ``requestContext`` and, when the function
+    ran, its error in ``responsePayload``.
+    """
+    context = record.get("requestContext") or {}
+    if context.get("condition") == "EventAgeExceeded":  # throttled until the event expired: never ran
+        gave_up = "was never run on"
+    else:
+        gave_up = f"failed on all {context.get('approximateInvokeCount', '?')} tries of"
+    response = record.get("responsePayload")
+    error = ""
+    if isinstance(response, dict) and "errorMessage" in response:
+        message = str(response["errorMessage"])[:ERROR_MESSAGE_CHARS]
+        error = f": {response.get('errorType', 'Error')}: {message}"
+    payload = record.get("requestPayload") or {}
+    for s3_record in payload.get("Records", []) if isinstance(payload, dict) else []:
+        if s3_record.get("eventSource") != "aws:s3":
+            continue
+        bucket = s3_record["s3"]["bucket"]["name"]
+        key = urllib.parse.unquote_plus(s3_record["s3"]["object"]["key"])
+        version = s3_record["s3"]["object"].get("sequencer") or s3_record["s3"]["object"].get("eTag", "")
+        target = marker_job(bucket, key, version)
+        if target is None:
+            continue  # the planner ignores such a marker: no job to end
+        job_id, endpoint, input_uri = target
+        reason = (f"the planner {gave_up} marker s3://{bucket}/{key}{error}. "
+                  "Upload the marker again to start a new job")
+        with logs.context(job_id):
+            if jobs.find(cfg, job_id) is None:
+                try:
+                    jobs.create(cfg, failed_drop_job(job_id, endpoint, input_uri, reason))
+                    logs.event(log, "job failed: the planner gave up on its marker", level=logging.ERROR)
+                    continue
+                except ConflictError:
+                    pass  # a late try of the planner created it meanwhile: end it below
+            aggregator.stop(cfg, job_id, jobs.FAILED, reason)  # a job that already ended keeps its end

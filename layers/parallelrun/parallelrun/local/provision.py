@@ -47,9 +47,16 @@ _CODE_PROPERTIES = {
     "AWS::Serverless::LayerVersion": "ContentUri",
 }
 _READY_STATES = ("CREATE_COMPLETE", "UPDATE_COMPLETE")
-# Resource types moto's CloudFormation cannot create (it would list a resource with no type):
-# resource policies, which moto does not enforce anyway, so the local stack goes without them.
-_NOT_CREATED_LOCALLY = ("AWS::SQS::QueuePolicy",)
+# Resource types moto's CloudFormation cannot create (it would list a resource with no type).
+# The queue policy: moto does not enforce resource policies, so the local stack goes without it.
+# The bucket policies deny requests without TLS, which is every request to the local server (plain
+# HTTP on 127.0.0.1): enforced, they would refuse everything. The planner's asynchronous invocation
+# config (retries, on-failure destination) is read from the translated template instead
+# (_async_invoke_configs), and played by parallelrun.local.destinations.
+_NOT_CREATED_LOCALLY = ("AWS::SQS::QueuePolicy", "AWS::S3::BucketPolicy", "AWS::Lambda::EventInvokeConfig")
+# Lambda's retries of a failed asynchronous invocation when EventInvokeConfig sets none
+# (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html).
+_DEFAULT_RETRY_ATTEMPTS = 2
 _CREATE_TIMEOUT = 120.0  # seconds; moto creates the stack within the CreateStack call
 
 
@@ -75,6 +82,14 @@ class BucketSource:
 
 
 @dataclass(frozen=True)
+class AsyncInvokeConfig:
+    """How Lambda handles a failed asynchronous invocation of a function (its EventInvokeConfig)."""
+
+    maximum_retry_attempts: int
+    on_failure_queue_url: str | None  # where the invocation record goes when every try failed
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     """One function of the stack: what a local runtime needs to call its handler as Lambda would."""
 
@@ -86,6 +101,8 @@ class FunctionSpec:
     environment: dict[str, str]
     queue_sources: list[QueueSource]
     bucket_sources: list[BucketSource]
+    function_arn: str
+    async_invoke: AsyncInvokeConfig
 
 
 @dataclass(frozen=True)
@@ -355,6 +372,7 @@ def _read_functions(
             mappings.setdefault(mapping["FunctionArn"], []).append(mapping)
 
     bucket_sources = _bucket_sources(translated, physical)
+    async_configs = _async_invoke_configs(translated, physical)
     functions = {}
     for logical_id, folder in code_dirs.items():
         config = lam.get_function_configuration(FunctionName=physical[logical_id])
@@ -385,8 +403,34 @@ def _read_functions(
             environment={k: str(v) for k, v in variables.items()},
             queue_sources=queue_sources,
             bucket_sources=bucket_sources.get(logical_id, []),
+            function_arn=config["FunctionArn"],
+            async_invoke=async_configs.get(logical_id, AsyncInvokeConfig(_DEFAULT_RETRY_ATTEMPTS, None)),
         )
     return functions
+
+
+def _async_invoke_configs(translated: dict[str, Any], physical: dict[str, str]) -> dict[str, AsyncInvokeConfig]:
+    """Each function's EventInvokeConfig by function logical id, its destination queue resolved.
+
+    Only SQS destinations can be played locally (a queue's physical id is its URL); another kind
+    is refused rather than silently dropped.
+    """
+    configs = {}
+    for logical_id, resource in translated["Resources"].items():
+        if resource["Type"] != "AWS::Lambda::EventInvokeConfig":
+            continue
+        props = resource["Properties"]
+        destination = props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+        queue_url = None
+        if destination is not None:
+            target = destination.get("Fn::GetAtt", [None])[0] if isinstance(destination, dict) else None
+            if translated["Resources"].get(target, {}).get("Type") != "AWS::SQS::Queue":
+                raise StackError(f"{logical_id}: the local stack delivers on-failure records to an SQS queue "
+                                 f"of the stack only, not to {destination!r}")
+            queue_url = physical[target]
+        retries = int(props.get("MaximumRetryAttempts", _DEFAULT_RETRY_ATTEMPTS))
+        configs[props["FunctionName"]["Ref"]] = AsyncInvokeConfig(retries, queue_url)
+    return configs
 
 
 def _bucket_sources(
