@@ -192,6 +192,12 @@ def test_data_outlives_the_stack(template: dict[str, Any]) -> None:
         assert (resource.get("DeletionPolicy"), resource.get("UpdateReplacePolicy")) == ("Retain", "Retain"), logical_id
 
 
+def test_table_is_encrypted_and_recoverable(template: dict[str, Any]) -> None:
+    props = _props(template, "Table")
+    assert props["SSESpecification"] == {"SSEEnabled": True}  # the AWS managed KMS key (checkov-skips.yaml)
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+
+
 def test_artifacts_are_versioned_and_old_versions_expire(template: dict[str, Any]) -> None:
     props = _props(template, "ArtifactsBucket")
     assert props["VersioningConfiguration"] == {"Status": "Enabled"}
