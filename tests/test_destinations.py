@@ -156,3 +156,19 @@ def test_a_job_that_already_ended_keeps_its_end(stack: Stack, unique: str) -> No
     assert stack.deliver("FailureRecorderFunction") == 1
     job = jobs.get(stack.cfg, job_id)
     assert (job.state, job.reason) == (jobs.SUCCEEDED, "")
+
+
+def test_a_marker_that_aged_out_unrun_gets_a_failed_job(stack: Stack, unique: str) -> None:
+    """Throttled until its maximum event age, the planner never ran: the record has no response."""
+    stack.purge()
+    key = f"{unique}/late/_READY"
+    record = destinations.failure_record(stack.spec.functions["PlannerFunction"],
+                                         _marker_event(stack.cfg.input_bucket, key, "00E5"), RuntimeError(), "r", 0)
+    record["requestContext"]["condition"] = "EventAgeExceeded"
+    del record["responseContext"], record["responsePayload"]
+    aws.client("sqs").send_message(QueueUrl=_failure_queue(stack), MessageBody=json.dumps(record))
+
+    assert stack.deliver("FailureRecorderFunction") == 1
+    job = jobs.get(stack.cfg, _job_id(stack, key, "00E5"))
+    assert job.state == jobs.FAILED
+    assert job.reason.startswith(f"the planner was never run on marker s3://{stack.cfg.input_bucket}/{key}. ")

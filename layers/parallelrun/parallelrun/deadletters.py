@@ -96,10 +96,17 @@ def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:
                     schedules.run_ended(cfg, job)
 
 
+def marker_of(s3_record: dict[str, Any]) -> tuple[str, str, str]:
+    """(bucket, decoded key, version) of the object an S3 event record names: the version is the
+    event's sequencer, else its ETag, so a retried notification names the same marker."""
+    obj = s3_record["s3"]["object"]
+    return (s3_record["s3"]["bucket"]["name"], urllib.parse.unquote_plus(obj["key"]),
+            obj.get("sequencer") or obj.get("eTag", ""))
+
+
 def marker_job(bucket: str, key: str, version: str) -> tuple[str, str, str] | None:
     """The job a ``_READY`` marker starts: (job id, endpoint, input folder URI), or None for a
-    marker outside ``<endpoint>/<folder>/``. ``key`` is decoded; ``version`` is the S3 event's
-    sequencer (else its ETag), so a retried notification maps to the same job."""
+    marker outside ``<endpoint>/<folder>/``, for the marker :func:`marker_of` names."""
     target = planner.marker_target(key)
     if target is None:
         return None
@@ -137,9 +144,7 @@ def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:
     for s3_record in payload.get("Records", []) if isinstance(payload, dict) else []:
         if s3_record.get("eventSource") != "aws:s3":
             continue
-        bucket = s3_record["s3"]["bucket"]["name"]
-        key = urllib.parse.unquote_plus(s3_record["s3"]["object"]["key"])
-        version = s3_record["s3"]["object"].get("sequencer") or s3_record["s3"]["object"].get("eTag", "")
+        bucket, key, version = marker_of(s3_record)
         target = marker_job(bucket, key, version)
         if target is None:
             continue  # the planner ignores such a marker: no job to end
