@@ -10,16 +10,15 @@ https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.htm
 :func:`failure_record` builds, so the consumer (the failure recorder) reads the same bytes here as
 on AWS.
 
-Locally the tries follow each other without AWS's waits (``retry_wait`` restores them), so a
-marker the planner cannot handle ends its job within the same poll. A function's timeout is not
-enforced here: a try fails only by raising.
+Locally the tries follow each other without AWS's waits, so a marker the planner cannot handle
+ends its job within seconds, not minutes. A function's timeout is not enforced here: a try fails
+only by raising.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 import traceback
 import uuid
 from datetime import UTC, datetime
@@ -33,8 +32,7 @@ log = logging.getLogger("parallelrun.local")
 LATEST = "$LATEST"
 
 
-def invoke_async(spec: provision.FunctionSpec, handler: lambdas.Handler, event: dict[str, Any],
-                 retry_wait: float = 0.0) -> bool:
+def invoke_async(spec: provision.FunctionSpec, handler: lambdas.Handler, event: dict[str, Any]) -> bool:
     """One asynchronous invocation of ``spec``'s function with ``event``: True if a try succeeded.
 
     After 1 + MaximumRetryAttempts failed tries the invocation record goes to the on-failure
@@ -53,8 +51,6 @@ def invoke_async(spec: provision.FunctionSpec, handler: lambdas.Handler, event: 
             log.warning("asynchronous invocation of %s failed (try %d of %d)", spec.logical_id, number, tries,
                         exc_info=True)
             last_error = error
-        if number < tries and retry_wait:
-            time.sleep(retry_wait * number)  # AWS: one minute, then two
     record = failure_record(spec, event, last_error, request_id, tries)
     if spec.async_invoke.on_failure_queue_url is None:
         log.error("%s failed on every try and has no on-failure destination: event discarded", spec.logical_id,
