@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from parallelrun import aws, jobs, logs, pricing, results, reuse, schedules, usage
 from parallelrun.config import StackConfig
+from parallelrun.errors import ConflictError
 
 log = logging.getLogger("parallelrun.aggregator")
 PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB but the last
 LEASE_SECONDS = 900  # the aggregator function's timeout: past it, a FINALIZING holder is dead
 UNWRITTEN = "OutputSchemaMismatch"  # parquet output: a part whose columns differ from the first part's
+OWNER_METADATA = "parallelrun-job"  # an output file's S3 metadata: the job that wrote it
 
 
 def check(cfg: StackConfig, job_id: str) -> None:
@@ -55,11 +59,33 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     return {}
 
 
-class S3StreamWriter:
-    """Write an S3 object of any size in bounded memory: a multipart upload once it outgrows one part."""
+class OutputTaken(ConflictError):
+    """A file of the job's output folder exists and another job (or no job) wrote it."""
 
-    def __init__(self, bucket: str, key: str, part_size: int = PART_SIZE) -> None:
-        self.bucket, self.key, self.part_size = bucket, key, part_size
+
+def write_owned(s3: Any, bucket: str, key: str, owner: str, write: Callable[..., Any]) -> None:
+    """``write(**condition)`` puts ``key`` only where no object is, or over one ``owner`` wrote (an
+    earlier try of this job's aggregation, which died); anything else raises :class:`OutputTaken`
+    and stays as it is. The owner is in the object's metadata (see :class:`S3StreamWriter`)."""
+    try:
+        write(IfNoneMatch="*")
+        return
+    except s3.exceptions.ClientError as error:
+        if error.response["Error"]["Code"] != "PreconditionFailed":
+            raise
+    found = s3.head_object(Bucket=bucket, Key=key)
+    if found.get("Metadata", {}).get(OWNER_METADATA) != owner:
+        raise OutputTaken(f"s3://{bucket}/{key} already exists and job {owner} did not write it: it was left as it "
+                          "is (give each job an output_path of its own)")
+    write(IfMatch=found["ETag"])  # the file this job wrote, unless it changed since it was looked at
+
+
+class S3StreamWriter:
+    """Write an S3 object of any size in bounded memory: a multipart upload once it outgrows one
+    part. With an ``owner`` (a job id), the object is written as :func:`write_owned` says."""
+
+    def __init__(self, bucket: str, key: str, part_size: int = PART_SIZE, owner: str = "") -> None:
+        self.bucket, self.key, self.part_size, self.owner = bucket, key, part_size, owner
         self.s3 = aws.client("s3")
         self.buffer = bytearray()
         self.upload_id: str | None = None
@@ -74,21 +100,31 @@ class S3StreamWriter:
 
     def _upload_part(self) -> None:
         if self.upload_id is None:
-            self.upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
+            self.upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.key,
+                                                             **self._metadata())["UploadId"]
         number = len(self.parts) + 1
         etag = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
                                    Body=bytes(self.buffer))["ETag"]
         self.parts.append({"PartNumber": number, "ETag": etag})
         self.buffer.clear()
 
+    def _metadata(self) -> dict[str, Any]:
+        return {"Metadata": {OWNER_METADATA: self.owner}} if self.owner else {}
+
     def close(self) -> None:
         if self.upload_id is None:
-            self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer))
-            return
-        if self.buffer:
-            self._upload_part()
-        self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                          MultipartUpload={"Parts": self.parts})
+            write = functools.partial(self.s3.put_object, Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer),
+                                      **self._metadata())
+        else:
+            if self.buffer:
+                self._upload_part()
+            write = functools.partial(self.s3.complete_multipart_upload, Bucket=self.bucket, Key=self.key,
+                                      UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
+        if self.owner:
+            write_owned(self.s3, self.bucket, self.key, self.owner, write)
+        else:
+            write()
+        self.upload_id = None  # completed: nothing is left for abort() to discard
 
     def abort(self) -> None:
         if self.upload_id is not None:
@@ -145,7 +181,10 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     job = jobs.get(cfg, job_id)
     started = time.time()
     spent = usage.Tally()
-    rows, errors, reusable, unwritten = collate(cfg, job, spent)
+    try:
+        rows, errors, reusable, unwritten = collate(cfg, job, spent)
+    except OutputTaken as taken:  # nothing of it is reused, and the job cannot succeed
+        rows, errors, reusable, unwritten = 0, collections.Counter(), 0, str(taken)
     state, reason = judge(job)
     if unwritten:  # rows the script returned are missing from the output: never a success
         state, reason = (jobs.FAILED, unwritten) if state == jobs.SUCCEEDED else (state, f"{reason}; {unwritten}")
@@ -164,8 +203,13 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     summary = build_summary(job, state, reason, rows, dict(errors), ended, ended - started)
     summary["cost"] = job_cost(cfg, job_id, spent)
     bucket, prefix = aws.split_s3_uri(job.output_uri)
-    aws.client("s3").put_object(Bucket=bucket, Key=prefix + "summary.json", Body=json.dumps(summary, indent=2).encode(),
-                  ContentType="application/json")
+    s3 = aws.client("s3")
+    try:
+        write_owned(s3, bucket, prefix + "summary.json", job_id, functools.partial(
+            s3.put_object, Bucket=bucket, Key=prefix + "summary.json", Body=json.dumps(summary, indent=2).encode(),
+            ContentType="application/json", Metadata={OWNER_METADATA: job_id}))
+    except OutputTaken as taken:
+        state, reason = jobs.FAILED, f"{reason}; {taken}" if reason else str(taken)
     jobs.transition(cfg, job_id, state, (jobs.FINALIZING,), ended_at=ended, reason=reason, rows=rows)
     logs.event(log, "job finished", state=state, rows=rows, aggregate_seconds=round(ended - started, 3))
     if job.schedule:
@@ -190,8 +234,8 @@ def collate(cfg: StackConfig, job: jobs.Job, spent: usage.Tally | None = None,
     bucket, prefix = aws.split_s3_uri(job.output_uri)
     s3 = aws.client("s3")
     rows = 0
-    output = S3StreamWriter(bucket, prefix + job.settings.output_file_name, part_size)
-    failures = S3StreamWriter(bucket, prefix + "failures.jsonl", part_size)
+    output = S3StreamWriter(bucket, prefix + job.settings.output_file_name, part_size, job.job_id)
+    failures = S3StreamWriter(bucket, prefix + "failures.jsonl", part_size, job.job_id)
     table = results.ParquetCollator(output) if job.settings.output_format == "parquet" else None  # written only for append_row
     errors: collections.Counter[str] = collections.Counter()
     reusable, unwritten = 0, []

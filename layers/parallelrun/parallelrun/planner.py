@@ -10,6 +10,7 @@ message (mini-batch ids are deterministic, so re-sent batches are harmless dupli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import posixpath
@@ -23,10 +24,12 @@ from parallelrun import (aggregator, aws, datasets, endpoints, jobs, logs, parti
                          scored, submit, usage)
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, TablePiece
-from parallelrun.errors import ConflictError, ParallelRunError
+from parallelrun.errors import ConflictError, InputError, ParallelRunError, SettingsError
 from parallelrun.settings import RunSettings
 
 log = logging.getLogger("parallelrun.planner")
+MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
+MAX_MARKER_NESTING = 2  # the settings object, and a list or object as one setting's value
 PLAN_CHUNK = 500  # mini-batches per plan object: a tick reads only the chunks it sends from
 SEND_BATCH = 10  # SQS SendMessageBatch's limit
 # A continuation seen before its sender recorded the cursor waits; after this long the sender
@@ -87,6 +90,8 @@ def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> str | No
             try:
                 overrides = _marker_overrides(bucket, key)
                 deployment = overrides.pop("deployment", None)
+                if deployment is not None and not (isinstance(deployment, str) and len(deployment) <= 63):
+                    raise SettingsError("deployment", deployment, "the name of one of the endpoint's deployments")
                 job = submit.prepare(cfg, endpoint, f"s3://{bucket}/{folder}", overrides, deployment, job_id, "drop")
             except ParallelRunError as error:
                 # Nobody waits on a drop folder's answer: keep the refusal where `status` shows it.
@@ -103,16 +108,54 @@ def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> str | No
 
 
 def _marker_overrides(bucket: str, key: str) -> dict[str, Any]:
-    body = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().strip()
-    if not body:
+    """The settings in a marker's body; anyone who can write to the input bucket writes it, so
+    each way it can be wrong is an InputError (the job's FAILED reason), never a crash that
+    would lose the drop."""
+    where = f"marker s3://{bucket}/{key}"
+    s3 = aws.client("s3")
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except s3.exceptions.ClientError as error:
+        code = error.response["Error"]["Code"]
+        if code not in ("NoSuchKey", "AccessDenied"):
+            raise  # transient: S3 invokes the planner again
+        raise InputError(f"{where} cannot be read ({code})") from None
+    with contextlib.closing(response["Body"]) as stream:
+        # Never read whole: the size comes first, and the read stops one byte past the limit.
+        body = b"" if response["ContentLength"] > MAX_MARKER_BYTES else stream.read(MAX_MARKER_BYTES + 1)
+    if response["ContentLength"] > MAX_MARKER_BYTES or len(body) > MAX_MARKER_BYTES:
+        raise InputError(f"{where} has {response['ContentLength']} bytes: a marker's body is a JSON object of "
+                         f"settings of at most {MAX_MARKER_BYTES} bytes (64 KiB)")
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{where} is not UTF-8 text (byte {error.start} is {body[error.start:error.start + 1]!r}): "
+                         "write its settings as a UTF-8 JSON object") from None
+    if not text.strip():
         return {}
     try:
-        overrides = json.loads(body)
-    except json.JSONDecodeError as error:
-        raise ParallelRunError(f"marker s3://{bucket}/{key} is not a JSON object of settings: {error}") from None
+        overrides = json.loads(text)
+    except RecursionError:
+        overrides = None  # nested past the interpreter's limit: refused as too deep below
+    except ValueError as error:
+        raise InputError(f"{where} is not a JSON object of settings: {error}") from None
+    if overrides is None or _nesting(overrides) > MAX_MARKER_NESTING:
+        raise InputError(f"{where} nests JSON too deeply: a setting's value is a string, number, boolean, null, or "
+                         "a list or object of those")
     if not isinstance(overrides, dict):
-        raise ParallelRunError(f"marker s3://{bucket}/{key} must hold a JSON object of settings")
+        raise InputError(f"{where} must hold a JSON object of settings, not a JSON {type(overrides).__name__}")
     return overrides
+
+
+def _nesting(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (a scalar: 0); no recursion, whatever the depth."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            pending.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def start_job(cfg: StackConfig, job_id: str) -> None:

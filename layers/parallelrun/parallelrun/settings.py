@@ -33,6 +33,60 @@ INPUT_FORMATS = ("csv", "jsonl", "parquet")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB)?\s*$", re.IGNORECASE)
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 
+# --- upper bounds. A job's settings live in its DynamoDB item (at most 400 KB with its counters
+# and deployment: https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/ServiceQuotas.html)
+# and are copied into summary.json, so every list and text is bounded as well as every size.
+#
+# A mini-batch's SQS message lists each file as [key, size, ETag]: a key of up to 1,024 bytes
+# (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html), 13 digits and a
+# 38-character ETag make about 1.1 KB of JSON a file, and a message holds at most 256 KiB
+# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html):
+# 200 files leave room for the job id, the index and the partition.
+MAX_FILES_PER_BATCH = 200
+# A worker holds a tabular mini-batch in memory as a DataFrame, several times its bytes on disk;
+# Lambda's largest function has 10,240 MB
+# (https://docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html).
+MAX_BYTES_PER_BATCH = 1024**3
+# Models are cached in /tmp, which Lambda sizes up to 10,240 MB
+# (https://docs.aws.amazon.com/lambda/latest/dg/configuration-ephemeral-storage.html).
+MAX_MODEL_CACHE_BYTES = 10240 * 1024**2
+# summary.json's readers (JavaScript, jq) keep integers exactly only up to 2**53 - 1.
+MAX_COUNT = 2**53 - 1
+# Many jobs share one batch queue, and a standard queue holds about 120,000 messages in flight
+# (the quotas page above); moto's cost grows with the queue's depth too (DESIGN §6).
+MAX_INFLIGHT_BATCHES = 10000
+MAX_ARGUMENTS, MAX_ARGUMENT_CHARS = 100, 1024
+MAX_SIDE_INPUTS = 20
+MAX_PARTITION_KEYS, MAX_NAME_CHARS = 10, 128
+MAX_ENV_VARIABLES, MAX_ENV_VALUE_CHARS = 50, 4096
+# The output's keys are this prefix and the names below it (a collated file's name alone may have
+# 255 characters), within S3's 1,024 bytes a key.
+MAX_OUTPUT_PREFIX_BYTES = 512
+MAX_PATTERN_CHARS = 1024
+
+# Variables that steer the scoring process's runtime rather than the script: where the model is,
+# parallelrun's own switches, the AWS SDK's credentials and endpoints, the interpreter's import
+# path, the dynamic linker, and where HTTPS goes and which certificates it trusts.
+RESERVED_ENV_NAMES = frozenset({
+    "AZUREML_MODEL_DIR", "PATH", "HOME", "TMPDIR", "TMP", "TEMP", "TZ", "_HANDLER", "_X_AMZN_TRACE_ID",
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+})
+RESERVED_ENV_PREFIXES = ("PARALLELRUN_", "AWS_", "AMAZON_", "LAMBDA_", "BOTO", "PYTHON", "LD_")
+
+# What a _READY marker may set. Whoever can write to the input bucket may shape how a job runs
+# (batching, thresholds, retries, output layout) but not what the scoring process sees or can
+# reach: environment_variables steer its runtime, side_inputs read any S3 object the worker's role
+# can read into the script, and arguments change what the endpoint owner's script does. Those come
+# from the CLI/SDK or the deployment's settings.
+DROP_FOLDER_SETTINGS = frozenset({
+    "mini_batch_size", "error_threshold", "allowed_failed_count", "allowed_failed_percent", "output_action",
+    "append_row_file_name", "run_invocation_timeout", "run_max_try", "process_count_per_node", "node_count",
+    "logging_level", "partition_keys", "partition_format", "allow_reuse", "isolate_failures",
+    "max_inflight_batches", "output_path", "output_format", "append_row_separator", "input_type", "input_format",
+    "csv_options", "model_cache_size",
+})
+
 
 @dataclass(frozen=True)
 class StackLimits:
@@ -219,15 +273,26 @@ def _size(value: Any) -> str:
     return text if text[-1].isalpha() else text + "B"
 
 
+def _model_cache_size(value: Any) -> str:
+    text = _size(value)
+    if parse_size(text) > MAX_MODEL_CACHE_BYTES:
+        raise ValueError
+    return text
+
+
 def _pattern(value: Any) -> str:
     from parallelrun.partitions import check_pattern
 
+    if len(str(value)) > MAX_PATTERN_CHARS:
+        raise ValueError
     return check_pattern(str(value)).text
 
 
 def _file_name(value: Any) -> str:
     text = str(value)
     if not text or len(text) > 255 or "/" in text or "\\" in text or text.startswith(".") or text != text.strip():
+        raise ValueError
+    if text == "_READY":  # written into the input bucket, the output would start a job of its own
         raise ValueError
     return text
 
@@ -263,11 +328,27 @@ def _words(value: Any) -> tuple[str, ...]:
     raise ValueError
 
 
+def _arguments(value: Any) -> tuple[str, ...]:
+    words = _words(value)
+    if len(words) > MAX_ARGUMENTS or any(len(word) > MAX_ARGUMENT_CHARS for word in words):
+        raise ValueError
+    return words
+
+
 def _names(value: Any) -> tuple[str, ...]:
     items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(_words(value))
     if any(not item for item in items):
         raise ValueError
     return tuple(items)
+
+
+def _partition_keys(value: Any) -> tuple[str, ...]:
+    names = _names(value)
+    # A pattern given as partition_keys (see check_partitions) is bounded as partition_format is.
+    longest = MAX_PATTERN_CHARS if len(names) == 1 and "{" in names[0] else MAX_NAME_CHARS
+    if len(names) > MAX_PARTITION_KEYS or any(len(name) > longest for name in names):
+        raise ValueError
+    return names
 
 
 def _s3_uri(value: Any) -> str:
@@ -277,9 +358,19 @@ def _s3_uri(value: Any) -> str:
     return text
 
 
+def _output_path(value: Any) -> str:
+    text = _s3_uri(value)
+    if len(text[len("s3://"):].partition("/")[2].encode()) > MAX_OUTPUT_PREFIX_BYTES:
+        raise ValueError
+    return text
+
+
 def _side_inputs(value: Any) -> tuple[str, ...]:
     entries = []
-    for entry in _names(value):
+    listed = _names(value)
+    if len(listed) > MAX_SIDE_INPUTS:
+        raise ValueError
+    for entry in listed:
         name, sep, uri = entry.partition("=") if not entry.startswith("s3://") else ("", "", entry)
         if sep and not re.match(r"^[A-Za-z_][A-Za-z0-9_\-]*$", name):
             raise ValueError
@@ -299,9 +390,25 @@ def side_input_uris(settings: RunSettings) -> dict[str, str]:
 
 def _env(value: Any) -> dict[str, str]:
     raw = json.loads(value) if isinstance(value, str) else value
-    if not isinstance(raw, dict) or not all(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k) for k in raw):
+    if not isinstance(raw, dict) or len(raw) > MAX_ENV_VARIABLES:
         raise ValueError
-    return {str(k): str(v) for k, v in raw.items()}
+    if not all(isinstance(k, str) and len(k) <= MAX_NAME_CHARS and re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k) for k in raw):
+        raise ValueError
+    variables = {k: str(v) for k, v in raw.items()}
+    if any(len(v) > MAX_ENV_VALUE_CHARS for v in variables.values()):
+        raise ValueError
+    for name in variables:
+        if _reserved(name):
+            raise SettingsError("environment_variables", value,
+                                f"names the scoring process's runtime does not depend on: {name} is parallelrun's, "
+                                "the AWS SDK's, Lambda's or the interpreter's own and cannot be set")
+    return variables
+
+
+def _reserved(name: str) -> bool:
+    # Compared in upper case: proxies are read in lower case too.
+    upper = name.upper()
+    return upper in RESERVED_ENV_NAMES or upper.startswith(RESERVED_ENV_PREFIXES)
 
 
 def _rules(limits: StackLimits) -> dict[str, tuple[Callable[[Any], Any], str]]:
@@ -311,11 +418,14 @@ def _rules(limits: StackLimits) -> dict[str, tuple[Callable[[Any], Any], str]]:
             _mini_batch_size,
             "a file count such as 10, or for tabular input a size such as 1024, 1024KB, 10MB or 1GB",
         ),
-        "error_threshold": (_int(-1), "an integer >= -1 (-1 ignores every failed input)"),
-        "allowed_failed_count": (_int(-1), "an integer >= -1 (-1 allows any number of failed mini-batches)"),
+        "error_threshold": (_int(-1, MAX_COUNT), f"an integer >= -1 and at most {MAX_COUNT} (-1 ignores every "
+                                                 "failed input)"),
+        "allowed_failed_count": (_int(-1, MAX_COUNT), f"an integer >= -1 and at most {MAX_COUNT} (-1 allows any "
+                                                      "number of failed mini-batches)"),
         "allowed_failed_percent": (_percent, "a number from 0 to 100"),
         "output_action": (_choice(OUTPUT_ACTIONS), "one of " + ", ".join(OUTPUT_ACTIONS)),
-        "append_row_file_name": (_file_name, "a file name without '/' that does not start with '.'"),
+        "append_row_file_name": (_file_name, "a file name without '/' that does not start with '.', other than "
+                                             "_READY"),
         "run_invocation_timeout": (
             _int(1, limits.max_run_invocation_timeout),
             f"whole seconds from 1 to {limits.max_run_invocation_timeout} (the worker's timeout of "
@@ -332,19 +442,25 @@ def _rules(limits: StackLimits) -> dict[str, tuple[Callable[[Any], Any], str]]:
         ),
         "node_count": (_int(1, limits.worker_max_concurrency), f"an integer from 1 to {limits.worker_max_concurrency}"),
         "logging_level": (_choice(LOGGING_LEVELS, upper=True), "one of " + ", ".join(LOGGING_LEVELS)),
-        "side_inputs": (_side_inputs, "a comma-separated list of s3://bucket/key URIs, each optionally "
-                                      "named as name=s3://bucket/key"),
-        "arguments": (_words, "command-line words, such as '--model_name digits --top 3'"),
-        "partition_keys": (_names, "a comma-separated list of column names (tabular input) or of "
-                                   "partition_format's fields (file input)"),
+        "side_inputs": (_side_inputs, f"a comma-separated list of at most {MAX_SIDE_INPUTS} s3://bucket/key URIs, "
+                                      "each optionally named as name=s3://bucket/key"),
+        "arguments": (_arguments, f"at most {MAX_ARGUMENTS} command-line words of at most {MAX_ARGUMENT_CHARS} "
+                                  "characters each, such as '--model_name digits --top 3'"),
+        "partition_keys": (_partition_keys, "a comma-separated list of column names (tabular input) or of "
+                                            f"partition_format's fields (file input): at most {MAX_PARTITION_KEYS} "
+                                            f"names of at most {MAX_NAME_CHARS} characters"),
         "partition_format": (_optional(_pattern), "a path pattern below the input folder naming each field once, "
-                                                  "such as {store}/{date}/*.png (* any name part, ** any folders)"),
-        "model_cache_size": (_size, "a size such as 512MB or 2GB"),
+                                                  "such as {store}/{date}/*.png (* any name part, ** any folders), "
+                                                  f"of at most {MAX_PATTERN_CHARS} characters"),
+        "model_cache_size": (_model_cache_size, "a size such as 512MB or 2GB, at most 10240MB (Lambda's largest /tmp)"),
         "allow_reuse": (_bool, "true or false"),
         "isolate_failures": (_bool, "true or false"),
-        "max_inflight_batches": (_optional(_int(1, 10000)), "an integer from 1 to 10000"),
-        "output_path": (_optional(_s3_uri), "an s3://bucket/prefix URI"),
-        "environment_variables": (_env, 'a JSON object of names to values, such as {"MODE": "fast"}'),
+        "max_inflight_batches": (_optional(_int(1, MAX_INFLIGHT_BATCHES)), f"an integer from 1 to {MAX_INFLIGHT_BATCHES}"),
+        "output_path": (_optional(_output_path), f"an s3://bucket/prefix URI whose key part has at most "
+                                                 f"{MAX_OUTPUT_PREFIX_BYTES} bytes"),
+        "environment_variables": (_env, 'a JSON object of names to values, such as {"MODE": "fast"}: at most '
+                                        f"{MAX_ENV_VARIABLES} names of at most {MAX_NAME_CHARS} characters, values of "
+                                        f"at most {MAX_ENV_VALUE_CHARS}"),
         "input_type": (_choice(INPUT_TYPES), "one of " + ", ".join(INPUT_TYPES)),
         "output_format": (_choice(OUTPUT_FORMATS), "one of " + ", ".join(OUTPUT_FORMATS)),
         "csv_options": (_csv_options, 'a JSON object of delimiter, quote_char (one character each) and encoding '
@@ -389,6 +505,7 @@ def check(settings: RunSettings, limits: StackLimits) -> None:
             rules[name][0](value)
         except ValueError:
             raise SettingsError(name, value, rules[name][1]) from None
+    _check_batch_size(settings)
     if settings.concurrency is not None and settings.concurrency > limits.worker_max_concurrency:
         raise SettingsError(
             "process_count_per_node",
@@ -396,6 +513,29 @@ def check(settings: RunSettings, limits: StackLimits) -> None:
             f"process_count_per_node x node_count at most {limits.worker_max_concurrency} "
             f"(now {settings.concurrency}; raise the stack's WorkerMaxConcurrency for more)",
         )
+
+
+def _check_batch_size(settings: RunSettings) -> None:
+    """mini_batch_size within its bound, which depends on the input type (files or bytes)."""
+    size = settings.mini_batch_size
+    if size is None:
+        return
+    if settings.input_type == "files":
+        if size.isdigit() and int(size) > MAX_FILES_PER_BATCH:
+            raise SettingsError("mini_batch_size", size, f"at most {MAX_FILES_PER_BATCH} files per mini-batch (each "
+                                "mini-batch travels as one SQS message of at most 256 KiB)")
+    elif parse_size(size) > MAX_BYTES_PER_BATCH:
+        raise SettingsError("mini_batch_size", size, f"at most 1GB ({MAX_BYTES_PER_BATCH} bytes) per tabular mini-batch, "
+                            "which a worker holds in memory")
+
+
+def check_drop_overrides(overrides: Mapping[str, Any]) -> None:
+    """Refuse a known setting a ``_READY`` marker may not set (see DROP_FOLDER_SETTINGS); unknown
+    names are left to :func:`resolve`, which lists the known ones."""
+    for name, value in overrides.items():
+        if name in SETTING_NAMES and name not in DROP_FOLDER_SETTINGS:
+            raise SettingsError(name, value, "it cannot be set from a drop folder's _READY marker: set it with the "
+                                "CLI or SDK (submit --set) or in the deployment's settings")
 
 
 def check_partitions(settings: RunSettings) -> RunSettings:

@@ -19,6 +19,10 @@ from parallelrun.config import StackConfig
 from parallelrun.datasets import InputSpec
 from parallelrun.errors import ConflictError, InputError, SettingsError
 
+# The artifacts bucket's own folders: jobs' plans, parts and outputs; scoring code; models.
+_RESERVED_PREFIXES = ("jobs/", "code/", "models/")
+_SCHEDULES_PREFIX = "schedules/"  # where schedules._prepare_run puts its runs by default
+
 
 def new_job_id(endpoint: str, seed: str | None = None) -> str:
     """Readable and sortable; derived from ``seed`` when given, so a retried trigger maps to one job."""
@@ -37,6 +41,8 @@ def prepare(
     source: str = "submit",
 ) -> jobs.Job:
     """A job ready to store: deployment snapshotted, settings resolved and checked, output free."""
+    if source == "drop":
+        settings.check_drop_overrides(overrides or {})
     found = endpoints.get_deployment(cfg, endpoint, deployment)
     run_settings = settings.resolve(found.settings, limits=cfg.limits)
     run_settings = settings.resolve(dict(overrides or {}), base=run_settings, limits=cfg.limits)
@@ -51,7 +57,9 @@ def prepare(
     job_id = job_id or new_job_id(endpoint)
     output_uri = run_settings.output_path or f"s3://{cfg.artifacts_bucket}/{jobs.job_prefix(job_id)}output/"
     output_uri = output_uri if output_uri.endswith("/") else output_uri + "/"
-    _refuse_existing_output(output_uri + run_settings.output_file_name)
+    if run_settings.output_path:
+        _check_output_place(cfg, run_settings.output_path, source)
+    _refuse_used_output(output_uri)
     return jobs.Job(
         job_id=job_id,
         endpoint=endpoint,
@@ -99,16 +107,29 @@ def _refuse_unreadable_input(spec: InputSpec) -> None:
         raise InputError(f"--input {spec.uri}: cannot list it ({code}): check the bucket's name and access") from None
 
 
-def _refuse_existing_output(uri: str) -> None:
-    bucket, key = aws.split_s3_uri(uri)
-    s3 = aws.client("s3")
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-    except s3.exceptions.ClientError as error:
-        if error.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-            return
-        raise
-    raise ConflictError(f"output {uri} already exists: choose another output_path or remove it first")
+def _check_output_place(cfg: StackConfig, output_path: str, source: str) -> None:
+    """Outputs go only where the stack's functions write, and never among what they keep: other
+    jobs' folders, scoring code, models, or (but for a schedule's run) the schedules' runs."""
+    bucket, key = aws.split_s3_uri(output_path)
+    reserved = _RESERVED_PREFIXES + (() if source == "schedule" else (_SCHEDULES_PREFIX,))
+    if bucket in (cfg.input_bucket, cfg.artifacts_bucket) and not (
+            bucket == cfg.artifacts_bucket and (key + "/").startswith(reserved)):
+        return
+    raise SettingsError("output_path", output_path, f"an s3:// URI in this stack's input bucket ({cfg.input_bucket}) "
+                        f"or artifacts bucket ({cfg.artifacts_bucket}), outside the artifacts bucket's "
+                        f"{', '.join(reserved)} (jobs' own files, scoring code, models and scheduled runs)")
+
+
+def _refuse_used_output(uri: str) -> None:
+    """Every file a job writes (its output, summary.json, failures.jsonl and what its script leaves
+    in EntryScript().output_dir and log_dir) goes below ``uri``: a folder holding anything already
+    could lose an earlier job's files."""
+    bucket, prefix = aws.split_s3_uri(uri)
+    listed = aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("Contents", [])
+    if listed:
+        raise ConflictError(f"output folder {uri} already exists, holding s3://{bucket}/{listed[0]['Key']}: a job "
+                            "writes only into a folder that holds nothing yet; choose another output_path or "
+                            "remove what is there first")
 
 
 def start(cfg: StackConfig, job: jobs.Job) -> None:
