@@ -16,16 +16,14 @@ import logging
 import posixpath
 import secrets
 import time
-import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from parallelrun import (aggregator, aws, datasets, endpoints, jobs, logs, partitions, registry, reuse, schedules,
-                         scored, submit, usage)
+from parallelrun import (aggregator, aws, datasets, deadletters, endpoints, jobs, logs, partitions, registry, reuse,
+                         schedules, scored, submit, usage)
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, TablePiece
 from parallelrun.errors import ConflictError, InputError, ParallelRunError, SettingsError
-from parallelrun.settings import RunSettings
 
 log = logging.getLogger("parallelrun.planner")
 MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
@@ -44,9 +42,7 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     with usage.invocation(usage.PLANNER, context, event):
         for record in event.get("Records", []):
             if record.get("eventSource") == "aws:s3":
-                job_id = on_marker(cfg, record["s3"]["bucket"]["name"],
-                                   urllib.parse.unquote_plus(record["s3"]["object"]["key"]),
-                                   record["s3"]["object"].get("sequencer") or record["s3"]["object"].get("eTag", ""))
+                job_id = on_marker(cfg, *deadletters.marker_of(record))
             else:
                 body = json.loads(record["body"])
                 job_id = body.get("job_id")
@@ -79,12 +75,11 @@ def marker_target(key: str) -> tuple[str, str] | None:
 def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> str | None:
     """A ``_READY`` marker landed: start a job on its folder, with the marker's JSON overrides.
     Returns the job's id (None for a marker that starts no job)."""
-    target = marker_target(key)
+    target = deadletters.marker_job(bucket, key, version)
     if target is None:
         log.warning("ignored a marker outside <endpoint>/<folder>/", extra={"fields": {"key": key}})
         return None
-    endpoint, folder = target
-    job_id = submit.new_job_id(endpoint, f"{bucket}/{key}@{version}")
+    job_id, endpoint, input_uri = target
     with logs.context(job_id):
         if jobs.find(cfg, job_id) is None:
             try:
@@ -92,17 +87,14 @@ def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> str | No
                 deployment = overrides.pop("deployment", None)
                 if deployment is not None and not (isinstance(deployment, str) and len(deployment) <= 63):
                     raise SettingsError("deployment", deployment, "the name of one of the endpoint's deployments")
-                job = submit.prepare(cfg, endpoint, f"s3://{bucket}/{folder}", overrides, deployment, job_id, "drop")
+                job = submit.prepare(cfg, endpoint, input_uri, overrides, deployment, job_id, "drop")
             except ParallelRunError as error:
-                # Nobody waits on a drop folder's answer: keep the refusal where `status` shows it.
-                job = jobs.Job(job_id=job_id, endpoint=endpoint, deployment={}, settings=RunSettings(),
-                               input_uri=f"s3://{bucket}/{folder}", output_uri="", state=jobs.FAILED,
-                               source="drop", reason=str(error), ended_at=time.time())
+                job = deadletters.failed_drop_job(job_id, endpoint, input_uri, str(error))
             try:
                 jobs.create(cfg, job)
             except ConflictError:
                 pass  # a retried notification: the job exists, carry on with it
-            log.info("job from drop folder", extra={"fields": {"folder": f"s3://{bucket}/{folder}"}})
+            log.info("job from drop folder", extra={"fields": {"folder": input_uri}})
         start_job(cfg, job_id)
     return job_id
 
