@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_ENDPOINT_URL", None)
+# A worker's disk cache of its own (models and code are checked against their SHA-256 on every
+# load: a cache left by an earlier run, whose moto had other objects under the same names, fails).
+os.environ.setdefault("PARALLELRUN_CACHE", tempfile.mkdtemp(prefix="parallelrun-cache-"))
 
 from moto import mock_aws  # noqa: E402
 

@@ -36,6 +36,8 @@ PREFIX = "ep/run1/"
         ("ep/run1/sub/.DS_Store", False),
         ("ep/run1/.cache/x.jpg", False),
         ("ep/run1/sub/.git/objects/y", False),
+        ("ep/run1/sub/../../x.py", True),  # no hidden file: listed, then refused as unsafe when it runs
+        ("ep/run1/./x.py", True),
         ("ep/run1/", False),  # the folder itself
         ("ep/run1/sub/", False),  # a folder placeholder
         ("ep/run10/a.jpg", False),  # a sibling folder

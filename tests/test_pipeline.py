@@ -260,7 +260,7 @@ def test_tampered_scoring_code_is_refused_before_import(stack, make_endpoint):
     submit.start(stack.cfg, job)
     job = stack.run_until_done(job.job_id)
     failures = [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
-    assert [(f["error_type"], "refusing to import" in f["message"]) for f in failures] == [("ScoringScriptError", True)]
+    assert [(f["error_type"], "refusing to import" in f["message"]) for f in failures] == [("IntegrityError", True)]
 
 
 def test_submit_refuses_bad_settings_and_existing_output(stack, make_endpoint):

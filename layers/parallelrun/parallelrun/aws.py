@@ -8,12 +8,13 @@ failure. ``AWS_ENDPOINT_URL`` (set by the local stack) points every client at mo
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
-from parallelrun import usage
+from parallelrun import safepath, usage
 
 RETRIES = Config(
     retries={"mode": "standard", "max_attempts": 10},
@@ -75,15 +76,17 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def download_prefix(bucket: str, prefix: str, folder: Any) -> int:
-    """Every object under ``prefix`` into ``folder`` (a pathlib.Path), keeping the layout below
-    the prefix; how many objects there were."""
+def download_prefix(bucket: str, prefix: str, folder: Path) -> int:
+    """Every object under ``prefix`` into ``folder``, keeping the layout below the prefix; how
+    many objects there were. A key whose name below the prefix is not a safe file name (an
+    absolute name, '..') refuses the whole download: the folder is one thing (a model, a side
+    input) that is whole or not at all."""
     s3 = client("s3")
     count = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             if not obj["Key"].endswith("/"):
-                local = folder / obj["Key"][len(prefix):]
+                local = safepath.inside(folder, obj["Key"][len(prefix):], f"s3://{bucket}/{obj['Key']}: the key")
                 local.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(bucket, obj["Key"], str(local))
                 count += 1

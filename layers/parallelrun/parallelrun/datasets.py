@@ -83,13 +83,15 @@ class InputSpec:
 
 
 def is_input(key: str, prefix: str) -> bool:
-    """An input is any object under ``prefix`` but the marker, folder placeholders and hidden files."""
+    """An input is any object under ``prefix`` but the marker, folder placeholders and hidden
+    files. A '.' or '..' segment is no hidden file: such a key is an input, refused as unsafe when
+    its mini-batch runs (``worker.refuse_unsafe``), so that it is reported rather than ignored."""
     relative = key[len(prefix):]
     if not key.startswith(prefix) or not relative or relative.endswith("/"):
         return False
     if posixpath.basename(relative) == READY_MARKER:
         return False
-    return not any(part.startswith(".") for part in relative.split("/"))
+    return not any(part.startswith(".") and part not in (".", "..") for part in relative.split("/"))
 
 
 def batches(files: Iterable[InputFile], size: int) -> Iterator[list[InputFile]]:

@@ -27,6 +27,19 @@ class InputError(ParallelRunError):
     """An input pointer or input file cannot be used."""
 
 
+class InputTooLarge(InputError):
+    """An input would take more memory to read than a worker can spare (a gzip bomb, a giant line)."""
+
+
+class UnsafeKey(InputError):
+    """An S3 key (or a name in a zip or a setting) that cannot safely name a local file:
+    absolute, empty, '.'/'..' segments, a backslash or NUL, or leading outside its folder."""
+
+
+class IntegrityError(ParallelRunError):
+    """Scoring code or a model file on local disk does not match the SHA-256 it was stored with."""
+
+
 class ScoringScriptError(ParallelRunError):
     """The user's scoring script could not be loaded or broke its contract."""
 

@@ -2,14 +2,14 @@
 
 Versions live in the table (``MODEL#<name>``/``V#<version>``); the files in the artifacts bucket
 under ``models/<name>/<version>/``. Inside a worker, :func:`get_model_path` downloads a version
-once per process and returns a local path, as Azure's ``Model.get_model_path`` does.
+once per process and returns a local path, as Azure's ``Model.get_model_path`` does; the files
+are checked against the version's SHA-256 every time a path is handed out.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import os
 import posixpath
 import re
 import shutil
@@ -21,12 +21,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aws
+from parallelrun import aws, safepath
 from parallelrun.config import StackConfig
-from parallelrun.errors import InputError, NotFoundError
+from parallelrun.errors import InputError, IntegrityError, NotFoundError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-CACHE_ROOT = Path(os.environ.get("PARALLELRUN_CACHE", "/tmp/parallelrun"))
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def _download(uri: str, folder: Path) -> Path:
     if key and not key.endswith("/"):
         try:
             s3.head_object(Bucket=bucket, Key=key)
-            target = folder / posixpath.basename(key)
+            target = safepath.inside(folder, posixpath.basename(key), f"model {uri}: the name")
             s3.download_file(bucket, key, str(target))
             return target
         except s3.exceptions.ClientError:
@@ -187,23 +186,56 @@ _downloaded: dict[tuple[str, int], str] = {}
 pinned: dict[str, tuple[int, str]] = {}
 
 
+def _root(name: str, version: int) -> Path:
+    return safepath.inside(safepath.MODELS, f"{name}/{version}", "model")
+
+
+def _complete(root: Path) -> Path:
+    """The marker of a whole download: beside the model's folder, never in it, so the folder
+    holds exactly the model's files (what AZUREML_MODEL_DIR shows a script)."""
+    return root.with_name(root.name + ".complete")
+
+
 def local_path(cfg: StackConfig, model: ModelVersion) -> str:
-    """Download ``model`` once per process; a file path for a single-file model, else its folder."""
+    """Download ``model`` once per process and check its files against its SHA-256 on every
+    call (:class:`IntegrityError` naming both hashes; the copy is dropped, so the next attempt
+    downloads it again); a file path for a single-file model, else its folder."""
     key = (model.name, model.version)
-    root = CACHE_ROOT / "models" / model.name / str(model.version)
-    done = root / ".complete"
+    root = _root(model.name, model.version)
+    done = _complete(root)
     with _download_lock:
         # Checked every time: another local worker sharing this disk may have evicted it.
         if key not in _downloaded or not done.exists():
             if not done.exists():
                 s3 = aws.client("s3")
                 for rel in model.files:
-                    target = root / rel
+                    target = safepath.inside(root, rel, f"model {model.name}:{model.version}: the file")
                     target.parent.mkdir(parents=True, exist_ok=True)
                     s3.download_file(cfg.artifacts_bucket, model.prefix + rel, str(target))
+                safepath.make_read_only(root)
                 done.touch()
             _downloaded[key] = str(root / model.files[0]) if model.single_file else str(root)
+        _verify(model, root)
     return _downloaded[key]
+
+
+def _verify(model: ModelVersion, root: Path) -> None:
+    """The model's folder holds exactly its registered files, with the registered SHA-256."""
+    present = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    if present == sorted(model.files):
+        actual = _content(root / model.files[0] if model.single_file else root)[1]
+        if actual == model.sha256:
+            return
+        found = f"has SHA-256 {actual}"
+    else:
+        found = f"holds other files ({', '.join(present) or 'none'}), so not SHA-256"
+    _downloaded.pop((model.name, model.version), None)
+    _complete(root).unlink(missing_ok=True)
+    shutil.rmtree(root, ignore_errors=True)
+    raise IntegrityError(
+        f"model {model.name}:{model.version} on local disk ({root}) {found} {model.sha256}, the SHA-256 "
+        f"s3://{model.prefix} was registered with: refusing to load it (the copy is removed; the next "
+        "attempt downloads it again)")
 
 
 def disk_size(path: str) -> int:
@@ -227,8 +259,8 @@ def partition_model_path(cfg: StackConfig, model: ModelVersion, limit_bytes: int
         (name, version), _ = _on_disk.popitem(last=False)
         with _download_lock:
             _downloaded.pop((name, version), None)
-            root = CACHE_ROOT / "models" / name / str(version)
-            (root / ".complete").unlink(missing_ok=True)  # first: nobody takes a half-deleted model for whole
+            root = _root(name, version)
+            _complete(root).unlink(missing_ok=True)  # first: nobody takes a half-deleted model for whole
             shutil.rmtree(root, ignore_errors=True)
     return path
 

@@ -6,7 +6,8 @@ and each ``run()`` gets ``run_invocation_timeout`` seconds. A ``run()`` past its
 stopped by killing that process, which a thread could never be; a crash inside the user's code
 (a segfault, running out of memory) takes the scoring process down, not the worker, which
 reports it as that attempt's failure. The script's code arrives as a zip stored under its
-SHA-256 and is verified before anything in it is imported.
+SHA-256; every time a scoring process starts, the unpacked files are checked against the zip's
+before anything in them is imported.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aws, compat, logs, models, registry, results
+from parallelrun import aws, compat, logs, models, registry, results, safepath
 from parallelrun import settings as settings_module
 from parallelrun.config import StackConfig
-from parallelrun.errors import ScoringScriptError
+from parallelrun.errors import IntegrityError, ScoringScriptError
 from parallelrun.settings import RunSettings
 
 TRACEBACK_LINES = 12
@@ -103,7 +104,7 @@ class ScoringHost:
         self.side_inputs: dict[str, str] = {}
         # EntryScript().output_dir and .log_dir: what the script leaves there after a mini-batch
         # is moved to that mini-batch's job (a scoring process runs one mini-batch at a time).
-        self.entry_dirs = {name: registry.CACHE_ROOT / "entry" / f"{os.getpid()}-{id(self)}" / name
+        self.entry_dirs = {name: safepath.ENTRY / f"{os.getpid()}-{id(self)}" / name
                            for name in ("output", "logs")}
         for folder in self.entry_dirs.values():
             folder.mkdir(parents=True, exist_ok=True)
@@ -211,39 +212,83 @@ def fetch_side_inputs(uris: dict[str, str]) -> dict[str, str]:
     paths = {}
     for name, uri in uris.items():
         bucket, key = aws.split_s3_uri(uri)
-        target = registry.CACHE_ROOT / "side" / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
-        done = target.parent / ".complete"
+        folder = safepath.SIDE_INPUTS / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        target = safepath.inside(folder, name, f"side input {uri}: the name")
+        done = folder / ".complete"
         if not done.exists():
             if key.endswith("/") or not key:
                 aws.download_prefix(bucket, key, target)
                 target.mkdir(parents=True, exist_ok=True)
             else:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                folder.mkdir(parents=True, exist_ok=True)
                 aws.client("s3").download_file(bucket, key, str(target))
             done.touch()
         paths[name] = str(target)
     return paths
 
 
+# The files of each code zip this process has verified, by SHA-256: what an unpacked folder on
+# disk (which a script could change, since it runs as the same user) must still hold.
+_manifests: dict[str, dict[str, str]] = {}
+
+
 def code_dir(cfg: StackConfig, sha: str) -> Path:
-    """The scoring code, unpacked once per machine from its zip after checking its SHA-256."""
-    target = registry.CACHE_ROOT / "code" / sha
-    if (target / ".verified").exists():
-        return target
-    data = aws.client("s3").get_object(Bucket=cfg.artifacts_bucket, Key=f"code/{sha}.zip")["Body"].read()
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha:
-        raise ScoringScriptError(f"scoring code code/{sha}.zip has SHA-256 {actual}: refusing to import it")
-    staging = target.with_name(f"{sha}.{os.getpid()}.tmp")
+    """The scoring code, unpacked once per machine from its zip after checking the zip's SHA-256,
+    and checked file by file against the zip each time a scoring process is to import it. A file
+    changed, added or removed since fails the attempt (:class:`IntegrityError`) and the folder is
+    removed, so the next attempt unpacks the zip again."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise IntegrityError(f"scoring code {sha!r} is not named by a SHA-256")
+    target = safepath.CODE / sha
+    if sha not in _manifests or not target.exists():
+        data = aws.client("s3").get_object(Bucket=cfg.artifacts_bucket, Key=f"code/{sha}.zip")["Body"].read()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha:
+            raise IntegrityError(f"scoring code code/{sha}.zip has SHA-256 {actual}: refusing to import it")
+        if not target.exists():
+            _unpack(data, target)
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            _manifests[sha] = {info.filename: hashlib.sha256(archive.read(info)).hexdigest()
+                               for info in archive.infolist() if not info.is_dir()}
+    _check_unpacked(sha, target, _manifests[sha])
+    return target
+
+
+def _unpack(data: bytes, target: Path) -> None:
+    """The zip into ``target``, every member name through :func:`safepath.inside` (a zip's names
+    are as untrusted as keys), via a staging folder so ``target`` is whole or absent."""
+    staging = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        archive.extractall(staging)
-    (staging / ".verified").touch()
+        for info in archive.infolist():
+            path = safepath.inside(staging, info.filename.rstrip("/"), f"scoring code {target.name}.zip: the member")
+            if info.is_dir():
+                path.mkdir(parents=True, exist_ok=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(archive.read(info))
+    safepath.make_read_only(staging)
     try:
         staging.rename(target)
-    except OSError:  # another process unpacked it first
+    except OSError:  # another process unpacked it first; its copy is checked like ours
         shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+
+def _check_unpacked(sha: str, target: Path, manifest: dict[str, str]) -> None:
+    present = {p.relative_to(target).as_posix(): p for p in target.rglob("*") if p.is_file() or p.is_symlink()}
+    wrong = [(name, "is missing") for name in sorted(set(manifest) - set(present))]
+    for name, path in sorted(present.items()):
+        actual = None if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual is None or actual != manifest.get(name):
+            wrong.append((name, f"has SHA-256 {actual}" if actual else "is a symbolic link"))
+    if wrong:
+        shutil.rmtree(target, ignore_errors=True)
+        name, found = wrong[0]
+        expected = f"has SHA-256 {manifest[name]}" if name in manifest else "does not exist"
+        more = f" ({len(wrong) - 1} more files differ)" if len(wrong) > 1 else ""
+        raise IntegrityError(
+            f"scoring code {target}: {name} {found}, but in code/{sha}.zip it {expected}{more}: refusing to "
+            "import it (the folder is removed; the next attempt unpacks the zip again)")
 
 
 # --- the scoring process's side
@@ -335,6 +380,8 @@ def _import_and_init(root: Path, entry_script: str, arguments: tuple[str, ...]) 
     if spec is None or spec.loader is None:
         raise ScoringScriptError(f"cannot import entry script {entry_script}")
     module = importlib.util.module_from_spec(spec)
+    # Compiled files written beside the code would be imported next time without a check.
+    sys.dont_write_bytecode = True
     sys.path.insert(0, str(root))  # the script's own helper modules sit beside it
     sys.argv = [str(entry), *arguments]  # argparse in init() sees the job's arguments
     spec.loader.exec_module(module)

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aggregator, aws, faults, jobs, logs, metrics, registry, results, reuse, scoring, usage
+from parallelrun import aggregator, aws, faults, jobs, logs, metrics, registry, results, reuse, safepath, scoring, usage
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, TablePiece, item_from_json, relative_name
-from parallelrun.errors import NotFoundError
+from parallelrun.errors import IntegrityError, NotFoundError, UnsafeKey
 from parallelrun.partitions import frame_groups
 from parallelrun.scoring import AttemptFailed, Failure
 
@@ -129,7 +129,12 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
     """Fetch, score, write the part and the failure lines; the record to commit."""
     started = time.time()
     spec = InputSpec.from_uri(job.input_uri)
-    folder = registry.CACHE_ROOT / "inputs" / job.job_id / f"{index}.{attempt}"
+    planned = items
+    items, unsafe = refuse_unsafe(spec, items)
+    if not items:  # nothing left to fetch or run
+        record = write_results(cfg, job.job_id, index, len(unsafe), attempt, [], unsafe, len(unsafe), worker, started)
+        return dataclasses.replace(record, fingerprint=reuse.fingerprint(job.deployment, job.settings, planned))
+    folder = safepath.inside(safepath.INPUTS, f"{job.job_id}/{index}.{attempt}", "job")
     capture = scoring.LogCapture()
     logging.getLogger().addHandler(capture)
     host = scoring.host(cfg, job.deployment, job.settings)
@@ -170,10 +175,28 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
         logging.getLogger().removeHandler(capture)
         shutil.rmtree(folder, ignore_errors=True)  # /tmp is small on Lambda
         _write_log(cfg, job.job_id, index, attempt, capture.lines)
-    inputs = max(readable + len(unreadable), failed_count)
-    record = write_results(cfg, job.job_id, index, inputs, attempt, rows, failed, failed_count, worker, started)
+    inputs = max(readable + len(unreadable), failed_count) + len(unsafe)
+    record = write_results(cfg, job.job_id, index, inputs, attempt, rows, failed + unsafe, failed_count + len(unsafe),
+                           worker, started)
     return dataclasses.replace(record, header=header,
-                               fingerprint=reuse.fingerprint(job.deployment, job.settings, items))
+                               fingerprint=reuse.fingerprint(job.deployment, job.settings, planned))
+
+
+def refuse_unsafe(spec: InputSpec, items: list) -> tuple[list, list[tuple[Any, Failure]]]:
+    """The files whose name below the input folder can be a local file name, and a failure
+    (``UnsafeKey``) for each of the others, which are never fetched: a key such as
+    ``folder//tmp/x`` or ``folder/../x`` would otherwise write outside the mini-batch's folder."""
+    if not items or isinstance(items[0], TablePiece):
+        return items, []  # a table is read by ranged GETs, never written to disk under its key
+    safe, refused = [], []
+    for item in items:
+        try:
+            safepath.inside(safepath.INPUTS, relative_name(item.key, spec.prefix),
+                            f"input s3://{spec.bucket}/{item.key}: the name")
+            safe.append(item)
+        except UnsafeKey as error:
+            refused.append((item, Failure("UnsafeKey", str(error))))
+    return safe, refused
 
 
 @dataclass
@@ -233,7 +256,10 @@ def score_partitions(cfg: StackConfig, job: jobs.Job, host: scoring.ScoringHost,
                 scored.unscored += part.count
                 continue
             context.model_name, context.model_version = model.name, model.version
-            context.model_path = registry.partition_model_path(cfg, model, job.settings.model_cache_bytes)
+            try:
+                context.model_path = registry.partition_model_path(cfg, model, job.settings.model_cache_bytes)
+            except IntegrityError as error:  # a changed copy on disk: this attempt fails, the next fetches it again
+                raise AttemptFailed(Failure.from_exception(error)) from error
         outcome = host.run(part.mini_batch, context, job.settings.run_invocation_timeout, deadline)
         scored.log_lines += outcome.log_lines
         scored.header = scored.header or outcome.header
@@ -370,7 +396,8 @@ def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
     """Download the inputs concurrently (on AWS each GET waits on the network); keep their
     names below the input folder, so rows can name the file as the user knows it."""
     s3 = aws.client("s3")
-    paths = [folder / relative_name(item.key, spec.prefix) for item in items]
+    paths = [safepath.inside(folder, relative_name(item.key, spec.prefix), f"input s3://{spec.bucket}/{item.key}: the name")
+             for item in items]
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -391,10 +418,14 @@ def collect_entry_dirs(cfg: StackConfig, job: jobs.Job, host: scoring.ScoringHos
     job's output folder (and its ``logs/``), as ParallelRunStep collects them."""
     bucket, prefix = aws.split_s3_uri(job.output_uri)
     for name, folder in host.entry_dirs.items():
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            relative = path.relative_to(folder).as_posix()
-            aws.client("s3").upload_file(str(path), bucket, prefix + ("logs/" if name == "logs" else "") + relative)
-            path.unlink()
+        root = folder.resolve()
+        for path in sorted(folder.rglob("*")):
+            if path.is_symlink():  # it could name any file of the worker's: dropped, never uploaded
+                path.unlink()
+            elif path.is_file() and path.resolve().is_relative_to(root):
+                relative = path.relative_to(folder).as_posix()
+                aws.client("s3").upload_file(str(path), bucket, prefix + ("logs/" if name == "logs" else "") + relative)
+                path.unlink()
 
 
 def _write_log(cfg: StackConfig, job_id: str, index: int, attempt: int, lines: list[str]) -> None:
