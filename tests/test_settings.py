@@ -422,3 +422,83 @@ def test_check_for_files():
     with pytest.raises(SettingsError) as caught:
         check_for_files(settings)
     _assert_message(caught.value, "mini_batch_size", "1MB", "a file count such as 10 for file inputs")
+
+
+# --- upper bounds and what a drop folder may set (issue 10) ------------------------------------
+
+BOUNDS = [  # (overrides at the bound, accepted; the same one past it, refused; the refused value; the limit said)
+    ({"mini_batch_size": 200}, {"mini_batch_size": 201}, "201", "at most 200 files per mini-batch"),
+    ({"input_type": "tabular", "mini_batch_size": "1GB"}, {"input_type": "tabular", "mini_batch_size": "1025MB"},
+     "1025MB", "at most 1GB (1073741824 bytes) per tabular mini-batch"),
+    ({"arguments": ["x"] * 100}, {"arguments": ["x"] * 101}, ["x"] * 101, "at most 100 command-line words"),
+    ({"arguments": ["x" * 1024]}, {"arguments": ["x" * 1025]}, ["x" * 1025], "of at most 1024 characters each"),
+    ({"side_inputs": [f"s3://my-bucket/{i}" for i in range(20)]},
+     {"side_inputs": [f"s3://my-bucket/{i}" for i in range(21)]}, [f"s3://my-bucket/{i}" for i in range(21)],
+     "a comma-separated list of at most 20 s3://bucket/key URIs"),
+    ({"partition_keys": [f"k{i}" for i in range(10)]}, {"partition_keys": [f"k{i}" for i in range(11)]},
+     [f"k{i}" for i in range(11)], "at most 10 names of at most 128 characters"),
+    ({"partition_keys": "k" * 128}, {"partition_keys": "k" * 129}, "k" * 129, "at most 10 names of at most 128"),
+    ({"partition_format": "{a}/" + "x" * 1020}, {"partition_format": "{a}/" + "x" * 1021}, "{a}/" + "x" * 1021,
+     "of at most 1024 characters"),
+    ({"environment_variables": {f"V{i}": "x" for i in range(50)}},
+     {"environment_variables": {f"V{i}": "x" for i in range(51)}}, {f"V{i}": "x" for i in range(51)},
+     "at most 50 names of at most 128 characters, values of at most 4096"),
+    ({"environment_variables": {"V": "x" * 4096}}, {"environment_variables": {"V": "x" * 4097}}, {"V": "x" * 4097},
+     "values of at most 4096"),
+    ({"environment_variables": {"V" * 128: "x"}}, {"environment_variables": {"V" * 129: "x"}}, {"V" * 129: "x"},
+     "at most 50 names of at most 128 characters"),
+    ({"model_cache_size": "10240MB"}, {"model_cache_size": "10241MB"}, "10241MB", "at most 10240MB"),
+    ({"error_threshold": 2**53 - 1}, {"error_threshold": 2**53}, 2**53, f"at most {2**53 - 1}"),
+    ({"allowed_failed_count": 2**53 - 1}, {"allowed_failed_count": 2**53}, 2**53, f"at most {2**53 - 1}"),
+    ({"max_inflight_batches": 10000}, {"max_inflight_batches": 10001}, 10001, "an integer from 1 to 10000"),
+    ({"output_path": "s3://out-bucket/" + "k" * 512}, {"output_path": "s3://out-bucket/" + "k" * 513},
+     "s3://out-bucket/" + "k" * 513, "whose key part has at most 512 bytes"),
+    ({"output_path": "s3://out-bucket/" + "é" * 256}, {"output_path": "s3://out-bucket/" + "é" * 256 + "k"},
+     "s3://out-bucket/" + "é" * 256 + "k", "at most 512 bytes"),
+]
+
+
+def _bounded(overrides: dict) -> str:
+    return next(name for name in overrides if name != "input_type")
+
+
+@pytest.mark.parametrize(("ok", "over", "value", "limit"), BOUNDS,
+                         ids=[f"{_bounded(over)}-{i}" for i, (_, over, _, _) in enumerate(BOUNDS)])
+def test_every_size_and_count_has_an_upper_bound_named_when_refused(ok, over, value, limit):
+    resolve(ok)
+    with pytest.raises(SettingsError) as caught:
+        resolve(over)
+    _assert_message(caught.value, _bounded(over), value, limit)
+
+
+def test_a_tabular_mini_batch_of_bytes_is_not_bounded_as_a_file_count():
+    assert resolve({"input_type": "tabular", "mini_batch_size": "500"}).bytes_per_batch == 500
+
+
+@pytest.mark.parametrize("name", ["AZUREML_MODEL_DIR", "PARALLELRUN_FAULTS", "PARALLELRUN_CACHE", "AWS_ACCESS_KEY_ID",
+                                  "AWS_ENDPOINT_URL", "PYTHONPATH", "PYTHONSTARTUP", "LD_PRELOAD", "LD_LIBRARY_PATH",
+                                  "PATH", "HOME", "https_proxy", "REQUESTS_CA_BUNDLE", "LAMBDA_TASK_ROOT", "_HANDLER"])
+def test_no_source_may_set_a_variable_of_the_runtime(name):
+    variables = {"MODE": "fast", name: "/tmp/planted"}
+    with pytest.raises(SettingsError) as caught:
+        resolve({"environment_variables": variables})
+    assert caught.value.setting == "environment_variables" and caught.value.value == variables
+    assert f"{name} is parallelrun's, the AWS SDK's, Lambda's or the interpreter's own" in str(caught.value)
+
+
+def test_the_collated_file_may_not_be_a_marker():
+    with pytest.raises(SettingsError, match="other than _READY"):
+        resolve({"append_row_file_name": "_READY"})
+
+
+def test_a_drop_folder_may_set_run_settings_but_not_what_the_script_sees():
+    from parallelrun.settings import DROP_FOLDER_SETTINGS, check_drop_overrides
+
+    # A new setting is refused to markers until it is added to the allow-list on purpose.
+    assert ALL_SETTINGS - DROP_FOLDER_SETTINGS == {"environment_variables", "side_inputs", "arguments"}
+    assert DROP_FOLDER_SETTINGS <= ALL_SETTINGS
+    check_drop_overrides({name: "anything" for name in DROP_FOLDER_SETTINGS} | {"not_a_setting": 1})
+    for name in ALL_SETTINGS - DROP_FOLDER_SETTINGS:
+        with pytest.raises(SettingsError) as caught:
+            check_drop_overrides({"mini_batch_size": 2, name: "x"})
+        _assert_message(caught.value, name, "x", "cannot be set from a drop folder's _READY marker")
