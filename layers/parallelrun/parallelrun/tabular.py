@@ -6,6 +6,9 @@ worked out from the file's size alone (it never downloads the file) and Parquet 
 that holds its first byte, so rows straddling a range's end are read once, by the range they
 start in; a CSV's header is carried to every range. Column types are decided once per file
 (from its start, or Parquet's schema), so every mini-batch of a file has the same dtypes.
+Every read is bounded: a line over MAX_LINE, or a gzipped file that decompresses past MAX_WHOLE,
+fails its piece (InputTooLarge) before it is read whole, and a file the planner cannot split
+becomes one piece that fails alone, saying why.
 
 The S3 edge is a ``read(start, end) -> bytes`` callable; everything here is testable without it.
 """
@@ -27,7 +30,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from parallelrun.datasets import InputFile, TablePiece
-from parallelrun.errors import InputError
+from parallelrun.errors import InputError, InputTooLarge
 
 Reader = Callable[[int, int], bytes]  # bytes [start, end) of one object
 FORMATS = (("csv.gz", "csv"), ("jsonl.gz", "jsonl"), ("csv", "csv"), ("jsonl", "jsonl"), ("json", "jsonl"),
@@ -35,6 +38,21 @@ FORMATS = (("csv.gz", "csv"), ("jsonl.gz", "jsonl"), ("csv", "csv"), ("jsonl", "
 STEP = 64 * 1024  # bytes fetched at a time when looking for a line's end
 SAMPLE = 256 * 1024  # bytes of a file's start its column types are decided from
 NEWLINE = b"\n"
+MiB = 1024 * 1024
+# The longest line (a CSV's header, a CSV row, a JSON line) read. Room for a row carrying a long
+# document or an embedded image, small next to a worker's memory; a longer line is refused
+# before it is searched to its end or read, so a file that is one giant line cannot exhaust the
+# planner or a worker. pyarrow parses text in blocks that must hold a whole row: see BLOCK.
+MAX_LINE = 8 * MiB
+BLOCK = MAX_LINE + 1  # pyarrow's parse block (its default, 1 MiB, refuses any longer row)
+# The most text a worker reads whole when the file, not mini_batch_size, decides how much: a
+# gzipped file (decompressed; gzip cannot be split into ranges, so one worker reads all of it) or
+# a plain file whose start could not be planned into ranges. Parsing holds 3-5x the text at once
+# (the bytes, Arrow's table, the DataFrame, run()'s own copies), so 256 MiB of text stays near
+# 1 GiB of the worker's default 1769 MB (template.yaml WorkerMemory), with room left for the
+# model. A gzip bomb stops here, having decompressed no more than this.
+MAX_WHOLE = 256 * MiB
+GZIP_CHUNK = 8 * MiB  # compressed bytes fetched per ranged GET while decompressing: few GETs, little memory
 
 
 def detect_format(key: str, override: str | None = None) -> str:
@@ -55,36 +73,64 @@ def byte_ranges(size: int, target: int) -> list[tuple[int, int]]:
     return [(start, min(size, start + target)) for start in range(0, size, target)]
 
 
-def _find_newline(read: Reader, size: int, position: int) -> int:
-    """Index just past the first b'\\n' at or after ``position`` (``size`` if there is none)."""
-    while position < size:
-        chunk = read(position, min(size, position + STEP))
-        found = chunk.find(b"\n")
+def _find_newline(read: Reader, size: int, position: int, stop: int) -> int | None:
+    """Index just past the first b'\\n' in ``[position, stop)``: ``size`` if the file ends
+    first, None if ``stop`` comes first."""
+    while position < min(size, stop):
+        chunk = read(position, min(size, stop, position + STEP))
+        found = chunk.find(NEWLINE)
         if found >= 0:
             return position + found + 1
         position += len(chunk)
-    return size
+    return size if stop >= size else None
 
 
-def header_end(read: Reader, size: int) -> int:
+def _too_long(key: str, place: str) -> InputTooLarge:
+    return InputTooLarge(
+        f"{key}: {place} is longer than {MAX_LINE} bytes, the longest line a worker reads; keep big values "
+        "out of the table (for example in files of their own, listed by key) or split them over rows")
+
+
+def header_end(read: Reader, size: int, key: str = "the file") -> int:
     """Where a CSV's header line ends (its first line)."""
-    return _find_newline(read, size, 0)
+    end = _find_newline(read, size, 0, MAX_LINE + 1)
+    if end is None:
+        raise _too_long(key, "its header (first line)")
+    return end
 
 
-def range_bounds(read: Reader, size: int, start: int, end: int, first_row: int = 0) -> tuple[int, int]:
+def range_bounds(read: Reader, size: int, start: int, end: int, first_row: int = 0,
+                 key: str = "the file") -> tuple[int, int]:
     """The byte span of the whole lines that start in ``[start, end)``; ``first_row`` is where
     rows begin (past a CSV's header)."""
     begin = max(start, first_row)
     if begin > first_row:  # a line starts at begin only if the byte before it ends a line
-        begin = _find_newline(read, size, begin - 1)
+        found = _find_newline(read, size, begin - 1, end)  # no end before ``end``: no line starts here
+        begin = end if found is None else found
     if begin >= end or begin >= size:
         return begin, begin
-    return begin, _find_newline(read, size, end - 1)
+    stop = _find_newline(read, size, end - 1, end + MAX_LINE)
+    if stop is None:  # one more read, made only on the way to failing, tells where the line starts
+        raise _too_long(key, f"the line starting at byte {begin + read(begin, end).rfind(NEWLINE) + 1}")
+    return begin, stop
 
 
-def read_lines(read: Reader, size: int, start: int, end: int, first_row: int = 0) -> bytes:
-    begin, stop = range_bounds(read, size, start, end, first_row)
+def read_lines(read: Reader, size: int, start: int, end: int, first_row: int = 0, key: str = "the file") -> bytes:
+    begin, stop = range_bounds(read, size, start, end, first_row, key)
     return read(begin, stop) if stop > begin else b""
+
+
+def check_line_lengths(key: str, lines: bytes, origin: int, fmt: str) -> None:
+    """Refuse ``lines`` (from byte ``origin`` of the file) if one is longer than MAX_LINE, wherever
+    it lies. Looks at one newline per MAX_LINE bytes, so a piece of short lines costs nothing."""
+    position = 0
+    while len(lines) - position > MAX_LINE:
+        last = lines.rfind(NEWLINE, position, position + MAX_LINE + 1)
+        if last < 0:
+            start = origin + position
+            raise _too_long(key, "its header (first line)" if fmt == "csv" and start == 0
+                            else f"the line starting at byte {start}")
+        position = last + 1
 
 
 def check_quotes(key: str, lines: bytes, size: int, quote: bytes = b'"', origin: int = 0) -> None:
@@ -99,9 +145,9 @@ def check_quotes(key: str, lines: bytes, size: int, quote: bytes = b'"', origin:
         offset += len(line) + 1
 
 
-def sample(read: Reader, size: int, limit: int = SAMPLE) -> bytes:
+def sample(read: Reader, size: int, limit: int = SAMPLE, key: str = "the file") -> bytes:
     """The whole lines in a file's first ``limit`` bytes (a CSV's header among them)."""
-    return read_lines(read, size, 0, min(size, limit))
+    return read_lines(read, size, 0, min(size, limit), key=key)
 
 
 def infer_schema(fmt: str, sample: bytes, csv_options: dict[str, str] | None = None) -> pa.Schema:
@@ -195,7 +241,8 @@ def _parse_csv(header: bytes, body: bytes, schema: pa.Schema | None, problems: P
     options = pa_csv.ConvertOptions(column_types=schema) if schema is not None else None
     # One thread: a Python row handler called from many threads fights for the GIL (a piece of
     # bad rows took 25x longer), and one thread reports the rows in file order.
-    read_options = pa_csv.ReadOptions(use_threads=False, **({"encoding": given["encoding"]} if "encoding" in given else {}))
+    read_options = pa_csv.ReadOptions(use_threads=False, block_size=BLOCK,
+                                      **({"encoding": given["encoding"]} if "encoding" in given else {}))
     skipped: list[Any] = []
 
     def skip(row: Any) -> str:
@@ -245,7 +292,8 @@ def _find_lines(body: bytes, lines: list[bytes]) -> list[int | None]:
 
 def _read_json(lines: bytes, schema: pa.Schema | None) -> pa.Table:
     options = pa_json.ParseOptions(explicit_schema=schema) if schema is not None else None
-    return pa_json.read_json(io.BytesIO(lines), parse_options=options)
+    return pa_json.read_json(io.BytesIO(lines), read_options=pa_json.ReadOptions(block_size=BLOCK),
+                             parse_options=options)
 
 
 def _parse_json_lines(body: bytes, schema: pa.Schema | None, problems: Problems | None) -> pa.Table:
@@ -400,14 +448,47 @@ def plan_file(read: Reader, item: InputFile, fmt_override: str | None, target: i
     fmt = detect_format(item.key, fmt_override)
     piece = lambda start, end, schema="": TablePiece(item.key, item.size, item.etag, fmt, start, end, schema)  # noqa: E731
     if fmt == "parquet":
-        return [piece(p.first, p.last) for p in row_group_pieces(parquet_metadata(read, item.size), target)]
+        try:
+            metadata = parquet_metadata(read, item.size)
+        except pa.ArrowInvalid:
+            return [piece(0, 0)]  # not Parquet: it fails alone, on the worker that opens it, not the whole job
+        return [piece(p.first, p.last) for p in row_group_pieces(metadata, target)]
     if item.key.lower().endswith(".gz") or item.size == 0:
         return [piece(0, item.size)]
     try:
-        schema = _encode(infer_schema(fmt, sample(read, item.size), csv_options))
-    except (pa.ArrowInvalid, ValueError):
-        return [piece(0, item.size)]  # malformed from the start: one piece, which fails saying why
+        start = sample(read, item.size, key=item.key)
+        if fmt == "csv":  # a header over MAX_LINE would fail every range: fail the file once instead
+            check_line_lengths(item.key, start.partition(NEWLINE)[0], 0, fmt)
+        schema = _encode(infer_schema(fmt, start, csv_options))
+    except (pa.ArrowInvalid, ValueError, InputTooLarge):
+        # Malformed, or a line over MAX_LINE, from the start: one piece, which fails saying why.
+        return [piece(0, item.size)]
     return [piece(start, end, schema) for start, end in byte_ranges(item.size, target)]
+
+
+def _read_whole(read: Reader, piece: TablePiece) -> bytes:
+    """A piece read whole: a plain file within mini_batch_size (bounded at submit), else (a gzipped
+    file, decompressed as a stream, or one whose start could not be planned) in MAX_WHOLE bytes."""
+    if not piece.key.lower().endswith(".gz"):
+        if not piece.schema and piece.size > MAX_WHOLE:
+            raise InputTooLarge(
+                f"{piece.key}: its start does not parse or has a line over {MAX_LINE} bytes, so it could not be "
+                f"split into ranges, and its {piece.size} bytes are more than the {MAX_WHOLE} a worker reads whole; "
+                "fix its first lines or split the file")
+        return read(0, piece.size)
+    parts: list[bytes] = []
+    total = 0
+    compressed = io.BufferedReader(RangedFile(read, piece.size), min(GZIP_CHUNK, piece.size))
+    with gzip.GzipFile(fileobj=compressed) as stream:
+        while part := stream.read(min(GZIP_CHUNK, MAX_WHOLE + 1 - total)):
+            parts.append(part)
+            total += len(part)
+            if total > MAX_WHOLE:
+                raise InputTooLarge(
+                    f"{piece.key}: decompresses to more than {MAX_WHOLE} bytes, the most a worker reads whole (a "
+                    "gzipped file cannot be split into ranges); split it into smaller gzipped files, or store it "
+                    "uncompressed so that it is read in ranges of mini_batch_size")
+    return b"".join(parts)
 
 
 def read_piece(read: Reader, piece: TablePiece, bad: list[str] | None = None,
@@ -419,13 +500,14 @@ def read_piece(read: Reader, piece: TablePiece, bad: list[str] | None = None,
         return pa.table({}).to_pandas()
     schema = _decode(piece.schema) if piece.schema else None
     if piece.whole:  # read as one: quoted newlines and all
-        data = read(0, piece.size)
-        data = gzip.decompress(data) if piece.key.lower().endswith(".gz") else data
+        data = _read_whole(read, piece)
+        check_line_lengths(piece.key, data, 0, piece.fmt)
         return _parse(piece.fmt, data, schema, bad, csv_options).to_pandas()
     assert schema is not None
-    first_row = header_end(read, piece.size) if piece.fmt == "csv" else 0
-    begin, stop = range_bounds(read, piece.size, piece.start, piece.end, first_row)
+    first_row = header_end(read, piece.size, piece.key) if piece.fmt == "csv" else 0
+    begin, stop = range_bounds(read, piece.size, piece.start, piece.end, first_row, piece.key)
     lines = read(begin, stop) if stop > begin else b""
+    check_line_lengths(piece.key, lines, begin, piece.fmt)
     if piece.fmt == "csv":
         check_quotes(piece.key, lines, piece.size, (csv_options or {}).get("quote_char", '"').encode(), begin)
     return frame(piece.fmt, read(0, first_row), lines, schema, bad, csv_options, begin)
