@@ -241,3 +241,25 @@ def test_an_aggregation_tried_again_overwrites_its_own_files(stack, endpoint):
         other.write(b"y" * (6 * 1024**2))
         other.close()
     assert read_output(stack.cfg, done, "failures.jsonl") == "x" * (6 * 1024**2)
+
+
+def test_the_largest_mini_batches_of_the_longest_keys_are_sent(stack, endpoint, monkeypatch):
+    # 200 files of keys near S3's 1,024 bytes make a message of about 200 KB: SendMessageBatch
+    # takes only as many of those as fit its limit on the sum, never ten.
+    folder = f"{endpoint}/long/"
+    names = [f"{i:04d}-" + "k" * (1000 - len(folder)) for i in range(1400)]
+    put_files(stack.cfg, folder, names, body=lambda name: b"x")
+    sizes: list[int] = []
+    original = planner._send_ten
+
+    def measured(sqs: Any, cfg: Any, job: jobs.Job, batch: list) -> None:
+        sizes.append(sum(len(json.dumps(planner.batch_message(job, *entry)).encode()) for entry in batch))
+        original(sqs, cfg, job, batch)
+
+    monkeypatch.setattr(planner, "_send_ten", measured)
+    job = submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/{folder}", {"mini_batch_size": 200})
+    submit.start(stack.cfg, job)
+    planned = stack.plan(job.job_id)
+    assert (planned.total_batches, planned.cursor) == (7, 7)
+    assert len(sizes) > 1 and max(sizes) <= planner.SEND_BYTES and sum(sizes) > planner.SEND_BYTES
+    Client(stack.cfg).cancel(job.job_id)

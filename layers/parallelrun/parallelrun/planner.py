@@ -30,6 +30,9 @@ MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
 MAX_MARKER_NESTING = 2  # the settings object, and a list or object as one setting's value
 PLAN_CHUNK = 500  # mini-batches per plan object: a tick reads only the chunks it sends from
 SEND_BATCH = 10  # SQS SendMessageBatch's limit
+# ... and the most its messages may hold together, whatever their count
+# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html).
+SEND_BYTES = 256 * 1024
 # A continuation seen before its sender recorded the cursor waits; after this long the sender
 # is taken for dead and the continuation takes its tick over.
 TAKEOVER_SECONDS = 120
@@ -326,8 +329,23 @@ def send_batches(cfg: StackConfig, job: jobs.Job, start: int, end: int) -> None:
     if job.settings.allow_reuse and not registry.is_per_partition(job.deployment["model_name"]):
         entries = _reuse(cfg, job, entries)
     sqs = aws.client("sqs")
-    for first in range(0, len(entries), SEND_BATCH):
-        _send_ten(sqs, cfg, job, entries[first:first + SEND_BATCH])
+    for group in _send_groups(job, entries):
+        _send_ten(sqs, cfg, job, group)
+
+
+def _send_groups(job: jobs.Job, entries: list[Entry]) -> Iterator[list[Entry]]:
+    """The entries in consecutive groups one SendMessageBatch takes (SEND_BATCH, SEND_BYTES)."""
+    group: list[Entry] = []
+    size = 0
+    for entry in entries:
+        length = len(json.dumps(batch_message(job, *entry)).encode())
+        if group and (len(group) == SEND_BATCH or size + length > SEND_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(entry)
+        size += length
+    if group:
+        yield group
 
 
 def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]:
@@ -391,8 +409,8 @@ def redrive(cfg: StackConfig, job_id: str) -> list[int]:
     sqs = aws.client("sqs")
     wanted = set(again)
     pending = [entry for entry in read_plan(cfg, job_id, min(again), max(again) + 1) if entry[0] in wanted] if again else []
-    for start in range(0, len(pending), SEND_BATCH):
-        _send_ten(sqs, cfg, job, pending[start:start + SEND_BATCH])
+    for group in _send_groups(job, pending):
+        _send_ten(sqs, cfg, job, group)
     if job.cursor < job.total_batches:
         tick(cfg, {"action": "tick", "job_id": job_id, "tick": job.planner_tick, "token": token, "since": time.time()})
     logs.event(log, "redrive", batches=len(again), unsent=job.total_batches - job.cursor)
