@@ -37,28 +37,30 @@ _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 # and deployment: https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/ServiceQuotas.html)
 # and are copied into summary.json, so every list and text is bounded as well as every size.
 #
-# A mini-batch's SQS message lists each file as [key, size, ETag]: a key of up to 1,024 bytes
-# (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html), 13 digits and a
-# 38-character ETag make about 1.1 KB of JSON a file, and a message holds at most 256 KiB
-# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html):
-# 200 files leave room for the job id, the index and the partition.
+# A mini-batch's SQS message (planner.batch_message) lists each file as [key, size, ETag]: a key
+# of up to 1,024 bytes (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html),
+# 13 digits and a 38-character ETag make about 1.1 KB of JSON a file, and a message holds at most
+# 256 KiB (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html):
+# 200 files leave room for the job id, the index and the partition. (JSON writes a non-ASCII
+# character as six bytes: keys in other alphabets fit up to about 500 bytes each.)
 MAX_FILES_PER_BATCH = 200
-# A worker holds a tabular mini-batch in memory as a DataFrame, several times its bytes on disk;
-# Lambda's largest function has 10,240 MB
-# (https://docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html).
+# A worker holds a tabular mini-batch in memory as a DataFrame, several times its bytes on disk,
+# and Lambda's largest function has 10,240 MB; /tmp, where models are cached, is at most 10,240 MB
+# too (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html).
 MAX_BYTES_PER_BATCH = 1024**3
-# Models are cached in /tmp, which Lambda sizes up to 10,240 MB
-# (https://docs.aws.amazon.com/lambda/latest/dg/configuration-ephemeral-storage.html).
 MAX_MODEL_CACHE_BYTES = 10240 * 1024**2
 # summary.json's readers (JavaScript, jq) keep integers exactly only up to 2**53 - 1.
 MAX_COUNT = 2**53 - 1
 # Many jobs share one batch queue, and a standard queue holds about 120,000 messages in flight
-# (the quotas page above); moto's cost grows with the queue's depth too (DESIGN §6).
+# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-queues.html);
+# moto's cost grows with the queue's depth too (DESIGN §6).
 MAX_INFLIGHT_BATCHES = 10000
+# Far past real use, and together (100 KB of arguments, 20 URIs of at most 1.1 KB, 50 KB of
+# variables, partition names) well inside the job's 400 KB item.
 MAX_ARGUMENTS, MAX_ARGUMENT_CHARS = 100, 1024
 MAX_SIDE_INPUTS = 20
 MAX_PARTITION_KEYS, MAX_NAME_CHARS = 10, 128
-MAX_ENV_VARIABLES, MAX_ENV_VALUE_CHARS = 50, 4096
+MAX_ENV_VARIABLES, MAX_ENV_VALUE_CHARS = 50, 1024
 # The output's keys are this prefix and the names below it (a collated file's name alone may have
 # 255 characters), within S3's 1,024 bytes a key.
 MAX_OUTPUT_PREFIX_BYTES = 512
@@ -292,7 +294,9 @@ def _file_name(value: Any) -> str:
     text = str(value)
     if not text or len(text) > 255 or "/" in text or "\\" in text or text.startswith(".") or text != text.strip():
         raise ValueError
-    if text == "_READY":  # written into the input bucket, the output would start a job of its own
+    from parallelrun.datasets import READY_MARKER
+
+    if text == READY_MARKER:  # written into the input bucket, the output would start a job of its own
         raise ValueError
     return text
 
