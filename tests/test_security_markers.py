@@ -263,3 +263,11 @@ def test_the_largest_mini_batches_of_the_longest_keys_are_sent(stack, endpoint, 
     assert (planned.total_batches, planned.cursor) == (7, 7)
     assert len(sizes) > 1 and max(sizes) <= planner.SEND_BYTES and sum(sizes) > planner.SEND_BYTES
     Client(stack.cfg).cancel(job.job_id)
+
+
+def test_a_marker_gone_before_the_planner_reads_it_is_a_failed_job(stack, endpoint):
+    key = f"{endpoint}/gone/_READY"
+    stack.handlers["PlannerFunction"](_marker_event(stack.cfg.input_bucket, key, f"{next(_sequencers):016X}"), None)
+    job = Client(stack.cfg).find_job(f"s3://{stack.cfg.input_bucket}/{endpoint}/gone/")
+    assert job is not None
+    assert_failed_saying(job, f"marker s3://{stack.cfg.input_bucket}/{key} cannot be read (NoSuchKey)")
