@@ -169,3 +169,30 @@ def test_a_tampered_model_file_is_refused_then_downloaded_again(stack, make_endp
     assert job.retries == 1
     assert pickle.loads(Path(registry.local_path(stack.cfg, model)).read_bytes()) == {"offset": 1}
     assert not (path.parent / "planted.pkl").exists()
+
+
+ENTRY_WRITER = """
+import os
+from azureml_user.parallel_run import EntryScript
+
+def run(mini_batch):
+    out = EntryScript().output_dir
+    open(os.path.join(out, "stats.txt"), "w").write("mine")
+    os.symlink("/etc/hostname", os.path.join(out, "leak.txt"))
+    return [open(p).read() for p in mini_batch]
+"""
+
+
+def test_collected_script_files_never_overwrite_another_jobs_nor_follow_links(stack, make_endpoint):
+    endpoint = make_endpoint(ENTRY_WRITER, name="entrywriter")
+    put_files(stack.cfg, "entrywriter/r/", ["a.txt"])
+    job = start(stack, endpoint, "entrywriter/r/")
+    bucket, prefix = aws.split_s3_uri(job.output_uri)
+    s3 = aws.client("s3")
+    # Another job's file landed in this job's folder after submit (two jobs raced for one folder).
+    s3.put_object(Bucket=bucket, Key=prefix + "stats.txt", Body=b"theirs", Metadata={"parallelrun-job": "other"})
+    job = stack.run_until_done(job.job_id)
+    assert read_output(stack.cfg, job).splitlines() == ["a.txt"]
+    assert s3.get_object(Bucket=bucket, Key=prefix + "stats.txt")["Body"].read() == b"theirs"
+    listed = {o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
+    assert "leak.txt" not in listed

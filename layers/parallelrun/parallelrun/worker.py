@@ -415,16 +415,27 @@ def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
 
 def collect_entry_dirs(cfg: StackConfig, job: jobs.Job, host: scoring.ScoringHost) -> None:
     """Move what the script wrote to ``EntryScript().output_dir`` (and ``log_dir``) into the
-    job's output folder (and its ``logs/``), as ParallelRunStep collects them."""
+    job's output folder (and its ``logs/``), as ParallelRunStep collects them; never over a file
+    another job wrote there (:func:`aggregator.write_owned`)."""
     bucket, prefix = aws.split_s3_uri(job.output_uri)
+    s3 = aws.client("s3")
     for name, folder in host.entry_dirs.items():
         root = folder.resolve()
         for path in sorted(folder.rglob("*")):
             if path.is_symlink():  # it could name any file of the worker's: dropped, never uploaded
                 path.unlink()
             elif path.is_file() and path.resolve().is_relative_to(root):
-                relative = path.relative_to(folder).as_posix()
-                aws.client("s3").upload_file(str(path), bucket, prefix + ("logs/" if name == "logs" else "") + relative)
+                key = prefix + ("logs/" if name == "logs" else "") + path.relative_to(folder).as_posix()
+
+                def put(file: Path = path, key: str = key, **condition: str) -> None:
+                    with open(file, "rb") as body:
+                        s3.put_object(Bucket=bucket, Key=key, Body=body,
+                                      Metadata={aggregator.OWNER_METADATA: job.job_id}, **condition)
+
+                try:
+                    aggregator.write_owned(s3, bucket, key, job.job_id, put)
+                except aggregator.OutputTaken as error:
+                    logs.event(log, "a file the script wrote was not collected", level=logging.ERROR, error=str(error))
                 path.unlink()
 
 
