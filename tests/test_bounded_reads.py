@@ -16,19 +16,9 @@ from parallelrun.datasets import InputFile, TablePiece
 from parallelrun.errors import InputTooLarge
 from tests.conftest import read_output
 from tests.test_pipeline import start
+from tests.test_tabular import Counting
 
 KiB, MiB = 1024, 1024 * 1024
-
-
-class Counting:
-    """An in-memory object behind a ranged reader that counts the bytes asked for."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.read_bytes = data, 0
-
-    def __call__(self, start: int, end: int) -> bytes:
-        self.read_bytes += end - start
-        return self.data[start:end]
 
 
 def bomb(text_bytes: int) -> bytes:
