@@ -32,7 +32,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aws, compat, logs, models, registry, results, safepath
+from parallelrun import aws, compat, credentials, logs, models, registry, results, safepath
 from parallelrun import settings as settings_module
 from parallelrun.config import StackConfig
 from parallelrun.errors import IntegrityError, ScoringScriptError
@@ -115,11 +115,18 @@ class ScoringHost:
                           for word in self.settings.arguments)
         settings = dataclasses.replace(self.settings, arguments=arguments)
         root = code_dir(self.cfg, self.deployment["code_sha"])  # verified here, before any import
+        # What the script may read itself, through the SDK (the worker fetches all of it anyway).
+        reads = list(settings_module.side_input_uris(self.settings).values())
         if registry.is_per_partition(self.deployment["model_name"]):
             model_path, single_file = "", False  # each mini-batch brings its partition's model
         else:
             model = registry.get(self.cfg, self.deployment["model_name"], self.deployment["model_version"])
             model_path, single_file = registry.local_path(self.cfg, model), model.single_file
+            reads.append(f"s3://{self.cfg.artifacts_bucket}/{model.prefix}")
+        credentials.protect_from_children()
+        policy = credentials.read_policy(reads, credentials.role_arn().split(":")[1])
+        scoped = credentials.ScopedCredentials(aws.client("sts"), policy, f"scoring-{os.getpid()}",
+                                               safepath.CACHE_ROOT / "credentials" / f"{os.getpid()}-{id(self)}")
         context = multiprocessing.get_context("spawn")  # never fork a process that holds client threads
         parent, child = context.Pipe()
         self.process = context.Process(
@@ -127,7 +134,9 @@ class ScoringHost:
             args=(child, str(root), self.deployment, settings.to_json(), model_path, single_file,
                   {k: str(v) for k, v in self.entry_dirs.items()}),
         )
-        self.process.start()
+        with scoped.applied():
+            self.process.start()
+        scoped.keep_fresh(self.process.sentinel)
         child.close()
         self.conn = parent
 

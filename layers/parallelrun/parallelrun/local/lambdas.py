@@ -12,6 +12,7 @@ give (ECS, EC2): point it at the queue and run it.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import threading
@@ -71,9 +72,13 @@ def sqs_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str
 
 
 def poll_once(queue_url: str, queue_arn: str, region: str, batch_size: int, report_failures: bool,
-              invoke: Callable[[dict[str, Any]], Any], wait_seconds: int = 1) -> int:
-    """One receive → invoke → delete round; returns how many messages it received."""
-    sqs = aws.client("sqs")
+              invoke: Callable[[dict[str, Any]], Any], wait_seconds: int = 1, sqs: Any = None) -> int:
+    """One receive → invoke → delete round; returns how many messages it received.
+
+    ``sqs`` is the client of the event source (by default this process's, with the function's
+    credentials: Lambda's SQS event source polls with the function's execution role).
+    """
+    sqs = sqs or aws.client("sqs")
     messages = sqs.receive_message(
         QueueUrl=queue_url, MaxNumberOfMessages=batch_size, WaitTimeSeconds=wait_seconds,
         AttributeNames=["All"], MessageAttributeNames=["All"],
@@ -98,7 +103,14 @@ def poll_once(queue_url: str, queue_arn: str, region: str, batch_size: int, repo
 
 
 def poll_forever(stop: threading.Event, **kwargs: Any) -> None:
-    """Poll until ``stop`` is set; a failed round (server gone, network) backs off and goes on."""
+    """Poll until ``stop`` is set; a failed round (server gone, network) backs off and goes on.
+
+    It first reads the queue's attributes, as Lambda does with the function's role when it creates
+    an SQS event source (it refuses a role without sqs:GetQueueAttributes): a role that lacks it
+    fails here too.
+    """
+    (kwargs.get("sqs") or aws.client("sqs")).get_queue_attributes(QueueUrl=kwargs["queue_url"],
+                                                                   AttributeNames=["VisibilityTimeout"])
     while not stop.is_set():
         try:
             poll_once(**kwargs)
@@ -119,3 +131,13 @@ def lambda_environment(function_env: dict[str, str], endpoint_url: str, region: 
         "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
         "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
     }
+
+
+def s3_event(event: dict[str, Any]) -> dict[str, Any]:
+    """S3 notifications received through SQS, unwrapped into the event S3 gives a function
+    directly; the test event a bucket sends when it is wired up is dropped."""
+    records = []
+    for record in event["Records"]:
+        body = json.loads(record["body"])
+        records += [r for r in body.get("Records", []) if r.get("eventSource") == "aws:s3"]
+    return {"Records": records}

@@ -1,28 +1,34 @@
 """The local stack: a moto server, the stack from template.yaml, and Lambda played by pollers.
 
-Control functions (planner, aggregator, failure recorder) are polled by threads of this
-process; the worker function runs in N long-lived processes, each one a warm Lambda container
-that keeps ``init()`` state across mini-batches. S3 notifications, which moto cannot deliver to
-a function, go to a local queue this runtime wires and polls; schedule rules, which moto stores
-but never fires, are fired by a clock thread (:mod:`parallelrun.local.rules`).
+Every function runs in processes of its own (:mod:`parallelrun.local.workerproc`), each one a warm
+Lambda container: one per control function (planner, aggregator, failure recorder), N for the
+worker, which keep ``init()`` state across mini-batches. Each runs with credentials of its own
+execution role from the template, and the server enforces IAM (:mod:`parallelrun.local.iam`), so
+a permission the template lacks fails here as on AWS; this process keeps the administrator's
+credentials, for the CLI, the SDK and the tests. S3 notifications, which moto cannot deliver to a
+function, go to a local queue this runtime wires and the function's process polls; schedule
+rules, which moto stores but never fires, are fired by a clock thread (:mod:`parallelrun.local.rules`).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from parallelrun import aws, logs
-from parallelrun.local import lambdas, provision, rules, server
+from parallelrun.local import iam, lambdas, provision, rules, server
 
 log = logging.getLogger("parallelrun.local")
 WORKER_FUNCTION = "WorkerFunction"  # the one function that scales out: it gets processes
@@ -52,6 +58,17 @@ def load_state() -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+@dataclass
+class FunctionProcess:
+    """One local container of a function: what it runs, as which role, fed by which notification queues."""
+
+    spec: provision.FunctionSpec
+    number: int
+    role_arn: str
+    notifications: list[tuple[str, str]]  # (queue URL, queue ARN) of each of its S3 event sources
+    popen: subprocess.Popen | None = None
+
+
 class LocalStack:
     """Start with :meth:`start`, stop with :meth:`stop` (or use it as a context manager)."""
 
@@ -66,7 +83,8 @@ class LocalStack:
         self.worker_env = worker_env or {}
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[FunctionProcess] = []
+        self.admin: dict[str, str] = {}
         self.server: Any = None
         self.stack: provision.LocalStack | None = None
         self.endpoint_url = ""
@@ -92,52 +110,52 @@ class LocalStack:
 
     def start(self) -> None:
         self.server, self.endpoint_url = server.start(self.port)
-        self.stack = provision.provision(self.endpoint_url, stack_name=self.stack_name,
-                                         parameters=self.parameters)
+        with iam.suspended():
+            self.stack = provision.provision(self.endpoint_url, stack_name=self.stack_name,
+                                             parameters=self.parameters)
         any_function = next(iter(self.stack.functions.values()))
-        # The control functions run in this process: it takes their environment, given back at stop.
-        environment = {**lambdas.lambda_environment(any_function.environment, self.endpoint_url, self.stack.region),
-                       "PARALLELRUN_LOG_FILE": str(self.log_dir / "control.jsonl")}
+        # This process keeps the stack's variables (given back at stop) and the administrator's
+        # credentials, which are the ones it was started with.
+        environment = lambdas.lambda_environment(any_function.environment, self.endpoint_url, self.stack.region)
         self.saved_environment = {name: os.environ.get(name) for name in environment}
         os.environ.update(environment)
         aws.reset_clients()
+        self.admin = {name: environment[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        with iam.suspended():
+            roles = self._roles()
+        iam.enable(self.admin["AWS_ACCESS_KEY_ID"], self.admin["AWS_SECRET_ACCESS_KEY"])
         self.log_dir.mkdir(parents=True, exist_ok=True)
         logs.setup()
         for spec in self.stack.functions.values():
-            if spec.logical_id == WORKER_FUNCTION:
-                self.processes += [self._spawn_worker(spec, n) for n in range(self.workers)]
-                supervisor = threading.Thread(target=self._supervise, args=(spec,), name="supervise-workers",
-                                              daemon=True)
-                supervisor.start()
-                self.threads.append(supervisor)
-            else:
-                self._start_threads(spec)
+            count = self.workers if spec.logical_id == WORKER_FUNCTION else 1
+            notifications = [self._notification_queue(spec.logical_id, n, source)
+                             for n, source in enumerate(spec.bucket_sources)]
+            self.processes += [FunctionProcess(spec, number, roles[spec.logical_id], notifications)
+                               for number in range(count)]
+        for process in self.processes:
+            process.popen = self._spawn(process)
+        supervisor = threading.Thread(target=self._supervise, name="supervise-functions", daemon=True)
+        supervisor.start()
+        self.threads.append(supervisor)
         self._start_rule_clock()
         if self.write_state:
             save_state(self.state())
+
+    def _roles(self) -> dict[str, str]:
+        """Each function's execution role ARN, by function logical id."""
+        assert self.stack is not None
+        cfn, lam = aws.client("cloudformation"), aws.client("lambda")
+        names = {r["LogicalResourceId"]: r["PhysicalResourceId"]
+                 for r in cfn.describe_stack_resources(StackName=self.stack.stack_name)["StackResources"]
+                 if r.get("LogicalResourceId") in self.stack.functions}
+        return {logical_id: lam.get_function_configuration(FunctionName=name)["Role"]
+                for logical_id, name in names.items()}
 
     def state(self) -> dict[str, Any]:
         assert self.stack is not None
         return {"endpoint_url": self.endpoint_url, "region": self.stack.region, "stack_name": self.stack.stack_name,
                 "outputs": self.stack.outputs, "workers": self.workers, "pid": os.getpid(),
                 "logs": str(self.log_dir)}
-
-    def _start_threads(self, spec: provision.FunctionSpec) -> None:
-        assert self.stack is not None
-        handler = lambdas.load_handler(spec.code_dir, spec.handler)
-
-        def invoke(event: dict[str, Any]) -> Any:
-            context = lambdas.LambdaContext(spec.logical_id, spec.memory, spec.timeout, f"local-{spec.logical_id}")
-            return handler(event, context)
-
-        for source in spec.queue_sources:
-            self._thread(spec.logical_id, queue_url=source.queue_url, queue_arn=source.queue_arn,
-                         region=self.stack.region, batch_size=source.batch_size,
-                         report_failures=source.report_batch_item_failures, invoke=invoke)
-        for number, source in enumerate(spec.bucket_sources):
-            queue_url, queue_arn = self._notification_queue(spec.logical_id, number, source)
-            self._thread(spec.logical_id, queue_url=queue_url, queue_arn=queue_arn, region=self.stack.region,
-                         batch_size=10, report_failures=False, invoke=lambda e: invoke(s3_event(e)))
 
     def _start_rule_clock(self) -> None:
         """Fire the schedule rules, which moto stores but never fires (see parallelrun.local.rules)."""
@@ -154,12 +172,6 @@ class LocalStack:
         thread.start()
         self.threads.append(thread)
 
-    def _thread(self, name: str, **kwargs: Any) -> None:
-        thread = threading.Thread(target=lambdas.poll_forever, args=(self.stop_event,), kwargs=kwargs,
-                                  name=f"poll-{name}", daemon=True)
-        thread.start()
-        self.threads.append(thread)
-
     def _notification_queue(self, function: str, number: int, source: provision.BucketSource) -> tuple[str, str]:
         """A queue that receives the bucket's notifications in place of the function moto can't call."""
         sqs, s3 = aws.client("sqs"), aws.client("s3")
@@ -173,45 +185,51 @@ class LocalStack:
                                                  NotificationConfiguration={"QueueConfigurations": [config]})
         return url, arn
 
-    def _spawn_worker(self, spec: provision.FunctionSpec, number: int) -> subprocess.Popen:
+    def _spawn(self, process: FunctionProcess) -> subprocess.Popen:
+        """A new container of the function: fresh credentials of its role, as Lambda gives each one."""
         assert self.stack is not None
-        source = spec.queue_sources[0]
+        spec = process.spec
+        worker = spec.logical_id == WORKER_FUNCTION
+        name = f"local-worker-{process.number}" if worker else f"local-{spec.logical_id}"
+        credentials = iam.assume_role(process.role_arn, name, self.stack.region)
         env = {**os.environ, **lambdas.lambda_environment(spec.environment, self.endpoint_url, self.stack.region),
-               **self.worker_env, "PARALLELRUN_LOG_FILE": str(self.log_dir / f"worker-{number}.jsonl")}
-        args = {"code_dir": spec.code_dir, "handler": spec.handler, "queue_url": source.queue_url,
-                "queue_arn": source.queue_arn, "region": self.stack.region, "batch_size": source.batch_size,
-                "report_failures": source.report_batch_item_failures, "timeout": spec.timeout,
-                "memory": spec.memory, "name": f"local-worker-{number}"}
+               **credentials, **(self.worker_env if worker else {}),
+               "PARALLELRUN_LOG_FILE": str(self.log_dir / (f"worker-{process.number}.jsonl" if worker
+                                                           else "control.jsonl"))}
+        args = {"spec": base64.b64encode(pickle.dumps(spec)).decode(), "name": name,
+                "notifications": process.notifications, "notifier": self.admin}
         return subprocess.Popen([sys.executable, "-m", "parallelrun.local.workerproc", json.dumps(args)], env=env)
 
-    def _supervise(self, spec: provision.FunctionSpec) -> None:
-        """A worker process that died (killed, out of memory) is replaced, as Lambda starts a new
-        container; its mini-batch comes back to some worker when its visibility timeout ends."""
+    def _supervise(self) -> None:
+        """A function process that died (killed, out of memory) is replaced, as Lambda starts a new
+        container; a worker's mini-batch comes back to some worker when its visibility timeout ends."""
         while not self.stop_event.wait(0.2):
-            for number, process in enumerate(self.processes):
-                if process.poll() is not None and not self.stop_event.is_set():
-                    log.warning("worker process %s died (exit code %s): starting another", process.pid,
-                                process.returncode)
+            for process in self.processes:
+                if process.popen is not None and process.popen.poll() is not None and not self.stop_event.is_set():
+                    log.warning("%s process %s died (exit code %s): starting another", process.spec.logical_id,
+                                process.popen.pid, process.popen.returncode)
                     self.restarts += 1
-                    self.processes[number] = self._spawn_worker(spec, number)
+                    process.popen = self._spawn(process)
 
     def stop(self) -> None:
         self.stop_event.set()
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+        popens = [p.popen for p in self.processes if p.popen is not None]
+        for popen in popens:
+            if popen.poll() is None:
+                popen.send_signal(signal.SIGTERM)
         deadline = time.time() + 10
-        for process in self.processes:
+        for popen in popens:
             try:
-                process.wait(timeout=max(0.1, deadline - time.time()))
+                popen.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                process.kill()
+                popen.kill()
         for thread in self.threads:
             thread.join(timeout=5)
         if self.write_state and (home() / STATE_FILE).exists():
             state = load_state() or {}
             if state.get("pid") == os.getpid():
                 (home() / STATE_FILE).unlink()
+        iam.disable()
         if self.server is not None:
             self.server.stop()
         for name, value in self.saved_environment.items():
@@ -220,13 +238,3 @@ class LocalStack:
             else:
                 os.environ[name] = value
         aws.reset_clients()
-
-
-def s3_event(event: dict[str, Any]) -> dict[str, Any]:
-    """S3 notifications received through SQS, unwrapped into the event S3 gives a function
-    directly; the test event a bucket sends when it is wired up is dropped."""
-    records = []
-    for record in event["Records"]:
-        body = json.loads(record["body"])
-        records += [r for r in body.get("Records", []) if r.get("eventSource") == "aws:s3"]
-    return {"Records": records}

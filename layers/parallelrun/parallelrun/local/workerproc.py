@@ -1,38 +1,59 @@
-"""A local worker process: one warm Lambda container polling the mini-batch queue.
+"""A local function process: one warm Lambda container of one function, polling its event sources.
 
 ``python -m parallelrun.local.workerproc '<json args>'``; stops on SIGTERM or when its parent
-(the local stack) is gone.
+(the local stack) is gone. Its environment holds the credentials of the function's execution role,
+as Lambda's does, so every call of the function's code is made as that role. Its SQS event sources
+are polled with them too (Lambda's event source uses the function's role); its S3 notification
+queues, which stand in for S3 invoking the function, are polled with the credentials the stack
+gives for them (``notifier``), which the function's role must not need.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import pickle
 import signal
 import sys
 import threading
 
+import boto3
+
+from parallelrun import aws
 from parallelrun.local import lambdas
 
 
 def main(raw: str) -> None:
     args = json.loads(raw)
+    spec = pickle.loads(base64.b64decode(args["spec"]))  # a provision.FunctionSpec from the local stack
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     parent = os.getppid()
-    handler = lambdas.load_handler(args["code_dir"], args["handler"])
+    handler = lambdas.load_handler(spec.code_dir, spec.handler)
 
     def invoke(event: dict) -> object:
-        context = lambdas.LambdaContext(args["name"], args["memory"], args["timeout"], f"{args['name']}-{os.getpid()}")
+        context = lambdas.LambdaContext(args["name"], spec.memory, spec.timeout, f"{args['name']}-{os.getpid()}")
         return handler(event, context)
 
     threading.Thread(target=_watch_parent, args=(parent, stop), daemon=True).start()
-    lambdas.poll_forever(stop, queue_url=args["queue_url"], queue_arn=args["queue_arn"], region=args["region"],
-                         batch_size=args["batch_size"], report_failures=args["report_failures"], invoke=invoke)
+    pollers = [dict(queue_url=s.queue_url, queue_arn=s.queue_arn, batch_size=s.batch_size,
+                    report_failures=s.report_batch_item_failures, invoke=invoke) for s in spec.queue_sources]
+    notifier = boto3.session.Session(aws_access_key_id=args["notifier"]["AWS_ACCESS_KEY_ID"],
+                                     aws_secret_access_key=args["notifier"]["AWS_SECRET_ACCESS_KEY"],
+                                     region_name=aws.region()).client("sqs", config=aws.RETRIES)
+    pollers += [dict(queue_url=url, queue_arn=arn, batch_size=10, report_failures=False, sqs=notifier,
+                     invoke=lambda e: invoke(lambdas.s3_event(e))) for url, arn in args["notifications"]]
+    threads = [threading.Thread(target=lambdas.poll_forever, args=(stop,), kwargs={**poller, "region": aws.region()},
+                                daemon=True) for poller in pollers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _watch_parent(parent: int, stop: threading.Event) -> None:
-    """An orphaned worker (its stack was killed) stops instead of polling forever."""
+    """An orphaned process (its stack was killed) stops instead of polling forever."""
     while not stop.wait(1):
         if os.getppid() != parent:
             stop.set()
