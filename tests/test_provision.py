@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # moto keeps one state per process: the in-process server shares it with mock_aws, so this
 # module uses a stack name of its own.
 STACK = "provision-test"
-PARAMETERS = {"BatchVisibilityTimeout": "7", "MaxReceiveCount": "2"}
+PARAMETERS = {"WorkerTimeout": "60", "BatchVisibilityTimeout": "70", "MaxReceiveCount": "2"}
 FUNCTIONS = {"PlannerFunction", "WorkerFunction", "AggregatorFunction", "FailureRecorderFunction"}
 QUEUE_VARIABLES = {
     "PARALLELRUN_BATCH_QUEUE_URL": "BatchQueueUrl",
@@ -66,7 +66,7 @@ def test_outputs_name_real_resources(stack: LocalStack, aws: Any) -> None:
     aws("s3").head_bucket(Bucket=outputs["InputBucketName"])
     aws("s3").head_bucket(Bucket=outputs["ArtifactsBucketName"])
     assert outputs["MaxReceiveCount"] == "2"
-    assert outputs["WorkerTimeout"] == "900"
+    assert outputs["WorkerTimeout"] == "60"
     assert outputs["WorkerBatchSize"] == "1"
     assert outputs["MaxInflightBatches"] == "200"
     assert outputs["WorkerMaxConcurrency"] == "100"
@@ -77,7 +77,7 @@ def test_outputs_name_real_resources(stack: LocalStack, aws: Any) -> None:
 def test_queues_have_overridden_visibility_and_redrive(stack: LocalStack, aws: Any) -> None:
     batch = _queue_attributes(aws, stack.outputs["BatchQueueUrl"])
     dlq = _queue_attributes(aws, stack.outputs["BatchDeadLetterQueueUrl"])
-    assert batch["VisibilityTimeout"] == "7"
+    assert batch["VisibilityTimeout"] == "70"
     assert json.loads(batch["RedrivePolicy"]) == {"deadLetterTargetArn": dlq["QueueArn"], "maxReceiveCount": 2}
     assert dlq["MessageRetentionPeriod"] == str(14 * 24 * 3600)
     for key in ("PlannerQueueUrl", "FinalizeQueueUrl"):
@@ -105,7 +105,7 @@ def test_functions_have_resolved_environment(stack: LocalStack, aws: Any) -> Non
             assert env[variable] == stack.outputs[output]
             assert _queue_attributes(aws, env[variable])["QueueArn"].endswith(env[variable].rsplit("/", 1)[1])
         assert env["PARALLELRUN_MAX_RECEIVE_COUNT"] == "2"
-        assert env["PARALLELRUN_WORKER_TIMEOUT"] == "900"
+        assert env["PARALLELRUN_WORKER_TIMEOUT"] == "60"
         assert env["PARALLELRUN_WORKER_BATCH_SIZE"] == "1"
         assert env["PARALLELRUN_WORKER_MAX_CONCURRENCY"] == "100"
         assert env["PARALLELRUN_MAX_INFLIGHT_BATCHES"] == "200"
@@ -117,7 +117,7 @@ def test_functions_have_resolved_environment(stack: LocalStack, aws: Any) -> Non
 def test_function_limits_and_code_folders(stack: LocalStack) -> None:
     worker = stack.functions["WorkerFunction"]
     assert Path(worker.code_dir) == ROOT / "functions" / "worker"
-    assert (worker.timeout, worker.memory) == (900, 1769)
+    assert (worker.timeout, worker.memory) == (60, 1769)
     assert Path(stack.functions["FailureRecorderFunction"].code_dir) == ROOT / "functions" / "failure_recorder"
     assert stack.functions["FailureRecorderFunction"].timeout == 60
 

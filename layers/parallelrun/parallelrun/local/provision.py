@@ -40,6 +40,7 @@ from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import intrinsics_multi_constructor
 
 from parallelrun.errors import ConflictError, StackError
+from parallelrun.local import deployrules
 
 # Local code paths of each SAM resource type, rewritten to S3 locations before translation.
 _CODE_PROPERTIES = {
@@ -69,6 +70,7 @@ class QueueSource:
     batch_size: int
     report_batch_item_failures: bool
     maximum_concurrency: int | None
+    batching_window: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ def provision(
         physical,
         {logical_id: code_dirs[logical_id] for logical_id in _function_ids(translated, physical)},
     )
+    _refuse_what_aws_refuses(session.client("sqs", endpoint_url=endpoint_url), stack_name, functions)
     return LocalStack(
         endpoint_url=endpoint_url,
         region=region,
@@ -189,6 +192,21 @@ def provision(
         outputs={o["OutputKey"]: o["OutputValue"] for o in existing.get("Outputs", [])},
         functions=functions,
     )
+
+
+def _refuse_what_aws_refuses(sqs: Any, stack_name: str, functions: dict[str, FunctionSpec]) -> None:
+    """Raise StackError when AWS would fail the stack that moto created (see deployrules)."""
+    mappings = [deployrules.QueueMapping(spec.logical_id, source.queue_arn, source.batch_size, source.batching_window,
+                                         source.maximum_concurrency)
+                for spec in functions.values() for source in spec.queue_sources]
+    visibility = {source.queue_arn: int(sqs.get_queue_attributes(
+        QueueUrl=source.queue_url, AttributeNames=["VisibilityTimeout"])["Attributes"]["VisibilityTimeout"])
+        for spec in functions.values() for source in spec.queue_sources}
+    found = deployrules.violations(
+        [deployrules.Function(spec.logical_id, spec.timeout, spec.memory) for spec in functions.values()],
+        mappings, visibility)
+    if found:
+        raise StackError(f"stack {stack_name} would not deploy on AWS, which refuses: " + "; ".join(found))
 
 
 def _default_template() -> Path:
@@ -391,6 +409,7 @@ def _read_functions(
                     batch_size=int(mapping["BatchSize"]),
                     report_batch_item_failures="ReportBatchItemFailures" in response_types,
                     maximum_concurrency=None if concurrency is None else int(concurrency),
+                    batching_window=int(mapping.get("MaximumBatchingWindowInSeconds") or 0),
                 )
             )
         functions[logical_id] = FunctionSpec(
