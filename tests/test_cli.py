@@ -150,7 +150,7 @@ def test_local_up_stopped_with_sigterm_stops_its_worker_processes(tmp_path):
             return found
 
         started = workers()
-        assert len(started) == 2
+        assert len(started) == 2 + 3  # the 2 workers, and a process of its own for each control function
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=30) == 0
         assert not [pid for pid in started if Path(f"/proc/{pid}").exists()
