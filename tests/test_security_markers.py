@@ -161,7 +161,7 @@ def test_an_output_path_into_another_jobs_folder_is_refused_everywhere(stack, en
     with pytest.raises(SettingsError) as caught:
         Client(stack.cfg).submit(endpoint, inputs, taken)
     assert caught.value.setting == "output_path" and caught.value.value == earlier.output_uri
-    assert "outside the artifacts bucket's jobs/, code/, models/" in str(caught.value)
+    assert "outside its jobs/, code/, models/" in str(caught.value)
 
     assert main(["--stack", stack.spec.stack_name, "submit", "--endpoint", endpoint, "--input", inputs,
                  "--set", f"output_path={earlier.output_uri}", "--set", "append_row_file_name=mine.txt"]) == 1
@@ -174,15 +174,15 @@ def test_an_output_path_into_another_jobs_folder_is_refused_everywhere(stack, en
     assert read_output(stack.cfg, earlier, "summary.json") == summary
 
 
-@pytest.mark.parametrize("where", ["s3://someone-elses-bucket/out/", "ARTIFACTS/code/", "ARTIFACTS/models/x/",
-                                   "ARTIFACTS/jobs", "ARTIFACTS/schedules/nightly/20260101T000000Z/"])
+@pytest.mark.parametrize("where", ["s3://someone-elses-bucket/out/", "INPUT/out/", "ARTIFACTS/code/",
+                                   "ARTIFACTS/models/x/", "ARTIFACTS/jobs", "ARTIFACTS/schedules/nightly/20260101T000000Z/"])
 def test_an_output_path_outside_the_stacks_own_places_is_refused(stack, endpoint, where):
-    where = where.replace("ARTIFACTS", f"s3://{stack.cfg.artifacts_bucket}")
+    where = where.replace("ARTIFACTS", f"s3://{stack.cfg.artifacts_bucket}").replace("INPUT", f"s3://{stack.cfg.input_bucket}")
     put_files(stack.cfg, f"{endpoint}/r/", ["a.txt"])
     with pytest.raises(SettingsError) as caught:
         submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/{endpoint}/r/", {"output_path": where})
     assert caught.value.setting == "output_path" and caught.value.value == where
-    assert f"this stack's input bucket ({stack.cfg.input_bucket}) or artifacts bucket" in str(caught.value)
+    assert f"this stack's artifacts bucket ({stack.cfg.artifacts_bucket}), outside its" in str(caught.value)
 
 
 def test_an_output_folder_an_earlier_job_wrote_into_is_refused(stack, endpoint):

@@ -108,16 +108,17 @@ def _refuse_unreadable_input(spec: InputSpec) -> None:
 
 
 def _check_output_place(cfg: StackConfig, output_path: str, source: str) -> None:
-    """Outputs go only where the stack's functions write, and never among what they keep: other
-    jobs' folders, scoring code, models, or (but for a schedule's run) the schedules' runs."""
+    """Outputs go only where the stack's functions write, the artifacts bucket (their roles write
+    no other: the input bucket is a drop zone, where a collected file named _READY would start a
+    job), and never among what they keep there: other jobs' folders, scoring code, models, or
+    (but for a schedule's run) the schedules' runs."""
     bucket, key = aws.split_s3_uri(output_path)
     reserved = _RESERVED_PREFIXES + (() if source == "schedule" else (_SCHEDULES_PREFIX,))
-    if bucket in (cfg.input_bucket, cfg.artifacts_bucket) and not (
-            bucket == cfg.artifacts_bucket and (key + "/").startswith(reserved)):
+    if bucket == cfg.artifacts_bucket and not (key + "/").startswith(reserved):
         return
-    raise SettingsError("output_path", output_path, f"an s3:// URI in this stack's input bucket ({cfg.input_bucket}) "
-                        f"or artifacts bucket ({cfg.artifacts_bucket}), outside the artifacts bucket's "
-                        f"{', '.join(reserved)} (jobs' own files, scoring code, models and scheduled runs)")
+    raise SettingsError("output_path", output_path, f"an s3:// URI in this stack's artifacts bucket "
+                        f"({cfg.artifacts_bucket}), outside its {', '.join(reserved)} (jobs' own files, scoring "
+                        "code, models and scheduled runs)")
 
 
 def _refuse_used_output(uri: str) -> None:
