@@ -96,6 +96,7 @@ def _job_with_parts(stack, job_id: str, frames: list[pd.DataFrame | None]) -> jo
                    input_uri="s3://b/p/", output_uri=f"s3://{stack.cfg.artifacts_bucket}/jobs/{job_id}/output/",
                    state=jobs.RUNNING, total_batches=len(frames))
     jobs.create(stack.cfg, job)
+    jobs.open_shards(stack.cfg, job_id, len(frames))  # as the planner does
     for index, frame in enumerate(frames):
         if frame is None:
             record = jobs.BatchRecord(index=index, status=jobs.FAILED, items=1, items_succeeded=0, items_failed=1,

@@ -43,6 +43,21 @@ def check(cfg: StackConfig, job_id: str) -> None:
         request(cfg, job_id)
 
 
+def check_shard(cfg: StackConfig, job: jobs.Job, index: int) -> None:
+    """After mini-batch ``index`` of ``job`` is recorded (by this delivery or an earlier one):
+    :func:`check`, when it can find something. Every worker makes this call for every
+    mini-batch, so it reads one shard's counters, not the job's: the job is complete only if
+    this shard is, and a threshold can be crossed only where a failure was counted. Whoever
+    records a shard's last mini-batch (or a failure) checks the whole job after its own commit,
+    so the last commit of all always sees the job complete."""
+    shard = jobs.shard_of(index)
+    counts = jobs.shard_counts(cfg, job.job_id, shard)
+    full = counts["batches_succeeded"] + counts["batches_failed"] >= jobs.shard_size(job.total_batches or 0, shard)
+    thresholds = job.settings.error_threshold != -1 or job.settings.allowed_failed_count != -1
+    if full or (thresholds and (counts["items_failed"] or counts["batches_failed"])):
+        check(cfg, job.job_id)
+
+
 def request(cfg: StackConfig, job_id: str) -> None:
     """Ask for the job's aggregation; asking twice is harmless."""
     aws.client("sqs").send_message(QueueUrl=cfg.finalize_queue_url, MessageBody=json.dumps({"job_id": job_id}))

@@ -1,14 +1,22 @@
 """Job and mini-batch records in DynamoDB, and where a job's objects live in S3.
 
-One table holds everything (``pk``/``sk``). A job is ``JOB#<id>``/``JOB``; each finished
-mini-batch is ``JOB#<id>``/``BATCH#<index>``. A mini-batch's completion is one transaction:
-the batch record is put only if absent and the job's counters are added in the same write,
-so a duplicate delivery can never count twice (DESIGN invariant 1).
+One table holds everything (``pk``/``sk``); every key of a job is made here. A job is
+``JOB#<id>``/``JOB``. Its mini-batches are spread over :data:`SHARDS` partition keys,
+``JOB#<id>#<shard>`` with shard = index % SHARDS: each holds its mini-batches' records
+(``BATCH#<index>``) and one item of counters for them (``COUNTS``). A mini-batch's completion is
+one transaction on its own shard: the batch record is put only if absent and the shard's
+counters are added in the same write, so a duplicate delivery can never count twice (DESIGN
+invariant 1), and no item or partition is written by every worker of a job (invariant 8). A
+job's counters are its own item's (a job that took an earlier job's whole output is counted
+there) plus its shards'.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import json
+import random
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +26,7 @@ from typing import Any
 
 from parallelrun import aws, usage
 from parallelrun.config import StackConfig
-from parallelrun.errors import ConflictError, NotFoundError
+from parallelrun.errors import ConflictError, NotFoundError, ParallelRunError
 from parallelrun.settings import RunSettings
 
 QUEUED, PLANNING, RUNNING, FINALIZING = "QUEUED", "PLANNING", "RUNNING", "FINALIZING"
@@ -27,12 +35,59 @@ TERMINAL = (SUCCEEDED, FAILED, CANCELED)
 ACTIVE = (QUEUED, PLANNING, RUNNING, FINALIZING)
 
 
+# How many partition keys a job's mini-batches are spread over. Sized for 1,000 concurrent
+# workers committing up to ~1,000 mini-batches a second: a commit is a transaction, which costs
+# 2 WCU per KB of each item (a ~1-2 KB record plus a small counter item: ~6 WCU), so a job
+# writes up to ~6,000 WCU/s, where one partition serves about 1,000. Over 100 shards each key
+# takes ~10 commits (~60 WCU) a second, and the chance that a commit overlaps another on its
+# counter item (a TransactionConflict, retried) stays low. 100 is also the most keys one
+# BatchGetItem reads, so a job's counters are one request.
+# https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/bp-partition-key-design.html
+# https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html (capacity)
+# The keys of a job still running depend on it: change it only on a stack with no job running.
+SHARDS = 100
+# Records per Query page when the shards are merged in index order: the merge holds one page per
+# shard, so its memory is SHARDS x SHARD_PAGE records whatever the size of the job.
+SHARD_PAGE = 50
+# A commit cancelled by a concurrent transaction on one of its items is tried again this many
+# times, after a full-jitter exponential back-off from COMMIT_BACKOFF up to COMMIT_BACKOFF_CAP
+# seconds: a conflicting transaction lasts tens of milliseconds, so ten tries outlast any burst
+# short of a broken table, and the mini-batch never runs again for it.
+COMMIT_TRIES = 10
+COMMIT_BACKOFF, COMMIT_BACKOFF_CAP = 0.02, 1.0
+COUNTERS = ("batches_succeeded", "batches_failed", "items_succeeded", "items_failed", "retries", "batches_reused")
+
+
 def job_key(job_id: str) -> dict[str, str]:
     return {"pk": f"JOB#{job_id}", "sk": "JOB"}
 
 
+def _shard_pk(job_id: str, shard: int) -> str:
+    return f"JOB#{job_id}#{shard}"
+
+
+def shard_of(index: int) -> int:
+    """The shard (partition key) mini-batch ``index`` is recorded and counted in."""
+    return index % SHARDS
+
+
 def batch_key(job_id: str, index: int) -> dict[str, str]:
-    return {"pk": f"JOB#{job_id}", "sk": f"BATCH#{index:09d}"}
+    return {"pk": _shard_pk(job_id, shard_of(index)), "sk": f"BATCH#{index:09d}"}
+
+
+def counts_key(job_id: str, shard: int) -> dict[str, str]:
+    return {"pk": _shard_pk(job_id, shard), "sk": "COUNTS"}
+
+
+def shards_of(total_batches: int | None) -> range:
+    """The shards a job of ``total_batches`` mini-batches uses (none before it is planned:
+    nothing can be recorded before the total is set, DESIGN invariant 4)."""
+    return range(min(SHARDS, total_batches or 0))
+
+
+def shard_size(total_batches: int, shard: int) -> int:
+    """How many of a job's mini-batches ``shard`` holds once all are recorded."""
+    return total_batches // SHARDS + (shard < total_batches % SHARDS)
 
 
 def job_prefix(job_id: str) -> str:
@@ -158,16 +213,42 @@ def create(cfg: StackConfig, job: Job) -> None:
         raise
 
 
-def get(cfg: StackConfig, job_id: str) -> Job:
+def get(cfg: StackConfig, job_id: str, counted: bool = True) -> Job:
+    """The job, with its counters summed over its shards; with ``counted=False`` only its own
+    item is read (one request fewer) and the counters are left as that item holds them."""
     item = _ddb(cfg).get_item(Key=job_key(job_id), ConsistentRead=True).get("Item")
     if not item:
         raise NotFoundError(f"no job {job_id!r}: `parallelrun jobs` lists the jobs of this stack")
-    return Job.from_item(item)
+    job = Job.from_item(item)
+    return with_counts(cfg, job) if counted else job
 
 
-def find(cfg: StackConfig, job_id: str) -> Job | None:
+def with_counts(cfg: StackConfig, job: Job) -> Job:
+    """``job`` with its shards' counters added to its own item's: one BatchGetItem per 100 shards."""
+    shards = _get_many(cfg, [counts_key(job.job_id, shard) for shard in shards_of(job.total_batches)])
+    return dataclasses.replace(job, **{name: getattr(job, name) + sum(_plain(s.get(name, 0)) for s in shards)
+                                       for name in COUNTERS})
+
+
+def shard_counts(cfg: StackConfig, job_id: str, shard: int) -> dict[str, int]:
+    """One shard's counters (every name in :data:`COUNTERS`, 0 where none was added yet)."""
+    item = _ddb(cfg).get_item(Key=counts_key(job_id, shard), ConsistentRead=True).get("Item") or {}
+    return {name: _plain(item.get(name, 0)) for name in COUNTERS}
+
+
+def open_shards(cfg: StackConfig, job_id: str, total_batches: int) -> None:
+    """Create the counter items of a planned job's shards, before any mini-batch is sent: a
+    commit adds to its shard's item only if it exists, so nothing is ever counted for a job that
+    does not exist. ADD of zero creates the counters and never resets them (a repeated planning)."""
+    for shard in shards_of(total_batches):
+        _ddb(cfg).update_item(Key=counts_key(job_id, shard),
+                              UpdateExpression="ADD " + ", ".join(f"{name} :zero" for name in COUNTERS),
+                              ExpressionAttributeValues={":zero": 0})
+
+
+def find(cfg: StackConfig, job_id: str, counted: bool = True) -> Job | None:
     try:
-        return get(cfg, job_id)
+        return get(cfg, job_id, counted)
     except NotFoundError:
         return None
 
@@ -233,8 +314,9 @@ COMMIT_CALL = ("dynamodb", "TransactWriteItems", {"TransactItems": [{"Put": {}},
 
 
 def commit_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
-    """Record a finished mini-batch and add its counts, atomically; False if it was already recorded."""
-    return _succeeds(lambda: aws.client("dynamodb").transact_write_items(TransactItems=[
+    """Record a finished mini-batch and add its counts to its shard, atomically; False if it was
+    already recorded (or the job has no such shard: it does not exist)."""
+    return _succeeds(lambda: _transact([
         {"Put": {
             "TableName": cfg.table,
             "Item": _serialize(record.to_item(job_id)),
@@ -246,8 +328,8 @@ def commit_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
 
 def reopen_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
     """Forget a recorded mini-batch so it runs again (redrive): its record goes and its counts
-    are taken back, in one transaction. False if it was already reopened."""
-    return _succeeds(lambda: aws.client("dynamodb").transact_write_items(TransactItems=[
+    are taken back from its shard, in one transaction. False if it was already reopened."""
+    return _succeeds(lambda: _transact([
         {"Delete": {
             "TableName": cfg.table,
             "Key": _serialize(batch_key(job_id, record.index)),
@@ -263,24 +345,31 @@ def get_batch(cfg: StackConfig, job_id: str, index: int) -> BatchRecord | None:
     return BatchRecord.from_item(item) if item else None
 
 
-def _job_items(cfg: StackConfig, job_id: str, prefix: str) -> Iterator[dict[str, Any]]:
-    """The job's items whose sort key starts with ``prefix``, in sort-key order, page by page."""
+def _items(cfg: StackConfig, pk: str, prefix: str, page: int | None = None) -> Iterator[dict[str, Any]]:
+    """The items of partition key ``pk`` whose sort key starts with ``prefix``, in sort-key
+    order, page by page (at most ``page`` items a page)."""
     kwargs: dict[str, Any] = {
         "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-        "ExpressionAttributeValues": {":pk": f"JOB#{job_id}", ":prefix": prefix},
+        "ExpressionAttributeValues": {":pk": pk, ":prefix": prefix},
         "ConsistentRead": True,
+        **({"Limit": page} if page else {}),
     }
     while True:
-        page = _ddb(cfg).query(**kwargs)
-        yield from page.get("Items", [])
-        if "LastEvaluatedKey" not in page:
+        found = _ddb(cfg).query(**kwargs)
+        yield from found.get("Items", [])
+        if "LastEvaluatedKey" not in found:
             return
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        kwargs["ExclusiveStartKey"] = found["LastEvaluatedKey"]
 
 
 def iter_batches(cfg: StackConfig, job_id: str) -> Iterator[BatchRecord]:
-    """Every recorded mini-batch of a job, in mini-batch order (the sort key is zero-padded)."""
-    return (BatchRecord.from_item(item) for item in _job_items(cfg, job_id, "BATCH#"))
+    """Every recorded mini-batch of a job, in mini-batch order: the shards' queries (each in
+    order, the sort key being zero-padded) merged lazily, one page per shard in memory."""
+    job = find(cfg, job_id, counted=False)
+    shards = shards_of(job.total_batches) if job else range(0)
+    merged = heapq.merge(*(_items(cfg, _shard_pk(job_id, shard), "BATCH#", SHARD_PAGE) for shard in shards),
+                         key=lambda item: item["sk"])
+    return (BatchRecord.from_item(item) for item in merged)
 
 
 def put_usage(cfg: StackConfig, job_id: str, spent: usage.Usage | None) -> None:
@@ -299,7 +388,7 @@ def keep_usage(cfg: StackConfig, job_id: str) -> None:
 
 def iter_usage(cfg: StackConfig, job_id: str) -> Iterator[usage.Usage]:
     """Every usage item of a job (see :func:`put_usage`)."""
-    return (usage.Usage.from_dict(item) for item in _job_items(cfg, job_id, "USAGE#"))
+    return (usage.Usage.from_dict(item) for item in _items(cfg, f"JOB#{job_id}", "USAGE#"))
 
 
 def list_jobs(cfg: StackConfig, limit: int = 50) -> list[Job]:
@@ -332,12 +421,52 @@ def _succeeds(write: Callable[[], Any]) -> bool:
         raise
 
 
+def _transact(items: list[dict[str, Any]]) -> None:
+    """One TransactWriteItems, made again after a cancellation by a concurrent transaction on one
+    of its items: nothing of a cancelled transaction was written, so trying again is safe, and
+    botocore does not (DESIGN §6). Any other error, a failed condition included, is raised."""
+    for tried in range(1, COMMIT_TRIES + 1):
+        try:
+            aws.client("dynamodb").transact_write_items(TransactItems=items)
+            return
+        except Exception as error:
+            if tried == COMMIT_TRIES or not aws.is_transaction_conflict(error):
+                raise
+        _back_off(tried)
+
+
+def _back_off(tried: int) -> None:
+    """Full jitter: writers that collided must not collide again in step.
+    https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/"""
+    time.sleep(random.uniform(0, min(COMMIT_BACKOFF_CAP, COMMIT_BACKOFF * 2 ** tried)))
+
+
+def _get_many(cfg: StackConfig, keys: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The items that exist of ``keys``, strongly consistent, 100 keys a BatchGetItem (its limit);
+    keys DynamoDB leaves unprocessed (throttled) are asked again after a back-off."""
+    found: list[dict[str, Any]] = []
+    client = _ddb(cfg).meta.client  # the resource's client: plain Python values in and out
+    for start in range(0, len(keys), 100):
+        request = {cfg.table: {"Keys": keys[start:start + 100], "ConsistentRead": True}}
+        for tried in range(1, COMMIT_TRIES + 1):
+            response = client.batch_get_item(RequestItems=request)
+            found += response.get("Responses", {}).get(cfg.table, [])
+            request = response.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            _back_off(tried)
+        else:
+            raise ParallelRunError(f"DynamoDB left {len(request[cfg.table]['Keys'])} counter items unread "
+                                   f"{COMMIT_TRIES} times: the table is throttled")
+    return found
+
+
 def _counts(cfg: StackConfig, job_id: str, record: BatchRecord, sign: int) -> dict[str, Any]:
-    """The job-counter half of a batch's transaction: add (+1) or take back (-1) its counts."""
+    """The counter half of a batch's transaction: add (+1) or take back (-1) its counts in its shard."""
     succeeded = record.status == SUCCEEDED
     return {"Update": {
         "TableName": cfg.table,
-        "Key": _serialize(job_key(job_id)),
+        "Key": _serialize(counts_key(job_id, shard_of(record.index))),
         "UpdateExpression": "ADD batches_succeeded :bs, batches_failed :bf, items_succeeded :is, "
                             "items_failed :if, retries :r, batches_reused :ru",
         "ConditionExpression": "attribute_exists(pk)",

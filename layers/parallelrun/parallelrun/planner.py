@@ -172,6 +172,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
         if total_batches and _reuse_whole_job(cfg, job, fingerprint, total_batches):
             return
         tabular_job = job.settings.input_type == "tabular"  # its inputs are counted in records, once read
+        jobs.open_shards(cfg, job_id, total_batches)
         jobs.transition(cfg, job_id, jobs.RUNNING, (jobs.PLANNING,), total_batches=total_batches,
                         total_items=None if tabular_job else total_items, cursor=0, planner_tick=0, planner_token="start",
                         fingerprint=fingerprint)

@@ -78,7 +78,7 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
     items = [item_from_json(item) for item in message["items"]]
     partition = message.get("partition")
     with logs.context(job_id, index):
-        job = jobs.get(cfg, job_id)
+        job = jobs.get(cfg, job_id, counted=False)  # its settings and total: counters are not needed here
         if job.state != jobs.RUNNING:
             logs.event(log, "dropped: the job is not running", state=job.state)
             return
@@ -109,7 +109,7 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
                 logs.event(log, "another delivery recorded this mini-batch first", attempt=attempt)
                 jobs.put_usage(cfg, job_id, spent)
             faults.point("after_commit")
-        aggregator.check(cfg, job_id)
+        aggregator.check_shard(cfg, job, index)
 
 
 def _retry_soon(cfg: StackConfig, record: dict[str, Any], attempt: int) -> None:

@@ -1,0 +1,252 @@
+"""No hot item, conflicts retried (DESIGN invariants 1 and 8): commits under injected
+TransactionConflict spend no attempt and never run a mini-batch again; what the workers of one
+job write is spread over shards; every reader still gets every record, in index order."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from parallelrun import aggregator, aws, endpoints, jobs
+from parallelrun.client import Client
+from parallelrun.local import conflicts
+from parallelrun.settings import RunSettings
+from tests.conftest import put_files, read_output
+from tests.test_pipeline import start
+
+# run() writes one line per call to CALLS: the script's own side effect says how often it ran.
+COUNTING = """
+import pickle
+import parallelrun
+
+def init():
+    global model
+    with open(parallelrun.get_model_path(MODEL), "rb") as handle:
+        model = pickle.load(handle)
+
+def run(mini_batch):
+    with open(CALLS, "a") as calls:
+        calls.write(" ".join(sorted(path.rsplit("/", 1)[-1] for path in mini_batch)) + "\\n")
+    if any(open(path).read().startswith("bad") for path in mini_batch) and FAIL_BAD:
+        raise ValueError("cannot score a bad input yet")
+    return [open(path).read() for path in mini_batch]
+"""
+
+
+def counting(model: str, calls: Path, fail_bad: bool = False) -> str:
+    return COUNTING.replace("MODEL", repr(model)).replace("CALLS", repr(str(calls))).replace("FAIL_BAD", repr(fail_bad))
+
+
+@pytest.fixture
+def few_shards(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Three shards: a job of a few mini-batches puts several records under each key."""
+    monkeypatch.setattr(jobs, "SHARDS", 3)
+    monkeypatch.setattr(jobs, "COMMIT_BACKOFF", 0.001)  # keep the retries' back-off short
+    return 3
+
+
+def _calls(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _planned_job(stack: Any, job_id: str, total: int, settings: RunSettings | None = None) -> jobs.Job:
+    """A RUNNING job of ``total`` mini-batches, as the planner leaves it before sending them."""
+    job = jobs.Job(job_id=job_id, endpoint="e", deployment={}, settings=settings or RunSettings(),
+                   input_uri="s3://b/p/",
+                   output_uri=f"s3://{stack.cfg.artifacts_bucket}/jobs/{job_id}/output/", state=jobs.RUNNING,
+                   total_batches=total)
+    jobs.create(stack.cfg, job)
+    jobs.open_shards(stack.cfg, job_id, total)
+    return job
+
+
+def _record(index: int, items_failed: int = 0) -> jobs.BatchRecord:
+    return jobs.BatchRecord(index=index, status=jobs.SUCCEEDED, items=2, items_succeeded=2 - items_failed,
+                            items_failed=items_failed, attempt=1)
+
+
+def _add_a_retry(stack: Any, job_id: str) -> dict[str, Any]:
+    """A transaction's action on shard 0's counters, in DynamoDB JSON."""
+    return {"Update": {"TableName": stack.cfg.table,
+                       "Key": {name: {"S": value} for name, value in jobs.counts_key(job_id, 0).items()},
+                       "UpdateExpression": "ADD retries :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}}
+
+
+@pytest.fixture
+def calls_of(stack: Any) -> Iterator[Callable[[str], list[dict[str, Any]]]]:
+    """``calls_of(operation)``: the parameters of every ``operation`` the table's client makes
+    from then on, to the end of the test."""
+    events = aws.table(stack.cfg.table).meta.client.meta.events
+    registered = []
+
+    def calls(operation: str) -> list[dict[str, Any]]:
+        made: list[dict[str, Any]] = []
+        handler = lambda params, **_: made.append(params)  # noqa: E731
+        events.register(f"provide-client-params.dynamodb.{operation}", handler)
+        registered.append((f"provide-client-params.dynamodb.{operation}", handler))
+        return made
+
+    yield calls
+    for event, handler in registered:
+        events.unregister(event, handler)
+
+
+def test_commits_under_conflicts_on_every_other_transaction_spend_no_attempt(stack, make_endpoint, tmp_path,
+                                                                              few_shards):
+    calls = tmp_path / "calls.txt"
+    endpoint = make_endpoint(counting("conflicted", calls), name="conflicted")
+    inputs = [f"{i:02d}.txt" for i in range(14)]
+    put_files(stack.cfg, "conflicted/r/", inputs)
+    with conflicts.injected(conflicts.Conflicts(every=2)) as injected:
+        job = stack.run_until_done(start(stack, endpoint, "conflicted/r/", {"mini_batch_size": "2"}).job_id)
+
+    assert job.state == jobs.SUCCEEDED, job.reason
+    # Every other transaction: each of the 7 commits but the first is cancelled once, then served.
+    assert (len(injected.seen), injected.cancelled) == (13, 6)
+    assert (job.batches_succeeded, job.items_succeeded, job.batches_failed, job.items_failed) == (7, 14, 0, 0)
+    assert job.retries == 0 and {r.attempt for r in jobs.iter_batches(stack.cfg, job.job_id)} == {1}
+    assert sorted(_calls(calls)) == [f"{i:02d}.txt {i + 1:02d}.txt" for i in range(0, 14, 2)]  # each run once
+    assert read_output(stack.cfg, job).splitlines() == inputs  # exact, in mini-batch order
+    summary = json.loads(read_output(stack.cfg, job, "summary.json"))
+    assert summary["counts"]["items"] == {"total": 14, "succeeded": 14, "failed": 0}
+    assert summary["counts"]["retries"] == 0
+
+
+def test_no_two_concurrent_commits_touch_one_item(stack):
+    """As many commits as there are shards, as one job's workers would make them at once."""
+    job = _planned_job(stack, "spread", jobs.SHARDS)
+    with conflicts.injected(conflicts.Conflicts()) as seen:
+        for index in range(jobs.SHARDS):
+            assert jobs.commit_batch(stack.cfg, job.job_id, _record(index))
+    assert len(seen.seen) == jobs.SHARDS
+    touched = [key for transaction in seen.seen for key in transaction]
+    assert len(set(touched)) == len(touched) == 2 * jobs.SHARDS  # no item in two of them
+    partitions = {dict(key[1])["pk"] for key in touched}
+    assert len(partitions) == jobs.SHARDS  # each commit writes its own partition key, both items in it
+    assert all(len({dict(key[1])["pk"] for key in transaction}) == 1 for transaction in seen.seen)
+    assert jobs.job_key(job.job_id) not in [dict(key[1]) for key in touched]  # the job's own item is never written
+    assert jobs.get(stack.cfg, job.job_id).items_succeeded == 2 * jobs.SHARDS  # the shards summed
+
+
+def test_a_conflict_is_retried_inside_the_commit_and_a_condition_is_not(stack, monkeypatch):
+    monkeypatch.setattr(jobs, "COMMIT_BACKOFF", 0.001)
+    job = _planned_job(stack, "retried", 4)
+    with conflicts.injected(conflicts.Conflicts(every=2)) as injected:
+        assert jobs.commit_batch(stack.cfg, job.job_id, _record(0))  # served at once
+        assert jobs.commit_batch(stack.cfg, job.job_id, _record(1))  # cancelled, then served
+        assert len(injected.seen) == 3 and injected.cancelled == 1
+    with conflicts.injected(conflicts.Conflicts()) as injected:
+        assert not jobs.commit_batch(stack.cfg, job.job_id, _record(1))  # another delivery recorded it first
+        assert len(injected.seen) == 1  # a failed condition is never tried again
+    assert jobs.get(stack.cfg, job.job_id).batches_succeeded == 2
+
+    with conflicts.injected(conflicts.Conflicts(every=1)) as injected, pytest.raises(ClientError) as raised:
+        jobs.commit_batch(stack.cfg, job.job_id, _record(2))  # a table that never stops conflicting
+    assert len(injected.seen) == jobs.COMMIT_TRIES
+    assert aws.is_transaction_conflict(raised.value) and not aws.is_conditional_failure(raised.value)
+    assert jobs.get_batch(stack.cfg, job.job_id, 2) is None
+
+
+def test_the_injected_conflict_is_aws_error_to_the_letter(stack):
+    job = _planned_job(stack, "letter", 1)
+    with conflicts.injected(conflicts.Conflicts(every=1)), pytest.raises(ClientError) as raised:
+        aws.client("dynamodb").transact_write_items(TransactItems=[
+            {"Put": {"TableName": stack.cfg.table, "Item": {"pk": {"S": "X"}, "sk": {"S": "Y"}}}},
+            _add_a_retry(stack, job.job_id),
+        ])
+    response = raised.value.response
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert response["Error"]["Code"] == "TransactionCanceledException"
+    assert response["Error"]["Message"] == ("Transaction cancelled, please refer cancellation reasons for specific "
+                                            "reasons [None, TransactionConflict]")
+    assert response["CancellationReasons"] == [
+        {"Code": "None"}, {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}]
+    assert jobs.shard_counts(stack.cfg, job.job_id, 0)["retries"] == 0  # cancelled whole: nothing written
+
+
+def test_transactions_overlapping_on_an_item_conflict_until_it_is_released(stack):
+    job = _planned_job(stack, "overlap", 8)
+    counter = (stack.cfg.table, tuple(sorted(jobs.counts_key(job.job_id, 0).items())))
+    other = (stack.cfg.table, tuple(sorted(jobs.batch_key(job.job_id, 7).items())))
+    injector = conflicts.Conflicts(hold_seconds=0.1)
+    assert injector.conflicting([other, counter], now=0.0) == set()  # served: holds both items for 0.1 s
+    assert injector.conflicting([counter], now=0.01) == {0}  # in flight on the same item
+    assert injector.conflicting([(stack.cfg.table, (("pk", "x"), ("sk", "y")))], now=0.02) == set()  # another item
+    assert injector.conflicting([counter], now=0.5) == set()  # released
+    assert injector.cancelled == 1
+
+    with conflicts.injected(conflicts.Conflicts(hold_seconds=60)) as held:  # through moto, as AWS answers it
+        assert jobs.commit_batch(stack.cfg, job.job_id, _record(0))
+        with pytest.raises(ClientError) as raised:
+            aws.client("dynamodb").transact_write_items(TransactItems=[_add_a_retry(stack, job.job_id)])
+    assert aws.is_transaction_conflict(raised.value) and held.cancelled == 1
+
+
+def test_a_shard_not_yet_complete_costs_one_read(stack, calls_of, few_shards):
+    job = _planned_job(stack, "one-read", 6)  # shards 0, 1, 2 hold mini-batches (0, 3), (1, 4), (2, 5)
+    gets, batch_gets = calls_of("GetItem"), calls_of("BatchGetItem")
+    jobs.commit_batch(stack.cfg, job.job_id, _record(0))
+    aggregator.check_shard(stack.cfg, job, 0)
+    assert (len(gets), len(batch_gets)) == (1, 0)  # shard 0 is not complete: nothing else is read
+    jobs.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
+    aggregator.check_shard(stack.cfg, job, 1)
+    assert len(batch_gets) == 0  # a failure, but the job has no threshold to cross
+    for index in (2, 3, 4, 5):
+        jobs.commit_batch(stack.cfg, job.job_id, _record(index))
+        aggregator.check_shard(stack.cfg, job, index)
+    assert len(batch_gets) == 3  # each shard's last mini-batch checked the job; the last one found it complete
+    assert jobs.get(stack.cfg, job.job_id).complete
+
+
+def test_a_failure_in_a_job_with_a_threshold_checks_the_job(stack, calls_of, few_shards):
+    job = _planned_job(stack, "threshold", 9, RunSettings(error_threshold=1))
+    batch_gets = calls_of("BatchGetItem")
+    jobs.commit_batch(stack.cfg, job.job_id, _record(0, items_failed=1))
+    aggregator.check_shard(stack.cfg, job, 0)
+    assert len(batch_gets) == 1 and jobs.get(stack.cfg, job.job_id).state == jobs.RUNNING  # 1 failed: allowed
+    jobs.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
+    aggregator.check_shard(stack.cfg, job, 1)
+    assert jobs.get(stack.cfg, job.job_id).state == jobs.FINALIZING  # 2 failed, over the threshold: stopped
+
+
+def test_batches_come_back_in_index_order_one_page_per_shard(stack, calls_of, monkeypatch, few_shards):
+    monkeypatch.setattr(jobs, "SHARD_PAGE", 2)
+    job = _planned_job(stack, "merged", 20)
+    for index in reversed(range(20)):
+        jobs.commit_batch(stack.cfg, job.job_id, _record(index))
+    queries = calls_of("Query")
+    records = jobs.iter_batches(stack.cfg, job.job_id)
+    assert next(records).index == 0
+    assert len(queries) == few_shards  # lazily: one page of each shard, never the whole job
+    assert [0] + [r.index for r in records] == list(range(20))
+    assert len(queries) == few_shards * 4  # 7, 7 and 6 records in pages of 2
+    assert {q["Limit"] for q in queries} == {2}
+
+
+def test_redrive_is_exact_under_conflicts(stack, make_endpoint, tmp_path, few_shards):
+    calls = tmp_path / "calls.txt"
+    endpoint = make_endpoint(counting("redrive-conflicts", calls, fail_bad=True), name="redrive-conflicts")
+    inputs = ["a.txt", "b.txt", "bad1.txt", "c.txt", "d.txt", "e.txt", "bad2.txt", "f.txt"]
+    put_files(stack.cfg, "redrive-conflicts/r/", inputs)
+    settings = {"mini_batch_size": "2", "run_max_try": "1", "isolate_failures": "false"}
+    with conflicts.injected(conflicts.Conflicts(every=2)):
+        job = stack.run_until_done(start(stack, endpoint, "redrive-conflicts/r/", settings).job_id)
+        assert (job.state, job.batches_failed, job.items_failed, job.items_succeeded) == (jobs.SUCCEEDED, 1, 2, 6)
+
+        fixed = tmp_path / "fixed"
+        fixed.mkdir()
+        (fixed / "score.py").write_text(counting("redrive-conflicts", calls))
+        endpoints.update(stack.cfg, endpoint, fixed)
+        assert Client(stack.cfg).redrive(job.job_id) == [1]  # [a b] [bad1 bad2] [c d] [e f]
+        job = stack.run_until_done(job.job_id)
+    assert job.state == jobs.SUCCEEDED
+    assert (job.batches_succeeded, job.batches_failed, job.items_succeeded, job.items_failed) == (4, 0, 8, 0)
+    assert job.retries == 0
+    assert read_output(stack.cfg, job).splitlines() == sorted(inputs)
+    assert sorted(_calls(calls)) == sorted(["a.txt b.txt", "bad1.txt bad2.txt", "c.txt d.txt", "e.txt f.txt",
+                                            "bad1.txt bad2.txt"])  # only the failed one ran again
