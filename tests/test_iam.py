@@ -96,8 +96,10 @@ def audited(tmp_path_factory: pytest.TempPathFactory):
     stop_listening = iam.listen(calls.append)
     victim = "jobs/some-other-job/output/parallel_run_step.txt"
     # A window of 2 mini-batches makes the planner send itself continuation messages.
-    with LocalStack(workers=2, parameters={"MaxInflightBatches": "2"}, worker_env={"PARALLELRUN_CACHE": str(tmp_path_factory.mktemp("cache")),
-                                           "VICTIM_KEY": victim}) as stack:
+    # A stack name of its own: moto's state is per process, shared with the other modules' stacks.
+    with LocalStack(workers=2, parameters={"MaxInflightBatches": "2"}, stack_name="iam-audit", write_state=False,
+                    worker_env={"PARALLELRUN_CACHE": str(tmp_path_factory.mktemp("cache")),
+                                "VICTIM_KEY": victim}) as stack:
         yield calls, stack, victim
     stop_listening()
     patch.undo()

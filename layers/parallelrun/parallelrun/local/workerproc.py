@@ -21,7 +21,7 @@ import threading
 import boto3
 
 from parallelrun import aws
-from parallelrun.local import lambdas
+from parallelrun.local import destinations, lambdas
 
 
 def main(raw: str) -> None:
@@ -42,8 +42,15 @@ def main(raw: str) -> None:
     notifier = boto3.session.Session(aws_access_key_id=args["notifier"]["AWS_ACCESS_KEY_ID"],
                                      aws_secret_access_key=args["notifier"]["AWS_SECRET_ACCESS_KEY"],
                                      region_name=aws.region()).client("sqs", config=aws.RETRIES)
+
+    def notified(event: dict) -> None:
+        # S3 invokes a function asynchronously, once per event record: Lambda's retries and
+        # on-failure destination apply to each (parallelrun.local.destinations).
+        for record in lambdas.s3_event(event)["Records"]:
+            destinations.invoke_async(spec, handler, {"Records": [record]})
+
     pollers += [dict(queue_url=url, queue_arn=arn, batch_size=10, report_failures=False, sqs=notifier,
-                     invoke=lambda e: invoke(lambdas.s3_event(e))) for url, arn in args["notifications"]]
+                     invoke=notified) for url, arn in args["notifications"]]
     threads = [threading.Thread(target=lambdas.poll_forever, args=(stop,), kwargs={**poller, "region": aws.region()},
                                 daemon=True) for poller in pollers]
     for thread in threads:
