@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from parallelrun import aws, deadletters, jobs, planner
+from parallelrun import aws, deadletters, jobs, markers, planner
 from parallelrun.local import destinations, provision
 
 from .conftest import Stack
@@ -43,7 +43,7 @@ def _drain(url: str) -> list[dict[str, Any]]:
 
 
 def _job_id(stack: Stack, key: str, sequencer: str) -> str:
-    target = deadletters.marker_job(stack.cfg.input_bucket, key, sequencer)
+    target = markers.marker_job(stack.cfg.input_bucket, key, sequencer)
     assert target is not None
     return target[0]
 
@@ -148,7 +148,7 @@ def test_a_job_that_already_ended_keeps_its_end(stack: Stack, unique: str) -> No
     key = f"{unique}/done/_READY"
     job_id = _job_id(stack, key, "00D4")
     jobs.create(stack.cfg, dataclasses.replace(
-        deadletters.failed_drop_job(job_id, unique, "s3://x/y/", ""), state=jobs.SUCCEEDED))
+        markers.failed_drop_job(job_id, unique, "s3://x/y/", ""), state=jobs.SUCCEEDED))
     event = _marker_event(stack.cfg.input_bucket, key, "00D4")
     record = destinations.failure_record(stack.spec.functions["PlannerFunction"], event, RuntimeError("late"), "r", 3)
     aws.client("sqs").send_message(QueueUrl=_failure_queue(stack), MessageBody=json.dumps(record))

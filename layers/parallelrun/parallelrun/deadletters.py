@@ -14,15 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.parse
 from typing import Any
 
-from parallelrun import aggregator, aws, jobs, logs, planner, schedules, submit, usage, worker
+from parallelrun import aggregator, aws, jobs, logs, markers, schedules, usage, worker
 from parallelrun.config import StackConfig
 from parallelrun.datasets import item_from_json
 from parallelrun.errors import ConflictError
 from parallelrun.scoring import Failure
-from parallelrun.settings import RunSettings
 
 log = logging.getLogger("parallelrun.deadletters")
 ERROR_MESSAGE_CHARS = 1000  # of the planner's error kept in a job's reason (Lambda's may be 256 KB)
@@ -96,31 +94,6 @@ def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:
                     schedules.run_ended(cfg, job)
 
 
-def marker_of(s3_record: dict[str, Any]) -> tuple[str, str, str]:
-    """(bucket, decoded key, version) of the object an S3 event record names: the version is the
-    event's sequencer, else its ETag, so a retried notification names the same marker."""
-    obj = s3_record["s3"]["object"]
-    return (s3_record["s3"]["bucket"]["name"], urllib.parse.unquote_plus(obj["key"]),
-            obj.get("sequencer") or obj.get("eTag", ""))
-
-
-def marker_job(bucket: str, key: str, version: str) -> tuple[str, str, str] | None:
-    """The job a ``_READY`` marker starts: (job id, endpoint, input folder URI), or None for a
-    marker outside ``<endpoint>/<folder>/``, for the marker :func:`marker_of` names."""
-    target = planner.marker_target(key)
-    if target is None:
-        return None
-    endpoint, folder = target
-    return submit.new_job_id(endpoint, f"{bucket}/{key}@{version}"), endpoint, f"s3://{bucket}/{folder}"
-
-
-def failed_drop_job(job_id: str, endpoint: str, input_uri: str, reason: str) -> jobs.Job:
-    """A drop folder's job that failed before it could be prepared: nobody waits on a drop
-    folder's answer, so the reason is kept where `parallelrun jobs` and `status` show it."""
-    return jobs.Job(job_id=job_id, endpoint=endpoint, deployment={}, settings=RunSettings(), input_uri=input_uri,
-                    output_uri="", state=jobs.FAILED, source="drop", reason=reason, ended_at=time.time())
-
-
 def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:
     """Lambda gave up on an asynchronous invocation of the planner: end each marker's job FAILED
     (creating it FAILED if the planner never did), with the marker and the error as its reason.
@@ -144,8 +117,8 @@ def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:
     for s3_record in payload.get("Records", []) if isinstance(payload, dict) else []:
         if s3_record.get("eventSource") != "aws:s3":
             continue
-        bucket, key, version = marker_of(s3_record)
-        target = marker_job(bucket, key, version)
+        bucket, key, version = markers.marker_of(s3_record)
+        target = markers.marker_job(bucket, key, version)
         if target is None:
             continue  # the planner ignores such a marker: no job to end
         job_id, endpoint, input_uri = target
@@ -154,7 +127,7 @@ def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:
         with logs.context(job_id):
             if jobs.find(cfg, job_id) is None:
                 try:
-                    jobs.create(cfg, failed_drop_job(job_id, endpoint, input_uri, reason))
+                    jobs.create(cfg, markers.failed_drop_job(job_id, endpoint, input_uri, reason))
                     logs.event(log, "job failed: the planner gave up on its marker", level=logging.ERROR)
                     continue
                 except ConflictError:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import posixpath
 import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from parallelrun import (aggregator, aws, datasets, deadletters, endpoints, jobs, logs, partitions, registry, reuse,
+from parallelrun import (aggregator, aws, datasets, endpoints, jobs, logs, markers, partitions, registry, reuse,
                          schedules, scored, submit, usage)
 from parallelrun.config import StackConfig
 from parallelrun.datasets import InputFile, InputSpec, TablePiece
@@ -45,7 +44,7 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     with usage.invocation(usage.PLANNER, context, event):
         for record in event.get("Records", []):
             if record.get("eventSource") == "aws:s3":
-                job_id = on_marker(cfg, *deadletters.marker_of(record))
+                job_id = on_marker(cfg, *markers.marker_of(record))
             else:
                 body = json.loads(record["body"])
                 job_id = body.get("job_id")
@@ -66,19 +65,10 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     return {}
 
 
-def marker_target(key: str) -> tuple[str, str] | None:
-    """``digits/batch1/_READY`` → (endpoint ``digits``, folder ``digits/batch1/``), else None."""
-    folder, name = posixpath.split(key)
-    parts = folder.split("/")
-    if name != datasets.READY_MARKER or len(parts) < 2 or not all(parts):
-        return None
-    return parts[0], folder + "/"
-
-
 def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> str | None:
     """A ``_READY`` marker landed: start a job on its folder, with the marker's JSON overrides.
     Returns the job's id (None for a marker that starts no job)."""
-    target = deadletters.marker_job(bucket, key, version)
+    target = markers.marker_job(bucket, key, version)
     if target is None:
         log.warning("ignored a marker outside <endpoint>/<folder>/", extra={"fields": {"key": key}})
         return None
@@ -92,7 +82,7 @@ def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> str | No
                     raise SettingsError("deployment", deployment, "the name of one of the endpoint's deployments")
                 job = submit.prepare(cfg, endpoint, input_uri, overrides, deployment, job_id, "drop")
             except ParallelRunError as error:
-                job = deadletters.failed_drop_job(job_id, endpoint, input_uri, str(error))
+                job = markers.failed_drop_job(job_id, endpoint, input_uri, str(error))
             try:
                 jobs.create(cfg, job)
             except ConflictError:
