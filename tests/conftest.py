@@ -7,6 +7,7 @@ import itertools
 import os
 import pickle
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,3 +166,12 @@ def put_files(cfg: StackConfig, prefix: str, names: list[str], body: Callable[[s
 def read_output(cfg: StackConfig, job: jobs.Job, name: str | None = None) -> str:
     bucket, key = aws.split_s3_uri(job.output_uri + (name or job.settings.output_file_name))
     return aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+
+
+def marker_event(bucket: str, key: str, sequencer: str) -> dict[str, Any]:
+    """The event S3 gives the planner for one uploaded marker (its key URL-encoded, as S3 does)."""
+    return {"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1", "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+               "object": {"key": urllib.parse.quote_plus(key), "size": 0, "sequencer": sequencer}},
+    }]}

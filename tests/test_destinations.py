@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from parallelrun import aws, deadletters, jobs, markers, planner
-from parallelrun.local import destinations, provision
+from parallelrun.local import destinations
+from tests.conftest import marker_event, provision
 
 from .conftest import Stack
-
-
-def _marker_event(bucket: str, key: str, sequencer: str) -> dict[str, Any]:
-    """The event S3 gives the planner for one uploaded marker (its key URL-encoded, as S3 does)."""
-    return {"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1", "eventName": "ObjectCreated:Put",
-        "s3": {"bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-               "object": {"key": urllib.parse.quote_plus(key), "size": 0, "sequencer": sequencer}},
-    }]}
 
 
 def _failure_queue(stack: Stack) -> str:
@@ -76,7 +67,7 @@ def test_every_try_failed_sends_lambdas_record(stack: Stack, retries: int) -> No
     _drain(_failure_queue(stack))
     spec = stack.spec.functions["PlannerFunction"]
     spec = dataclasses.replace(spec, async_invoke=dataclasses.replace(spec.async_invoke, maximum_retry_attempts=retries))
-    event = _marker_event(stack.cfg.input_bucket, "ep/folder/_READY", "00A1")
+    event = marker_event(stack.cfg.input_bucket, "ep/folder/_READY", "00A1")
     calls = []
 
     def broken(event: dict[str, Any], context: Any) -> None:
@@ -114,7 +105,7 @@ def test_a_planner_failing_on_a_marker_ends_its_job_failed(
 
     monkeypatch.setattr(planner, "start_job", fail)
     spec = stack.spec.functions["PlannerFunction"]
-    event = _marker_event(stack.cfg.input_bucket, key, "00B2")
+    event = marker_event(stack.cfg.input_bucket, key, "00B2")
     assert not destinations.invoke_async(spec, stack.handlers["PlannerFunction"], event)
     job_id = _job_id(stack, key, "00B2")
     assert jobs.get(stack.cfg, job_id).state == jobs.QUEUED  # what the planner left
@@ -131,7 +122,7 @@ def test_a_planner_failing_on_a_marker_ends_its_job_failed(
 def test_a_marker_whose_job_was_never_created_gets_a_failed_job(stack: Stack, unique: str) -> None:
     stack.purge()
     key = f"{unique}/folder/_READY"
-    event = _marker_event(stack.cfg.input_bucket, key, "00C3")
+    event = marker_event(stack.cfg.input_bucket, key, "00C3")
     error = MemoryError("out of memory reading the marker")
     record = destinations.failure_record(stack.spec.functions["PlannerFunction"], event, error, "req-1", 3)
     aws.client("sqs").send_message(QueueUrl=_failure_queue(stack), MessageBody=json.dumps(record))
@@ -149,7 +140,7 @@ def test_a_job_that_already_ended_keeps_its_end(stack: Stack, unique: str) -> No
     job_id = _job_id(stack, key, "00D4")
     jobs.create(stack.cfg, dataclasses.replace(
         markers.failed_drop_job(job_id, unique, "s3://x/y/", ""), state=jobs.SUCCEEDED))
-    event = _marker_event(stack.cfg.input_bucket, key, "00D4")
+    event = marker_event(stack.cfg.input_bucket, key, "00D4")
     record = destinations.failure_record(stack.spec.functions["PlannerFunction"], event, RuntimeError("late"), "r", 3)
     aws.client("sqs").send_message(QueueUrl=_failure_queue(stack), MessageBody=json.dumps(record))
 
@@ -163,7 +154,7 @@ def test_a_marker_that_aged_out_unrun_gets_a_failed_job(stack: Stack, unique: st
     stack.purge()
     key = f"{unique}/late/_READY"
     record = destinations.failure_record(stack.spec.functions["PlannerFunction"],
-                                         _marker_event(stack.cfg.input_bucket, key, "00E5"), RuntimeError(), "r", 0)
+                                         marker_event(stack.cfg.input_bucket, key, "00E5"), RuntimeError(), "r", 0)
     record["requestContext"]["condition"] = "EventAgeExceeded"
     del record["responseContext"], record["responsePayload"]
     aws.client("sqs").send_message(QueueUrl=_failure_queue(stack), MessageBody=json.dumps(record))

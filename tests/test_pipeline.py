@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from parallelrun import aws, jobs, planner, submit
-from tests.conftest import put_files, read_output
+from tests.conftest import marker_event, put_files, read_output
 
 # Each input's body is its own relative name, so a row names its input unambiguously.
 ECHO = """
@@ -221,17 +221,11 @@ def test_dead_lettered_batch_counts_as_failed(stack, make_endpoint):
     assert (recorder["invocations"], recorder["memory_mb"]) == (1, 256)  # its own invocation, priced too
 
 
-def _marker_event(bucket: str, key: str, sequencer: str) -> dict[str, Any]:
-    return {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-                         "s3": {"bucket": {"name": bucket}, "object": {"key": key.replace("/", "%2F"),
-                                                                         "sequencer": sequencer}}}]}
-
-
 def test_ready_marker_starts_one_job_with_its_overrides(stack, make_endpoint):
     make_endpoint(echo("drop"), name="drop")
     put_files(stack.cfg, "drop/b1/", [f"{i}.txt" for i in range(6)])
     aws.client("s3").put_object(Bucket=stack.cfg.input_bucket, Key="drop/b1/_READY", Body=b'{"mini_batch_size": 4}')
-    event = _marker_event(stack.cfg.input_bucket, "drop/b1/_READY", "0A1")
+    event = marker_event(stack.cfg.input_bucket, "drop/b1/_READY", "0A1")
     stack.handlers["PlannerFunction"](event, None)
     stack.handlers["PlannerFunction"](event, None)  # S3 may notify twice: still one job
     found = [j for j in jobs.list_jobs(stack.cfg, 1000) if j.input_uri.endswith("/drop/b1/")]
@@ -245,7 +239,7 @@ def test_ready_marker_with_a_bad_setting_leaves_a_failed_job_saying_why(stack, m
     put_files(stack.cfg, "badmark/b1/", ["a.txt"])
     aws.client("s3").put_object(Bucket=stack.cfg.input_bucket, Key="badmark/b1/_READY",
                                 Body=b'{"mini_batch_size": "lots"}')
-    stack.handlers["PlannerFunction"](_marker_event(stack.cfg.input_bucket, "badmark/b1/_READY", "0B2"), None)
+    stack.handlers["PlannerFunction"](marker_event(stack.cfg.input_bucket, "badmark/b1/_READY", "0B2"), None)
     job = next(j for j in jobs.list_jobs(stack.cfg, 1000) if j.input_uri.endswith("/badmark/b1/"))
     assert job.state == jobs.FAILED
     assert "mini_batch_size='lots'" in job.reason and "file count" in job.reason

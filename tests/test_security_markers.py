@@ -15,8 +15,8 @@ from parallelrun import aggregator, aws, jobs, planner, submit
 from parallelrun.cli import main, status_lines
 from parallelrun.client import Client
 from parallelrun.errors import ConflictError, SettingsError
-from tests.conftest import put_files, read_output
-from tests.test_pipeline import _marker_event, echo
+from tests.conftest import marker_event, put_files, read_output
+from tests.test_pipeline import echo
 
 _sequencers = itertools.count(1)
 
@@ -34,7 +34,7 @@ def drop(stack: Any, endpoint: str, folder: str, body: bytes) -> jobs.Job:
     put_files(stack.cfg, prefix, ["a.txt", "b.txt"])
     aws.client("s3").put_object(Bucket=stack.cfg.input_bucket, Key=prefix + "_READY", Body=body)
     # Raising here would lose the drop: S3's asynchronous invocation has no one to tell.
-    stack.handlers["PlannerFunction"](_marker_event(stack.cfg.input_bucket, prefix + "_READY",
+    stack.handlers["PlannerFunction"](marker_event(stack.cfg.input_bucket, prefix + "_READY",
                                                     f"{next(_sequencers):016X}"), None)
     client = Client(stack.cfg)
     found = client.find_job(f"s3://{stack.cfg.input_bucket}/{prefix}")
@@ -267,7 +267,7 @@ def test_the_largest_mini_batches_of_the_longest_keys_are_sent(stack, endpoint, 
 
 def test_a_marker_gone_before_the_planner_reads_it_is_a_failed_job(stack, endpoint):
     key = f"{endpoint}/gone/_READY"
-    stack.handlers["PlannerFunction"](_marker_event(stack.cfg.input_bucket, key, f"{next(_sequencers):016X}"), None)
+    stack.handlers["PlannerFunction"](marker_event(stack.cfg.input_bucket, key, f"{next(_sequencers):016X}"), None)
     job = Client(stack.cfg).find_job(f"s3://{stack.cfg.input_bucket}/{endpoint}/gone/")
     assert job is not None
     assert_failed_saying(job, f"marker s3://{stack.cfg.input_bucket}/{key} cannot be read (NoSuchKey)")
