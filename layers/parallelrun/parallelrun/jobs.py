@@ -1,14 +1,14 @@
 """Job and mini-batch records in DynamoDB, and where a job's objects live in S3.
 
 One table holds everything (``pk``/``sk``); every key of a job is made here. A job is
-``JOB#<id>``/``JOB``. Its mini-batches are spread over :data:`SHARDS` partition keys,
-``JOB#<id>#<shard>`` with shard = index % SHARDS: each holds its mini-batches' records
-(``BATCH#<index>``) and one item of counters for them (``COUNTS``). A mini-batch's completion is
-one transaction on its own shard: the batch record is put only if absent and the shard's
-counters are added in the same write, so a duplicate delivery can never count twice (DESIGN
-invariant 1), and no item or partition is written by every worker of a job (invariant 8). A
-job's counters are its own item's (a job that took an earlier job's whole output is counted
-there) plus its shards'.
+``JOB#<id>``/``JOB``. Its mini-batches are spread over :data:`SHARDS` shards, shard = index %
+SHARDS: the records of a shard's mini-batches are under a partition key of its own,
+``JOB#<id>#<shard>``/``BATCH#<index>``, and its counters are one item beside the job's,
+``JOB#<id>``/``COUNTS#<shard>``. A mini-batch's completion is one transaction on its shard: the
+batch record is put only if absent and the shard's counters are added in the same write, so a
+duplicate delivery can never count twice (DESIGN invariant 1), and no item is written by every
+worker of a job (invariant 8). A job's counters are its own item's (a job that took an earlier
+job's whole output is counted there) plus its shards': one Query reads the job and them all.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 from parallelrun import aws, usage
 from parallelrun.config import StackConfig
-from parallelrun.errors import ConflictError, NotFoundError, ParallelRunError
+from parallelrun.errors import ConflictError, NotFoundError
 from parallelrun.settings import RunSettings
 
 QUEUED, PLANNING, RUNNING, FINALIZING = "QUEUED", "PLANNING", "RUNNING", "FINALIZING"
@@ -35,14 +35,16 @@ TERMINAL = (SUCCEEDED, FAILED, CANCELED)
 ACTIVE = (QUEUED, PLANNING, RUNNING, FINALIZING)
 
 
-# How many partition keys a job's mini-batches are spread over. Sized for 1,000 concurrent
-# workers committing up to ~1,000 mini-batches a second: a commit is a transaction, which costs
-# 2 WCU per KB of each item (a ~1-2 KB record plus a small counter item: ~6 WCU), so a job
-# writes up to ~6,000 WCU/s, where one partition serves about 1,000. Over 100 shards each key
-# takes ~10 commits (~60 WCU) a second, and the chance that a commit overlaps another on its
-# counter item (a TransactionConflict, retried) stays low. 100 is also the most keys one
-# BatchGetItem reads, so a job's counters are one request.
+# How many shards a job's mini-batches are spread over. Sized for 1,000 concurrent workers
+# committing up to ~1,000 mini-batches a second. A commit is a transaction, which costs 2 WCU per
+# KB of each item: the ~1-2 KB record is ~4 WCU, so the records alone are ~4,000 WCU/s, where one
+# partition serves about 1,000; over 100 partition keys each takes ~10 commits (~40 WCU) a
+# second. The counter items are small (2 WCU a commit) and ~10 commits a second each, so a commit
+# seldom overlaps another on its counter (a TransactionConflict, retried). They share the job's
+# partition key so that one Query reads them: ~2,000 WCU/s at the very peak, which DynamoDB's
+# adaptive capacity serves by isolating frequently written items on partitions of their own.
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/bp-partition-key-design.html
+# https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/burst-adaptive-capacity.html
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html (capacity)
 # The keys of a job still running depend on it: change it only on a stack with no job running.
 SHARDS = 100
@@ -76,7 +78,7 @@ def batch_key(job_id: str, index: int) -> dict[str, str]:
 
 
 def counts_key(job_id: str, shard: int) -> dict[str, str]:
-    return {"pk": _shard_pk(job_id, shard), "sk": "COUNTS"}
+    return {"pk": f"JOB#{job_id}", "sk": f"COUNTS#{shard:03d}"}
 
 
 def shards_of(total_batches: int | None) -> range:
@@ -214,18 +216,17 @@ def create(cfg: StackConfig, job: Job) -> None:
 
 
 def get(cfg: StackConfig, job_id: str, counted: bool = True) -> Job:
-    """The job, with its counters summed over its shards; with ``counted=False`` only its own
-    item is read (one request fewer) and the counters are left as that item holds them."""
-    item = _ddb(cfg).get_item(Key=job_key(job_id), ConsistentRead=True).get("Item")
-    if not item:
+    """The job, with its counters summed over its shards: one Query of its item and its shards'
+    counters (they sort just before it). With ``counted=False``, its own item only (a GetItem:
+    one item's read units), its counters left as that item holds them."""
+    if counted:
+        found = list(_query(cfg, KeyConditionExpression="pk = :pk AND sk BETWEEN :first AND :job",
+                            ExpressionAttributeValues={":pk": f"JOB#{job_id}", ":first": "COUNTS#", ":job": "JOB"}))
+    else:
+        found = [item] if (item := _ddb(cfg).get_item(Key=job_key(job_id), ConsistentRead=True).get("Item")) else []
+    if not found or found[-1]["sk"] != "JOB":
         raise NotFoundError(f"no job {job_id!r}: `parallelrun jobs` lists the jobs of this stack")
-    job = Job.from_item(item)
-    return with_counts(cfg, job) if counted else job
-
-
-def with_counts(cfg: StackConfig, job: Job) -> Job:
-    """``job`` with its shards' counters added to its own item's: one BatchGetItem per 100 shards."""
-    shards = _get_many(cfg, [counts_key(job.job_id, shard) for shard in shards_of(job.total_batches)])
+    job, shards = Job.from_item(found[-1]), found[:-1]
     return dataclasses.replace(job, **{name: getattr(job, name) + sum(_plain(s.get(name, 0)) for s in shards)
                                        for name in COUNTERS})
 
@@ -348,14 +349,14 @@ def get_batch(cfg: StackConfig, job_id: str, index: int) -> BatchRecord | None:
 def _items(cfg: StackConfig, pk: str, prefix: str, page: int | None = None) -> Iterator[dict[str, Any]]:
     """The items of partition key ``pk`` whose sort key starts with ``prefix``, in sort-key
     order, page by page (at most ``page`` items a page)."""
-    kwargs: dict[str, Any] = {
-        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-        "ExpressionAttributeValues": {":pk": pk, ":prefix": prefix},
-        "ConsistentRead": True,
-        **({"Limit": page} if page else {}),
-    }
+    return _query(cfg, KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+                  ExpressionAttributeValues={":pk": pk, ":prefix": prefix}, **({"Limit": page} if page else {}))
+
+
+def _query(cfg: StackConfig, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """A strongly consistent Query's items, page by page."""
     while True:
-        found = _ddb(cfg).query(**kwargs)
+        found = _ddb(cfg).query(ConsistentRead=True, **kwargs)
         yield from found.get("Items", [])
         if "LastEvaluatedKey" not in found:
             return
@@ -439,26 +440,6 @@ def _back_off(tried: int) -> None:
     """Full jitter: writers that collided must not collide again in step.
     https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/"""
     time.sleep(random.uniform(0, min(COMMIT_BACKOFF_CAP, COMMIT_BACKOFF * 2 ** tried)))
-
-
-def _get_many(cfg: StackConfig, keys: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """The items that exist of ``keys``, strongly consistent, 100 keys a BatchGetItem (its limit);
-    keys DynamoDB leaves unprocessed (throttled) are asked again after a back-off."""
-    found: list[dict[str, Any]] = []
-    client = _ddb(cfg).meta.client  # the resource's client: plain Python values in and out
-    for start in range(0, len(keys), 100):
-        request = {cfg.table: {"Keys": keys[start:start + 100], "ConsistentRead": True}}
-        for tried in range(1, COMMIT_TRIES + 1):
-            response = client.batch_get_item(RequestItems=request)
-            found += response.get("Responses", {}).get(cfg.table, [])
-            request = response.get("UnprocessedKeys") or {}
-            if not request:
-                break
-            _back_off(tried)
-        else:
-            raise ParallelRunError(f"DynamoDB left {len(request[cfg.table]['Keys'])} counter items unread "
-                                   f"{COMMIT_TRIES} times: the table is throttled")
-    return found
 
 
 def _counts(cfg: StackConfig, job_id: str, record: BatchRecord, sign: int) -> dict[str, Any]:
