@@ -478,12 +478,13 @@ def test_the_template_lets_only_the_stacks_schedule_rules_reach_the_planner_queu
     source = statement["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
     prefix = template["Outputs"]["ScheduleRulePrefix"]["Value"]["Fn::Sub"]
     assert source.endswith(f":rule/{prefix}*")
-    # The aggregator hands a waiting run to the planner when the running one ends.
-    aggregator = template["Resources"]["AggregatorFunction"]["Properties"]["Policies"]
-    assert {"SQSSendMessagePolicy": {"QueueName": {"Fn::GetAtt": ["PlannerQueue", "QueueName"]}}} in aggregator
-    # So does the failure recorder, when it ends a scheduled job whose aggregation gave up.
-    recorder = template["Resources"]["FailureRecorderFunction"]["Properties"]["Policies"]
-    assert {"SQSSendMessagePolicy": {"QueueName": {"Fn::GetAtt": ["PlannerQueue", "QueueName"]}}} in recorder
+    # The aggregator hands a waiting run to the planner when the running one ends; so does the
+    # failure recorder, when it ends a scheduled job whose aggregation gave up.
+    for role in ("AggregatorRole", "FailureRecorderRole"):
+        statements = [statement for policy in template["Resources"][role]["Properties"]["Policies"]
+                      for statement in policy["PolicyDocument"]["Statement"]]
+        assert any("sqs:SendMessage" in statement["Action"] and {"Fn::GetAtt": ["PlannerQueue", "Arn"]}
+                   in statement["Resource"] for statement in statements), role
 
 
 def test_a_run_whose_aggregation_gave_up_ends_failed_and_frees_the_schedule(stack, make_schedule):
