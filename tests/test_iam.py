@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+import json
 import pickle
 import time
 from datetime import UTC, datetime
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from parallelrun import aws, jobs, schedules
+from parallelrun import aws, jobs, planner, schedules
 from parallelrun.client import Client
 from parallelrun.config import StackConfig
-from parallelrun.local import iam, rules
+from parallelrun.local import destinations, iam, rules
 from parallelrun.local.runtime import LocalStack
+from tests.conftest import marker_event
 
 # Granted but not called by any run here, each with the reason it is granted all the same.
 UNUSED_ON_PURPOSE = {
@@ -34,10 +36,8 @@ UNUSED_ON_PURPOSE = {
     ("WorkerRole", "dynamodb:Scan", "*"): "only a deployment choosing each partition's model by tags (tags:store={store})",
     ("AggregatorRole", "s3:AbortMultipartUpload", "*"): "only when collating fails midway",
     ("AggregatorRole", "sqs:SendMessage", "*PlannerQueue*"): "only a schedule run waiting for this one (overlap=wait)",
-    ("FailureRecorderRole", "dynamodb:*", "*"): "only for a dead letter (the in-process tests of test_failures.py)",
-    ("FailureRecorderRole", "s3:*", "*"): "only for a dead letter (the in-process tests of test_failures.py)",
-    ("FailureRecorderRole", "sqs:SendMessage", "*"): "only for a dead letter (the in-process tests of test_failures.py)",
-    ("FailureRecorderRole", "sqs:DeleteMessage", "*"): "only for a dead letter (the in-process tests of test_failures.py)",
+    ("FailureRecorderRole", "sqs:SendMessage", "*PlannerQueue*"):
+        "only when a scheduled job it ends hands its schedule to a run waiting (overlap=wait)",
 }
 
 ECHO = """
@@ -51,6 +51,13 @@ def run(mini_batch, mini_batch_context):
     if mini_batch_context.attempt == 1:
         raise RuntimeError("first attempt")
     return ["ok" for _ in mini_batch]
+"""
+# Slow enough that its mini-batch is dead-lettered (by the test, see dead_letters) while it runs.
+SLEEPER = """
+import os, time
+def run(mini_batch):
+    time.sleep(8)
+    return [os.path.basename(p) for p in mini_batch]
 """
 TABLE = """
 def run(mini_batch):
@@ -157,6 +164,7 @@ def ran(audited, client: Client, tmp_path_factory: pytest.TempPathFactory) -> di
     endpoint(client, tmp, "flaky", FLAKY, {"mini_batch_size": "2"})
     done["retried"] = drop(client, "flaky/files/", {f"{i}.txt": b"x" for i in range(2)})
     done["attack"] = attack(audited, client, tmp)
+    done["dead-lettered"] = dead_letters(audited, client, tmp, done["tabular"])
     run = schedules.run_job_id("nightly", when)
     deadline = time.time() + 30
     while not any(j.job_id == run for j in client.jobs()) and time.time() < deadline:
@@ -165,11 +173,48 @@ def ran(audited, client: Client, tmp_path_factory: pytest.TempPathFactory) -> di
     return done
 
 
-def test_the_jobs_succeed_with_every_function_as_its_own_role(ran):
+def test_the_jobs_succeed_with_every_function_as_its_own_role(ran, client: Client):
     for kind, job in ran.items():
         assert job.state == jobs.SUCCEEDED, (kind, job.reason)
     assert ran["partitioned"].items_succeeded == 6 and ran["tabular"].items_succeeded == 20
     assert ran["retried"].retries >= 1
+    assert client.job(ran["tabular"].job_id).state == jobs.SUCCEEDED  # its dead-lettered messages changed nothing
+    assert ran["dead-lettered"].items_failed == 4
+    failures = b"".join(client.read_output(ran["dead-lettered"].job_id, "failures.jsonl")).decode()
+    assert failures.count('"WorkerLost"') == 4
+    failed = client.find_job(f"s3://{client.cfg.input_bucket}/echo/never-planned/")
+    assert failed is not None and failed.state == jobs.FAILED and "failed on all 3 tries" in failed.reason
+
+
+def dead_letters(audited, client: Client, tmp_path: Path, ended: jobs.Job) -> jobs.Job:
+    """Every dead-letter queue's message, for the failure recorder's calls. A worker that dies on
+    every delivery takes the visibility timeout each time before SQS moves its message to the
+    dead-letter queue; the test moves it at once, as SQS's redrive would (the same body): a
+    mini-batch of a running job, a planner and an aggregator message of an ended job (left as it
+    is), and Lambda's record of a marker the planner failed on every try."""
+    _, stack, _ = audited
+    sqs = aws.client("sqs")
+    queues = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in aws.client("cloudformation")
+              .describe_stack_resources(StackName=stack.stack_name)["StackResources"]
+              if r.get("ResourceType") == "AWS::SQS::Queue"}
+    endpoint(client, tmp_path, "sleeper", SLEEPER, {"mini_batch_size": "4"})
+    for i in range(4):
+        aws.client("s3").put_object(Bucket=client.cfg.input_bucket, Key=f"sleeper/files/{i}.txt", Body=b"x")
+    job = client.submit("sleeper", f"s3://{client.cfg.input_bucket}/sleeper/files/")
+    deadline = time.time() + 30
+    while not jobs.get(client.cfg, job.job_id).cursor and time.time() < deadline:
+        time.sleep(0.2)  # until its mini-batch is sent
+    [(index, items, partition)] = planner.read_plan(client.cfg, job.job_id, 0, 1)
+    message = planner.batch_message(jobs.get(client.cfg, job.job_id), index, items, partition)
+    sqs.send_message(QueueUrl=queues["BatchDeadLetterQueue"], MessageBody=json.dumps(message))
+    sqs.send_message(QueueUrl=queues["PlannerDeadLetterQueue"], MessageBody=json.dumps(
+        {"action": "tick", "job_id": ended.job_id, "tick": 0, "token": "start", "since": 0}))
+    sqs.send_message(QueueUrl=queues["FinalizeDeadLetterQueue"], MessageBody=json.dumps({"job_id": ended.job_id}))
+    marker = marker_event(client.cfg.input_bucket, "echo/never-planned/_READY", "0A1")
+    record = destinations.failure_record(stack.stack.functions["PlannerFunction"], marker, RuntimeError("planner down"),
+                                         "request-1", 3)
+    sqs.send_message(QueueUrl=queues["PlannerFailureQueue"], MessageBody=json.dumps(record))
+    return client.wait(job.job_id, poll_seconds=0.3, timeout=120)
 
 
 def test_every_call_was_allowed_and_every_grant_was_used(audited, ran):
