@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Chaos: jobs whose worker processes are SIGKILLed at random points; prints lost and duplicated
-rows as JSON (the goal is 0 and 0 however many runs).
+"""Chaos: jobs whose worker processes are SIGKILLed at random points while DynamoDB cancels
+transactions with conflicts; prints lost and duplicated rows as JSON (the goal is 0 and 0 however
+many runs).
 
     .venv/bin/python scripts/chaos.py --runs 20
 """
@@ -20,8 +21,10 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=24, help="inputs per run (2 per mini-batch)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chance", type=float, default=0.05, help="probability of dying at each of the 4 points")
+    parser.add_argument("--conflict-every", type=int, default=2,
+                        help="cancel one DynamoDB transaction in N with a TransactionConflict (0: none)")
     args = parser.parse_args()
-    result = chaos.run(args.runs, args.files, args.workers, args.chance)
+    result = chaos.run(args.runs, args.files, args.workers, args.chance, conflict_every=args.conflict_every)
     print(json.dumps(result, indent=2))
     return 0 if result["lost"] == result["duplicated"] == result["out_of_order"] == 0 else 1
 

@@ -1,8 +1,10 @@
 """Chaos runs: jobs on a local stack whose workers SIGKILL themselves at random points.
 
 Workers die before ``run()``, during it, after writing the part but before the commit, and after
-the commit but before the message is deleted; the stack replaces them as Lambda would. Each run
-checks the output row by row: every input exactly once, in input order, and the job ended.
+the commit but before the message is deleted; the stack replaces them as Lambda would. DynamoDB
+cancels one transaction in ``conflict_every`` with a TransactionConflict on top of the conflicts
+between transactions at once. Each run checks the output row by row: every input exactly once,
+in input order, and the job ended.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ def check(expected: list[str], rows: list[str]) -> dict[str, int]:
     }
 
 
-def run(runs: int, files: int = 24, workers: int = 2, chance: float = 0.05, timeout: float = 300) -> dict[str, Any]:
-    """``runs`` jobs under chaos; totals of lost, duplicated and out-of-order rows, and kills."""
+def run(runs: int, files: int = 24, workers: int = 2, chance: float = 0.05, timeout: float = 300,
+        conflict_every: int = 2) -> dict[str, Any]:
+    """``runs`` jobs under chaos; totals of lost, duplicated and out-of-order rows, kills and
+    cancelled transactions."""
     faults = ",".join(f"{point}:{chance}" for point in POINTS)
     totals = {"runs": runs, "files_per_run": files, "jobs_succeeded": 0, "lost": 0, "duplicated": 0,
               "out_of_order": 0}
@@ -50,6 +54,7 @@ def run(runs: int, files: int = 24, workers: int = 2, chance: float = 0.05, time
             workers=workers, write_state=False, parameters=PARAMETERS, stack_name="chaos",
             worker_env={"PARALLELRUN_FAULTS": faults}) as stack:
         client = Client(StackConfig.from_outputs(stack.outputs))
+        stack.server.conflicts.every = conflict_every
         code = Path(tmp) / "code"
         code.mkdir()
         (code / "score.py").write_text(SCRIPT)
@@ -69,5 +74,6 @@ def run(runs: int, files: int = 24, workers: int = 2, chance: float = 0.05, time
             for key, value in check(names, rows).items():
                 totals[key] += value
         totals["worker_kills"] = stack.restarts
+        totals["transactions_cancelled"] = stack.server.conflicts.cancelled
         totals["seconds"] = round(time.time() - started, 1)
     return totals

@@ -2,7 +2,9 @@
 
 It counts the requests it serves, by service, so the local stack can say what a job would have
 asked of AWS (requests per mini-batch in the benchmark), and it can answer a share of them with
-the throttling errors AWS sends under load, so that retries are proven across processes.
+the throttling errors AWS sends under load, so that retries are proven across processes. Its
+DynamoDB cancels a transaction that touches an item another one holds, as DynamoDB does and moto
+never does (parallelrun.local.conflicts), for as long as the server runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
+
+from parallelrun.local import conflicts
 
 _SERVICE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
 # What AWS answers a throttled request with, per service: status, content type, body.
@@ -38,6 +42,8 @@ class CountingMotoServer(ThreadedMotoServer):
         self.counts: collections.Counter[str] = collections.Counter()
         self.throttled: collections.Counter[str] = collections.Counter()
         self.throttle_every: dict[str, int] = {}  # service → throttle one request in N
+        self.conflicts = conflicts.Conflicts(hold_seconds=conflicts.AWS_HOLD_SECONDS)
+        self._undo_conflicts: Any = None
         self._count_lock = threading.Lock()
         # moto's TransactWriteItems deep-copies the tables it touches for rollback, and the copy
         # breaks ("dictionary changed size during iteration", a 500) when another thread touches
@@ -71,6 +77,15 @@ class CountingMotoServer(ThreadedMotoServer):
         self._server = make_server(self._ip_address, self._port, counting, True, request_handler=MotoRequestHandler)
         self._server_ready_event.set()
         self._server.serve_forever()
+
+    def start(self) -> None:
+        self._undo_conflicts = conflicts.install(self.conflicts)
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        if self._undo_conflicts is not None:
+            self._undo_conflicts()  # the patch is process-wide: in-process tests after this see moto as it is
 
     def snapshot(self) -> dict[str, int]:
         with self._count_lock:
