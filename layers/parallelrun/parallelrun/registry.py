@@ -204,8 +204,7 @@ def local_path(cfg: StackConfig, model: ModelVersion) -> str:
     root = _root(model.name, model.version)
     done = _complete(root)
     with _download_lock:
-        # Checked every time: another local worker sharing this disk may have evicted it.
-        if key not in _downloaded or not done.exists():
+        for last in (False, True):
             if not done.exists():
                 s3 = aws.client("s3")
                 for rel in model.files:
@@ -214,28 +213,37 @@ def local_path(cfg: StackConfig, model: ModelVersion) -> str:
                     s3.download_file(cfg.artifacts_bucket, model.prefix + rel, str(target))
                 safepath.make_read_only(root)
                 done.touch()
-            _downloaded[key] = str(root / model.files[0]) if model.single_file else str(root)
-        _verify(model, root)
+            found = _mismatch(model, root)
+            if found is None:
+                break
+            _downloaded.pop(key, None)
+            done.unlink(missing_ok=True)
+            if found == _GONE and not last:
+                continue  # evicted meanwhile by another local worker sharing this disk: fetch it again
+            shutil.rmtree(root, ignore_errors=True)
+            raise IntegrityError(
+                f"model {model.name}:{model.version} on local disk ({root}) {found} {model.sha256}, the SHA-256 "
+                f"s3://{model.prefix} was registered with: refusing to load it (the copy is removed; the next "
+                "attempt downloads it again)")
+        _downloaded[key] = str(root / model.files[0]) if model.single_file else str(root)
     return _downloaded[key]
 
 
-def _verify(model: ModelVersion, root: Path) -> None:
-    """The model's folder holds exactly its registered files, with the registered SHA-256."""
-    present = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
-    if present == sorted(model.files):
-        actual = _content(root / model.files[0] if model.single_file else root)[1]
-        if actual == model.sha256:
-            return
-        found = f"has SHA-256 {actual}"
-    else:
-        found = f"holds other files ({', '.join(present) or 'none'}), so not SHA-256"
-    _downloaded.pop((model.name, model.version), None)
-    _complete(root).unlink(missing_ok=True)
-    shutil.rmtree(root, ignore_errors=True)
-    raise IntegrityError(
-        f"model {model.name}:{model.version} on local disk ({root}) {found} {model.sha256}, the SHA-256 "
-        f"s3://{model.prefix} was registered with: refusing to load it (the copy is removed; the next "
-        "attempt downloads it again)")
+_GONE = "lacks some of its files, so not SHA-256"
+
+
+def _mismatch(model: ModelVersion, root: Path) -> str | None:
+    """How the model's folder differs from its registered files and SHA-256, or None."""
+    try:
+        present = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        if present == sorted(model.files):
+            actual = _content(root / model.files[0] if model.single_file else root)[1]
+            return None if actual == model.sha256 else f"has SHA-256 {actual}"
+    except OSError:  # a file removed while it was read
+        return _GONE
+    if set(present) < set(model.files):
+        return _GONE
+    return f"holds other files ({', '.join(present)}), so not SHA-256"
 
 
 def disk_size(path: str) -> int:

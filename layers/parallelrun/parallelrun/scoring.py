@@ -287,7 +287,11 @@ def _check_unpacked(sha: str, target: Path, manifest: dict[str, str]) -> None:
     present = {p.relative_to(target).as_posix(): p for p in target.rglob("*") if p.is_file() or p.is_symlink()}
     wrong = [(name, "is missing") for name in sorted(set(manifest) - set(present))]
     for name, path in sorted(present.items()):
-        actual = None if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            actual = None if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:  # removed while read (another local worker found the folder changed)
+            wrong.append((name, "is missing"))
+            continue
         if actual is None or actual != manifest.get(name):
             wrong.append((name, f"has SHA-256 {actual}" if actual else "is a symbolic link"))
     if wrong:
