@@ -9,6 +9,7 @@ import pytest
 
 from parallelrun import aws
 from parallelrun.cli import main, parser
+from parallelrun.errors import StackError
 from parallelrun.local.runtime import LocalStack
 
 SCRIPT = """
@@ -159,3 +160,27 @@ def test_local_up_stopped_with_sigterm_stops_its_worker_processes(tmp_path):
     finally:
         if up.poll() is None:
             up.kill()
+
+
+def test_a_second_local_stack_beside_a_running_one_is_refused(running):
+    with pytest.raises(StackError, match=f"a local stack is already running at {running.endpoint_url}"):
+        LocalStack(workers=1).start()
+
+
+def test_a_local_stack_that_died_hard_is_not_trusted(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from parallelrun.client import Client
+    from parallelrun.local import runtime
+
+    monkeypatch.setenv("PARALLELRUN_HOME", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # what a SIGKILLed `local up` leaves: its state file, naming a process and a server gone
+    runtime.save_state({"endpoint_url": "http://127.0.0.1:9", "region": "us-east-1", "stack_name": "parallelrun",
+                        "outputs": {"InputBucketName": "gone"}, "workers": 2, "pid": dead.pid, "logs": ""})
+    assert main(["local", "outputs"]) == 1
+    err = capsys.readouterr().err
+    assert "is no longer running: it was killed or ran out of memory" in err and "gone" not in err
+    with pytest.raises(StackError, match="no local stack is running"):
+        Client.local()  # the dead stack's file is gone: the next command says plainly that none runs

@@ -18,16 +18,19 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from parallelrun import aws, logs
+from parallelrun.errors import StackError
 from parallelrun.local import iam, lambdas, provision, rules, server
 
 log = logging.getLogger("parallelrun.local")
@@ -54,8 +57,34 @@ def save_state(state: dict[str, Any]) -> Path:
 
 
 def load_state() -> dict[str, Any] | None:
+    """The running local stack's state, or None when none runs. A stack that died without
+    stopping (SIGKILL, out of memory) leaves its file behind: it is refused (StackError, saying
+    so) and removed, so no command trusts a dead stack's outputs."""
     path = home() / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    if not _alive(state):
+        path.unlink(missing_ok=True)
+        raise StackError(f"the local stack at {state.get('endpoint_url')} (process {state.get('pid')}) is no longer "
+                         "running: it was killed or ran out of memory; start one with `parallelrun local up`")
+    return state
+
+
+def _alive(state: dict[str, Any]) -> bool:
+    """Its process exists and its server answers (a process id alone may have been reused)."""
+    try:
+        os.kill(int(state["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    address = urllib.parse.urlsplit(state["endpoint_url"])
+    try:
+        socket.create_connection((address.hostname, address.port), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 @dataclass
@@ -109,6 +138,9 @@ class LocalStack:
         return self.stack.outputs
 
     def start(self) -> None:
+        if self.write_state and (running := load_state()) is not None:
+            raise StackError(f"a local stack is already running at {running['endpoint_url']} (process "
+                             f"{running['pid']}): stop it first, or set PARALLELRUN_HOME to run another beside it")
         self.server, self.endpoint_url = server.start(self.port)
         with iam.suspended():
             self.stack = provision.provision(self.endpoint_url, stack_name=self.stack_name,
@@ -226,7 +258,7 @@ class LocalStack:
         for thread in self.threads:
             thread.join(timeout=5)
         if self.write_state and (home() / STATE_FILE).exists():
-            state = load_state() or {}
+            state = json.loads((home() / STATE_FILE).read_text())
             if state.get("pid") == os.getpid():
                 (home() / STATE_FILE).unlink()
         iam.disable()
