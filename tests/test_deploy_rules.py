@@ -1,7 +1,9 @@
-"""The local stack refuses what Lambda refuses at deploy and moto accepts (parallelrun.local.deployrules)."""
+"""The local stack refuses what Lambda refuses at deploy and moto accepts (parallelrun.local.deployrules),
+and ends an invocation past its timeout as Lambda does (parallelrun.local.lambdas.timed)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,33 @@ def test_a_second_mapping_and_a_big_batch_without_a_window_are_refused(endpoint,
     assert "FinalizeDeadLetterQueue" in str(refused.value)
     assert "BatchSize 11 above 10 needs MaximumBatchingWindowInSeconds of at least 1" in str(refused.value)
     assert "an event source mapping with this queue and function already exists" in str(refused.value)
+
+
+TIMED = """
+import sys, time
+from parallelrun.local import lambdas
+
+def handler(event, context):
+    time.sleep(event["seconds"])
+    return "done"
+
+timed = lambdas.timed(handler, 1)
+print(timed({"seconds": 0.1}, None), flush=True)  # within its timeout: answered, and nothing left armed
+time.sleep(1.5)
+print("still alive", flush=True)
+timed({"seconds": 30}, None)
+print("not reached", flush=True)
+"""
+
+
+def test_an_invocation_past_its_function_timeout_is_killed_as_on_lambda():
+    import signal
+    import subprocess
+    import sys
+
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", TIMED], capture_output=True, text=True, timeout=60)
+    assert result.returncode == -signal.SIGKILL
+    assert result.stdout.splitlines() == ["done", "still alive"]
+    assert "Task timed out after 1.00 seconds" in result.stderr
+    assert time.monotonic() - started < 20  # killed at its timeout, not after the 30 s it asked for

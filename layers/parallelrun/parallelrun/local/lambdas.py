@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -54,6 +55,30 @@ def load_handler(code_dir: str, handler: str) -> Handler:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return getattr(module, attr)
+
+
+def timed(handler: Handler, timeout: float) -> Handler:
+    """``handler`` as Lambda runs it: an invocation still running at its function's timeout ends
+    with the whole execution environment ("If the function times out ... Lambda resets the
+    execution environment", https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtime-environment.html,
+    Failures during the invoke phase). Locally the function's process is killed; its supervisor
+    starts another, and the event source's messages come back after their visibility timeout."""
+
+    def call(event: dict[str, Any], context: Any) -> Any:
+        watchdog = threading.Timer(timeout, _time_out, args=(timeout,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return handler(event, context)
+        finally:
+            watchdog.cancel()
+
+    return call
+
+
+def _time_out(timeout: float) -> None:
+    log.error("Task timed out after %.2f seconds", timeout)  # what Lambda writes in the function's log
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def sqs_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ def main(raw: str) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     parent = os.getppid()
-    handler = lambdas.load_handler(spec.code_dir, spec.handler)
+    handler = lambdas.timed(lambdas.load_handler(spec.code_dir, spec.handler), spec.timeout)
 
     def invoke(event: dict) -> object:
         context = lambdas.LambdaContext(args["name"], spec.memory, spec.timeout, f"{args['name']}-{os.getpid()}")
