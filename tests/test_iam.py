@@ -33,7 +33,6 @@ UNUSED_ON_PURPOSE = {
     ("PlannerRole", "sqs:SendMessage", "*PlannerFailureQueue*"):
         "Lambda sends an asynchronous invocation's failure record with the function's role; only a marker the planner "
         "fails on every try does that (the local stack plays it in parallelrun.local.destinations)",
-    ("WorkerRole", "dynamodb:Scan", "*"): "only a deployment choosing each partition's model by tags (tags:store={store})",
     ("AggregatorRole", "s3:AbortMultipartUpload", "*"): "only when collating fails midway",
     ("AggregatorRole", "sqs:SendMessage", "*PlannerQueue*"): "only a schedule run waiting for this one (overlap=wait)",
     ("FailureRecorderRole", "sqs:SendMessage", "*PlannerQueue*"):
@@ -155,6 +154,14 @@ def ran(audited, client: Client, tmp_path_factory: pytest.TempPathFactory) -> di
         "tabular": drop(client, "table/csv/", {"values.csv": b"id,value\n" + b"".join(b"%d,%d\n" % (i, i)
                                                                                     for i in range(20))}),
     }
+    # A model per partition found by its tags: the worker scans the registry for them.
+    for store in "ab":
+        client.register_model(tmp / "stores.pkl", f"tagged-{store}", tags={"store": store, "kind": "iam"})
+    endpoint(client, tmp, "tagged", ECHO, {"mini_batch_size": "2"}, models=(), model_ref="tags:store={store},kind=iam")
+    done |= {
+        "tagged": drop(client, "tagged/files/", {f"{store}/{i}.txt": b"x" for store in "ab" for i in range(2)},
+                       b'{"partition_format": "{store}/*.txt", "partition_keys": "store"}'),
+    }
     aws.client("s3").put_object(Bucket=client.cfg.input_bucket, Key="echo/incoming/0.txt", Body=b"x")
     schedules.create(client.cfg, "nightly", "echo", "rate(1 hour)", f"s3://{client.cfg.input_bucket}/echo/incoming/",
                      {"mini_batch_size": "2"})
@@ -177,6 +184,7 @@ def test_the_jobs_succeed_with_every_function_as_its_own_role(ran, client: Clien
     for kind, job in ran.items():
         assert job.state == jobs.SUCCEEDED, (kind, job.reason)
     assert ran["partitioned"].items_succeeded == 6 and ran["tabular"].items_succeeded == 20
+    assert ran["tagged"].items_succeeded == 4
     assert ran["retried"].retries >= 1
     assert client.job(ran["tabular"].job_id).state == jobs.SUCCEEDED  # its dead-lettered messages changed nothing
     assert ran["dead-lettered"].items_failed == 4
