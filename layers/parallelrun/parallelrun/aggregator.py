@@ -16,8 +16,9 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from parallelrun import aws, jobs, logs, pricing, results, reuse, schedules, usage
 from parallelrun.config import StackConfig
@@ -28,6 +29,10 @@ PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB but the last
 LEASE_SECONDS = 900  # the aggregator function's timeout: past it, a FINALIZING holder is dead
 UNWRITTEN = "OutputSchemaMismatch"  # parquet output: a part whose columns differ from the first part's
 OWNER_METADATA = "parallelrun-job"  # an output file's S3 metadata: the job that wrote it
+# Mini-batches whose objects are fetched at once, ahead of the one being written. A small GET
+# from Lambda waits 15-30 ms (DESIGN §6): one after another, 100,000 parts take 25-50 minutes,
+# past Lambda's 15; sixteen at a time take a sixteenth, holding at most sixteen parts in memory.
+FETCH_AHEAD = 16
 
 
 def check(cfg: StackConfig, job_id: str) -> None:
@@ -254,17 +259,24 @@ def collate(cfg: StackConfig, job: jobs.Job, spent: usage.Tally | None = None,
     table = results.ParquetCollator(output) if job.settings.output_format == "parquet" else None  # written only for append_row
     errors: collections.Counter[str] = collections.Counter()
     reusable, unwritten = 0, []
+    appended = job.settings.output_action == "append_row"
+
+    def get(key: str | None) -> bytes | None:
+        return s3.get_object(Bucket=cfg.artifacts_bucket, Key=key)["Body"].read() if key else None
+
+    def objects(record: jobs.BatchRecord) -> tuple[bytes | None, bytes | None]:
+        return get(record.part_key if appended else None), get(record.failures_key)
+
     try:
         header_written = job.settings.output_format != "csv"
-        for record in jobs.iter_batches(cfg, job.job_id):
+        for record, (body, failed) in fetched_in_order(jobs.iter_batches(cfg, job.job_id), objects, FETCH_AHEAD):
             if spent is not None:
                 spent.add(record.usage)
             reusable += reusable_entry(record) is not None
-            if record.part_key and job.settings.output_action == "append_row":
+            if body is not None:
                 if not header_written and record.header:
                     output.write(record.header.encode() + b"\n")  # csv: the header once, at the top
                     header_written = True
-                body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=record.part_key)["Body"].read()
                 if table is None:
                     output.write(body)
                     rows += record.rows
@@ -275,10 +287,9 @@ def collate(cfg: StackConfig, job: jobs.Job, spent: usage.Tally | None = None,
                         unwritten.append(str(mismatch))
                         failures.write(_unwritten_line(record, str(mismatch)).encode())
                         errors[UNWRITTEN] += record.items_succeeded
-            if record.failures_key:
-                body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=record.failures_key)["Body"].read()
-                failures.write(body)
-                errors.update(json.loads(line)["error_type"] for line in body.splitlines() if line)
+            if failed is not None:
+                failures.write(failed)
+                errors.update(json.loads(line)["error_type"] for line in failed.splitlines() if line)
         if job.settings.output_action == "append_row":
             if table is not None:
                 table.close()
@@ -294,6 +305,27 @@ def collate(cfg: StackConfig, job: jobs.Job, spent: usage.Tally | None = None,
                   f"their columns differing from the first part's (first: {unwritten[0]}); return the same "
                   "columns and types from every run()")
     return rows, errors, reusable, reason
+
+
+Item = TypeVar("Item")
+Fetched = TypeVar("Fetched")
+
+
+def fetched_in_order(items: Iterable[Item], fetch: Callable[[Item], Fetched],
+                     ahead: int) -> Iterator[tuple[Item, Fetched]]:
+    """Each item with ``fetch(item)``, in the items' order, with up to ``ahead`` fetches running
+    at once: the items are read at most ``ahead`` beyond the one yielded, so memory is bounded
+    by ``ahead`` fetched results whatever the count of items."""
+    pending: collections.deque[tuple[Item, Any]] = collections.deque()
+    with ThreadPoolExecutor(max_workers=ahead) as pool:
+        for item in items:
+            pending.append((item, pool.submit(usage.bind(fetch), item)))
+            if len(pending) >= ahead:
+                first, future = pending.popleft()
+                yield first, future.result()
+        while pending:
+            first, future = pending.popleft()
+            yield first, future.result()
 
 
 def reusable_entry(record: jobs.BatchRecord) -> tuple[str, str, int, int, str | None] | None:
