@@ -16,6 +16,7 @@ from typing import Any
 from parallelrun import jobs, schedules
 from parallelrun.client import Client
 from parallelrun.errors import NotFoundError, ParallelRunError
+from parallelrun.local.latency import LATENCY
 from parallelrun.settings import parse_assignments
 
 
@@ -66,7 +67,8 @@ def _job_dict(job: jobs.Job) -> dict[str, Any]:
 def cmd_local_up(args: argparse.Namespace) -> int:
     from parallelrun.local.runtime import LocalStack
 
-    stack = LocalStack(workers=args.workers, port=args.port, parameters=parse_assignments(args.param))
+    stack = LocalStack(workers=args.workers, port=args.port, parameters=parse_assignments(args.param),
+                       latency=args.latency)
     # `kill` (SIGTERM) stops the stack as Ctrl-C does, worker processes included.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     stack.start()
@@ -363,6 +365,8 @@ def parser() -> argparse.ArgumentParser:
     up = add(local, "up", cmd_local_up, "Run the local stack in the foreground until Ctrl-C.")
     up.add_argument("--port", type=int, default=None, help="moto server port (default: a free one)")
     up.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    up.add_argument("--latency", choices=sorted(LATENCY), default=None,
+                    help="make every request wait as it would from Lambda (aws: S3 GET 27 ms, PUT 60 ms, ...)")
     up.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a template.yaml parameter, e.g. WorkerBatchSize=2")
     add(local, "outputs", cmd_local_outputs, "Print the running local stack's outputs as JSON.")

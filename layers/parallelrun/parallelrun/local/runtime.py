@@ -103,8 +103,9 @@ class LocalStack:
 
     def __init__(self, workers: int = 2, port: int | None = None, parameters: dict[str, str] | None = None,
                  write_state: bool = True, worker_env: dict[str, str] | None = None,
-                 stack_name: str = "parallelrun") -> None:
+                 stack_name: str = "parallelrun", latency: str | None = None) -> None:
         self.workers = workers
+        self.latency = latency  # a profile of server.LATENCY: every request waits as from Lambda on AWS
         self.stack_name = stack_name
         self.port = port
         self.parameters = {**LOCAL_PARAMETERS, **(parameters or {})}
@@ -141,7 +142,7 @@ class LocalStack:
         if self.write_state and (running := load_state()) is not None:
             raise StackError(f"a local stack is already running at {running['endpoint_url']} (process "
                              f"{running['pid']}): stop it first, or set PARALLELRUN_HOME to run another beside it")
-        self.server, self.endpoint_url = server.start(self.port)
+        self.server, self.endpoint_url = server.start(self.port, self.latency)
         with iam.suspended():
             self.stack = provision.provision(self.endpoint_url, stack_name=self.stack_name,
                                              parameters=self.parameters)

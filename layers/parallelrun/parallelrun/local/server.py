@@ -4,7 +4,9 @@ It counts the requests it serves, by service, so the local stack can say what a 
 asked of AWS (requests per mini-batch in the benchmark), and it can answer a share of them with
 the throttling errors AWS sends under load, so that retries are proven across processes. Its
 DynamoDB cancels a transaction that touches an item another one holds, as DynamoDB does and moto
-never does (parallelrun.local.conflicts), for as long as the server runs.
+never does (parallelrun.local.conflicts), for as long as the server runs. With a latency
+profile (``latency="aws"``) each request first waits what the same request waits from Lambda on
+AWS, while others are served meanwhile, so overlapping I/O is measured as it would pay off there.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import collections
 import logging
 import re
 import threading
+import time
 from typing import Any
 
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
@@ -20,6 +23,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import make_server
 
 from parallelrun.local import conflicts
+from parallelrun.local.latency import LATENCY, latency_of
 
 _SERVICE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
 # What AWS answers a throttled request with, per service: status, content type, body.
@@ -37,8 +41,11 @@ THROTTLE = {
 class CountingMotoServer(ThreadedMotoServer):
     """ThreadedMotoServer whose app counts each request by the service its signature names."""
 
-    def __init__(self, ip_address: str, port: int) -> None:
+    def __init__(self, ip_address: str, port: int, latency: str | None = None) -> None:
         super().__init__(ip_address=ip_address, port=port, verbose=False)
+        if latency is not None and latency not in LATENCY:
+            raise ValueError(f"latency profile {latency!r}: use one of {sorted(LATENCY)}")
+        self.latency = LATENCY[latency] if latency else {}
         self.counts: collections.Counter[str] = collections.Counter()
         self.throttled: collections.Counter[str] = collections.Counter()
         self.throttle_every: dict[str, int] = {}  # service → throttle one request in N
@@ -64,6 +71,8 @@ class CountingMotoServer(ThreadedMotoServer):
                 throttle = bool(every) and self.counts[service] % every == 0
                 if throttle:
                     self.throttled[service] += 1
+            if self.latency:
+                time.sleep(latency_of(self.latency, service, environ))  # outside every lock: others go on
             if throttle:
                 status, content_type, body = THROTTLE[service]
                 start_response(status, [("Content-Type", content_type), ("x-amzn-RequestId", "throttled"),
@@ -92,10 +101,11 @@ class CountingMotoServer(ThreadedMotoServer):
             return dict(self.counts)
 
 
-def start(port: int | None = None) -> tuple[CountingMotoServer, str]:
-    """Start a moto server in this process (a thread); return it and its endpoint URL."""
+def start(port: int | None = None, latency: str | None = None) -> tuple[CountingMotoServer, str]:
+    """Start a moto server in this process (a thread), with a latency profile if named; return it
+    and its endpoint URL."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # it logs every request otherwise
-    server = CountingMotoServer("127.0.0.1", port or 0)
+    server = CountingMotoServer("127.0.0.1", port or 0, latency)
     server.start()
     host, bound = server.get_host_and_port()
     return server, f"http://{host}:{bound}"
