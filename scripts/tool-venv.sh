@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tool-venv.sh VENV CONSTRAINTS PACKAGE: install PACKAGE into its own virtual environment VENV,
 # pinned with its whole tree in CONSTRAINTS, apart from .venv (tools such as the SAM CLI and
-# checkov pin a newer botocore than aioboto3 allows there). Quick when nothing changed.
+# checkov pin another botocore than the one tested there). Quick when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=$1 constraints=$2 package=$3

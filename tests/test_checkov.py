@@ -2,7 +2,7 @@
 resources it fails on, with the reason it does not apply there; a fixed check leaves the list.
 
 checkov runs from .checkov-venv (scripts/checkov-setup.sh), apart from the project's environment
-as the SAM CLI is: its tree pins a boto3 that aioboto3's pins in .venv would fight."""
+as the SAM CLI is: its tree pins a boto3 other than the one tested in .venv."""
 
 from __future__ import annotations
 

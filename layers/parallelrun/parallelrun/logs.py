@@ -47,7 +47,7 @@ def setup(level: str | None = None) -> None:
         handler.setFormatter(JsonFormatter())
         root.addHandler(handler)
     root.setLevel(level or os.environ.get("PARALLELRUN_LOG_LEVEL", "INFO"))
-    for noisy in ("botocore", "boto3", "urllib3", "aiobotocore", "werkzeug", "s3transfer"):
+    for noisy in ("botocore", "boto3", "urllib3", "werkzeug", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
