@@ -17,29 +17,18 @@ from parallelrun.client import Client
 from parallelrun.local import conflicts
 from parallelrun.settings import RunSettings
 from tests.conftest import put_files, read_output
+from tests.test_failures import script
 from tests.test_pipeline import start
 
-# run() writes one line per call to CALLS: the script's own side effect says how often it ran.
-COUNTING = """
-import pickle
-import parallelrun
-
-def init():
-    global model
-    with open(parallelrun.get_model_path(MODEL), "rb") as handle:
-        model = pickle.load(handle)
-
-def run(mini_batch):
-    with open(CALLS, "a") as calls:
-        calls.write(" ".join(sorted(path.rsplit("/", 1)[-1] for path in mini_batch)) + "\\n")
-    if any(open(path).read().startswith("bad") for path in mini_batch) and FAIL_BAD:
-        raise ValueError("cannot score a bad input yet")
-    return [open(path).read() for path in mini_batch]
-"""
-
-
 def counting(model: str, calls: Path, fail_bad: bool = False) -> str:
-    return COUNTING.replace("MODEL", repr(model)).replace("CALLS", repr(str(calls))).replace("FAIL_BAD", repr(fail_bad))
+    """The echo script whose run() first writes one line per call to ``calls`` (its own side
+    effect says how often it ran), and raises on an input starting "bad" if ``fail_bad``."""
+    return script(model, f"""
+with open({str(calls)!r}, "a") as calls:
+    calls.write(" ".join(sorted(path.rsplit("/", 1)[-1] for path in mini_batch)) + "\\n")
+if {fail_bad!r} and any(open(path).read().startswith("bad") for path in mini_batch):
+    raise ValueError("cannot score a bad input yet")
+""")
 
 
 @pytest.fixture
