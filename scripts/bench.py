@@ -27,11 +27,13 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from parallelrun import aggregator, aws, jobs
-from parallelrun.client import Client
-from parallelrun.config import StackConfig
-from parallelrun.demo import EXAMPLES, load_example
+from parallelrun import aws
+from parallelrun.aws.config import StackConfig
+from parallelrun.client.api import Client
+from parallelrun.client.demo import EXAMPLES, load_example
 from parallelrun.local.runtime import LocalStack
+from parallelrun.pipeline import aggregator
+from parallelrun.store import jobs
 
 _script = None
 

@@ -25,9 +25,10 @@ os.environ.setdefault("PARALLELRUN_CACHE", tempfile.mkdtemp(prefix="parallelrun-
 
 from moto import mock_aws  # noqa: E402
 
-from parallelrun import aws, endpoints, jobs, registry  # noqa: E402
-from parallelrun.config import StackConfig  # noqa: E402
+from parallelrun import aws  # noqa: E402
+from parallelrun.aws.config import StackConfig  # noqa: E402
 from parallelrun.local import lambdas, provision  # noqa: E402
+from parallelrun.store import endpoints, jobs, registry  # noqa: E402
 
 _names = itertools.count()
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from parallelrun import aggregator, aws, jobs
-from parallelrun.settings import RunSettings
+from parallelrun import aws
+from parallelrun.core.settings import RunSettings
+from parallelrun.pipeline import aggregator
+from parallelrun.store import jobs
 
 
 def test_stream_writer_uses_multipart_and_bounded_memory(stack):
@@ -62,7 +64,7 @@ def test_parts_are_fetched_ahead_in_order_and_bounded():
     import threading
     import time
 
-    from parallelrun.aggregator import fetched_in_order
+    from parallelrun.pipeline.aggregator import fetched_in_order
 
     running, most, read = [0], [0], []
     lock = threading.Lock()

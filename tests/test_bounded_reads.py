@@ -11,9 +11,11 @@ import zlib
 import pyarrow as pa
 import pytest
 
-from parallelrun import aws, jobs, tabular
-from parallelrun.datasets import InputFile, TablePiece
-from parallelrun.errors import InputTooLarge
+from parallelrun import aws
+from parallelrun.core import tabular
+from parallelrun.core.datasets import InputFile, TablePiece
+from parallelrun.core.errors import InputTooLarge
+from parallelrun.store import jobs
 from tests.conftest import read_output
 from tests.test_pipeline import start
 from tests.test_tabular import Counting

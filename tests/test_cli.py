@@ -8,8 +8,8 @@ import pickle
 import pytest
 
 from parallelrun import aws
-from parallelrun.cli import main, parser
-from parallelrun.errors import StackError
+from parallelrun.client.cli import main, parser
+from parallelrun.core.errors import StackError
 from parallelrun.local.runtime import LocalStack
 
 SCRIPT = """
@@ -128,7 +128,7 @@ def test_local_up_stopped_with_sigterm_stops_its_worker_processes(tmp_path):
     from parallelrun.local.runtime import STATE_FILE
 
     env = {**os.environ, "PARALLELRUN_HOME": str(tmp_path)}
-    up = subprocess.Popen([sys.executable, "-c", "import sys; from parallelrun.cli import main; "
+    up = subprocess.Popen([sys.executable, "-c", "import sys; from parallelrun.client.cli import main; "
                            "sys.exit(main(['local', 'up', '--workers', '2']))"], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -171,7 +171,7 @@ def test_a_local_stack_that_died_hard_is_not_trusted(tmp_path, monkeypatch, caps
     import subprocess
     import sys
 
-    from parallelrun.client import Client
+    from parallelrun.client.api import Client
     from parallelrun.local import runtime
 
     monkeypatch.setenv("PARALLELRUN_HOME", str(tmp_path))

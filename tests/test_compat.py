@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from parallelrun import aws, compat, endpoints, jobs, registry
-from parallelrun.client import Client
-from parallelrun.demo import EXAMPLES, load_example
+from parallelrun import aws
+from parallelrun.client.api import Client
+from parallelrun.client.demo import EXAMPLES, load_example
+from parallelrun.scoring import azure
+from parallelrun.store import endpoints, jobs, registry
 from tests.conftest import read_output
 from tests.test_pipeline import start
 
@@ -18,20 +20,20 @@ from tests.test_pipeline import start
 def test_shims_give_azure_names_only_where_azure_is_absent(monkeypatch):
     for name in [n for n in sys.modules if n.startswith(("azureml", "azureml_user"))]:
         monkeypatch.delitem(sys.modules, name)
-    assert compat.install() == ["azureml.core", "azureml_user.parallel_run"]
+    assert azure.install() == ["azureml.core", "azureml_user.parallel_run"]
     from azureml.core import Model, Run
     from azureml.core.model import Model as ModelToo
     from azureml_user.parallel_run import EntryScript
 
     assert Model is ModelToo and callable(Model.get_model_path)
     Run.get_context().log("accuracy", 0.9)  # an offline run: logs, does nothing else
-    monkeypatch.setenv(compat.OUTPUT_DIR_VAR, "/tmp/out")
+    monkeypatch.setenv(azure.OUTPUT_DIR_VAR, "/tmp/out")
     assert EntryScript().output_dir == "/tmp/out" and EntryScript().logger.name == "azureml_user.entry_script"
     # A real package wins: the shim stays out.
-    monkeypatch.setattr(compat, "_importable", lambda name: True)
+    monkeypatch.setattr(azure, "_importable", lambda name: True)
     for name in [n for n in sys.modules if n.startswith(("azureml", "azureml_user"))]:
         monkeypatch.delitem(sys.modules, name)
-    assert compat.install() == []
+    assert azure.install() == []
     with pytest.raises(ImportError):
         importlib.import_module("azureml.core")
 

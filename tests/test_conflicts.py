@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from parallelrun import aggregator, aws, endpoints, jobs
-from parallelrun.client import Client
+from parallelrun import aws
+from parallelrun.client.api import Client
+from parallelrun.core.settings import RunSettings
 from parallelrun.local import conflicts
-from parallelrun.settings import RunSettings
+from parallelrun.pipeline import aggregator
+from parallelrun.store import endpoints, jobs
 from tests.conftest import put_files, read_output
 from tests.test_failures import script
 from tests.test_pipeline import start

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from parallelrun import aws, jobs, logs, metrics, pricing, usage
+from parallelrun import aws
+from parallelrun.core import logs, metrics, pricing, usage
+from parallelrun.store import jobs
 from tests.conftest import put_files, read_output
 from tests.test_failures import script
 from tests.test_pipeline import start
@@ -28,7 +30,7 @@ def flaky_job(stack, tmp_path_factory) -> dict[str, Any]:
     The metric lines logged meanwhile are kept as they are written."""
     import pickle
 
-    from parallelrun import endpoints, registry
+    from parallelrun.store import endpoints, registry
 
     stack.purge()
     folder = tmp_path_factory.mktemp("cost")
@@ -45,13 +47,13 @@ def flaky_job(stack, tmp_path_factory) -> dict[str, Any]:
             lines.append(formatter.format(record))
 
     keep = Keep()
-    logging.getLogger("parallelrun.metrics").addHandler(keep)
+    logging.getLogger("parallelrun.core.metrics").addHandler(keep)
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("PARALLELRUN_LOG_LEVEL", "WARNING")  # metric lines are kept whatever the log level
             job = stack.run_until_done(start(stack, "costly", "costly/r/", {"mini_batch_size": "3"}).job_id)
     finally:
-        logging.getLogger("parallelrun.metrics").removeHandler(keep)
+        logging.getLogger("parallelrun.core.metrics").removeHandler(keep)
     summary = json.loads(read_output(stack.cfg, job, "summary.json"))
     return {"job": job, "summary": summary, "metric_lines": lines,
             "records": list(jobs.iter_batches(stack.cfg, job.job_id)),

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from parallelrun import aws
-from parallelrun.datasets import (
+from parallelrun.core.datasets import (
     READY_MARKER,
     InputFile,
     InputSpec,

@@ -20,10 +20,10 @@ import pytest
 from cfnlint.decode import decode
 
 from parallelrun import aws
-from parallelrun.cli import main
-from parallelrun.client import Client
-from parallelrun.config import StackConfig
-from parallelrun.errors import StackError
+from parallelrun.aws.config import StackConfig
+from parallelrun.client.api import Client
+from parallelrun.client.cli import main
+from parallelrun.core.errors import StackError
 from parallelrun.local import provision, server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_sam_build_builds_every_zip_function_and_the_layer(build_dir: Path) -> N
     for function in zip_functions:
         assert (build_dir / resources[function]["Properties"]["CodeUri"] / "app.py").is_file()
     layer = build_dir / resources["ParallelRunLayer"]["Properties"]["ContentUri"] / "python"
-    assert (layer / "parallelrun" / "worker.py").is_file()
+    assert (layer / "parallelrun" / "pipeline" / "worker.py").is_file()
     assert (layer / "boto3").is_dir()  # the layer's requirements.txt was installed
     assert not (layer / "aiohttp").exists()  # nothing the functions do not import
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from parallelrun.errors import StackError
+from parallelrun.core.errors import StackError
 from parallelrun.local import deployrules
 from parallelrun.local.deployrules import Function, QueueMapping
 from parallelrun.local.provision import provision

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from parallelrun import aws, deadletters, jobs, markers, planner
+from parallelrun import aws
 from parallelrun.local import destinations
+from parallelrun.pipeline import failure_recorder, markers, planner
+from parallelrun.store import jobs
 from tests.conftest import marker_event, provision
 
 from .conftest import Stack

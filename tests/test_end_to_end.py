@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from parallelrun import aws, jobs
-from parallelrun.client import Client
-from parallelrun.config import StackConfig
-from parallelrun.demo import EXAMPLES, load_example
+from parallelrun import aws
+from parallelrun.aws.config import StackConfig
+from parallelrun.client.api import Client
+from parallelrun.client.demo import EXAMPLES, load_example
 from parallelrun.local import chaos
 from parallelrun.local.runtime import LocalStack
+from parallelrun.store import jobs
 
 SCRIPT = """
 import os
@@ -149,7 +150,7 @@ def test_workers_killed_at_random_points_lose_and_double_nothing(tmp_path: Path,
 
 def test_the_sdk_flow(client: Client, tmp_path: Path):
     from parallelrun import FileDataset, Model, ParallelRunConfig
-    from parallelrun.errors import ConflictError
+    from parallelrun.core.errors import ConflictError
 
     train = load_example("digits", "train")
     train.train_model(tmp_path / "model.pkl")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from parallelrun import aws, endpoints, registry
-from parallelrun.errors import ConflictError, InputError, NotFoundError
+from parallelrun import aws
+from parallelrun.core.errors import ConflictError, InputError, NotFoundError
+from parallelrun.store import endpoints, registry
 from tests.conftest import put_files, read_output
 from tests.test_pipeline import start
 
@@ -51,7 +52,7 @@ def test_a_named_deployment_and_the_rules_of_deleting(stack, tmp_path: Path):
     endpoints.create(stack.cfg, "named", code(tmp_path, "one:"), "score.py", "named")
     endpoints.add_deployment(stack.cfg, "named", "two", code(tmp_path, "two:"), "score.py", "named")
     put_files(stack.cfg, "named/r/", ["x.txt"])
-    from parallelrun import submit
+    from parallelrun.pipeline import submit
 
     job = submit.prepare(stack.cfg, "named", f"s3://{stack.cfg.input_bucket}/named/r/", deployment="two")
     submit.start(stack.cfg, job)

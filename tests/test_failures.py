@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from parallelrun import aws, endpoints, jobs
-from parallelrun.client import Client
-from parallelrun.errors import ConflictError
+from parallelrun import aws
+from parallelrun.client.api import Client
+from parallelrun.core.errors import ConflictError
+from parallelrun.store import endpoints, jobs
 from tests.conftest import put_files, read_output
 from tests.test_pipeline import echo, parts, start
 

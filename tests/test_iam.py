@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from parallelrun import aws, jobs, planner, schedules
-from parallelrun.client import Client
-from parallelrun.config import StackConfig
+from parallelrun import aws
+from parallelrun.aws.config import StackConfig
+from parallelrun.client.api import Client
 from parallelrun.local import destinations, iam, rules
 from parallelrun.local.runtime import LocalStack
+from parallelrun.pipeline import planner, schedules
+from parallelrun.store import jobs
 from tests.conftest import marker_event
 
 # Granted but not called by any run here, each with the reason it is granted all the same.

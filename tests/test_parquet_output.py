@@ -11,12 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from parallelrun import aggregator, aws, jobs, results, sdk
-from parallelrun.client import Client
-from parallelrun.errors import ScoringScriptError
-from parallelrun.scoring import to_rows
-from parallelrun.settings import RunSettings, resolve
-from parallelrun.worker import Part, in_input_order
+from parallelrun import aws
+from parallelrun.client import sdk
+from parallelrun.client.api import Client
+from parallelrun.core import results
+from parallelrun.core.errors import ScoringScriptError
+from parallelrun.core.settings import RunSettings, resolve
+from parallelrun.pipeline import aggregator
+from parallelrun.pipeline.worker import Part, in_input_order
+from parallelrun.scoring.runner import to_rows
+from parallelrun.store import jobs
 from tests.test_pipeline import start
 
 

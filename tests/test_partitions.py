@@ -11,11 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from parallelrun import aws, endpoints, jobs, models, registry, submit
-from parallelrun.datasets import InputFile
-from parallelrun.errors import InputError, SettingsError
-from parallelrun.partitions import PathPattern, check_pattern, file_batches, frame_groups
-from parallelrun.worker import Part, in_input_order
+from parallelrun import aws
+from parallelrun.core.datasets import InputFile
+from parallelrun.core.errors import InputError, SettingsError
+from parallelrun.core.partitions import PathPattern, check_pattern, file_batches, frame_groups
+from parallelrun.pipeline import submit
+from parallelrun.pipeline.worker import Part, in_input_order
+from parallelrun.scoring import loaded
+from parallelrun.store import endpoints, jobs, registry
 from tests.conftest import put_files, read_output
 from tests.test_pipeline import start
 
@@ -93,17 +96,17 @@ def test_loaded_models_are_kept_within_the_cache_size(tmp_path):
         loads.append(Path(path).stem)
         return Path(path).stem
 
-    models.configure(2500)  # room for two
+    loaded.configure(2500)  # room for two
     try:
         for name in ("a", "b", "a", "c", "a", "b"):
-            models.current = (name, 1, str(paths[name]))
-            assert models.load_model(loader=loader) == name
+            loaded.current = (name, 1, str(paths[name]))
+            assert loaded.load_model(loader=loader) == name
         assert loads == ["a", "b", "c", "b"]  # b was least recently used when c came, so it left
-        assert models.cached() == [("a", 1), ("b", 1)]
+        assert loaded.cached() == [("a", 1), ("b", 1)]
     finally:
-        models.configure(256 * 1024**2)
-        models.current = None
-        models._loaded.clear()
+        loaded.configure(256 * 1024**2)
+        loaded.current = None
+        loaded._loaded.clear()
 
 
 # --- on the stack
@@ -237,7 +240,7 @@ def test_a_model_per_partition_needs_its_fields_in_partition_keys(stack, tmp_pat
 
 
 def test_the_sdk_file_dataset_takes_azure_s_partition_format():
-    from parallelrun.sdk import FileDataset
+    from parallelrun.client.sdk import FileDataset
 
     dataset = FileDataset.from_files("s3://bucket/sales/", partition_format="/{store}/{date}/*.png")
     assert dataset.partition_format == "{store}/{date}/*.png"  # Azure's leading '/' is below the folder here

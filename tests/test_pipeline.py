@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from parallelrun import aws, jobs, planner, submit
+from parallelrun import aws
+from parallelrun.pipeline import planner, submit
+from parallelrun.store import jobs
 from tests.conftest import marker_event, put_files, read_output
 
 # Each input's body is its own relative name, so a row names its input unambiguously.
@@ -258,7 +260,7 @@ def test_tampered_scoring_code_is_refused_before_import(stack, make_endpoint):
 
 
 def test_submit_refuses_bad_settings_and_existing_output(stack, make_endpoint):
-    from parallelrun.errors import ConflictError, SettingsError
+    from parallelrun.core.errors import ConflictError, SettingsError
 
     endpoint = make_endpoint(echo("refuse"), name="refuse")
     with pytest.raises(SettingsError, match=r"partition_keys=.store.*set partition_format too"):
@@ -272,7 +274,7 @@ def test_submit_refuses_bad_settings_and_existing_output(stack, make_endpoint):
 
 
 def test_an_input_that_cannot_be_listed_is_refused_or_fails_the_job(stack, make_endpoint):
-    from parallelrun.errors import InputError
+    from parallelrun.core.errors import InputError
 
     endpoint = make_endpoint(echo("nobucket"), name="nobucket")
     with pytest.raises(InputError, match=r"s3://no-such-bucket-here/x/: cannot list it \(NoSuchBucket\)"):

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from parallelrun.errors import ConflictError, StackError
+from parallelrun.core.errors import ConflictError, StackError
 from parallelrun.local.provision import LocalStack, provision
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from parallelrun import jobs, report, sdk
-from parallelrun.client import Client
-from parallelrun.settings import RunSettings
+from parallelrun.client import report, sdk
+from parallelrun.client.api import Client
+from parallelrun.core.settings import RunSettings
+from parallelrun.store import jobs
 from tests.conftest import put_files
 from tests.test_failures import failures_of, script
 from tests.test_pipeline import start
@@ -90,7 +91,7 @@ def troubled_job(stack, tmp_path_factory) -> jobs.Job:
     """Five mini-batches: two succeed (one after a retry), three fail with two error types."""
     import pickle
 
-    from parallelrun import endpoints, registry
+    from parallelrun.store import endpoints, registry
 
     stack.purge()
     folder = tmp_path_factory.mktemp("report")

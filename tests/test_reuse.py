@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from parallelrun import aws, jobs
+from parallelrun import aws
+from parallelrun.store import jobs
 from tests.conftest import put_files, read_output
 from tests.test_pipeline import echo, parts, start
 

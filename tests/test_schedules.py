@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 
-from parallelrun import aggregator, aws, cron, jobs, schedules, scored
-from parallelrun.cli import main
-from parallelrun.client import Client
-from parallelrun.datasets import InputFile
-from parallelrun.errors import ConflictError, ExpressionError, InputError, NotFoundError, SettingsError
+from parallelrun import aws
+from parallelrun.client.api import Client
+from parallelrun.client.cli import main
+from parallelrun.core import cron
+from parallelrun.core.datasets import InputFile
+from parallelrun.core.errors import ConflictError, ExpressionError, InputError, NotFoundError, SettingsError
 from parallelrun.local import rules
+from parallelrun.pipeline import aggregator, schedules
+from parallelrun.store import jobs, scored
 from tests.conftest import put_files, read_output
 from tests.test_failures import script
 from tests.test_pipeline import echo
@@ -454,7 +457,7 @@ def test_cli_create_list_show_run_now_delete(cli, stack, make_schedule, capsys):
 
 
 def test_every_schedules_command_has_help(capsys):
-    from parallelrun.cli import parser
+    from parallelrun.client.cli import parser
 
     for words in (["schedules"], ["schedules", "create"], ["schedules", "list"], ["schedules", "show"],
                   ["schedules", "delete"], ["schedules", "run-now"]):

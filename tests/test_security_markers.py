@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from botocore.response import StreamingBody
 
-from parallelrun import aggregator, aws, jobs, planner, submit
-from parallelrun.cli import main, status_lines
-from parallelrun.client import Client
-from parallelrun.errors import ConflictError, SettingsError
+from parallelrun import aws
+from parallelrun.client.api import Client
+from parallelrun.client.cli import main, status_lines
+from parallelrun.core.errors import ConflictError, SettingsError
+from parallelrun.pipeline import aggregator, planner, submit
+from parallelrun.store import jobs
 from tests.conftest import marker_event, put_files, read_output
 from tests.test_pipeline import echo
 

@@ -12,8 +12,11 @@ from typing import Any
 
 import pytest
 
-from parallelrun import aws, jobs, registry, safepath, scoring
-from parallelrun.errors import IntegrityError, NotFoundError, UnsafeKey
+from parallelrun import aws
+from parallelrun.core import safepath
+from parallelrun.core.errors import IntegrityError, NotFoundError, UnsafeKey
+from parallelrun.scoring import runner
+from parallelrun.store import jobs, registry
 from tests.conftest import put_files, read_output
 from tests.test_pipeline import echo, start
 
@@ -56,7 +59,7 @@ def test_an_absolute_or_dotted_input_key_fails_alone_and_writes_nothing(stack, m
     for key in keys:
         aws.client("s3").put_object(Bucket=stack.cfg.input_bucket, Key=key,
                                     Body=planted.encode() if "score.py" in key else key.rsplit("/", 1)[1].encode())
-    for host in scoring._hosts.values():
+    for host in runner._hosts.values():
         host.stop()  # the next mini-batch starts a scoring process, which would import a planted script
     job = stack.run_until_done(start(stack, endpoint, "abs/second/", {"mini_batch_size": "4"}).job_id)
     assert job.state == jobs.SUCCEEDED
@@ -120,10 +123,10 @@ def test_a_tampered_unpacked_code_bundle_is_refused_then_unpacked_again(stack, m
     _writable(code)
     code.write_text("def run(mini_batch):\n    return ['tampered'] * len(mini_batch)\n")
     (code.parent / "pandas.py").write_text("raise SystemExit('a planted module shadowing pandas')\n")
-    for host in scoring._hosts.values():
+    for host in runner._hosts.values():
         host.stop()
     if not known:
-        scoring._manifests.clear()  # a worker that never saw the zip: it checks it first too
+        runner._manifests.clear()  # a worker that never saw the zip: it checks it first too
     put_files(stack.cfg, f"{name}/second/", ["b.txt"])
     job = stack.run_until_done(start(stack, endpoint, f"{name}/second/").job_id)
     assert read_output(stack.cfg, job).splitlines() == ["b.txt"]  # the next attempt unpacked the zip again
@@ -139,9 +142,9 @@ def test_code_whose_zip_does_not_match_its_name_is_refused(stack):
     sha = "0" * 64
     aws.client("s3").put_object(Bucket=stack.cfg.artifacts_bucket, Key=f"code/{sha}.zip", Body=b"not the code")
     with pytest.raises(IntegrityError, match=f"code/{sha}.zip has SHA-256 [0-9a-f]{{64}}"):
-        scoring.code_dir(stack.cfg, sha)
+        runner.code_dir(stack.cfg, sha)
     with pytest.raises(IntegrityError, match="not named by a SHA-256"):
-        scoring.code_dir(stack.cfg, "../../etc")
+        runner.code_dir(stack.cfg, "../../etc")
 
 
 def test_a_tampered_model_file_is_refused_then_downloaded_again(stack, make_endpoint):
@@ -161,7 +164,7 @@ def test_a_tampered_model_file_is_refused_then_downloaded_again(stack, make_endp
     _writable(path)
     path.write_bytes(pickle.dumps({"offset": 666}))
     (path.parent / "planted.pkl").write_bytes(b"x")
-    for host in scoring._hosts.values():
+    for host in runner._hosts.values():
         host.stop()
     put_files(stack.cfg, "tmodel/second/", ["b.txt"])
     job = stack.run_until_done(start(stack, endpoint, "tmodel/second/").job_id)

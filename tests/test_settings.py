@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from parallelrun.errors import SettingsError
-from parallelrun.settings import (
+from parallelrun.core.errors import SettingsError
+from parallelrun.core.settings import (
     DEFAULT_BYTES_PER_BATCH,
     DEFAULT_FILES_PER_BATCH,
     RunSettings,
@@ -492,7 +492,7 @@ def test_the_collated_file_may_not_be_a_marker():
 
 
 def test_a_drop_folder_may_set_run_settings_but_not_what_the_script_sees():
-    from parallelrun.settings import DROP_FOLDER_SETTINGS, check_drop_overrides
+    from parallelrun.core.settings import DROP_FOLDER_SETTINGS, check_drop_overrides
 
     # A new setting is refused to markers until it is added to the allow-list on purpose.
     assert ALL_SETTINGS - DROP_FOLDER_SETTINGS == {"environment_variables", "side_inputs", "arguments"}

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from parallelrun import tabular
-from parallelrun.datasets import InputFile
-from parallelrun.errors import InputError
+from parallelrun.core import tabular
+from parallelrun.core.datasets import InputFile
+from parallelrun.core.errors import InputError
 
 
 class Counting:

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from parallelrun import aws, endpoints, jobs, registry
+from parallelrun import aws
+from parallelrun.store import endpoints, jobs, registry
 from tests.conftest import read_output
 from tests.test_pipeline import start
 

@@ -1,6 +1,6 @@
 """Aggregator handler: triggered by a finalize-queue message when a job's counters reach its total (SQS)."""
 
-from parallelrun import aggregator
+from parallelrun.pipeline import aggregator
 
 
 def handler(event, context):

@@ -1,7 +1,7 @@
 """Failure recorder handler: triggered by mini-batches that reach the batch dead-letter queue (SQS)."""
 
-from parallelrun import deadletters
+from parallelrun.pipeline import failure_recorder
 
 
 def handler(event, context):
-    return deadletters.handle_event(event, context)
+    return failure_recorder.handle_event(event, context)

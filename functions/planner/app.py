@@ -1,6 +1,6 @@
 """Planner handler: triggered by a _READY marker in the input bucket (S3) or a planner-queue message (submit or continuation)."""
 
-from parallelrun import planner
+from parallelrun.pipeline import planner
 
 
 def handler(event, context):

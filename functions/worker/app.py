@@ -1,6 +1,6 @@
 """Worker handler: triggered by mini-batch messages on the batch queue (SQS)."""
 
-from parallelrun import worker
+from parallelrun.pipeline import worker
 
 
 def handler(event, context):

@@ -2,15 +2,15 @@
 
 Scoring scripts may call ``parallelrun.get_model_path(name, version=None)`` to find a
 registered model inside a worker. The SDK: ``from parallelrun import Client, ParallelRunConfig,
-FileDataset, Model`` (see :mod:`parallelrun.sdk`).
+FileDataset, Model`` (see :mod:`parallelrun.client.sdk`).
 """
 
 from typing import Any
 
-from parallelrun.errors import ParallelRunError
+from parallelrun.core.errors import ParallelRunError
 
-_SDK = {"Client": "parallelrun.client", "ParallelRunConfig": "parallelrun.sdk", "FileDataset": "parallelrun.sdk",
-        "TabularDataset": "parallelrun.sdk", "Model": "parallelrun.sdk", "Job": "parallelrun.sdk"}
+_SDK = {"Client": "parallelrun.client.api", "ParallelRunConfig": "parallelrun.client.sdk", "FileDataset": "parallelrun.client.sdk",
+        "TabularDataset": "parallelrun.client.sdk", "Model": "parallelrun.client.sdk", "Job": "parallelrun.client.sdk"}
 
 
 def __getattr__(name: str) -> Any:
@@ -27,15 +27,15 @@ def get_model_path(model_name: str, version: int | None = None) -> str:
 
     Imported lazily so that ``import parallelrun`` stays cheap in a Lambda's Init phase.
     """
-    from parallelrun.registry import get_model_path as _get_model_path
+    from parallelrun.store.registry import get_model_path as _get_model_path
 
     return _get_model_path(model_name, version)
 
 
 def load_model(name: str | None = None, version: int | None = None, loader: Any = None) -> Any:
     """The mini-batch's partition's model (or model ``name``), loaded once and kept in the
-    scoring process's cache, least recently used out first (see :mod:`parallelrun.models`)."""
-    from parallelrun.models import load_model as _load_model
+    scoring process's cache, least recently used out first (see :mod:`parallelrun.scoring.loaded`)."""
+    from parallelrun.scoring.loaded import load_model as _load_model
 
     return _load_model(name, version, loader)
 

@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aws, jobs
-from parallelrun.client import Client
-from parallelrun.config import StackConfig
+from parallelrun import aws
+from parallelrun.aws.config import StackConfig
+from parallelrun.client.api import Client
 from parallelrun.local.runtime import LocalStack
+from parallelrun.store import jobs
 
 POINTS = ("before_run", "during_run", "after_part", "after_commit")
 SCRIPT = """

@@ -39,7 +39,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import intrinsics_multi_constructor
 
-from parallelrun.errors import ConflictError, StackError
+from parallelrun.core.errors import ConflictError, StackError
 from parallelrun.local import deployrules
 
 # Local code paths of each SAM resource type, rewritten to S3 locations before translation.

@@ -1,7 +1,7 @@
 """Playing EventBridge's scheduler: moto stores schedule rules but never fires them.
 
 :class:`RuleClock` looks at the enabled rules that have a ``ScheduleExpression``, works out when
-each is next due (:mod:`parallelrun.cron`), and when one is due delivers the event EventBridge
+each is next due (:mod:`parallelrun.core.cron`), and when one is due delivers the event EventBridge
 would to each of its SQS targets, with the target's ``Input`` or ``InputTransformer`` applied.
 The clock is passed in, so a test moves time on by hand; the local runtime calls
 :meth:`RuleClock.fire_due` every second. As on EventBridge, a rate counts from when the rule
@@ -17,8 +17,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from parallelrun import aws, cron
-from parallelrun.errors import ExpressionError
+from parallelrun import aws
+from parallelrun.core import cron
+from parallelrun.core.errors import ExpressionError
 
 log = logging.getLogger("parallelrun.local")
 _PLACEHOLDER = re.compile(r"<([A-Za-z0-9_.\-]+)>")

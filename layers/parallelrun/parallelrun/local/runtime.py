@@ -29,8 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aws, logs
-from parallelrun.errors import StackError
+from parallelrun import aws
+from parallelrun.core import logs
+from parallelrun.core.errors import StackError
 from parallelrun.local import iam, lambdas, provision, rules, server
 
 log = logging.getLogger("parallelrun.local")

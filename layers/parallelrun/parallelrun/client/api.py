@@ -1,0 +1,259 @@
+"""The client: what the CLI (and a Python user) calls to use a stack, local or deployed."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from parallelrun import aws
+from parallelrun.aws.config import StackConfig
+from parallelrun.client import sdk
+from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
+from parallelrun.pipeline import aggregator, planner, schedules, submit
+from parallelrun.store import endpoints, jobs, registry
+
+
+class Client:
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+
+    @classmethod
+    def local(cls) -> Client:
+        """The running local stack (``parallelrun local up``), found through its state file.
+
+        Its resources are read from its outputs through CloudFormation, which moto answers, as
+        for a deployed stack.
+        """
+        from parallelrun.local import runtime
+
+        state = runtime.load_state()
+        if state is None:
+            raise StackError("no local stack is running: start one with `parallelrun local up`")
+        use_endpoint(state["endpoint_url"], state["region"])
+        return cls.from_stack(state["stack_name"])
+
+    @classmethod
+    def from_stack(cls, stack_name: str) -> Client:
+        """A stack of template.yaml by name (``sam deploy --stack-name``), in the region boto3 is
+        set to (``AWS_REGION``, ``AWS_PROFILE``)."""
+        return cls(StackConfig.from_stack(stack_name))
+
+    @classmethod
+    def connect(cls, stack_name: str | None = None) -> Client:
+        """The stack named by ``stack_name`` or ``PARALLELRUN_STACK``; without either, the local one."""
+        name = stack_name or os.environ.get("PARALLELRUN_STACK")
+        return cls.from_stack(name) if name else cls.local()
+
+    # --- models and endpoints
+
+    def register_model(self, path: str | Path, name: str, tags: dict[str, str] | None = None,
+                       description: str = "") -> registry.ModelVersion:
+        return registry.register(self.cfg, path, name, tags, description)
+
+    def models(self, tags: dict[str, str] | None = None) -> list[registry.ModelVersion]:
+        return registry.list_models(self.cfg, tags)
+
+    def model(self, ref: str) -> registry.ModelVersion:
+        return registry.get(self.cfg, *registry.parse_ref(ref))
+
+    def archive_model(self, ref: str) -> registry.ModelVersion:
+        name, version = registry.parse_ref(ref)
+        if version is None:
+            raise ParallelRunError(f"archive which version of {name}? write {name}:VERSION")
+        return registry.archive(self.cfg, name, version)
+
+    def create_endpoint(self, name: str, code: str | Path, entry_script: str, model: str,
+                        settings: dict[str, Any] | None = None) -> endpoints.Deployment:
+        return endpoints.create(self.cfg, name, code, entry_script, model, settings)
+
+    def update_endpoint(self, name: str, code: str | Path | None = None, entry_script: str | None = None,
+                        model: str | None = None, settings: dict[str, Any] | None = None) -> endpoints.Deployment:
+        return endpoints.update(self.cfg, name, code, entry_script, model, settings)
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        return endpoints.list_endpoints(self.cfg)
+
+    def endpoint(self, name: str) -> dict[str, Any]:
+        return endpoints.get_endpoint(self.cfg, name)
+
+    def delete_endpoint(self, name: str) -> None:
+        endpoints.delete_endpoint(self.cfg, name)
+
+    def add_deployment(self, endpoint: str, name: str, code: str | Path, entry_script: str, model: str,
+                       settings: dict[str, Any] | None = None, make_default: bool = False) -> endpoints.Deployment:
+        return endpoints.add_deployment(self.cfg, endpoint, name, code, entry_script, model, settings, make_default)
+
+    def deployments(self, endpoint: str) -> list[endpoints.Deployment]:
+        return endpoints.list_deployments(self.cfg, endpoint)
+
+    def deployment(self, endpoint: str, name: str | None = None) -> endpoints.Deployment:
+        return endpoints.get_deployment(self.cfg, endpoint, name)
+
+    def set_default(self, endpoint: str, name: str) -> None:
+        endpoints.set_default(self.cfg, endpoint, name)
+
+    def delete_deployment(self, endpoint: str, name: str) -> None:
+        endpoints.delete_deployment(self.cfg, endpoint, name)
+
+    # --- jobs
+
+    def submit(self, target: str | sdk.ParallelRunConfig, inputs: str | sdk.FileDataset | sdk.TabularDataset,
+               settings: dict[str, Any] | None = None, deployment: str | None = None, *,
+               model: str | None = None, side_inputs: list[str] | None = None,
+               arguments: list[str] | None = None, allow_reuse: bool | None = None) -> sdk.Job:
+        """Start a job on ``inputs`` with an endpoint (by name) or a ParallelRunConfig (deployed
+        first to the endpoint named after its entry script, with ``model``)."""
+        given = {name: value for name, value in (("side_inputs", side_inputs), ("arguments", arguments),
+                                                  ("allow_reuse", allow_reuse)) if value is not None}
+        target, uri, overrides = self._resolve(target, inputs, {**(settings or {}), **given}, model)
+        job = submit.prepare(self.cfg, target, uri, overrides, deployment)
+        submit.start(self.cfg, job)
+        return sdk.Job(self, job.job_id)
+
+    def _resolve(self, target: str | sdk.ParallelRunConfig, inputs: str | sdk.FileDataset | sdk.TabularDataset,
+                 settings: dict[str, Any], model: str | None) -> tuple[str, str, dict[str, Any]]:
+        """The endpoint, input URI and settings a job or a schedule runs with: a config deployed
+        and its settings taken, a dataset's kind and partitions taken, ``settings`` over both."""
+        overrides = dict(settings)
+        if isinstance(target, sdk.ParallelRunConfig):
+            overrides = {**target.settings(), **overrides}
+            target = self._deploy(target, model)
+        if isinstance(inputs, sdk.TabularDataset):
+            overrides = {"input_type": "tabular", "input_format": inputs.input_format, **overrides}
+        if isinstance(inputs, sdk.FileDataset) and inputs.partition_format:
+            overrides = {"partition_format": inputs.partition_format, **overrides}
+        return target, inputs if isinstance(inputs, str) else inputs.uri, overrides
+
+    def _deploy(self, config: sdk.ParallelRunConfig, model: str | None) -> str:
+        """The config's code as the default deployment of its endpoint (created the first time)."""
+        name = config.endpoint_name()
+        try:
+            current = endpoints.get_deployment(self.cfg, name)
+        except NotFoundError:
+            if model is None:
+                raise ParallelRunError(f"submit a ParallelRunConfig with model=NAME[:VERSION] the first time "
+                                       f"(it creates endpoint {name!r})") from None
+            endpoints.create(self.cfg, name, config.source_directory, config.entry_script, model)
+            return name
+        endpoints.update(self.cfg, name, config.source_directory, config.entry_script, model,
+                         deployment=current.name)
+        return name
+
+    # --- schedules
+
+    def create_schedule(self, target: str | sdk.ParallelRunConfig, name: str,
+                        inputs: str | sdk.FileDataset | sdk.TabularDataset, expression: str,
+                        settings: dict[str, Any] | None = None, deployment: str | None = None, *,
+                        overlap: str = schedules.SKIP, model: str | None = None) -> schedules.Schedule:
+        """Run an endpoint (or a ParallelRunConfig, deployed as :meth:`submit` does) over
+        ``inputs`` on an EventBridge ``rate(...)`` or ``cron(...)`` expression; each run scores
+        only the inputs no earlier run scored. ``overlap``: ``skip`` or ``wait``."""
+        target, uri, overrides = self._resolve(target, inputs, dict(settings or {}), model)
+        return schedules.create(self.cfg, name, target, expression, uri, overrides, deployment, overlap)
+
+    def schedules(self) -> list[schedules.Schedule]:
+        return schedules.list_schedules(self.cfg)
+
+    def schedule(self, name: str) -> schedules.Schedule:
+        return schedules.get(self.cfg, name)
+
+    def delete_schedule(self, name: str) -> None:
+        """Delete the schedule, its rule and its record of what was scored; a run in progress finishes."""
+        schedules.delete(self.cfg, name)
+
+    def run_schedule_now(self, name: str) -> schedules.Firing:
+        """Fire the schedule at once, as its rule would (the overlap setting applies)."""
+        return schedules.run_now(self.cfg, name)
+
+    def job(self, job_id: str) -> jobs.Job:
+        return jobs.get(self.cfg, job_id)
+
+    def jobs(self, limit: int = 50) -> list[jobs.Job]:
+        return jobs.list_jobs(self.cfg, limit)
+
+    def cancel(self, job_id: str) -> jobs.Job:
+        """Stop a job: nothing more is sent or run; the output holds what succeeded."""
+        if not aggregator.stop(self.cfg, job_id, jobs.CANCELED, "canceled by user"):
+            job = self.job(job_id)
+            raise ConflictError(f"job {job_id} has already ended ({job.state}) or is finalizing")
+        return self.job(job_id)
+
+    def redrive(self, job_id: str) -> list[int]:
+        """Run an ended job's failed mini-batches again; see :func:`parallelrun.pipeline.planner.redrive`."""
+        return planner.redrive(self.cfg, job_id)
+
+    def logs(self, job_id: str, minibatch: int | None = None) -> Iterator[str]:
+        """The stored log lines of a job's mini-batch attempts (the script's own included)."""
+        self.job(job_id)  # a clear error for an unknown job
+        prefix = jobs.job_prefix(job_id) + "logs/" + (f"{minibatch:09d}." if minibatch is not None else "")
+        s3 = aws.client("s3")
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.artifacts_bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                body = s3.get_object(Bucket=self.cfg.artifacts_bucket, Key=obj["Key"])["Body"].read()
+                yield from body.decode().splitlines()
+
+    def report(self, job_id: str, path: str | Path | None = None) -> str:
+        """The job's self-contained HTML report (timeline, throughput, slowest mini-batches,
+        failures, cost); also written to ``path`` if given."""
+        from parallelrun.client import report  # matplotlib: only a report pays for importing it
+
+        page = report.build(self.cfg, job_id)
+        if path is not None:
+            Path(path).write_text(page, encoding="utf-8")
+        return page
+
+    def find_job(self, input_uri: str) -> jobs.Job | None:
+        """The newest job on ``input_uri`` (a drop folder's job has no id known in advance)."""
+        return next((j for j in self.jobs(1000) if j.input_uri == input_uri), None)
+
+    def wait(self, job_id: str, on_progress: Callable[[jobs.Job], None] | None = None,
+             poll_seconds: float = 1.0, timeout: float | None = None) -> jobs.Job:
+        """Poll until the job ends; ``on_progress`` sees each state."""
+        deadline = None if timeout is None else time.time() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_progress:
+                on_progress(job)
+            if job.state in jobs.TERMINAL:
+                return job
+            if deadline is not None and time.time() > deadline:
+                raise ParallelRunError(f"job {job_id} still {job.state} after {timeout:.0f} s")
+            time.sleep(poll_seconds)
+
+    def output_uri(self, job: jobs.Job, name: str | None = None) -> str:
+        return job.output_uri + (name or job.settings.output_file_name)
+
+    def read_output(self, job_id: str, name: str | None = None) -> Iterator[bytes]:
+        """The collated output (or ``summary.json``, ``failures.jsonl``) streamed in chunks."""
+        job = self.job(job_id)
+        bucket, key = aws.split_s3_uri(self.output_uri(job, name))
+        s3 = aws.client("s3")
+        try:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        except s3.exceptions.NoSuchKey:
+            raise NotFoundError(f"job {job_id} has no {key.rsplit('/', 1)[-1]} (state {job.state})") from None
+        yield from body.iter_chunks(1024 * 1024)
+
+    def upload_folder(self, folder: str | Path, uri: str, threads: int = 16) -> int:
+        """Upload every file below ``folder`` to the ``uri`` prefix, concurrently; returns the count."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        folder = Path(folder)
+        bucket, prefix = aws.split_s3_uri(uri if uri.endswith("/") else uri + "/")
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        s3 = aws.client("s3")
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda p: s3.upload_file(str(p), bucket, prefix + p.relative_to(folder).as_posix()), files))
+        return len(files)
+
+
+def use_endpoint(endpoint_url: str, region: str) -> None:
+    """Point this process's AWS clients at a local stack (moto accepts any credentials)."""
+    os.environ["AWS_ENDPOINT_URL"] = endpoint_url
+    os.environ["AWS_DEFAULT_REGION"] = region
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    aws.reset_clients()

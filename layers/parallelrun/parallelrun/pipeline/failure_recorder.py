@@ -1,0 +1,138 @@
+"""The failure recorder: what exhausted its tries still counts, so every job ends (invariant 2).
+
+A mini-batch lands in its dead-letter queue when its worker died (killed, out of memory, Lambda
+timeout) on every delivery the queue allows: the batch is recorded FAILED with one failure line
+per input, by the same conditional transaction the worker uses, so a batch that did finish is
+never counted twice. A planner or aggregator message that failed every delivery ends its job
+FAILED, saying which part gave up. So does a ``_READY`` marker the planner failed on every try:
+S3 invokes the planner asynchronously, and Lambda sends the record of such an invocation to the
+planner's on-failure destination queue, which this function reads too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from parallelrun import aws
+from parallelrun.aws.config import StackConfig
+from parallelrun.core import logs, usage
+from parallelrun.core.datasets import item_from_json
+from parallelrun.core.errors import ConflictError
+from parallelrun.pipeline import aggregator, markers, schedules, worker
+from parallelrun.scoring.runner import Failure
+from parallelrun.store import jobs
+
+log = logging.getLogger("parallelrun.pipeline.failure_recorder")
+ERROR_MESSAGE_CHARS = 1000  # of the planner's error kept in a job's reason (Lambda's may be 256 KB)
+
+
+def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    cfg = StackConfig.from_env()
+    logs.setup()
+    failures = []
+    with usage.invocation(usage.FAILURE_RECORDER, context, event):
+        for record in event.get("Records", []):
+            try:
+                body = json.loads(record["body"])
+                if "requestContext" in body:  # Lambda's record of a failed asynchronous invocation
+                    record_failed_invocation(cfg, body)
+                elif "batch" in body:
+                    record_dead_letter(cfg, body)
+                else:
+                    give_up(cfg, body)
+            except Exception:
+                log.exception("could not record a dead-lettered mini-batch; it will be retried")
+                failures.append({"itemIdentifier": record["messageId"]})
+    return {"batchItemFailures": failures}
+
+
+def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
+    started = time.time()
+    job_id, index = message["job_id"], int(message["batch"])
+    items = [item_from_json(item) for item in message["items"]]
+    attempts = cfg.limits.max_receive_count
+    with logs.context(job_id, index):
+        if jobs.get_batch(cfg, job_id, index) is None:
+            key = jobs.failures_key(job_id, index, 0)
+            reason = (f"the worker died or timed out on all {attempts} deliveries of this mini-batch "
+                      "(killed, out of memory, or past the function timeout)")
+            failure = Failure("WorkerLost", reason)
+            lines = [worker.failure_line(item, index, attempts, failure, "dead-letter queue") for item in items]
+            aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=key, Body="".join(lines).encode())
+            spent = usage.take(including=[jobs.COMMIT_CALL])
+            record = jobs.BatchRecord(index=index, status=jobs.FAILED, items=len(items), items_succeeded=0,
+                                      items_failed=len(items), attempt=attempts, part_key=None, failures_key=key,
+                                      worker="dead-letter queue", finished_at=time.time(), started_at=started,
+                                      usage=spent.to_dict() if spent else None)
+            if jobs.commit_batch(cfg, job_id, record):
+                logs.event(log, "dead-lettered mini-batch recorded as failed", level=logging.WARNING, items=len(items))
+        aggregator.check(cfg, job_id)
+
+
+def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:
+    """A planner (start, tick, schedule) or aggregator message failed every delivery: end the job FAILED."""
+    if message.get("action") == "schedule":  # a run's job, if it was created, holds its schedule's lock
+        job_id = schedules.run_job_id(message["schedule"], message["time"])
+        if jobs.find(cfg, job_id) is None:
+            log.error("a schedule's run failed to start on every try; the next run scores what it would have",
+                      extra={"fields": {"schedule": message["schedule"], "run_time": message["time"]}})
+            return
+    else:
+        job_id = message["job_id"]
+    with logs.context(job_id):
+        if "action" in message:
+            reason = ("the planner failed on every delivery of this job's message; its logs say why. "
+                      "What ran is kept: `parallelrun redrive` continues the job")
+            aggregator.stop(cfg, job_id, jobs.FAILED, reason)
+        else:
+            reason = "collating the output failed on every try; the aggregator's logs say why"
+            if jobs.transition(cfg, job_id, jobs.FAILED, (jobs.RUNNING, jobs.FINALIZING), reason=reason,
+                               ended_at=time.time()):
+                logs.event(log, "job failed: its aggregation gave up", level=logging.ERROR)
+                job = jobs.get(cfg, job_id)
+                if job.schedule:  # its schedule's next run need not wait for a takeover
+                    schedules.run_ended(cfg, job)
+
+
+def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:
+    """Lambda gave up on an asynchronous invocation of the planner: end each marker's job FAILED
+    (creating it FAILED if the planner never did), with the marker and the error as its reason.
+
+    ``record`` is Lambda's invocation record
+    (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.html): the
+    original S3 event in ``requestPayload``, the tries in ``requestContext`` and, when the function
+    ran, its error in ``responsePayload``.
+    """
+    context = record.get("requestContext") or {}
+    if context.get("condition") == "EventAgeExceeded":  # throttled until the event expired: never ran
+        gave_up = "was never run on"
+    else:
+        gave_up = f"failed on all {context.get('approximateInvokeCount', '?')} tries of"
+    response = record.get("responsePayload")
+    error = ""
+    if isinstance(response, dict) and "errorMessage" in response:
+        message = str(response["errorMessage"])[:ERROR_MESSAGE_CHARS]
+        error = f": {response.get('errorType', 'Error')}: {message}"
+    payload = record.get("requestPayload") or {}
+    for s3_record in payload.get("Records", []) if isinstance(payload, dict) else []:
+        if s3_record.get("eventSource") != "aws:s3":
+            continue
+        bucket, key, version = markers.marker_of(s3_record)
+        target = markers.marker_job(bucket, key, version)
+        if target is None:
+            continue  # the planner ignores such a marker: no job to end
+        job_id, endpoint, input_uri = target
+        reason = (f"the planner {gave_up} marker s3://{bucket}/{key}{error}. "
+                  "Upload the marker again to start a new job")
+        with logs.context(job_id):
+            if jobs.find(cfg, job_id) is None:
+                try:
+                    jobs.create(cfg, markers.failed_drop_job(job_id, endpoint, input_uri, reason))
+                    logs.event(log, "job failed: the planner gave up on its marker", level=logging.ERROR)
+                    continue
+                except ConflictError:
+                    pass  # a late try of the planner created it meanwhile: end it below
+            aggregator.stop(cfg, job_id, jobs.FAILED, reason)  # a job that already ended keeps its end

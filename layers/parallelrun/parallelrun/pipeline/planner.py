@@ -1,0 +1,410 @@
+"""The planner: lists a job's inputs, writes the plan, and feeds the queue a window at a time.
+
+DESIGN invariant 6: the plan (S3 chunks) and the totals (DynamoDB) are written before any
+message is sent; then each *tick* tops the job's in-flight mini-batches up to its window and
+sends itself a delayed continuation carrying the cursor. A tick message is valid only while the
+job's ``(planner_tick, planner_token)`` equals its own, so a duplicate delivery ends at once,
+and a planner that dies mid-tick resumes from the recorded cursor when SQS redelivers its
+message (mini-batch ids are deterministic, so re-sent batches are harmless duplicates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from parallelrun import aws
+from parallelrun.aws.config import StackConfig
+from parallelrun.core import datasets, logs, partitions, usage
+from parallelrun.core.datasets import InputFile, InputSpec, TablePiece
+from parallelrun.core.errors import ConflictError, InputError, ParallelRunError, SettingsError
+from parallelrun.pipeline import aggregator, markers, schedules, submit
+from parallelrun.store import endpoints, jobs, registry, reuse, scored
+
+log = logging.getLogger("parallelrun.pipeline.planner")
+MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
+MAX_MARKER_NESTING = 2  # the settings object, and a list or object as one setting's value
+PLAN_CHUNK = 500  # mini-batches per plan object: a tick reads only the chunks it sends from
+SEND_BATCH = 10  # SQS SendMessageBatch's limit
+# ... and the most its messages may hold together, whatever their count
+# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html).
+SEND_BYTES = 256 * 1024
+# A continuation seen before its sender recorded the cursor waits; after this long the sender
+# is taken for dead and the continuation takes its tick over.
+TAKEOVER_SECONDS = 120
+
+
+def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """S3 ``_READY`` notifications and planner-queue messages (start, tick)."""
+    cfg = StackConfig.from_env()
+    logs.setup()
+    with usage.invocation(usage.PLANNER, context, event):
+        for record in event.get("Records", []):
+            if record.get("eventSource") == "aws:s3":
+                job_id = on_marker(cfg, *markers.marker_of(record))
+            else:
+                body = json.loads(record["body"])
+                job_id = body.get("job_id")
+                with logs.context(job_id):
+                    if body.get("action") == "start":
+                        start_job(cfg, body["job_id"])
+                    elif body.get("action") == "tick":
+                        tick(cfg, body)
+                    elif body.get("action") == "schedule":  # an EventBridge rule fired, or a waiting run's turn came
+                        fired = schedules.fire(cfg, body["schedule"], body["time"], body.get("trigger", "rule"))
+                        job_id = fired.job_id
+                        if fired.outcome == schedules.STARTED and fired.job_id:
+                            start_job(cfg, fired.job_id)
+                    else:
+                        log.warning("ignored a planner message with no known action", extra={"fields": {"body": body}})
+            if job_id:
+                jobs.keep_usage(cfg, job_id)
+    return {}
+
+
+def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> str | None:
+    """A ``_READY`` marker landed: start a job on its folder, with the marker's JSON overrides.
+    Returns the job's id (None for a marker that starts no job)."""
+    target = markers.marker_job(bucket, key, version)
+    if target is None:
+        log.warning("ignored a marker outside <endpoint>/<folder>/", extra={"fields": {"key": key}})
+        return None
+    job_id, endpoint, input_uri = target
+    with logs.context(job_id):
+        if jobs.find(cfg, job_id) is None:
+            try:
+                overrides = _marker_overrides(bucket, key)
+                deployment = overrides.pop("deployment", None)
+                if deployment is not None and not (isinstance(deployment, str) and len(deployment) <= 63):
+                    raise SettingsError("deployment", deployment, "the name of one of the endpoint's deployments")
+                job = submit.prepare(cfg, endpoint, input_uri, overrides, deployment, job_id, "drop")
+            except ParallelRunError as error:
+                job = markers.failed_drop_job(job_id, endpoint, input_uri, str(error))
+            try:
+                jobs.create(cfg, job)
+            except ConflictError:
+                pass  # a retried notification: the job exists, carry on with it
+            log.info("job from drop folder", extra={"fields": {"folder": input_uri}})
+        start_job(cfg, job_id)
+    return job_id
+
+
+def _marker_overrides(bucket: str, key: str) -> dict[str, Any]:
+    """The settings in a marker's body; anyone who can write to the input bucket writes it, so
+    each way it can be wrong is an InputError (the job's FAILED reason), never a crash that
+    would lose the drop."""
+    where = f"marker s3://{bucket}/{key}"
+    s3 = aws.client("s3")
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except s3.exceptions.ClientError as error:
+        code = error.response["Error"]["Code"]
+        if code not in ("NoSuchKey", "AccessDenied"):
+            raise  # transient: S3 invokes the planner again
+        raise InputError(f"{where} cannot be read ({code})") from None
+    with contextlib.closing(response["Body"]) as stream:
+        # Never read whole: the size comes first, and the read stops one byte past the limit.
+        body = b"" if response["ContentLength"] > MAX_MARKER_BYTES else stream.read(MAX_MARKER_BYTES + 1)
+    if response["ContentLength"] > MAX_MARKER_BYTES or len(body) > MAX_MARKER_BYTES:
+        raise InputError(f"{where} has {response['ContentLength']} bytes: a marker's body is a JSON object of "
+                         f"settings of at most {MAX_MARKER_BYTES} bytes (64 KiB)")
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{where} is not UTF-8 text (byte {error.start} is {body[error.start:error.start + 1]!r}): "
+                         "write its settings as a UTF-8 JSON object") from None
+    if not text.strip():
+        return {}
+    try:
+        overrides = json.loads(text)
+    except RecursionError:
+        overrides = None  # nested past the interpreter's limit: refused as too deep below
+    except ValueError as error:
+        raise InputError(f"{where} is not a JSON object of settings: {error}") from None
+    if overrides is None or _nesting(overrides) > MAX_MARKER_NESTING:
+        raise InputError(f"{where} nests JSON too deeply: a setting's value is a string, number, boolean, null, or "
+                         "a list or object of those")
+    if not isinstance(overrides, dict):
+        raise InputError(f"{where} must hold a JSON object of settings, not a JSON {type(overrides).__name__}")
+    return overrides
+
+
+def _nesting(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (a scalar: 0); no recursion, whatever the depth."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            pending.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def start_job(cfg: StackConfig, job_id: str) -> None:
+    """Plan a queued job and send its first window; safe to repeat at any point."""
+    job = jobs.get(cfg, job_id)
+    if job.state == jobs.QUEUED:
+        jobs.transition(cfg, job_id, jobs.PLANNING, (jobs.QUEUED,), started_at=time.time())
+        job.state = jobs.PLANNING
+    if job.state == jobs.PLANNING:
+        started = time.time()
+        try:
+            total_batches, total_items, fingerprint = write_plan(cfg, job)
+        except aws.client("s3").exceptions.ClientError as error:
+            code = error.response["Error"]["Code"]
+            if code not in ("NoSuchBucket", "AccessDenied", "AllAccessDisabled"):
+                raise  # transient: the message comes back and planning starts over
+            aggregator.stop(cfg, job_id, jobs.FAILED, f"cannot list the inputs at {job.input_uri} ({code})")
+            return
+        if total_batches and _reuse_whole_job(cfg, job, fingerprint, total_batches):
+            return
+        tabular_job = job.settings.input_type == "tabular"  # its inputs are counted in records, once read
+        jobs.open_shards(cfg, job_id, total_batches)
+        jobs.transition(cfg, job_id, jobs.RUNNING, (jobs.PLANNING,), total_batches=total_batches,
+                        total_items=None if tabular_job else total_items, cursor=0, planner_tick=0, planner_token="start",
+                        fingerprint=fingerprint)
+        logs.event(log, "planned", total_batches=total_batches, total_items=total_items,
+                   planner_seconds=round(time.time() - started, 3))
+        if total_batches == 0:
+            aggregator.finalize(cfg, job_id)  # nothing to wait for: end it now, not one message later
+            return
+        job = jobs.get(cfg, job_id)
+    if job.state == jobs.RUNNING and (job.planner_tick, job.planner_token) == (0, "start"):
+        tick(cfg, {"job_id": job_id, "tick": 0, "token": "start", "since": time.time()})
+
+
+def _reuse_whole_job(cfg: StackConfig, job: jobs.Job, fingerprint: str, batches: int) -> bool:
+    """With allow_reuse and no output_path of its own, a job identical to a succeeded one takes
+    that job's output at once."""
+    if not job.settings.allow_reuse or job.settings.output_path or registry.is_per_partition(job.deployment["model_name"]):
+        return False
+    earlier = reuse.find_job(cfg, fingerprint)
+    if earlier is None:
+        return False
+    # The earlier job's counts: a table's inputs are records, which the plan (of pieces) cannot count.
+    items = jobs.get(cfg, earlier["job_id"]).items_succeeded
+    done = jobs.transition(
+        cfg, job.job_id, jobs.SUCCEEDED, (jobs.PLANNING,), total_batches=batches, total_items=items, cursor=batches,
+        batches_succeeded=batches, items_succeeded=items, batches_reused=batches, fingerprint=fingerprint,
+        reused_from=earlier["job_id"], output_uri=earlier["output_uri"], ended_at=time.time())
+    if done:
+        logs.event(log, "reused the output of an identical succeeded job", reused_from=earlier["job_id"])
+    return done
+
+
+def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
+    """Write the job's mini-batches to S3 in chunks; return (batches, items, the job's
+    fingerprint). Deterministic."""
+    spec = InputSpec.from_uri(job.input_uri)
+    s3 = aws.client("s3")
+    total_batches = total_items = 0
+    chunk: list[list[list]] = []
+    prints = []
+    for batch, partition in plan_batches(cfg, job, spec):
+        prints.append(reuse.fingerprint(job.deployment, job.settings, batch))
+        chunk.append(plan_entry(batch, partition, bool(job.settings.partition_keys)))
+        total_batches += 1
+        total_items += len(batch)
+        if len(chunk) == PLAN_CHUNK:
+            _put_chunk(s3, cfg, job.job_id, total_batches // PLAN_CHUNK - 1, chunk)
+            chunk = []
+    if chunk:
+        _put_chunk(s3, cfg, job.job_id, total_batches // PLAN_CHUNK, chunk)
+    return total_batches, total_items, reuse.job_fingerprint(prints)
+
+
+Planned = tuple[list[InputFile] | list[TablePiece], dict[str, str] | None]
+
+
+def plan_batches(cfg: StackConfig, job: jobs.Job, spec: InputSpec) -> Iterator[Planned]:
+    """The job's mini-batches and their partitions: files by count (one partition each when
+    ``partition_format`` is set), or tables by byte size (a mini-batch never crosses a file; a
+    big file is split into pieces; column partitions are found by the worker, which reads them).
+    A schedule's run plans only the inputs its earlier runs have not scored."""
+    files = datasets.list_files(spec)
+    if job.schedule:
+        files = scored.unscored(cfg, job.schedule, files)
+    s = job.settings
+    if s.input_type != "tabular":
+        if s.partition_format:
+            yield from partitions.file_batches(files, spec.prefix, partitions.PathPattern(s.partition_format),
+                                               s.partition_keys, s.files_per_batch)
+        else:
+            yield from ((batch, None) for batch in datasets.batches(files, s.files_per_batch))
+        return
+    from parallelrun.core import tabular  # pyarrow: only a tabular job pays for importing it
+
+    for item in files:
+        for piece in tabular.plan_file(aws.range_reader(spec.bucket, item.key), item, s.input_format,
+                                       s.bytes_per_batch, s.csv_options):
+            yield [piece], None
+
+
+def plan_entry(items: list, partition: dict[str, str] | None, partitioned: bool) -> list | dict:
+    """A mini-batch as the plan stores it: its items, with its partition in a partitioned job."""
+    listed = [item.to_json() for item in items]
+    return {"partition": partition, "items": listed} if partitioned else listed
+
+
+def _put_chunk(s3: Any, cfg: StackConfig, job_id: str, number: int, chunk: list) -> None:
+    s3.put_object(Bucket=cfg.artifacts_bucket, Key=jobs.plan_chunk_key(job_id, number), Body=json.dumps(chunk).encode())
+
+
+Entry = tuple[int, list[InputFile], dict[str, str] | None]
+
+
+def read_plan(cfg: StackConfig, job_id: str, start: int, end: int) -> Iterator[Entry]:
+    """Mini-batches ``start`` ≤ index < ``end`` of a job's plan (index, items, partition),
+    reading only the chunks needed."""
+    s3 = aws.client("s3")
+    for number in range(start // PLAN_CHUNK, (end - 1) // PLAN_CHUNK + 1):
+        body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=jobs.plan_chunk_key(job_id, number))["Body"].read()
+        for offset, batch in enumerate(json.loads(body)):
+            index = number * PLAN_CHUNK + offset
+            if start <= index < end:
+                listed, partition = (batch["items"], batch["partition"]) if isinstance(batch, dict) else (batch, None)
+                yield index, [datasets.item_from_json(item) for item in listed], partition
+
+
+def window_end(job: jobs.Job, window: int) -> int:
+    """How far the cursor may move now: in-flight mini-batches stay within the window."""
+    in_flight = job.cursor - job.batches_done
+    return min(job.total_batches or 0, job.cursor + max(0, window - in_flight))
+
+
+def tick(cfg: StackConfig, message: dict[str, Any]) -> None:
+    """Top the job's window up, schedule the next tick, then record the cursor (see module doc)."""
+    job = jobs.get(cfg, message["job_id"])
+    if job.state != jobs.RUNNING:
+        return  # finished, failed or canceled: nothing more is sent
+    number, token = message["tick"], message["token"]
+    if number > job.planner_tick:
+        if time.time() - message["since"] < TAKEOVER_SECONDS:
+            _send_tick(cfg, message)  # its sender has not recorded the cursor yet: look again later
+            return
+        number, token = job.planner_tick, job.planner_token
+    elif (number, token) != (job.planner_tick, job.planner_token):
+        return  # an old or duplicate continuation
+    end = window_end(job, job.settings.window(cfg.limits))
+    if end > job.cursor:
+        # Kept before the mini-batches go out: the job may be over before this invocation is.
+        jobs.keep_usage(cfg, job.job_id)
+        send_batches(cfg, job, job.cursor, end)
+    next_token = secrets.token_hex(8)
+    if end < (job.total_batches or 0):
+        _send_tick(cfg, {"action": "tick", "job_id": job.job_id, "tick": number + 1, "token": next_token,
+                         "since": time.time()})
+    if jobs.advance_planner(cfg, job.job_id, number, token, end, next_token):
+        logs.event(log, "sent mini-batches", level=logging.DEBUG, cursor=end, tick=number)
+
+
+def _send_tick(cfg: StackConfig, message: dict[str, Any]) -> None:
+    aws.client("sqs").send_message(
+        QueueUrl=cfg.planner_queue_url, MessageBody=json.dumps(message), DelaySeconds=cfg.planner_interval
+    )
+
+
+def batch_message(job: jobs.Job, index: int, items: list[InputFile],
+                  partition: dict[str, str] | None = None) -> dict[str, Any]:
+    message = {"job_id": job.job_id, "batch": index, "items": [item.to_json() for item in items]}
+    return message | ({"partition": partition} if job.settings.partition_keys else {})
+
+
+def send_batches(cfg: StackConfig, job: jobs.Job, start: int, end: int) -> None:
+    """Send mini-batches ``start``..``end-1``, ten per SendMessageBatch; with ``allow_reuse``, a
+    mini-batch a succeeded job already scored is recorded done with that job's part instead."""
+    entries = list(read_plan(cfg, job.job_id, start, end))
+    if job.settings.allow_reuse and not registry.is_per_partition(job.deployment["model_name"]):
+        entries = _reuse(cfg, job, entries)
+    sqs = aws.client("sqs")
+    for group in _send_groups(job, entries):
+        _send_ten(sqs, cfg, job, group)
+
+
+def _send_groups(job: jobs.Job, entries: list[Entry]) -> Iterator[list[Entry]]:
+    """The entries in consecutive groups one SendMessageBatch takes (SEND_BATCH, SEND_BYTES)."""
+    group: list[Entry] = []
+    size = 0
+    for entry in entries:
+        length = len(json.dumps(batch_message(job, *entry)).encode())
+        if group and (len(group) == SEND_BATCH or size + length > SEND_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(entry)
+        size += length
+    if group:
+        yield group
+
+
+def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]:
+    """Record the remembered mini-batches as done; return those still to send. (Not for a model
+    per partition: which version scores a partition is only known when it runs.)"""
+    prints = {index: reuse.fingerprint(job.deployment, job.settings, items) for index, items, _ in entries}
+    found = reuse.lookup(cfg, prints.values())
+    for index, items, _ in entries:
+        earlier = found.get(prints[index])
+        if earlier is not None:  # counted as the earlier job counted it: a table piece in records
+            jobs.commit_batch(cfg, job.job_id, jobs.BatchRecord(
+                index=index, status=jobs.SUCCEEDED, items=int(earlier["items"]),
+                items_succeeded=int(earlier["items"]), items_failed=0,
+                attempt=1, part_key=earlier["part_key"], rows=int(earlier["rows"]), worker="reused",
+                fingerprint=prints[index], reused_from=earlier["job_id"], header=earlier.get("header")))
+    if any(prints[entry[0]] in found for entry in entries):
+        logs.event(log, "reused mini-batches scored before", reused=sum(prints[e[0]] in found for e in entries))
+        aggregator.check(cfg, job.job_id)
+    return [entry for entry in entries if prints[entry[0]] not in found]
+
+
+def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.Job, batch: list[Entry]) -> None:
+    entries = {str(i): json.dumps(batch_message(job, i, items, partition)) for i, items, partition in batch}
+    for _ in range(5):
+        response = sqs.send_message_batch(
+            QueueUrl=cfg.batch_queue_url, Entries=[{"Id": k, "MessageBody": v} for k, v in entries.items()]
+        )
+        entries = {f["Id"]: entries[f["Id"]] for f in response.get("Failed", [])}
+        if not entries:
+            return
+        time.sleep(0.2)
+    raise ParallelRunError(f"SQS refused mini-batches {sorted(entries)} of job {job.job_id} five times")
+
+
+def redrive(cfg: StackConfig, job_id: str) -> list[int]:
+    """Run an ended job's failed mini-batches again, with its deployment as it is now (fixed
+    code, say), keeping every succeeded part; the aggregator then rebuilds the output. Also
+    sends what a stopped job never ran. Returns the mini-batches sent again.
+
+    Safe to repeat after a crash half-way: any mini-batch below the cursor without a record
+    (reopened, or dropped when the job stopped) is sent again.
+    """
+    job = jobs.get(cfg, job_id)
+    if job.state not in jobs.TERMINAL:
+        raise ConflictError(f"job {job_id} is {job.state}: wait for it to end, or cancel it, before a redrive")
+    if job.total_batches is None:
+        raise ConflictError(f"job {job_id} never planned its inputs ({job.reason}): submit it again")
+    recorded = {}
+    for record in jobs.iter_batches(cfg, job_id):
+        if record.items_failed and jobs.reopen_batch(cfg, job_id, record):
+            continue
+        recorded[record.index] = record
+    again = [index for index in range(job.cursor) if index not in recorded]
+    if not again and job.cursor >= job.total_batches:
+        raise ConflictError(f"job {job_id} has no failed mini-batch to run again")
+    deployment = submit.snapshot(cfg, endpoints.get_deployment(cfg, job.endpoint, job.deployment.get("deployment")))
+    token = f"redrive-{secrets.token_hex(4)}"
+    if not jobs.reopen(cfg, job_id, deployment, token):
+        raise ConflictError(f"job {job_id} changed state during the redrive: look at it and try again")
+    job = jobs.get(cfg, job_id)
+    sqs = aws.client("sqs")
+    wanted = set(again)
+    pending = [entry for entry in read_plan(cfg, job_id, min(again), max(again) + 1) if entry[0] in wanted] if again else []
+    for group in _send_groups(job, pending):
+        _send_ten(sqs, cfg, job, group)
+    if job.cursor < job.total_batches:
+        tick(cfg, {"action": "tick", "job_id": job_id, "tick": job.planner_tick, "token": token, "since": time.time()})
+    logs.event(log, "redrive", batches=len(again), unsent=job.total_batches - job.cursor)
+    return again

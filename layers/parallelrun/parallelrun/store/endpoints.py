@@ -1,0 +1,261 @@
+"""Batch endpoints: a name callers use, routed to its default deployment.
+
+A deployment pins scoring code (a zip in the artifacts bucket, stored under its SHA-256), an
+entry script, a model (name and version, or the latest at submit) and default settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import time
+import zipfile
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from parallelrun import aws
+from parallelrun.aws.config import StackConfig
+from parallelrun.core import settings
+from parallelrun.core.errors import ConflictError, InputError, NotFoundError
+from parallelrun.store import registry
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{0,62}$")
+DEFAULT_DEPLOYMENT = "default"
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    endpoint: str
+    name: str
+    code_sha: str
+    entry_script: str
+    model_name: str
+    model_version: int | None
+    settings: dict[str, Any] = field(default_factory=dict)  # overrides as given; re-checked at submit
+    created_at: float = 0.0
+
+    @property
+    def model_ref(self) -> str:
+        return f"{self.model_name}:{self.model_version}" if self.model_version else self.model_name
+
+    @property
+    def model_label(self) -> str:
+        """How listings show the model: ``digits:3``, ``digits:latest`` or ``sales-{store} (per partition)``."""
+        if registry.is_per_partition(self.model_name):
+            return f"{self.model_name} (per partition)"
+        return f"{self.model_name}:{self.model_version or 'latest'}"
+
+    @property
+    def code_key(self) -> str:
+        return code_key(self.code_sha)
+
+    def to_item(self) -> dict[str, Any]:
+        return {
+            "pk": f"ENDPOINT#{self.endpoint}", "sk": f"DEPLOYMENT#{self.name}", "endpoint": self.endpoint,
+            "name": self.name, "code_sha": self.code_sha, "entry_script": self.entry_script,
+            "model_name": self.model_name, "model_version": self.model_version,
+            "settings": json.dumps(self.settings, sort_keys=True),
+            "created_at": Decimal(str(round(self.created_at, 3))),
+        }
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Deployment:
+        version = item.get("model_version")
+        return cls(
+            endpoint=item["endpoint"], name=item["name"], code_sha=item["code_sha"],
+            entry_script=item["entry_script"], model_name=item["model_name"],
+            model_version=int(version) if version is not None else None,
+            settings=json.loads(item.get("settings") or "{}"), created_at=float(item.get("created_at", 0)),
+        )
+
+
+def code_key(sha: str) -> str:
+    return f"code/{sha}.zip"
+
+
+def bundle(code_dir: Path) -> bytes:
+    """The folder as a zip whose bytes depend only on names and contents (same code, same SHA)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(p for p in code_dir.rglob("*") if p.is_file()):
+            rel = path.relative_to(code_dir).as_posix()
+            if "__pycache__" in rel.split("/") or rel.endswith(".pyc"):
+                continue
+            info = zipfile.ZipInfo(rel, date_time=_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, path.read_bytes())
+    return buffer.getvalue()
+
+
+def upload_code(cfg: StackConfig, code_dir: Path) -> str:
+    """Store the code bundle under its SHA-256 (once: the same code is never stored twice)."""
+    data = bundle(code_dir)
+    sha = hashlib.sha256(data).hexdigest()
+    s3 = aws.client("s3")
+    try:
+        s3.put_object(Bucket=cfg.artifacts_bucket, Key=code_key(sha), Body=data, IfNoneMatch="*")
+    except s3.exceptions.ClientError as error:
+        if error.response["Error"]["Code"] not in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise
+    return sha
+
+
+def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path, entry_script: str,
+                model_ref: str, overrides: dict[str, Any]) -> Deployment:
+    """A deployment with every part checked (names, code, entry script, model, settings) and its
+    code stored; nothing is written to the table yet."""
+    for kind, value in (("endpoint", endpoint), ("deployment", name)):
+        if not _NAME.match(value):
+            raise InputError(f"{kind} name {value!r}: use lower-case letters, digits and '-' "
+                             "(an endpoint's name is a folder in the drop bucket)")
+    code_dir = Path(code_dir)
+    if not code_dir.is_dir():
+        raise InputError(f"--code {code_dir}: not a folder")
+    if not (code_dir / entry_script).is_file():
+        raise InputError(f"--entry-script {entry_script}: no such file in {code_dir}")
+    model_name, model_version = check_model(cfg, model_ref)
+    settings.resolve(overrides, limits=cfg.limits)
+    return Deployment(endpoint=endpoint, name=name, code_sha=upload_code(cfg, code_dir), entry_script=entry_script,
+                      model_name=model_name, model_version=model_version, settings=dict(overrides),
+                      created_at=time.time())
+
+
+def check_model(cfg: StackConfig, model_ref: str) -> tuple[str, int | None]:
+    """The model a deployment names, refused now if unknown rather than at the first job. A
+    model per partition (``sales-{store}``, ``tags:store={store}``) is checked for its form
+    only: its models are resolved when each mini-batch runs."""
+    if registry.is_per_partition(model_ref):
+        return registry.parse_selector(model_ref).ref, None
+    model_name, model_version = registry.parse_ref(model_ref)
+    registry.get(cfg, model_name, model_version)
+    return model_name, model_version
+
+
+def _put_new(cfg: StackConfig, item: dict[str, Any], what: str) -> None:
+    try:
+        aws.table(cfg.table).put_item(Item=item, ConditionExpression="attribute_not_exists(pk)")
+    except Exception as error:
+        if aws.is_conditional_failure(error):
+            raise ConflictError(f"{what} already exists") from None
+        raise
+
+
+def create(
+    cfg: StackConfig,
+    name: str,
+    code_dir: str | Path,
+    entry_script: str,
+    model_ref: str,
+    overrides: dict[str, Any] | None = None,
+    deployment: str = DEFAULT_DEPLOYMENT,
+) -> Deployment:
+    """Create endpoint ``name`` with one deployment, its default. Every part is checked first."""
+    found = _deployment(cfg, name, deployment, code_dir, entry_script, model_ref, dict(overrides or {}))
+    _put_new(cfg, {"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT", "name": name, "default_deployment": deployment,
+                   "created_at": Decimal(str(round(found.created_at, 3)))}, f"endpoint {name!r}")
+    aws.table(cfg.table).put_item(Item=found.to_item())
+    return found
+
+
+def add_deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path, entry_script: str,
+                   model_ref: str, overrides: dict[str, Any] | None = None, make_default: bool = False) -> Deployment:
+    """Add a named deployment to an existing endpoint, optionally as its new default."""
+    get_endpoint(cfg, endpoint)
+    found = _deployment(cfg, endpoint, name, code_dir, entry_script, model_ref, dict(overrides or {}))
+    _put_new(cfg, found.to_item(), f"deployment {name!r} of endpoint {endpoint!r}")
+    if make_default:
+        set_default(cfg, endpoint, name)
+    return found
+
+
+def set_default(cfg: StackConfig, endpoint: str, name: str) -> None:
+    """Route the endpoint's new jobs to deployment ``name``; running jobs keep theirs."""
+    get_deployment(cfg, endpoint, name)
+    aws.table(cfg.table).update_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": "ENDPOINT"},
+                                     UpdateExpression="SET default_deployment = :d",
+                                     ExpressionAttributeValues={":d": name})
+
+
+def get_endpoint(cfg: StackConfig, name: str) -> dict[str, Any]:
+    item = aws.table(cfg.table).get_item(Key={"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT"}).get("Item")
+    if not item:
+        raise NotFoundError(f"no endpoint {name!r}: create it with `parallelrun endpoints create {name} ...`")
+    return {"name": item["name"], "default_deployment": item["default_deployment"]}
+
+
+def list_deployments(cfg: StackConfig, endpoint: str) -> list[Deployment]:
+    items = aws.table(cfg.table).query(
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :d)",
+        ExpressionAttributeValues={":pk": f"ENDPOINT#{endpoint}", ":d": "DEPLOYMENT#"},
+    )["Items"]
+    return [Deployment.from_item(item) for item in items]
+
+
+def delete_deployment(cfg: StackConfig, endpoint: str, name: str) -> None:
+    """Delete a deployment that is not the default (callers would have nowhere to go)."""
+    if get_endpoint(cfg, endpoint)["default_deployment"] == name:
+        raise ConflictError(f"deployment {name!r} is the default of endpoint {endpoint!r}: "
+                            "set another default first (`parallelrun endpoints set-default`)")
+    get_deployment(cfg, endpoint, name)
+    aws.table(cfg.table).delete_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": f"DEPLOYMENT#{name}"})
+
+
+def delete_endpoint(cfg: StackConfig, name: str) -> None:
+    """Delete an endpoint and its deployments; jobs already submitted are unaffected."""
+    get_endpoint(cfg, name)
+    table = aws.table(cfg.table)
+    for deployment in list_deployments(cfg, name):
+        table.delete_item(Key={"pk": f"ENDPOINT#{name}", "sk": f"DEPLOYMENT#{deployment.name}"})
+    table.delete_item(Key={"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT"})
+
+
+def update(
+    cfg: StackConfig,
+    name: str,
+    code_dir: str | Path | None = None,
+    entry_script: str | None = None,
+    model_ref: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    deployment: str | None = None,
+) -> Deployment:
+    """Change a deployment (the default one unless named): new code, entry script, model or
+    settings. Running jobs keep what they started with; new jobs and redrives get the change."""
+    current = get_deployment(cfg, name, deployment)
+    merged = {**current.settings, **(overrides or {})}
+    if code_dir is None:  # the stored code, with the new entry script, model or settings checked
+        settings.resolve(merged, limits=cfg.limits)
+        model_name, model_version = check_model(cfg, model_ref or current.model_ref)
+        changed = Deployment(endpoint=name, name=current.name, code_sha=current.code_sha,
+                             entry_script=entry_script or current.entry_script, model_name=model_name,
+                             model_version=model_version, settings=merged, created_at=time.time())
+    else:
+        changed = _deployment(cfg, name, current.name, code_dir, entry_script or current.entry_script,
+                              model_ref or current.model_ref, merged)
+    aws.table(cfg.table).put_item(Item=changed.to_item())
+    return changed
+
+
+def get_deployment(cfg: StackConfig, endpoint: str, deployment: str | None = None) -> Deployment:
+    """The named deployment of ``endpoint``, or its default one."""
+    table = aws.table(cfg.table)
+    if deployment is None:
+        deployment = get_endpoint(cfg, endpoint)["default_deployment"]
+    item = table.get_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": f"DEPLOYMENT#{deployment}"}).get("Item")
+    if not item:
+        raise NotFoundError(f"endpoint {endpoint!r} has no deployment {deployment!r}")
+    return Deployment.from_item(item)
+
+
+def list_endpoints(cfg: StackConfig) -> list[dict[str, Any]]:
+    page = aws.table(cfg.table).scan(
+        FilterExpression="begins_with(pk, :e) AND sk = :s",
+        ExpressionAttributeValues={":e": "ENDPOINT#", ":s": "ENDPOINT"},
+    )
+    return sorted(({"name": i["name"], "default_deployment": i["default_deployment"]} for i in page["Items"]),
+                  key=lambda e: e["name"])

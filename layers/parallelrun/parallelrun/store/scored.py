@@ -1,0 +1,79 @@
+"""What a schedule's runs have scored: one DynamoDB item per input (key and ETag), so the next
+run plans only what is new or changed.
+
+Sized for a million inputs: the items of one schedule are spread over ``SHARDS`` partition keys
+(a single key takes about 1,000 writes a second, which would make recording a big first run
+outlast the aggregator), and the sort key is the input's S3 key itself. A shard's query comes
+back in UTF-8 byte order, the order S3 lists keys in, so the shards merged and the listing are
+walked side by side: planning holds one page per shard, never the whole set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from parallelrun import aws
+from parallelrun.aws.config import StackConfig
+from parallelrun.core.datasets import InputFile
+
+SHARDS = 16
+
+
+def shard_key(schedule: str, key: str) -> str:
+    shard = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % SHARDS
+    return f"SCORED#{schedule}#{shard:02d}"
+
+
+def unscored(cfg: StackConfig, schedule: str, files: Iterable[InputFile]) -> Iterator[InputFile]:
+    """``files`` (in S3's sorted order) less those an earlier run of ``schedule`` scored with
+    the same ETag: new files and changed ones."""
+    scored = _all_scored(cfg, schedule)
+    current = next(scored, None)
+    for item in files:
+        while current is not None and current[0] < item.key:
+            current = next(scored, None)
+        if current is not None and current == (item.key, item.etag):
+            continue
+        yield item
+
+
+def mark(cfg: StackConfig, schedule: str, files: Iterable[InputFile]) -> int:
+    """Record ``files`` as scored by ``schedule`` (a changed file's ETag is overwritten)."""
+    count = 0
+    with aws.table(cfg.table).batch_writer(overwrite_by_pkeys=["pk", "sk"]) as writer:
+        for item in files:
+            writer.put_item(Item={"pk": shard_key(schedule, item.key), "sk": item.key, "etag": item.etag})
+            count += 1
+    return count
+
+
+def forget(cfg: StackConfig, schedule: str) -> int:
+    """Delete everything ``schedule`` recorded (the schedule itself is going)."""
+    count = 0
+    with aws.table(cfg.table).batch_writer() as writer:
+        for shard in range(SHARDS):
+            pk = f"SCORED#{schedule}#{shard:02d}"
+            for key, _ in _query(cfg, pk):
+                writer.delete_item(Key={"pk": pk, "sk": key})
+                count += 1
+    return count
+
+
+def _all_scored(cfg: StackConfig, schedule: str) -> Iterator[tuple[str, str]]:
+    """Every (key, ETag) of the schedule, in key order: the shards' queries merged."""
+    return heapq.merge(*(_query(cfg, f"SCORED#{schedule}#{shard:02d}") for shard in range(SHARDS)))
+
+
+def _query(cfg: StackConfig, pk: str) -> Iterator[tuple[str, str]]:
+    kwargs: dict[str, Any] = {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": pk},
+                              "ConsistentRead": True}
+    while True:
+        page = aws.table(cfg.table).query(**kwargs)
+        for found in page.get("Items", []):
+            yield found["sk"], found.get("etag", "")
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
