@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cfnlint.decode import decode
 
-import parallelrun
+import parallelrun.pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "template.yaml"
@@ -75,7 +75,7 @@ HANDLERS = {
     "PlannerFunction": "planner",
     "WorkerFunction": "worker",
     "AggregatorFunction": "aggregator",
-    "FailureRecorderFunction": "deadletters",
+    "FailureRecorderFunction": "failure_recorder",
 }
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
@@ -278,12 +278,12 @@ def test_handler_delegates_to_the_core(
     app = ROOT / props["CodeUri"] / f"{module_file}.py"
     core = HANDLERS[function]
     calls = []
-    stub = types.ModuleType(f"parallelrun.{core}")
+    stub = types.ModuleType(f"parallelrun.pipeline.{core}")
     stub.handle_event = lambda event, context: calls.append((event, context)) or "done"  # type: ignore[attr-defined]
-    # Both places `from parallelrun import <core>` looks: the package attribute (set once the real
-    # module was imported) and sys.modules.
-    monkeypatch.setattr(parallelrun, core, stub, raising=False)
-    monkeypatch.setitem(sys.modules, f"parallelrun.{core}", stub)
+    # Both places `from parallelrun.pipeline import <core>` looks: the package attribute (set once
+    # the real module was imported) and sys.modules.
+    monkeypatch.setattr(parallelrun.pipeline, core, stub, raising=False)
+    monkeypatch.setitem(sys.modules, f"parallelrun.pipeline.{core}", stub)
 
     spec = importlib.util.spec_from_file_location(f"app_{function}", app)
     assert spec and spec.loader
