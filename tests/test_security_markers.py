@@ -13,7 +13,8 @@ from botocore.response import StreamingBody
 
 from parallelrun import aws
 from parallelrun.client.api import Client
-from parallelrun.client.cli import main, status_lines
+from parallelrun.client.cli import main
+from parallelrun.client.progress import status_lines
 from parallelrun.core.errors import ConflictError, SettingsError
 from parallelrun.pipeline import aggregator, planner, submit
 from parallelrun.store import jobs

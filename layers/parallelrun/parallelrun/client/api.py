@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from parallelrun import aws
 from parallelrun.aws.config import StackConfig
-from parallelrun.client import sdk
+from parallelrun.client import report, sdk
 from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
+from parallelrun.local import state
 from parallelrun.pipeline import aggregator, planner, schedules, submit
 from parallelrun.store import endpoints, jobs, registry
 
@@ -27,13 +29,11 @@ class Client:
         Its resources are read from its outputs through CloudFormation, which moto answers, as
         for a deployed stack.
         """
-        from parallelrun.local import runtime
-
-        state = runtime.load_state()
-        if state is None:
+        running = state.load_state()
+        if running is None:
             raise StackError("no local stack is running: start one with `parallelrun local up`")
-        use_endpoint(state["endpoint_url"], state["region"])
-        return cls.from_stack(state["stack_name"])
+        use_endpoint(running["endpoint_url"], running["region"])
+        return cls.from_stack(running["stack_name"])
 
     @classmethod
     def from_stack(cls, stack_name: str) -> Client:
@@ -198,8 +198,6 @@ class Client:
     def report(self, job_id: str, path: str | Path | None = None) -> str:
         """The job's self-contained HTML report (timeline, throughput, slowest mini-batches,
         failures, cost); also written to ``path`` if given."""
-        from parallelrun.client import report  # matplotlib: only a report pays for importing it
-
         page = report.build(self.cfg, job_id)
         if path is not None:
             Path(path).write_text(page, encoding="utf-8")
@@ -239,8 +237,6 @@ class Client:
 
     def upload_folder(self, folder: str | Path, uri: str, threads: int = 16) -> int:
         """Upload every file below ``folder`` to the ``uri`` prefix, concurrently; returns the count."""
-        from concurrent.futures import ThreadPoolExecutor
-
         folder = Path(folder)
         bucket, prefix = aws.split_s3_uri(uri if uri.endswith("/") else uri + "/")
         files = sorted(p for p in folder.rglob("*") if p.is_file())

@@ -13,52 +13,17 @@ import sys
 import time
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+from parallelrun.client import demo
 from parallelrun.client.api import Client
+from parallelrun.client.progress import progress_bar, status_lines
 from parallelrun.core.errors import NotFoundError, ParallelRunError
 from parallelrun.core.settings import parse_assignments
+from parallelrun.local import runtime, state
 from parallelrun.local.latency import LATENCY
 from parallelrun.pipeline import schedules
 from parallelrun.store import jobs
-
-
-def progress_bar(description: str = "scoring") -> Any:
-    """A callback for :meth:`Client.wait` that draws a bar of inputs done out of the total."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, unit="input", desc=description, dynamic_ncols=True, file=sys.stderr)
-
-    def update(job: jobs.Job) -> None:
-        if job.total_items is not None and bar.total != job.total_items:
-            bar.total = job.total_items
-            bar.refresh()
-        bar.n = job.items_succeeded + job.items_failed
-        bar.set_postfix_str(f"{job.state.lower()}, {job.items_failed} failed", refresh=True)
-        if job.state in jobs.TERMINAL:
-            bar.close()
-
-    return update
-
-
-def status_lines(job: jobs.Job) -> list[str]:
-    total_b = "?" if job.total_batches is None else job.total_batches
-    total_i = "?" if job.total_items is None else job.total_items
-    lines = [
-        f"job:        {job.job_id}",
-        f"state:      {job.state}" + (f" ({job.reason})" if job.reason else ""),
-        f"endpoint:   {job.endpoint}",
-        f"input:      {job.input_uri}",
-        f"output:     {job.output_uri}",
-        f"batches:    {job.batches_done}/{total_b} done ({job.batches_succeeded} succeeded, {job.batches_failed} failed)",
-        f"inputs:     {job.items_succeeded + job.items_failed}/{total_i} done ({job.items_succeeded} succeeded, "
-        f"{job.items_failed} failed), {job.retries} retries",
-    ]
-    if job.reused_from:
-        lines.append(f"reused:     the output of job {job.reused_from} (same deployment, settings and inputs)")
-    elif job.batches_reused:
-        lines.append(f"reused:     {job.batches_reused} mini-batch(es) scored by an earlier job (allow_reuse)")
-    if job.ended_at and job.started_at:
-        lines.append(f"duration:   {job.ended_at - job.created_at:.1f} s")
-    return lines
 
 
 def _job_dict(job: jobs.Job) -> dict[str, Any]:
@@ -66,9 +31,7 @@ def _job_dict(job: jobs.Job) -> dict[str, Any]:
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
-    from parallelrun.local.runtime import LocalStack
-
-    stack = LocalStack(workers=args.workers, port=args.port, parameters=parse_assignments(args.param),
+    stack = runtime.LocalStack(workers=args.workers, port=args.port, parameters=parse_assignments(args.param),
                        latency=args.latency)
     # `kill` (SIGTERM) stops the stack as Ctrl-C does, worker processes included.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -87,12 +50,11 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 
 
 def cmd_local_outputs(args: argparse.Namespace) -> int:
-    from parallelrun.local import runtime
-
-    state = runtime.load_state()
-    if state is None:
+    running = state.load_state()
+    if running is None:
         raise ParallelRunError("no local stack is running: start one with `parallelrun local up`")
-    print(json.dumps({"EndpointUrl": state["endpoint_url"], "Region": state["region"], **state["outputs"]}, indent=2))
+    print(json.dumps({"EndpointUrl": running["endpoint_url"], "Region": running["region"], **running["outputs"]},
+                     indent=2))
     return 0
 
 
@@ -340,8 +302,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from parallelrun.client import demo
-
     return demo.run(workers=args.workers, count=args.count)
 
 
@@ -497,8 +457,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # an AWS or network failure: one line, not a traceback
-        from botocore.exceptions import BotoCoreError, ClientError
-
         if isinstance(error, (BotoCoreError, ClientError)):
             print(f"error: {error}", file=sys.stderr)
             return 1

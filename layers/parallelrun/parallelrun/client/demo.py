@@ -17,8 +17,9 @@ from types import ModuleType
 from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.client.api import Client
-from parallelrun.client.cli import progress_bar
+from parallelrun.client.progress import progress_bar
 from parallelrun.core.errors import ParallelRunError
+from parallelrun.local.runtime import LocalStack
 from parallelrun.store import jobs
 
 EXAMPLES = Path(__file__).resolve().parents[4] / "examples"
@@ -59,8 +60,6 @@ def drop(client: Client, images: Path, run_id: str) -> str:
 
 
 def run(workers: int = 2, count: int | None = None) -> int:
-    from parallelrun.local.runtime import LocalStack
-
     print(f"starting a local stack (moto server, template.yaml, {workers} worker processes)...")
     with LocalStack(workers=workers, write_state=False) as stack, tempfile.TemporaryDirectory() as tmp:
         client = Client(StackConfig.from_outputs(stack.outputs))

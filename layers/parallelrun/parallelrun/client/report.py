@@ -16,15 +16,17 @@ import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
-
-import matplotlib
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from typing import TYPE_CHECKING, Any
 
 from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.store import jobs
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# matplotlib is imported where a picture is drawn: the CLI and the client import this module, and
+# only a report should pay for loading matplotlib (about 0.6 s).
 
 SUCCEEDED, RETRIED, FAILED, REUSED = "succeeded", "retried", "failed", "reused"
 COLOURS = {SUCCEEDED: "#2e7d32", RETRIED: "#f9a825", FAILED: "#c62828", REUSED: "#9e9e9e"}
@@ -106,6 +108,8 @@ def lanes(timeline: list[Bar]) -> list[str]:
 
 
 def _svg(figure: Figure) -> str:
+    import matplotlib
+
     buffer = io.StringIO()
     # Text stays text: no glyph definitions whose ids would clash between the page's pictures.
     with matplotlib.rc_context({"svg.fonttype": "none"}):
@@ -115,6 +119,9 @@ def _svg(figure: Figure) -> str:
 
 
 def timeline_svg(timeline: list[Bar], workers: list[str]) -> str:
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
     lane_of = {worker: n for n, worker in enumerate(workers)}
     figure = Figure(figsize=(10, 1.2 + 0.35 * max(1, len(workers))))
     axes = figure.add_subplot()
@@ -138,6 +145,8 @@ def timeline_svg(timeline: list[Bar], workers: list[str]) -> str:
 
 def throughput_svg(timeline: list[Bar]) -> str:
     """Inputs finished per second over the job's time, and their running total."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(10, 3))
     axes = figure.add_subplot()
     span = max([b.end for b in timeline] + [1e-3])
