@@ -30,7 +30,7 @@ from typing import Any
 from parallelrun import aws
 from parallelrun.core import logs
 from parallelrun.core.errors import StackError
-from parallelrun.local import iam, lambdas, provision, rules, server, state
+from parallelrun.local import functions, iam, lambdas, provision, rules, server, state
 
 log = logging.getLogger("parallelrun.local")
 WORKER_FUNCTION = "WorkerFunction"  # the one function that scales out: it gets processes
@@ -46,7 +46,7 @@ LOCAL_PARAMETERS = {
 class FunctionProcess:
     """One local container of a function: what it runs, as which role, fed by which notification queues."""
 
-    spec: provision.FunctionSpec
+    spec: functions.FunctionSpec
     number: int
     role_arn: str
     notifications: list[tuple[str, str]]  # (queue URL, queue ARN) of each of its S3 event sources
@@ -71,7 +71,7 @@ class LocalStack:
         self.processes: list[FunctionProcess] = []
         self.admin: dict[str, str] = {}
         self.server: Any = None
-        self.stack: provision.LocalStack | None = None
+        self.stack: provision.ProvisionedStack | None = None
         self.endpoint_url = ""
         self.saved_environment: dict[str, str | None] = {}
         self.restarts = 0
@@ -160,7 +160,7 @@ class LocalStack:
         thread.start()
         self.threads.append(thread)
 
-    def _notification_queue(self, function: str, number: int, source: provision.BucketSource) -> tuple[str, str]:
+    def _notification_queue(self, function: str, number: int, source: functions.BucketSource) -> tuple[str, str]:
         """A queue that receives the bucket's notifications in place of the function moto can't call."""
         sqs, s3 = aws.client("sqs"), aws.client("s3")
         url = sqs.create_queue(QueueName=f"local-{function}-s3-{number}")["QueueUrl"]
