@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.client.api import Client
 from parallelrun.client.progress import progress_bar
@@ -55,7 +54,7 @@ def drop(client: Client, images: Path, run_id: str) -> str:
     started = time.time()
     uploaded = client.upload_folder(images, folder)
     print(f"uploaded {uploaded} files to {folder} in {time.time() - started:.1f} s")
-    aws.client("s3").put_object(Bucket=client.cfg.input_bucket, Key=f"digits/{run_id}/_READY", Body=b"")
+    client.mark_ready(folder)
     return folder
 
 

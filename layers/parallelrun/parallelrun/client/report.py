@@ -10,16 +10,12 @@ anywhere with nothing to fetch. In the timeline each bar is the SVG element
 
 from __future__ import annotations
 
-import collections
 import html
 import io
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from parallelrun import aws
-from parallelrun.aws.config import StackConfig
 from parallelrun.store import jobs
 
 if TYPE_CHECKING:
@@ -36,7 +32,7 @@ THROUGHPUT_BINS = 30
 
 @dataclass(frozen=True)
 class ReportData:
-    """Everything the page shows, read from the stack."""
+    """Everything the page shows, read from the stack by :meth:`parallelrun.client.api.Client.report_data`."""
 
     job: jobs.Job
     batches: list[jobs.BatchRecord]
@@ -60,24 +56,6 @@ class Bar:
     @property
     def seconds(self) -> float:
         return self.end - self.start
-
-
-def gather(cfg: StackConfig, job_id: str) -> ReportData:
-    """Read the job, its mini-batch records, and (once it ended) its summary, whose failed
-    inputs by error type the aggregator counted while collating failures.jsonl."""
-    job = jobs.get(cfg, job_id)
-    batches = list(jobs.iter_batches(cfg, job_id))
-    summary = None
-    failures: collections.Counter[str] = collections.Counter()
-    if job.output_uri and not job.reused_from:  # a job that took another's output whole has no summary of its own
-        bucket, prefix = aws.split_s3_uri(job.output_uri)
-        s3 = aws.client("s3")
-        try:
-            summary = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "summary.json")["Body"].read())
-            failures.update(summary.get("errors") or {})
-        except s3.exceptions.NoSuchKey:
-            pass  # not ended yet: the page says so
-    return ReportData(job, batches, dict(failures.most_common()), summary)
 
 
 def outcome(record: jobs.BatchRecord) -> str:
@@ -249,8 +227,3 @@ coloured by outcome ({", ".join(COLOURS)}).</p>
 {_cost_html(data.summary)}
 </body></html>
 """
-
-
-def build(cfg: StackConfig, job_id: str) -> str:
-    """The report page of a job."""
-    return render(gather(cfg, job_id))
