@@ -27,7 +27,7 @@ from moto import mock_aws  # noqa: E402
 
 from parallelrun import aws  # noqa: E402
 from parallelrun.aws.config import StackConfig  # noqa: E402
-from parallelrun.local import lambdas, provision  # noqa: E402
+from parallelrun.local import functions, lambdas, provision  # noqa: E402
 from parallelrun.store import endpoints, jobs, registry  # noqa: E402
 
 _names = itertools.count()
@@ -38,10 +38,10 @@ class Stack:
     """The provisioned stack and one call per function, as Lambda would make it."""
 
     cfg: StackConfig
-    spec: provision.LocalStack
+    spec: provision.ProvisionedStack
     handlers: dict[str, lambdas.Handler]
 
-    def source(self, function: str, queue: str = "") -> provision.QueueSource:
+    def source(self, function: str, queue: str = "") -> functions.QueueSource:
         """The function's event source on the queue whose name contains ``queue``."""
         return next(s for s in self.spec.functions[function].queue_sources if queue in s.queue_url)
 
@@ -51,7 +51,7 @@ class Stack:
         stand-in for the visibility timeout running out)."""
         return sum(self._deliver(function, source, max_rounds) for source in self.spec.functions[function].queue_sources)
 
-    def _deliver(self, function: str, source: provision.QueueSource, max_rounds: int) -> int:
+    def _deliver(self, function: str, source: functions.QueueSource, max_rounds: int) -> int:
         sqs = aws.client("sqs")
         received = 0
         for _ in range(max_rounds):

@@ -125,7 +125,7 @@ def test_local_up_stopped_with_sigterm_stops_its_worker_processes(tmp_path):
     import time
     from pathlib import Path
 
-    from parallelrun.local.runtime import STATE_FILE
+    from parallelrun.local.state import STATE_FILE
 
     env = {**os.environ, "PARALLELRUN_HOME": str(tmp_path)}
     up = subprocess.Popen([sys.executable, "-c", "import sys; from parallelrun.client.cli import main; "
@@ -172,13 +172,13 @@ def test_a_local_stack_that_died_hard_is_not_trusted(tmp_path, monkeypatch, caps
     import sys
 
     from parallelrun.client.api import Client
-    from parallelrun.local import runtime
+    from parallelrun.local import state
 
     monkeypatch.setenv("PARALLELRUN_HOME", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # what a SIGKILLed `local up` leaves: its state file, naming a process and a server gone
-    runtime.save_state({"endpoint_url": "http://127.0.0.1:9", "region": "us-east-1", "stack_name": "parallelrun",
-                        "outputs": {"InputBucketName": "gone"}, "workers": 2, "pid": dead.pid, "logs": ""})
+    state.save_state({"endpoint_url": "http://127.0.0.1:9", "region": "us-east-1", "stack_name": "parallelrun",
+                      "outputs": {"InputBucketName": "gone"}, "workers": 2, "pid": dead.pid, "logs": ""})
     assert main(["local", "outputs"]) == 1
     err = capsys.readouterr().err
     assert "is no longer running: it was killed or ran out of memory" in err and "gone" not in err

@@ -171,7 +171,7 @@ def test_stack_outputs_give_the_config_the_functions_use(stack: Any) -> None:
 
 
 @pytest.fixture
-def deployed(tmp_path: Path) -> Iterator[provision.LocalStack]:
+def deployed(tmp_path: Path) -> Iterator[provision.ProvisionedStack]:
     """A stack on a moto server, reached like a deployed one: by name, with no local state file."""
     moto, url = server.start()
     patch = pytest.MonkeyPatch()
@@ -188,7 +188,7 @@ def deployed(tmp_path: Path) -> Iterator[provision.LocalStack]:
         moto.stop()
 
 
-def test_cli_with_stack_works_against_a_stack_by_name(deployed: provision.LocalStack, tmp_path: Path,
+def test_cli_with_stack_works_against_a_stack_by_name(deployed: provision.ProvisionedStack, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["jobs"]) == 1  # no local stack running: only --stack can find this one

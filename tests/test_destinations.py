@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from parallelrun import aws
-from parallelrun.local import destinations
+from parallelrun.local import destinations, functions
 from parallelrun.pipeline import failure_recorder, markers, planner
 from parallelrun.store import jobs
-from tests.conftest import marker_event, provision
+from tests.conftest import marker_event
 
 from .conftest import Stack
 
@@ -47,7 +47,7 @@ def test_provision_reads_the_planners_destination(stack: Stack) -> None:
     assert config.on_failure_queue_url is not None and "PlannerFailureQueue" in config.on_failure_queue_url
     # The failure recorder reads that queue; a function without EventInvokeConfig has Lambda's defaults.
     assert config.on_failure_queue_url in {s.queue_url for s in stack.spec.functions["FailureRecorderFunction"].queue_sources}
-    assert stack.spec.functions["AggregatorFunction"].async_invoke == provision.AsyncInvokeConfig(2, None)
+    assert stack.spec.functions["AggregatorFunction"].async_invoke == functions.AsyncInvokeConfig(2, None)
 
 
 def test_a_try_that_succeeds_sends_no_record(stack: Stack) -> None:

@@ -14,7 +14,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from parallelrun.core.errors import ConflictError, StackError
-from parallelrun.local.provision import LocalStack, provision
+from parallelrun.local.provision import ProvisionedStack, provision
 
 ROOT = Path(__file__).resolve().parents[1]
 # moto keeps one state per process: the in-process server shares it with mock_aws, so this
@@ -40,7 +40,7 @@ def endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def stack(endpoint: str) -> LocalStack:
+def stack(endpoint: str) -> ProvisionedStack:
     started = time.perf_counter()
     provisioned = provision(endpoint, stack_name=STACK, parameters=PARAMETERS)
     # About 1.5 s on 2 cores, ~1 s of it moto importing its CloudFormation module once.
@@ -60,7 +60,7 @@ def _queue_attributes(aws: Any, url: str) -> dict[str, str]:
     return aws("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
 
 
-def test_outputs_name_real_resources(stack: LocalStack, aws: Any) -> None:
+def test_outputs_name_real_resources(stack: ProvisionedStack, aws: Any) -> None:
     outputs = stack.outputs
     assert outputs["InputBucketName"] == f"{STACK}-input-123456789012-us-east-1"
     aws("s3").head_bucket(Bucket=outputs["InputBucketName"])
@@ -74,7 +74,7 @@ def test_outputs_name_real_resources(stack: LocalStack, aws: Any) -> None:
         aws("lambda").get_function_configuration(FunctionName=outputs[key])
 
 
-def test_queues_have_overridden_visibility_and_redrive(stack: LocalStack, aws: Any) -> None:
+def test_queues_have_overridden_visibility_and_redrive(stack: ProvisionedStack, aws: Any) -> None:
     batch = _queue_attributes(aws, stack.outputs["BatchQueueUrl"])
     dlq = _queue_attributes(aws, stack.outputs["BatchDeadLetterQueueUrl"])
     assert batch["VisibilityTimeout"] == "70"
@@ -87,13 +87,13 @@ def test_queues_have_overridden_visibility_and_redrive(stack: LocalStack, aws: A
         assert aws("sqs").get_queue_url(QueueName=target.rsplit(":", 1)[1])["QueueUrl"]
 
 
-def test_table_has_pk_and_sk(stack: LocalStack, aws: Any) -> None:
+def test_table_has_pk_and_sk(stack: ProvisionedStack, aws: Any) -> None:
     table = aws("dynamodb").describe_table(TableName=stack.outputs["TableName"])["Table"]
     assert {(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]} == {("pk", "HASH"), ("sk", "RANGE")}
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
 
 
-def test_functions_have_resolved_environment(stack: LocalStack, aws: Any) -> None:
+def test_functions_have_resolved_environment(stack: ProvisionedStack, aws: Any) -> None:
     assert set(stack.functions) == FUNCTIONS
     for spec in stack.functions.values():
         env = spec.environment
@@ -114,7 +114,7 @@ def test_functions_have_resolved_environment(stack: LocalStack, aws: Any) -> Non
         assert (Path(spec.code_dir) / "app.py").is_file()
 
 
-def test_function_limits_and_code_folders(stack: LocalStack) -> None:
+def test_function_limits_and_code_folders(stack: ProvisionedStack) -> None:
     worker = stack.functions["WorkerFunction"]
     assert Path(worker.code_dir) == ROOT / "functions" / "worker"
     assert (worker.timeout, worker.memory) == (60, 1769)
@@ -122,7 +122,7 @@ def test_function_limits_and_code_folders(stack: LocalStack) -> None:
     assert stack.functions["FailureRecorderFunction"].timeout == 60
 
 
-def test_event_sources(stack: LocalStack) -> None:
+def test_event_sources(stack: ProvisionedStack) -> None:
     (worker,) = stack.functions["WorkerFunction"].queue_sources
     assert worker.queue_url == stack.outputs["BatchQueueUrl"]
     assert worker.queue_arn.endswith(":" + worker.queue_url.rsplit("/", 1)[1])
@@ -151,7 +151,7 @@ def test_event_sources(stack: LocalStack) -> None:
     assert planner.function_arn.startswith("arn:aws:lambda:us-east-1:") and "PlannerFunction" in planner.function_arn
 
 
-def test_nothing_steals_messages_from_mapped_queues(stack: LocalStack, aws: Any) -> None:
+def test_nothing_steals_messages_from_mapped_queues(stack: ProvisionedStack, aws: Any) -> None:
     # With an enabled event source mapping, moto receives each sent message itself (trying to
     # run the function in Docker), which spends one of the message's receives.
     sqs = aws("sqs")
@@ -166,24 +166,24 @@ def test_nothing_steals_messages_from_mapped_queues(stack: LocalStack, aws: Any)
             sqs.delete_message(QueueUrl=source.queue_url, ReceiptHandle=received[0]["ReceiptHandle"])
 
 
-def test_ready_marker_upload_works(stack: LocalStack, aws: Any) -> None:
+def test_ready_marker_upload_works(stack: ProvisionedStack, aws: Any) -> None:
     s3 = aws("s3")
     bucket = stack.outputs["InputBucketName"]
     s3.put_object(Bucket=bucket, Key="endpoint/folder/_READY", Body=b"{}")
     assert s3.get_object(Bucket=bucket, Key="endpoint/folder/_READY")["Body"].read() == b"{}"
 
 
-def test_provision_is_idempotent(stack: LocalStack, endpoint: str, aws: Any) -> None:
+def test_provision_is_idempotent(stack: ProvisionedStack, endpoint: str, aws: Any) -> None:
     again = provision(endpoint, stack_name=STACK, parameters=PARAMETERS)
     assert again == stack
     assert [s["StackName"] for s in aws("cloudformation").describe_stacks()["Stacks"]].count(STACK) == 1
 
 
-def test_existing_stack_with_other_parameters_is_refused(stack: LocalStack, endpoint: str) -> None:
+def test_existing_stack_with_other_parameters_is_refused(stack: ProvisionedStack, endpoint: str) -> None:
     with pytest.raises(ConflictError, match="BatchVisibilityTimeout"):
         provision(endpoint, stack_name=STACK, parameters={"BatchVisibilityTimeout": "60"})
 
 
-def test_unknown_parameter_is_refused(stack: LocalStack, endpoint: str) -> None:
+def test_unknown_parameter_is_refused(stack: ProvisionedStack, endpoint: str) -> None:
     with pytest.raises(StackError, match="BatchVisibilityTimout"):
         provision(endpoint, stack_name=STACK, parameters={"BatchVisibilityTimout": "7"})

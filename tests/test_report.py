@@ -165,3 +165,19 @@ def test_one_lane_per_worker_in_order_of_first_start_and_the_slowest_first():
     busy = {row[0]: row[2] for row in parsed.table("worker")[1:]}
     assert busy == {"reused": "0.000", "w-b": "3.000", "w-a": "12.000", "w-c": "0.500"}
     assert "No input failed." in page and "cost table appears once the job has ended" in page
+
+
+def test_the_client_reads_what_the_report_shows(stack, troubled_job):
+    data = Client(stack.cfg).report_data(troubled_job.job_id)
+    assert data.job.job_id == troubled_job.job_id and data.job.state == troubled_job.state
+    assert sorted(r.index for r in data.batches) == list(range(5))
+    assert list(data.failures_by_type.items()) == [("ValueError", 4), ("KeyError", 2)]  # the most first
+    assert data.summary is not None and data.summary["errors"] == data.failures_by_type
+
+
+def test_a_job_not_ended_has_no_summary_to_report_yet(stack, troubled_job):
+    put_files(stack.cfg, "troubled/later/", ["00-ok.txt"])
+    waiting = start(stack, "troubled", "troubled/later/", {})
+    data = Client(stack.cfg).report_data(waiting.job_id)
+    assert waiting.output_uri and (data.summary, data.failures_by_type, data.batches) == (None, {}, [])
+    assert "The cost table appears once the job has ended" in report.render(data)

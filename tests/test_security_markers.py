@@ -13,7 +13,8 @@ from botocore.response import StreamingBody
 
 from parallelrun import aws
 from parallelrun.client.api import Client
-from parallelrun.client.cli import main, status_lines
+from parallelrun.client.cli import main
+from parallelrun.client.progress import status_lines
 from parallelrun.core.errors import ConflictError, SettingsError
 from parallelrun.pipeline import aggregator, planner, submit
 from parallelrun.store import jobs
@@ -53,6 +54,21 @@ def assert_failed_saying(job: jobs.Job, *fragments: str) -> None:
 
 
 # --- the marker's body ----------------------------------------------------------------------
+
+
+def test_the_clients_marker_is_the_empty_ready_object_a_drop_folder_waits_for(stack, endpoint):
+    """What ``parallelrun demo`` writes after its uploads: an empty marker, so the job takes the
+    endpoint's settings as they are (with or without the folder's trailing slash)."""
+    client = Client(stack.cfg)
+    prefix = f"{endpoint}/client-marker/"
+    put_files(stack.cfg, prefix, ["a.txt"])
+    client.mark_ready(f"s3://{stack.cfg.input_bucket}/{prefix.rstrip('/')}")
+    marker = aws.client("s3").get_object(Bucket=stack.cfg.input_bucket, Key=prefix + "_READY")
+    assert marker["Body"].read() == b""
+    stack.handlers["PlannerFunction"](marker_event(stack.cfg.input_bucket, prefix + "_READY",
+                                                    f"{next(_sequencers):016X}"), None)
+    job = client.find_job(f"s3://{stack.cfg.input_bucket}/{prefix}")
+    assert job is not None and job.state != jobs.FAILED, job
 
 
 def test_a_marker_over_64_kib_is_a_failed_job_and_is_not_read(stack, endpoint, monkeypatch):

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from parallelrun import aws
 from parallelrun.aws.config import StackConfig
-from parallelrun.client import sdk
+from parallelrun.client import report, sdk
+from parallelrun.core.datasets import READY_MARKER
 from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
+from parallelrun.local import state
 from parallelrun.pipeline import aggregator, planner, schedules, submit
 from parallelrun.store import endpoints, jobs, registry
 
@@ -27,13 +32,11 @@ class Client:
         Its resources are read from its outputs through CloudFormation, which moto answers, as
         for a deployed stack.
         """
-        from parallelrun.local import runtime
-
-        state = runtime.load_state()
-        if state is None:
+        running = state.load_state()
+        if running is None:
             raise StackError("no local stack is running: start one with `parallelrun local up`")
-        use_endpoint(state["endpoint_url"], state["region"])
-        return cls.from_stack(state["stack_name"])
+        use_endpoint(running["endpoint_url"], running["region"])
+        return cls.from_stack(running["stack_name"])
 
     @classmethod
     def from_stack(cls, stack_name: str) -> Client:
@@ -198,12 +201,30 @@ class Client:
     def report(self, job_id: str, path: str | Path | None = None) -> str:
         """The job's self-contained HTML report (timeline, throughput, slowest mini-batches,
         failures, cost); also written to ``path`` if given."""
-        from parallelrun.client import report  # matplotlib: only a report pays for importing it
-
-        page = report.build(self.cfg, job_id)
+        page = report.render(self.report_data(job_id))
         if path is not None:
             Path(path).write_text(page, encoding="utf-8")
         return page
+
+    def report_data(self, job_id: str) -> report.ReportData:
+        """What the report shows: the job, its mini-batch records, and (once it ended) its
+        summary, whose failed inputs by error type the aggregator counted while collating
+        failures.jsonl."""
+        job = self.job(job_id)
+        batches = self.batches(job_id)
+        summary = None
+        failures: collections.Counter[str] = collections.Counter()
+        if job.output_uri and not job.reused_from:  # a job that took another's output whole has no summary of its own
+            try:
+                summary = json.loads(b"".join(self._output(job, "summary.json")))
+                failures.update(summary.get("errors") or {})
+            except NotFoundError:
+                pass  # not ended yet: the page says so
+        return report.ReportData(job, batches, dict(failures.most_common()), summary)
+
+    def batches(self, job_id: str) -> list[jobs.BatchRecord]:
+        """The job's mini-batch records, one per mini-batch recorded so far."""
+        return list(jobs.iter_batches(self.cfg, job_id))
 
     def find_job(self, input_uri: str) -> jobs.Job | None:
         """The newest job on ``input_uri`` (a drop folder's job has no id known in advance)."""
@@ -228,19 +249,19 @@ class Client:
 
     def read_output(self, job_id: str, name: str | None = None) -> Iterator[bytes]:
         """The collated output (or ``summary.json``, ``failures.jsonl``) streamed in chunks."""
-        job = self.job(job_id)
+        return self._output(self.job(job_id), name)
+
+    def _output(self, job: jobs.Job, name: str | None) -> Iterator[bytes]:
         bucket, key = aws.split_s3_uri(self.output_uri(job, name))
         s3 = aws.client("s3")
         try:
             body = s3.get_object(Bucket=bucket, Key=key)["Body"]
         except s3.exceptions.NoSuchKey:
-            raise NotFoundError(f"job {job_id} has no {key.rsplit('/', 1)[-1]} (state {job.state})") from None
+            raise NotFoundError(f"job {job.job_id} has no {key.rsplit('/', 1)[-1]} (state {job.state})") from None
         yield from body.iter_chunks(1024 * 1024)
 
     def upload_folder(self, folder: str | Path, uri: str, threads: int = 16) -> int:
         """Upload every file below ``folder`` to the ``uri`` prefix, concurrently; returns the count."""
-        from concurrent.futures import ThreadPoolExecutor
-
         folder = Path(folder)
         bucket, prefix = aws.split_s3_uri(uri if uri.endswith("/") else uri + "/")
         files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -248,6 +269,12 @@ class Client:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda p: s3.upload_file(str(p), bucket, prefix + p.relative_to(folder).as_posix()), files))
         return len(files)
+
+    def mark_ready(self, uri: str) -> None:
+        """Write the ``_READY`` marker into the drop folder ``uri``: the files there are complete,
+        and the planner starts a job on them."""
+        bucket, prefix = aws.split_s3_uri(uri if uri.endswith("/") else uri + "/")
+        aws.client("s3").put_object(Bucket=bucket, Key=prefix + READY_MARKER, Body=b"")
 
 
 def use_endpoint(endpoint_url: str, region: str) -> None:

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.client.api import Client
-from parallelrun.client.cli import progress_bar
+from parallelrun.client.progress import progress_bar
 from parallelrun.core.errors import ParallelRunError
+from parallelrun.local.runtime import LocalStack
 from parallelrun.store import jobs
 
 EXAMPLES = Path(__file__).resolve().parents[4] / "examples"
@@ -54,13 +54,11 @@ def drop(client: Client, images: Path, run_id: str) -> str:
     started = time.time()
     uploaded = client.upload_folder(images, folder)
     print(f"uploaded {uploaded} files to {folder} in {time.time() - started:.1f} s")
-    aws.client("s3").put_object(Bucket=client.cfg.input_bucket, Key=f"digits/{run_id}/_READY", Body=b"")
+    client.mark_ready(folder)
     return folder
 
 
 def run(workers: int = 2, count: int | None = None) -> int:
-    from parallelrun.local.runtime import LocalStack
-
     print(f"starting a local stack (moto server, template.yaml, {workers} worker processes)...")
     with LocalStack(workers=workers, write_state=False) as stack, tempfile.TemporaryDirectory() as tmp:
         client = Client(StackConfig.from_outputs(stack.outputs))

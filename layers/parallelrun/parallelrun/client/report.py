@@ -10,21 +10,19 @@ anywhere with nothing to fetch. In the timeline each bar is the SVG element
 
 from __future__ import annotations
 
-import collections
 import html
 import io
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-
-from parallelrun import aws
-from parallelrun.aws.config import StackConfig
 from parallelrun.store import jobs
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# matplotlib is imported where a picture is drawn: the CLI and the client import this module, and
+# only a report should pay for loading matplotlib (about 0.6 s).
 
 SUCCEEDED, RETRIED, FAILED, REUSED = "succeeded", "retried", "failed", "reused"
 COLOURS = {SUCCEEDED: "#2e7d32", RETRIED: "#f9a825", FAILED: "#c62828", REUSED: "#9e9e9e"}
@@ -34,7 +32,7 @@ THROUGHPUT_BINS = 30
 
 @dataclass(frozen=True)
 class ReportData:
-    """Everything the page shows, read from the stack."""
+    """Everything the page shows, read from the stack by :meth:`parallelrun.client.api.Client.report_data`."""
 
     job: jobs.Job
     batches: list[jobs.BatchRecord]
@@ -58,24 +56,6 @@ class Bar:
     @property
     def seconds(self) -> float:
         return self.end - self.start
-
-
-def gather(cfg: StackConfig, job_id: str) -> ReportData:
-    """Read the job, its mini-batch records, and (once it ended) its summary, whose failed
-    inputs by error type the aggregator counted while collating failures.jsonl."""
-    job = jobs.get(cfg, job_id)
-    batches = list(jobs.iter_batches(cfg, job_id))
-    summary = None
-    failures: collections.Counter[str] = collections.Counter()
-    if job.output_uri and not job.reused_from:  # a job that took another's output whole has no summary of its own
-        bucket, prefix = aws.split_s3_uri(job.output_uri)
-        s3 = aws.client("s3")
-        try:
-            summary = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "summary.json")["Body"].read())
-            failures.update(summary.get("errors") or {})
-        except s3.exceptions.NoSuchKey:
-            pass  # not ended yet: the page says so
-    return ReportData(job, batches, dict(failures.most_common()), summary)
 
 
 def outcome(record: jobs.BatchRecord) -> str:
@@ -106,6 +86,8 @@ def lanes(timeline: list[Bar]) -> list[str]:
 
 
 def _svg(figure: Figure) -> str:
+    import matplotlib
+
     buffer = io.StringIO()
     # Text stays text: no glyph definitions whose ids would clash between the page's pictures.
     with matplotlib.rc_context({"svg.fonttype": "none"}):
@@ -115,6 +97,9 @@ def _svg(figure: Figure) -> str:
 
 
 def timeline_svg(timeline: list[Bar], workers: list[str]) -> str:
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
     lane_of = {worker: n for n, worker in enumerate(workers)}
     figure = Figure(figsize=(10, 1.2 + 0.35 * max(1, len(workers))))
     axes = figure.add_subplot()
@@ -138,6 +123,8 @@ def timeline_svg(timeline: list[Bar], workers: list[str]) -> str:
 
 def throughput_svg(timeline: list[Bar]) -> str:
     """Inputs finished per second over the job's time, and their running total."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(10, 3))
     axes = figure.add_subplot()
     span = max([b.end for b in timeline] + [1e-3])
@@ -240,8 +227,3 @@ coloured by outcome ({", ".join(COLOURS)}).</p>
 {_cost_html(data.summary)}
 </body></html>
 """
-
-
-def build(cfg: StackConfig, job_id: str) -> str:
-    """The report page of a job."""
-    return render(gather(cfg, job_id))

@@ -23,14 +23,35 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
+from parallelrun.client.progress import progress_bar
 from parallelrun.core.errors import InputError
 from parallelrun.scoring import azure
 from parallelrun.store import jobs, registry
 
-if TYPE_CHECKING:
-    from parallelrun.client.api import Client
+
+class ClientProtocol(Protocol):
+    """What the SDK's classes ask of :class:`parallelrun.client.api.Client`. A protocol, not an
+    import, because the client builds the SDK's Jobs and takes its configs: the SDK sits below it."""
+
+    def job(self, job_id: str) -> jobs.Job: ...
+
+    def wait(self, job_id: str, on_progress: Callable[[jobs.Job], None] | None = None,
+             poll_seconds: float = 1.0, timeout: float | None = None) -> jobs.Job: ...
+
+    def read_output(self, job_id: str, name: str | None = None) -> Iterator[bytes]: ...
+
+    def cancel(self, job_id: str) -> jobs.Job: ...
+
+    def report(self, job_id: str, path: str | Path | None = None) -> str: ...
+
+    def submit(self, target: str | ParallelRunConfig, inputs: str | FileDataset | TabularDataset,
+               settings: dict[str, Any] | None = None, deployment: str | None = None) -> Job: ...
+
+    def register_model(self, path: str | Path, name: str, tags: dict[str, str] | None = None,
+                       description: str = "") -> registry.ModelVersion: ...
 
 
 @dataclass
@@ -109,7 +130,7 @@ class Model(azure.Model):
     """Azure's Model: ``get_model_path`` inside a script, ``register`` outside."""
 
     @staticmethod
-    def register(client: Client, model_path: str, model_name: str, tags: dict[str, str] | None = None,
+    def register(client: ClientProtocol, model_path: str, model_name: str, tags: dict[str, str] | None = None,
                  description: str = "") -> registry.ModelVersion:
         return client.register_model(model_path, model_name, tags, description)
 
@@ -117,7 +138,7 @@ class Model(azure.Model):
 class Job:
     """A submitted job: its status, its output, and what can be done with it."""
 
-    def __init__(self, client: Client, job_id: str) -> None:
+    def __init__(self, client: ClientProtocol, job_id: str) -> None:
         self.client, self.job_id = client, job_id
 
     def __repr__(self) -> str:
@@ -133,8 +154,6 @@ class Job:
 
     def wait_for_completion(self, show_output: bool = True, timeout: float | None = None) -> str:
         """Wait for the job to end (a progress bar with ``show_output``); its final state."""
-        from parallelrun.client.cli import progress_bar
-
         progress = progress_bar(self.job_id) if show_output else None
         job = self.client.wait(self.job_id, on_progress=progress, timeout=timeout)
         if show_output:
@@ -144,7 +163,7 @@ class Job:
     def get_output_dataframe(self, sep: str = " ") -> Any:
         """The collated file as a pandas DataFrame (rows split on ``sep``, no header; parquet
         output with its columns and types)."""
-        import pandas as pd
+        import pandas as pd  # only a caller of this method pays for importing pandas
 
         if self.record.settings.output_format == "parquet":
             return pd.read_parquet(io.BytesIO(b"".join(self.client.read_output(self.job_id))))

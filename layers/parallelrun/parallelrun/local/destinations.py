@@ -25,14 +25,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from parallelrun import aws
-from parallelrun.local import lambdas, provision
+from parallelrun.local import functions, lambdas
 
 log = logging.getLogger("parallelrun.local")
 # What Lambda writes for the version it ran: functions here are never published as versions.
 LATEST = "$LATEST"
 
 
-def invoke_async(spec: provision.FunctionSpec, handler: lambdas.Handler, event: dict[str, Any]) -> bool:
+def invoke_async(spec: functions.FunctionSpec, handler: lambdas.Handler, event: dict[str, Any]) -> bool:
     """One asynchronous invocation of ``spec``'s function with ``event``: True if a try succeeded.
 
     After 1 + MaximumRetryAttempts failed tries the invocation record goes to the on-failure
@@ -60,7 +60,7 @@ def invoke_async(spec: provision.FunctionSpec, handler: lambdas.Handler, event: 
     return False
 
 
-def failure_record(spec: provision.FunctionSpec, event: dict[str, Any], error: BaseException, request_id: str,
+def failure_record(spec: functions.FunctionSpec, event: dict[str, Any], error: BaseException, request_id: str,
                    tries: int) -> dict[str, Any]:
     """The invocation record Lambda sends to an on-failure destination when every try raised."""
     now = datetime.now(UTC)

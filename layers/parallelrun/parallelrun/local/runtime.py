@@ -18,12 +18,10 @@ import logging
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +30,7 @@ from typing import Any
 from parallelrun import aws
 from parallelrun.core import logs
 from parallelrun.core.errors import StackError
-from parallelrun.local import iam, lambdas, provision, rules, server
+from parallelrun.local import functions, iam, lambdas, provision, rules, server, state
 
 log = logging.getLogger("parallelrun.local")
 WORKER_FUNCTION = "WorkerFunction"  # the one function that scales out: it gets processes
@@ -43,56 +41,12 @@ LOCAL_PARAMETERS = {
     "BatchVisibilityTimeout": "150",
     "PlannerInterval": "1",
 }
-STATE_FILE = "local.json"
-
-
-def home() -> Path:
-    return Path(os.environ.get("PARALLELRUN_HOME") or Path.home() / ".parallelrun")
-
-
-def save_state(state: dict[str, Any]) -> Path:
-    path = home() / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(state, indent=2))
-    return path
-
-
-def load_state() -> dict[str, Any] | None:
-    """The running local stack's state, or None when none runs. A stack that died without
-    stopping (SIGKILL, out of memory) leaves its file behind: it is refused (StackError, saying
-    so) and removed, so no command trusts a dead stack's outputs."""
-    path = home() / STATE_FILE
-    if not path.exists():
-        return None
-    state = json.loads(path.read_text())
-    if not _alive(state):
-        path.unlink(missing_ok=True)
-        raise StackError(f"the local stack at {state.get('endpoint_url')} (process {state.get('pid')}) is no longer "
-                         "running: it was killed or ran out of memory; start one with `parallelrun local up`")
-    return state
-
-
-def _alive(state: dict[str, Any]) -> bool:
-    """Its process exists and its server answers (a process id alone may have been reused)."""
-    try:
-        os.kill(int(state["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: it exists
-    address = urllib.parse.urlsplit(state["endpoint_url"])
-    try:
-        socket.create_connection((address.hostname, address.port), timeout=2).close()
-    except OSError:
-        return False
-    return True
-
 
 @dataclass
 class FunctionProcess:
     """One local container of a function: what it runs, as which role, fed by which notification queues."""
 
-    spec: provision.FunctionSpec
+    spec: functions.FunctionSpec
     number: int
     role_arn: str
     notifications: list[tuple[str, str]]  # (queue URL, queue ARN) of each of its S3 event sources
@@ -117,7 +71,7 @@ class LocalStack:
         self.processes: list[FunctionProcess] = []
         self.admin: dict[str, str] = {}
         self.server: Any = None
-        self.stack: provision.LocalStack | None = None
+        self.stack: provision.ProvisionedStack | None = None
         self.endpoint_url = ""
         self.saved_environment: dict[str, str | None] = {}
         self.restarts = 0
@@ -132,7 +86,7 @@ class LocalStack:
     @property
     def log_dir(self) -> Path:
         """Where the local functions' JSON log lines go (on AWS: CloudWatch Logs)."""
-        return home() / "logs"
+        return state.home() / "logs"
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -140,7 +94,7 @@ class LocalStack:
         return self.stack.outputs
 
     def start(self) -> None:
-        if self.write_state and (running := load_state()) is not None:
+        if self.write_state and (running := state.load_state()) is not None:
             raise StackError(f"a local stack is already running at {running['endpoint_url']} (process "
                              f"{running['pid']}): stop it first, or set PARALLELRUN_HOME to run another beside it")
         self.server, self.endpoint_url = server.start(self.port, self.latency)
@@ -173,7 +127,7 @@ class LocalStack:
         self.threads.append(supervisor)
         self._start_rule_clock()
         if self.write_state:
-            save_state(self.state())
+            state.save_state(self.state())
 
     def _roles(self) -> dict[str, str]:
         """Each function's execution role ARN, by function logical id."""
@@ -206,7 +160,7 @@ class LocalStack:
         thread.start()
         self.threads.append(thread)
 
-    def _notification_queue(self, function: str, number: int, source: provision.BucketSource) -> tuple[str, str]:
+    def _notification_queue(self, function: str, number: int, source: functions.BucketSource) -> tuple[str, str]:
         """A queue that receives the bucket's notifications in place of the function moto can't call."""
         sqs, s3 = aws.client("sqs"), aws.client("s3")
         url = sqs.create_queue(QueueName=f"local-{function}-s3-{number}")["QueueUrl"]
@@ -259,10 +213,8 @@ class LocalStack:
                 popen.kill()
         for thread in self.threads:
             thread.join(timeout=5)
-        if self.write_state and (home() / STATE_FILE).exists():
-            state = json.loads((home() / STATE_FILE).read_text())
-            if state.get("pid") == os.getpid():
-                (home() / STATE_FILE).unlink()
+        if self.write_state:
+            state.remove_state(os.getpid())
         iam.disable()
         if self.server is not None:
             self.server.stop()

@@ -26,7 +26,7 @@ from parallelrun.local import destinations, lambdas
 
 def main(raw: str) -> None:
     args = json.loads(raw)
-    spec = pickle.loads(base64.b64decode(args["spec"]))  # a provision.FunctionSpec from the local stack
+    spec = pickle.loads(base64.b64decode(args["spec"]))  # a functions.FunctionSpec from the local stack
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     parent = os.getppid()

@@ -1,0 +1,300 @@
+"""The CLI's commands: one function per ``parallelrun`` command, given the parsed arguments, and
+the formatting of what they print. :mod:`parallelrun.client.cli` maps the command line to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+from parallelrun.client import demo
+from parallelrun.client.api import Client
+from parallelrun.client.progress import progress_bar, status_lines
+from parallelrun.core.errors import NotFoundError, ParallelRunError
+from parallelrun.core.settings import parse_assignments
+from parallelrun.local import runtime, state
+from parallelrun.pipeline import schedules
+from parallelrun.store import jobs
+
+
+def _job_dict(job: jobs.Job) -> dict[str, Any]:
+    return {k: v for k, v in job.__dict__.items() if k != "settings"} | {"settings": json.loads(job.settings.to_json())}
+
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    stack = runtime.LocalStack(workers=args.workers, port=args.port, parameters=parse_assignments(args.param),
+                       latency=args.latency)
+    # `kill` (SIGTERM) stops the stack as Ctrl-C does, worker processes included.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    stack.start()
+    print(json.dumps(stack.state(), indent=2))
+    print(f"local stack running at {stack.endpoint_url} with {args.workers} worker processes; Ctrl-C stops it",
+          file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
+
+
+def cmd_local_outputs(args: argparse.Namespace) -> int:
+    running = state.load_state()
+    if running is None:
+        raise ParallelRunError("no local stack is running: start one with `parallelrun local up`")
+    print(json.dumps({"EndpointUrl": running["endpoint_url"], "Region": running["region"], **running["outputs"]},
+                     indent=2))
+    return 0
+
+
+def cmd_models_register(args: argparse.Namespace) -> int:
+    model = Client.connect(args.stack).register_model(args.path, args.name, parse_assignments(args.tag), args.description)
+    print(f"registered model {model.name} version {model.version} (sha256 {model.sha256[:12]}...)")
+    return 0
+
+
+def _model_line(m: Any) -> str:
+    tags = ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()))
+    archived = "\tarchived" if m.archived else ""
+    return f"{m.name}:{m.version}\t{m.sha256[:12]}\t{len(m.files)} file(s)\t{tags}\t{m.description}{archived}"
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    for m in Client.connect(args.stack).models(parse_assignments(args.tag)):
+        print(_model_line(m))
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    m = Client.connect(args.stack).model(args.model)
+    print(json.dumps({**m.__dict__, "files": list(m.files)}, indent=2))
+    return 0
+
+
+def cmd_models_archive(args: argparse.Namespace) -> int:
+    m = Client.connect(args.stack).archive_model(args.model)
+    print(f"archived {m.name}:{m.version}: \"latest\" no longer resolves to it")
+    return 0
+
+
+def _deployment_dict(d: Any) -> dict[str, Any]:
+    return {**d.__dict__, "model": d.model_label}
+
+
+def cmd_endpoints_show(args: argparse.Namespace) -> int:
+    client = Client.connect(args.stack)
+    endpoint = client.endpoint(args.name)
+    print(json.dumps({**endpoint, "deployments": [_deployment_dict(d) for d in client.deployments(args.name)]},
+                     indent=2, default=str))
+    return 0
+
+
+def cmd_endpoints_delete(args: argparse.Namespace) -> int:
+    Client.connect(args.stack).delete_endpoint(args.name)
+    print(f"deleted endpoint {args.name} and its deployments")
+    return 0
+
+
+def cmd_endpoints_set_default(args: argparse.Namespace) -> int:
+    Client.connect(args.stack).set_default(args.endpoint, args.deployment)
+    print(f"endpoint {args.endpoint}: new jobs go to deployment {args.deployment}; running jobs keep theirs")
+    return 0
+
+
+def cmd_deployments_create(args: argparse.Namespace) -> int:
+    d = Client.connect(args.stack).add_deployment(args.endpoint, args.name, args.code, args.entry_script, args.model,
+                                      parse_assignments(args.set), args.default)
+    print(f"created deployment {d.name} of endpoint {d.endpoint}" + (" (now the default)" if args.default else ""))
+    return 0
+
+
+def cmd_deployments_list(args: argparse.Namespace) -> int:
+    client = Client.connect(args.stack)
+    default = client.endpoint(args.endpoint)["default_deployment"]
+    for d in client.deployments(args.endpoint):
+        mark = "*" if d.name == default else " "
+        print(f"{mark} {d.name}\t{d.entry_script}\t{d.model_label}\t{d.code_sha[:12]}")
+    return 0
+
+
+def cmd_deployments_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_deployment_dict(Client.connect(args.stack).deployment(args.endpoint, args.name)), indent=2, default=str))
+    return 0
+
+
+def cmd_deployments_delete(args: argparse.Namespace) -> int:
+    Client.connect(args.stack).delete_deployment(args.endpoint, args.name)
+    print(f"deleted deployment {args.name} of endpoint {args.endpoint}")
+    return 0
+
+
+def cmd_endpoints_create(args: argparse.Namespace) -> int:
+    deployment = Client.connect(args.stack).create_endpoint(args.name, args.code, args.entry_script, args.model,
+                                                parse_assignments(args.set))
+    print(f"created endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script}, "
+          f"model {deployment.model_label}, code {deployment.code_sha[:12]})")
+    return 0
+
+
+def cmd_endpoints_update(args: argparse.Namespace) -> int:
+    deployment = Client.connect(args.stack).update_endpoint(args.name, args.code, args.entry_script, args.model,
+                                                parse_assignments(args.set))
+    print(f"updated endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script}, "
+          f"code {deployment.code_sha[:12]}); running jobs keep what they started with")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = Client.connect(args.stack).cancel(args.job)
+    print(f"job {job.job_id}: {job.state} ({job.reason}); the output will hold what succeeded")
+    return 0
+
+
+def cmd_redrive(args: argparse.Namespace) -> int:
+    client = Client.connect(args.stack)
+    again = client.redrive(args.job)
+    print(f"job {args.job}: running {len(again)} mini-batch(es) again")
+    return _wait(client, args.job) if args.wait else 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    for line in Client.connect(args.stack).logs(args.job, args.minibatch):
+        print(line)
+    return 0
+
+
+def cmd_endpoints_list(args: argparse.Namespace) -> int:
+    for endpoint in Client.connect(args.stack).endpoints():
+        print(f"{endpoint['name']}\tdefault deployment: {endpoint['default_deployment']}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = Client.connect(args.stack)
+    job = client.submit(args.endpoint, args.input, parse_assignments(args.set), args.deployment)
+    print(job.job_id)
+    if not args.wait:
+        return 0
+    return _wait(client, job.job_id)
+
+
+def _wait(client: Client, job_id: str) -> int:
+    job = client.wait(job_id, on_progress=progress_bar() if sys.stderr.isatty() else None)
+    print("\n".join(status_lines(job)))
+    return 0 if job.state == jobs.SUCCEEDED else 1
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    return _wait(Client.connect(args.stack), args.job)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    job = Client.connect(args.stack).job(args.job)
+    print(json.dumps(_job_dict(job), indent=2, default=str) if args.json else "\n".join(status_lines(job)))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    for job in Client.connect(args.stack).jobs(args.limit):
+        done = job.items_succeeded + job.items_failed
+        print(f"{job.job_id}\t{job.state}\t{done}/{job.total_items if job.total_items is not None else '?'}\t"
+              f"{job.input_uri}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    chunks = Client.connect(args.stack).read_output(args.job, args.file)
+    if args.output:
+        with open(args.output, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+    else:
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk)
+    return 0
+
+
+def _expression(args: argparse.Namespace) -> str:
+    """--cron or --rate as EventBridge writes it; the bare fields are accepted too."""
+    kind, text = ("cron", args.cron) if args.cron is not None else ("rate", args.rate)
+    text = text.strip()
+    return text if text.startswith(("cron(", "rate(")) else f"{kind}({text})"
+
+
+def cmd_schedules_create(args: argparse.Namespace) -> int:
+    s = Client.connect(args.stack).create_schedule(args.endpoint, args.name, args.input, _expression(args),
+                                                   parse_assignments(args.set), args.deployment, overlap=args.overlap)
+    print(f"created schedule {s.name}: endpoint {s.endpoint} over {s.input_uri} on {s.expression} "
+          f"(overlap {s.overlap}, rule {s.rule_name})")
+    return 0
+
+
+def _schedule_dict(client: Client, s: Any) -> dict[str, Any]:
+    """A schedule as `schedules show` prints it: its last run's job state read from the job."""
+    last = None
+    if s.last_job_id:
+        try:
+            job: jobs.Job | None = client.job(s.last_job_id)
+        except NotFoundError:
+            job = None
+        last = {"time": s.last_run_time, "job_id": s.last_job_id, "trigger": s.last_trigger,
+                "state": job.state if job else "unknown", "reason": job.reason if job else "",
+                "items_succeeded": job.items_succeeded if job else None,
+                "output": job.output_uri if job else None}
+    return {**{k: v for k, v in s.__dict__.items() if not k.startswith("last_")}, "last_run": last,
+            "last_skipped": s.last_skipped}
+
+
+def cmd_schedules_list(args: argparse.Namespace) -> int:
+    client = Client.connect(args.stack)
+    for s in client.schedules():
+        d = _schedule_dict(client, s)
+        last = d["last_run"]
+        run = f"last run {last['time']} {last['job_id']} {last['state']}" if last else "not run yet"
+        skipped = f", {s.skipped_runs} skipped (last {s.last_skipped})" if s.skipped_runs else ""
+        print(f"{s.name}\t{s.expression}\t{s.endpoint}\t{s.input_uri}\toverlap {s.overlap}\t{run}{skipped}")
+    return 0
+
+
+def cmd_schedules_show(args: argparse.Namespace) -> int:
+    client = Client.connect(args.stack)
+    print(json.dumps(_schedule_dict(client, client.schedule(args.name)), indent=2, default=str))
+    return 0
+
+
+def cmd_schedules_delete(args: argparse.Namespace) -> int:
+    Client.connect(args.stack).delete_schedule(args.name)
+    print(f"deleted schedule {args.name}, its rule and its record of what was scored")
+    return 0
+
+
+def cmd_schedules_run_now(args: argparse.Namespace) -> int:
+    client = Client.connect(args.stack)
+    fired = client.run_schedule_now(args.name)
+    if fired.outcome == schedules.SKIPPED:
+        print(f"schedule {args.name}: run skipped, job {fired.holder} is still running (overlap skip)")
+        return 1
+    if fired.outcome == schedules.WAITING:
+        print(f"schedule {args.name}: the run will start when job {fired.holder} ends (overlap wait)")
+        return 0
+    if fired.job_id is None:
+        raise ParallelRunError(f"schedule {args.name}: no run started")
+    print(fired.job_id)
+    return _wait(client, fired.job_id) if args.wait or fired.outcome == schedules.REFUSED else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path = args.output or f"{args.job}.html"
+    Client.connect(args.stack).report(args.job, path)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return demo.run(workers=args.workers, count=args.count)
