@@ -15,7 +15,7 @@ import pytest
 from parallelrun import aws
 from parallelrun.core import safepath
 from parallelrun.core.errors import IntegrityError, NotFoundError, UnsafeKey
-from parallelrun.scoring import runner
+from parallelrun.scoring import modelfiles, runner
 from parallelrun.store import jobs, registry
 from tests.conftest import put_files, read_output
 from tests.test_pipeline import echo, start
@@ -152,15 +152,15 @@ def test_a_tampered_model_file_is_refused_then_downloaded_again(stack, make_endp
     put_files(stack.cfg, "tmodel/first/", ["a.txt"])
     stack.run_until_done(start(stack, endpoint, "tmodel/first/").job_id)
     model = registry.get(stack.cfg, "tmodel")
-    path = Path(registry.local_path(stack.cfg, model))
+    path = Path(modelfiles.local_path(stack.cfg, model))
     _writable(path)
     path.write_bytes(pickle.dumps({"offset": 666}))
     with pytest.raises(IntegrityError) as refused:
-        registry.local_path(stack.cfg, model)
+        modelfiles.local_path(stack.cfg, model)
     assert f"s3://{model.prefix}" in str(refused.value) and model.sha256 in str(refused.value)
     assert "has SHA-256" in str(refused.value)
     # Tampered again, then through a job: the attempt fails, the next one downloads the model anew.
-    path = Path(registry.local_path(stack.cfg, model))
+    path = Path(modelfiles.local_path(stack.cfg, model))
     _writable(path)
     path.write_bytes(pickle.dumps({"offset": 666}))
     (path.parent / "planted.pkl").write_bytes(b"x")
@@ -170,7 +170,7 @@ def test_a_tampered_model_file_is_refused_then_downloaded_again(stack, make_endp
     job = stack.run_until_done(start(stack, endpoint, "tmodel/second/").job_id)
     assert read_output(stack.cfg, job).splitlines() == ["b.txt"]
     assert job.retries == 1
-    assert pickle.loads(Path(registry.local_path(stack.cfg, model)).read_bytes()) == {"offset": 1}
+    assert pickle.loads(Path(modelfiles.local_path(stack.cfg, model)).read_bytes()) == {"offset": 1}
     assert not (path.parent / "planted.pkl").exists()
 
 

@@ -32,9 +32,9 @@ from parallelrun.core.datasets import InputFile, InputSpec, TablePiece, item_fro
 from parallelrun.core.errors import IntegrityError, NotFoundError, UnsafeKey
 from parallelrun.core.partitions import frame_groups
 from parallelrun.pipeline import aggregator
-from parallelrun.scoring import runner
+from parallelrun.scoring import modelfiles, runner, selection
 from parallelrun.scoring.runner import AttemptFailed, Failure
-from parallelrun.store import jobs, registry, reuse
+from parallelrun.store import jobs, reuse
 
 log = logging.getLogger("parallelrun.pipeline.worker")
 FETCH_THREADS = 16
@@ -243,7 +243,7 @@ def score_partitions(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost, 
     partition. A partition with no model (or a file outside ``partition_format``) fails its own
     inputs at once, not the mini-batch; any run() that fails fails the attempt."""
     scored, placed = Scored(), []
-    selector = registry.ModelSelector(job.deployment["model_name"]) if registry.is_per_partition(
+    selector = selection.ModelSelector(job.deployment["model_name"]) if selection.is_per_partition(
         job.deployment["model_name"]) else None
     for part in parts:
         if job.settings.partition_keys and part.partition is None:
@@ -261,7 +261,7 @@ def score_partitions(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost, 
                 continue
             context.model_name, context.model_version = model.name, model.version
             try:
-                context.model_path = registry.partition_model_path(cfg, model, job.settings.model_cache_bytes)
+                context.model_path = modelfiles.partition_model_path(cfg, model, job.settings.model_cache_bytes)
             except IntegrityError as error:  # a changed copy on disk: this attempt fails, the next fetches it again
                 raise AttemptFailed(Failure.from_exception(error)) from error
         outcome = host.run(part.mini_batch, context, job.settings.run_invocation_timeout, deadline)

@@ -38,7 +38,7 @@ from parallelrun.core import logs, results, safepath
 from parallelrun.core import settings as settings_module
 from parallelrun.core.errors import IntegrityError, ScoringScriptError
 from parallelrun.core.settings import RunSettings
-from parallelrun.scoring import azure, credentials, loaded
+from parallelrun.scoring import azure, credentials, loaded, modelfiles, selection
 from parallelrun.store import registry
 
 TRACEBACK_LINES = 12
@@ -120,11 +120,11 @@ class ScoringHost:
         root = code_dir(self.cfg, self.deployment["code_sha"])  # verified here, before any import
         # What the script may read itself, through the SDK (the worker fetches all of it anyway).
         reads = list(settings_module.side_input_uris(self.settings).values())
-        if registry.is_per_partition(self.deployment["model_name"]):
+        if selection.is_per_partition(self.deployment["model_name"]):
             model_path, single_file = "", False  # each mini-batch brings its partition's model
         else:
             model = registry.get(self.cfg, self.deployment["model_name"], self.deployment["model_version"])
-            model_path, single_file = registry.local_path(self.cfg, model), model.single_file
+            model_path, single_file = modelfiles.local_path(self.cfg, model), model.single_file
             reads.append(f"s3://{self.cfg.artifacts_bucket}/{model.prefix}")
         credentials.protect_from_children()
         policy = credentials.read_policy(reads, credentials.role_arn().split(":")[1])
@@ -347,7 +347,7 @@ def _host_main(conn: Connection, root: str, deployment: dict[str, Any], settings
     logging.getLogger().addHandler(capture)
     user_log = logging.getLogger("user")
     if model_path:
-        registry.pinned[deployment["model_name"]] = (deployment["model_version"], model_path)
+        modelfiles.pinned[deployment["model_name"]] = (deployment["model_version"], model_path)
         os.environ["AZUREML_MODEL_DIR"] = str(Path(model_path).parent if single_file else model_path)
     loaded.configure(settings.model_cache_bytes)
     os.environ.update(settings.environment_variables)
@@ -370,7 +370,7 @@ def _host_main(conn: Connection, root: str, deployment: dict[str, Any], settings
             return
         context = MiniBatchContext(**raw_context)
         if context.model_path:  # this partition's model: what get_model_path and load_model give
-            registry.pinned[context.model_name] = (context.model_version, context.model_path)
+            modelfiles.pinned[context.model_name] = (context.model_version, context.model_path)
             os.environ["AZUREML_MODEL_DIR"] = str(Path(context.model_path).parent if Path(context.model_path).is_file()
                                                   else context.model_path)
             loaded.current = (context.model_name, context.model_version, context.model_path)
