@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from parallelrun import aws
-from parallelrun.core import tabular
+from parallelrun.core import tabular, text_formats
 from parallelrun.core.datasets import InputFile, TablePiece
 from parallelrun.core.errors import InputTooLarge
 from parallelrun.store import jobs
@@ -68,7 +68,7 @@ def test_a_csv_header_over_the_bound_fails_the_file_once_saying_so(monkeypatch):
     columns = [f"column_number_{i}" for i in range(100)]  # a 1.7 KB header
     data = (",".join(columns) + "\n" + "".join(",".join(["1"] * 100) + "\n" for _ in range(30))).encode()
     ranged = planned(Counting(data), "in/wide.csv", 2 * KiB)[1]  # planned before the bound was lowered
-    monkeypatch.setattr(tabular, "MAX_LINE", KiB)
+    monkeypatch.setattr(text_formats, "MAX_LINE", KiB)
     header = r"^in/wide\.csv: its header \(first line\) is longer than 1024 bytes, the longest line a worker reads"
     for target in (MiB, 2 * KiB):  # small enough to read whole, or to be split into ranges
         read = Counting(data)
@@ -82,7 +82,7 @@ def test_a_csv_header_over_the_bound_fails_the_file_once_saying_so(monkeypatch):
 
 
 def test_a_file_that_is_one_giant_line_is_planned_and_failed_reading_a_bounded_start(monkeypatch):
-    monkeypatch.setattr(tabular, "MAX_LINE", 64 * KiB)
+    monkeypatch.setattr(text_formats, "MAX_LINE", 64 * KiB)
     monkeypatch.setattr(tabular, "MAX_WHOLE", MiB)
     size = 512 * MiB
 
@@ -102,7 +102,7 @@ def test_a_file_that_is_one_giant_line_is_planned_and_failed_reading_a_bounded_s
 
 
 def test_a_json_line_over_the_bound_fails_only_the_piece_it_starts_in(monkeypatch):
-    monkeypatch.setattr(tabular, "MAX_LINE", 2 * KiB)
+    monkeypatch.setattr(text_formats, "MAX_LINE", 2 * KiB)
     lines = [json.dumps({"id": i, "text": "short"}).encode() + b"\n" for i in range(200)]
     lines[120] = json.dumps({"id": 120, "text": "long" * 1500}).encode() + b"\n"  # 6 KB
     lines[60] = json.dumps({"id": 60, "text": "edge" * 500}).encode() + b"\n"  # 2 KB: at most the bound
@@ -123,7 +123,7 @@ def test_a_json_line_over_the_bound_fails_only_the_piece_it_starts_in(monkeypatc
 
 
 def test_a_line_over_the_bound_inside_a_piece_fails_it_wherever_it_falls(monkeypatch):
-    monkeypatch.setattr(tabular, "MAX_LINE", 2 * KiB)
+    monkeypatch.setattr(text_formats, "MAX_LINE", 2 * KiB)
     data = b'{"id": 0}\n' + json.dumps({"id": 1, "text": "x" * 3000}).encode() + b'\n{"id": 2}\n'
     for target in (MiB, 4 * KiB):  # read whole, or a range that holds the whole line
         read = Counting(data)
@@ -140,7 +140,7 @@ def test_a_file_that_is_not_parquet_fails_alone_instead_of_stopping_the_planner(
 
 
 def test_oversized_inputs_fail_alone_in_failures_jsonl_and_the_job_scores_the_rest(stack, make_endpoint, monkeypatch):
-    monkeypatch.setattr(tabular, "MAX_LINE", 2 * KiB)
+    monkeypatch.setattr(text_formats, "MAX_LINE", 2 * KiB)
     monkeypatch.setattr(tabular, "MAX_WHOLE", MiB)
     endpoint = make_endpoint("def run(mini_batch):\n    return mini_batch[['id']]\n", name="bounded")
     s3 = aws.client("s3")

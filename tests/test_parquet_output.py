@@ -19,7 +19,7 @@ from parallelrun.core.errors import ScoringScriptError
 from parallelrun.core.settings import RunSettings, resolve
 from parallelrun.pipeline import aggregator
 from parallelrun.pipeline.worker import Part, in_input_order
-from parallelrun.scoring.runner import to_rows
+from parallelrun.scoring.child import to_rows
 from parallelrun.store import jobs
 from tests.test_pipeline import start
 

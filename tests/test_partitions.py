@@ -17,7 +17,7 @@ from parallelrun.core.errors import InputError, SettingsError
 from parallelrun.core.partitions import PathPattern, check_pattern, file_batches, frame_groups
 from parallelrun.pipeline import submit
 from parallelrun.pipeline.worker import Part, in_input_order
-from parallelrun.scoring import loaded
+from parallelrun.scoring import loaded, modelfiles
 from parallelrun.store import endpoints, jobs, registry
 from tests.conftest import put_files, read_output
 from tests.test_pipeline import start
@@ -74,15 +74,6 @@ def test_rows_go_back_to_input_order_when_each_partition_returns_one_per_input()
     assert in_input_order([(a, ["a1", "a3"]), (b, ["b0", "b2"])]) == ["b0", "a1", "b2", "a3"]
     # a partition that returned fewer rows: which row is whose is unknown, so partition by partition
     assert in_input_order([(a, ["a1"]), (b, ["b0", "b2"])]) == ["a1", "b0", "b2"]
-
-
-def test_model_selectors_are_checked_for_their_form():
-    assert registry.parse_selector("sales-{store}").fields == ("store",)
-    assert registry.parse_selector("tags:store={store},kind=forecast").tags == {"store": "{store}",
-                                                                                "kind": "forecast"}
-    for bad in ("sales-{store", "tags:store", "tags:={store}", "sales {store}"):
-        with pytest.raises(InputError, match="name template"):
-            registry.parse_selector(bad)
 
 
 def test_loaded_models_are_kept_within_the_cache_size(tmp_path):
@@ -253,10 +244,10 @@ def test_partition_models_on_disk_stay_within_the_cache_size(stack, tmp_path):
         path.write_bytes(b"x" * 1000)
         versions.append(registry.register(stack.cfg, path, name))
     a, b, c = versions
-    paths = [registry.partition_model_path(stack.cfg, model, 2500) for model in (a, b, a, c)]
+    paths = [modelfiles.partition_model_path(stack.cfg, model, 2500) for model in (a, b, a, c)]
     assert Path(paths[0]).exists() and Path(paths[3]).exists()
     assert not Path(paths[1]).exists()  # b was least recently used when c came
-    again = registry.partition_model_path(stack.cfg, b, 2500)  # downloaded again when needed
+    again = modelfiles.partition_model_path(stack.cfg, b, 2500)  # downloaded again when needed
     assert Path(again).read_bytes() == b"x" * 1000
 
 

@@ -15,7 +15,7 @@ import pytest
 from parallelrun import aws
 from parallelrun.core import safepath
 from parallelrun.core.errors import IntegrityError, NotFoundError, UnsafeKey
-from parallelrun.scoring import runner
+from parallelrun.scoring import code, host, modelfiles
 from parallelrun.store import jobs, registry
 from tests.conftest import put_files, read_output
 from tests.test_pipeline import echo, start
@@ -59,8 +59,8 @@ def test_an_absolute_or_dotted_input_key_fails_alone_and_writes_nothing(stack, m
     for key in keys:
         aws.client("s3").put_object(Bucket=stack.cfg.input_bucket, Key=key,
                                     Body=planted.encode() if "score.py" in key else key.rsplit("/", 1)[1].encode())
-    for host in runner._hosts.values():
-        host.stop()  # the next mini-batch starts a scoring process, which would import a planted script
+    for running in host._hosts.values():
+        running.stop()  # the next mini-batch starts a scoring process, which would import a planted script
     job = stack.run_until_done(start(stack, endpoint, "abs/second/", {"mini_batch_size": "4"}).job_id)
     assert job.state == jobs.SUCCEEDED
     assert read_output(stack.cfg, job).splitlines() == ["a.txt", "z.txt"]
@@ -118,15 +118,15 @@ def test_a_tampered_unpacked_code_bundle_is_refused_then_unpacked_again(stack, m
     endpoint = make_endpoint(echo(name), name=name)
     put_files(stack.cfg, f"{name}/first/", ["a.txt"])
     first = stack.run_until_done(start(stack, endpoint, f"{name}/first/").job_id)
-    code = _code_file(stack, first)
-    assert not code.stat().st_mode & stat.S_IWUSR  # read-only: a script's mistake fails, tampering is caught below
-    _writable(code)
-    code.write_text("def run(mini_batch):\n    return ['tampered'] * len(mini_batch)\n")
-    (code.parent / "pandas.py").write_text("raise SystemExit('a planted module shadowing pandas')\n")
-    for host in runner._hosts.values():
-        host.stop()
+    script = _code_file(stack, first)
+    assert not script.stat().st_mode & stat.S_IWUSR  # read-only: a script's mistake fails, tampering is caught below
+    _writable(script)
+    script.write_text("def run(mini_batch):\n    return ['tampered'] * len(mini_batch)\n")
+    (script.parent / "pandas.py").write_text("raise SystemExit('a planted module shadowing pandas')\n")
+    for running in host._hosts.values():
+        running.stop()
     if not known:
-        runner._manifests.clear()  # a worker that never saw the zip: it checks it first too
+        code._manifests.clear()  # a worker that never saw the zip: it checks it first too
     put_files(stack.cfg, f"{name}/second/", ["b.txt"])
     job = stack.run_until_done(start(stack, endpoint, f"{name}/second/").job_id)
     assert read_output(stack.cfg, job).splitlines() == ["b.txt"]  # the next attempt unpacked the zip again
@@ -135,16 +135,16 @@ def test_a_tampered_unpacked_code_bundle_is_refused_then_unpacked_again(stack, m
                                       Key=jobs.log_key(job.job_id, 0, 1))["Body"].read().decode()
     sha = first.deployment["code_sha"]
     assert "IntegrityError" in log and f"code/{sha}.zip" in log and "SHA-256" in log
-    assert not (code.parent / "pandas.py").exists()
+    assert not (script.parent / "pandas.py").exists()
 
 
 def test_code_whose_zip_does_not_match_its_name_is_refused(stack):
     sha = "0" * 64
     aws.client("s3").put_object(Bucket=stack.cfg.artifacts_bucket, Key=f"code/{sha}.zip", Body=b"not the code")
     with pytest.raises(IntegrityError, match=f"code/{sha}.zip has SHA-256 [0-9a-f]{{64}}"):
-        runner.code_dir(stack.cfg, sha)
+        code.code_dir(stack.cfg, sha)
     with pytest.raises(IntegrityError, match="not named by a SHA-256"):
-        runner.code_dir(stack.cfg, "../../etc")
+        code.code_dir(stack.cfg, "../../etc")
 
 
 def test_a_tampered_model_file_is_refused_then_downloaded_again(stack, make_endpoint):
@@ -152,25 +152,25 @@ def test_a_tampered_model_file_is_refused_then_downloaded_again(stack, make_endp
     put_files(stack.cfg, "tmodel/first/", ["a.txt"])
     stack.run_until_done(start(stack, endpoint, "tmodel/first/").job_id)
     model = registry.get(stack.cfg, "tmodel")
-    path = Path(registry.local_path(stack.cfg, model))
+    path = Path(modelfiles.local_path(stack.cfg, model))
     _writable(path)
     path.write_bytes(pickle.dumps({"offset": 666}))
     with pytest.raises(IntegrityError) as refused:
-        registry.local_path(stack.cfg, model)
+        modelfiles.local_path(stack.cfg, model)
     assert f"s3://{model.prefix}" in str(refused.value) and model.sha256 in str(refused.value)
     assert "has SHA-256" in str(refused.value)
     # Tampered again, then through a job: the attempt fails, the next one downloads the model anew.
-    path = Path(registry.local_path(stack.cfg, model))
+    path = Path(modelfiles.local_path(stack.cfg, model))
     _writable(path)
     path.write_bytes(pickle.dumps({"offset": 666}))
     (path.parent / "planted.pkl").write_bytes(b"x")
-    for host in runner._hosts.values():
-        host.stop()
+    for running in host._hosts.values():
+        running.stop()
     put_files(stack.cfg, "tmodel/second/", ["b.txt"])
     job = stack.run_until_done(start(stack, endpoint, "tmodel/second/").job_id)
     assert read_output(stack.cfg, job).splitlines() == ["b.txt"]
     assert job.retries == 1
-    assert pickle.loads(Path(registry.local_path(stack.cfg, model)).read_bytes()) == {"offset": 1}
+    assert pickle.loads(Path(modelfiles.local_path(stack.cfg, model)).read_bytes()) == {"offset": 1}
     assert not (path.parent / "planted.pkl").exists()
 
 

@@ -7,14 +7,13 @@ import dataclasses
 import pytest
 
 from parallelrun.core.errors import SettingsError
+from parallelrun.core.setting_rules import StackLimits, parse_size
 from parallelrun.core.settings import (
     DEFAULT_BYTES_PER_BATCH,
     DEFAULT_FILES_PER_BATCH,
     RunSettings,
-    StackLimits,
     check_for_files,
     parse_assignments,
-    parse_size,
     resolve,
 )
 

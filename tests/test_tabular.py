@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from parallelrun.core import tabular
+from parallelrun.core import tabular, text_formats
 from parallelrun.core.datasets import InputFile
 from parallelrun.core.errors import InputError
 
@@ -27,15 +27,15 @@ class Counting:
 def pieces(data: bytes, target: int, fmt: str = "csv") -> list:
     """Every range's DataFrame, as the worker would read them."""
     read, size = Counting(data), len(data)
-    first_row = tabular.header_end(read, size) if fmt == "csv" else 0
+    first_row = text_formats.header_end(read, size) if fmt == "csv" else 0
     header = read(0, first_row)
-    schema = tabular.infer_schema(fmt, tabular.sample(read, size))
+    schema = text_formats.infer_schema(fmt, text_formats.sample(read, size))
     frames = []
-    for start, end in tabular.byte_ranges(size, target):
-        lines = tabular.read_lines(read, size, start, end, first_row)
+    for start, end in text_formats.byte_ranges(size, target):
+        lines = text_formats.read_lines(read, size, start, end, first_row)
         if fmt == "csv":
-            tabular.check_quotes("f.csv", lines, size)
-        frames.append(tabular.frame(fmt, header, lines, schema))
+            text_formats.check_quotes("f.csv", lines, size)
+        frames.append(text_formats.frame(fmt, header, lines, schema))
     return frames
 
 
@@ -65,8 +65,8 @@ def test_small_ranges_over_edge_cases(data, expected):
 
 
 def test_an_empty_file_is_one_empty_range():
-    assert tabular.byte_ranges(0, 1024) == [(0, 0)]
-    assert tabular.read_lines(Counting(b""), 0, 0, 0) == b""
+    assert text_formats.byte_ranges(0, 1024) == [(0, 0)]
+    assert text_formats.read_lines(Counting(b""), 0, 0, 0) == b""
 
 
 def test_a_quoted_newline_is_refused_when_split_and_read_whole_otherwise():
@@ -126,8 +126,8 @@ def test_a_200_mb_csv_is_planned_without_downloading_it():
         return bytes(text)
 
     read.total = 0
-    ranges = tabular.byte_ranges(size, 1024 * 1024)
-    schema = tabular.infer_schema("csv", tabular.sample(read, size, 4096))
+    ranges = text_formats.byte_ranges(size, 1024 * 1024)
+    schema = text_formats.infer_schema("csv", text_formats.sample(read, size, 4096))
     assert len(ranges) == -(-size // (1024 * 1024)) >= 200 and [f.name for f in schema] == ["id", "payload"]
     assert read.total < 256 * 1024  # the planner read a sample, not the 200 MB
 

@@ -27,7 +27,7 @@ def get_model_path(model_name: str, version: int | None = None) -> str:
 
     Imported lazily so that ``import parallelrun`` stays cheap in a Lambda's Init phase.
     """
-    from parallelrun.store.registry import get_model_path as _get_model_path
+    from parallelrun.scoring.modelfiles import get_model_path as _get_model_path
 
     return _get_model_path(model_name, version)
 

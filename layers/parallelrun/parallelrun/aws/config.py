@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 
 from parallelrun import aws
 from parallelrun.core.errors import StackError
-from parallelrun.core.settings import StackLimits
+from parallelrun.core.setting_rules import StackLimits
 
 # Environment variable of each resource name, as template.yaml's Globals set them.
 _ENV = {

@@ -10,7 +10,7 @@ such names before anything is written.
 Inputs, code, models and side inputs live under separate roots, so a name that is refused in one
 can never reach another; what a scoring script could still change there (it runs as the same
 user on Lambda) is caught by checking each code bundle and model file against its SHA-256 every
-time a scoring process loads it (``scoring.code_dir``, ``registry.local_path``).
+time a scoring process loads it (``scoring.code.code_dir``, ``scoring.modelfiles.local_path``).
 """
 
 from __future__ import annotations

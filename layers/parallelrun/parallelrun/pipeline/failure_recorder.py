@@ -22,7 +22,7 @@ from parallelrun.core import logs, usage
 from parallelrun.core.datasets import item_from_json
 from parallelrun.core.errors import ConflictError
 from parallelrun.pipeline import aggregator, markers, schedules, worker
-from parallelrun.scoring.runner import Failure
+from parallelrun.scoring.child import Failure
 from parallelrun.store import jobs
 
 log = logging.getLogger("parallelrun.pipeline.failure_recorder")

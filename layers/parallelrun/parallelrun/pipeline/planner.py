@@ -24,7 +24,8 @@ from parallelrun.core import datasets, logs, partitions, usage
 from parallelrun.core.datasets import InputFile, InputSpec, TablePiece
 from parallelrun.core.errors import ConflictError, InputError, ParallelRunError, SettingsError
 from parallelrun.pipeline import aggregator, markers, schedules, submit
-from parallelrun.store import endpoints, jobs, registry, reuse, scored
+from parallelrun.scoring import selection
+from parallelrun.store import endpoints, jobs, reuse, scored
 
 log = logging.getLogger("parallelrun.pipeline.planner")
 MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
@@ -181,7 +182,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
 def _reuse_whole_job(cfg: StackConfig, job: jobs.Job, fingerprint: str, batches: int) -> bool:
     """With allow_reuse and no output_path of its own, a job identical to a succeeded one takes
     that job's output at once."""
-    if not job.settings.allow_reuse or job.settings.output_path or registry.is_per_partition(job.deployment["model_name"]):
+    if not job.settings.allow_reuse or job.settings.output_path or selection.is_per_partition(job.deployment["model_name"]):
         return False
     earlier = reuse.find_job(cfg, fingerprint)
     if earlier is None:
@@ -319,7 +320,7 @@ def send_batches(cfg: StackConfig, job: jobs.Job, start: int, end: int) -> None:
     """Send mini-batches ``start``..``end-1``, ten per SendMessageBatch; with ``allow_reuse``, a
     mini-batch a succeeded job already scored is recorded done with that job's part instead."""
     entries = list(read_plan(cfg, job.job_id, start, end))
-    if job.settings.allow_reuse and not registry.is_per_partition(job.deployment["model_name"]):
+    if job.settings.allow_reuse and not selection.is_per_partition(job.deployment["model_name"]):
         entries = _reuse(cfg, job, entries)
     sqs = aws.client("sqs")
     for group in _send_groups(job, entries):

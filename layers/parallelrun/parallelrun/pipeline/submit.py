@@ -19,6 +19,7 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import settings
 from parallelrun.core.datasets import InputSpec
 from parallelrun.core.errors import ConflictError, InputError, SettingsError
+from parallelrun.scoring import selection
 from parallelrun.store import endpoints, jobs, registry
 
 # The artifacts bucket's own folders: jobs' plans, parts and outputs; scoring code; models.
@@ -75,9 +76,9 @@ def prepare(
 
 def _check_partition_model(deployment: endpoints.Deployment, run_settings: settings.RunSettings) -> None:
     """A model chosen per partition needs partitions that carry every field it names."""
-    if not registry.is_per_partition(deployment.model_name):
+    if not selection.is_per_partition(deployment.model_name):
         return
-    fields = registry.parse_selector(deployment.model_name).fields
+    fields = selection.parse_selector(deployment.model_name).fields
     missing = [name for name in fields if name not in run_settings.partition_keys]
     if missing:
         raise SettingsError("partition_keys", ",".join(run_settings.partition_keys) or None,
@@ -88,7 +89,7 @@ def _check_partition_model(deployment: endpoints.Deployment, run_settings: setti
 def snapshot(cfg: StackConfig, deployment: endpoints.Deployment) -> dict[str, Any]:
     """What a job keeps of its deployment, the model version resolved (a model per partition is
     resolved when each mini-batch runs): later changes to the endpoint never reach it."""
-    if registry.is_per_partition(deployment.model_name):
+    if selection.is_per_partition(deployment.model_name):
         name, version = deployment.model_name, None
     else:
         model = registry.get(cfg, deployment.model_name, deployment.model_version)

@@ -32,9 +32,10 @@ from parallelrun.core.datasets import InputFile, InputSpec, TablePiece, item_fro
 from parallelrun.core.errors import IntegrityError, NotFoundError, UnsafeKey
 from parallelrun.core.partitions import frame_groups
 from parallelrun.pipeline import aggregator
-from parallelrun.scoring import runner
-from parallelrun.scoring.runner import AttemptFailed, Failure
-from parallelrun.store import jobs, registry, reuse
+from parallelrun.scoring import modelfiles, selection
+from parallelrun.scoring.child import Failure, LogCapture, MiniBatchContext
+from parallelrun.scoring.host import AttemptFailed, ScoringHost, host_for
+from parallelrun.store import jobs, reuse
 
 log = logging.getLogger("parallelrun.pipeline.worker")
 FETCH_THREADS = 16
@@ -139,11 +140,11 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
         record = write_results(cfg, job.job_id, index, len(unsafe), attempt, [], unsafe, len(unsafe), worker, started)
         return dataclasses.replace(record, fingerprint=reuse.fingerprint(job.deployment, job.settings, planned))
     folder = safepath.inside(safepath.INPUTS, f"{job.job_id}/{index}.{attempt}", "job")
-    capture = runner.LogCapture()
+    capture = LogCapture()
     logging.getLogger().addHandler(capture)
-    host = runner.host(cfg, job.deployment, job.settings)
+    host = host_for(cfg, job.deployment, job.settings)
     try:
-        context = runner.MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt,
+        context = MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt,
                                            input_files=[f"s3://{spec.bucket}/{item.key}" for item in items])
         timeout = job.settings.run_invocation_timeout
         mini_batch, readable, unreadable, header, parts = None, len(items), [], None, []
@@ -237,13 +238,13 @@ def partitions_of(job: jobs.Job, items: list, mini_batch: Any, partition: dict[s
     return [Part(value, rows.reset_index(drop=True), items, len(rows), list(rows.index)) for value, rows in groups]
 
 
-def score_partitions(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost, parts: list[Part],
-                     context: runner.MiniBatchContext, deadline: float) -> Scored:
+def score_partitions(cfg: StackConfig, job: jobs.Job, host: ScoringHost, parts: list[Part],
+                     context: MiniBatchContext, deadline: float) -> Scored:
     """run() once per partition, with that partition's model when the deployment picks one per
     partition. A partition with no model (or a file outside ``partition_format``) fails its own
     inputs at once, not the mini-batch; any run() that fails fails the attempt."""
     scored, placed = Scored(), []
-    selector = registry.ModelSelector(job.deployment["model_name"]) if registry.is_per_partition(
+    selector = selection.ModelSelector(job.deployment["model_name"]) if selection.is_per_partition(
         job.deployment["model_name"]) else None
     for part in parts:
         if job.settings.partition_keys and part.partition is None:
@@ -261,7 +262,7 @@ def score_partitions(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost, 
                 continue
             context.model_name, context.model_version = model.name, model.version
             try:
-                context.model_path = registry.partition_model_path(cfg, model, job.settings.model_cache_bytes)
+                context.model_path = modelfiles.partition_model_path(cfg, model, job.settings.model_cache_bytes)
             except IntegrityError as error:  # a changed copy on disk: this attempt fails, the next fetches it again
                 raise AttemptFailed(Failure.from_exception(error)) from error
         outcome = host.run(part.mini_batch, context, job.settings.run_invocation_timeout, deadline)
@@ -272,8 +273,8 @@ def score_partitions(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost, 
     return scored
 
 
-def isolate_partitions(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost, parts: list[Part],
-                       context: runner.MiniBatchContext, deadline: float) -> Scored:
+def isolate_partitions(cfg: StackConfig, job: jobs.Job, host: ScoringHost, parts: list[Part],
+                       context: MiniBatchContext, deadline: float) -> Scored:
     """After a table's last attempt: each partition alone, so only the partitions whose run()
     fails lose their rows."""
     isolated, placed, spec = Scored(), [], InputSpec.from_uri(job.input_uri)
@@ -339,9 +340,9 @@ def short_results(items: list, inputs: int, returned: int, spec: InputSpec) -> l
     return [(None, failure)] * missing
 
 
-def isolate(host: runner.ScoringHost, items: list[InputFile], paths: list[str], context: runner.MiniBatchContext,
+def isolate(host: ScoringHost, items: list[InputFile], paths: list[str], context: MiniBatchContext,
             timeout: float, deadline: float, batch_failure: Failure,
-            capture: runner.LogCapture) -> tuple[results.Rows, list[tuple[InputFile | None, Failure]]]:
+            capture: LogCapture) -> tuple[results.Rows, list[tuple[InputFile | None, Failure]]]:
     """Run each input alone: keep the rows of those that succeed, fail only those that fail alone."""
     rows: results.Rows = []
     failed: list[tuple[InputFile | None, Failure]] = []
@@ -417,7 +418,7 @@ def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
     return [str(path) for path in paths]
 
 
-def collect_entry_dirs(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost) -> None:
+def collect_entry_dirs(cfg: StackConfig, job: jobs.Job, host: ScoringHost) -> None:
     """Move what the script wrote to ``EntryScript().output_dir`` (and ``log_dir``) into the
     job's output folder (and its ``logs/``), as ParallelRunStep collects them; never over a file
     another job wrote there (:func:`aggregator.write_owned`)."""

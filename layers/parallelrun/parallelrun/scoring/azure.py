@@ -20,6 +20,8 @@ import sys
 import types
 from typing import Any
 
+from parallelrun.scoring import modelfiles
+
 OUTPUT_DIR_VAR = "PARALLELRUN_ENTRY_OUTPUT_DIR"
 LOG_DIR_VAR = "PARALLELRUN_ENTRY_LOG_DIR"
 
@@ -36,9 +38,7 @@ class Model:
 
     @staticmethod
     def get_model_path(model_name: str, version: int | None = None, _workspace: Any = None) -> str:
-        from parallelrun.store.registry import get_model_path
-
-        return get_model_path(model_name, int(version) if version is not None else None)
+        return modelfiles.get_model_path(model_name, int(version) if version is not None else None)
 
 
 class _OfflineRun:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from parallelrun.core.errors import ScoringScriptError
-from parallelrun.store.registry import disk_size, get_model_path
+from parallelrun.scoring.modelfiles import disk_size, get_model_path
 
 Loader = Callable[[str], Any]
 

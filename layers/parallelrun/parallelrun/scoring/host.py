@@ -1,0 +1,171 @@
+"""The worker's side of scoring: one scoring process per deployment, started on first use, kept
+for every later mini-batch, and killed when ``run()`` passes its deadline.
+
+``init()`` runs in the scoring process once per deployment (a warm Lambda container or a local
+worker keeps it for every later mini-batch), and each ``run()`` gets ``run_invocation_timeout``
+seconds. A ``run()`` past its deadline is stopped by killing that process, which a thread could
+never be; a crash inside the user's code (a segfault, running out of memory) takes the scoring
+process down, not the worker, which reports it as that attempt's failure. The process itself is
+:mod:`parallelrun.scoring.child`; what it runs from is :mod:`parallelrun.scoring.code`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import re
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from parallelrun import aws
+from parallelrun.aws.config import StackConfig
+from parallelrun.core import results, safepath
+from parallelrun.core import settings as settings_module
+from parallelrun.core.errors import ScoringScriptError
+from parallelrun.core.settings import RunSettings
+from parallelrun.scoring import child, credentials, modelfiles, selection
+from parallelrun.scoring.child import Failure, MiniBatchContext
+from parallelrun.scoring.code import code_dir, fetch_side_inputs
+from parallelrun.store import registry
+
+INIT_WAIT_LIMIT = 900  # seconds: no invocation lasts longer (Lambda's limit)
+
+
+class AttemptFailed(Exception):
+    """``run()`` raised, returned nothing usable, ran out of time, or its process died."""
+
+    def __init__(self, failure: Failure, log_lines: list[str] | None = None) -> None:
+        super().__init__(f"{failure.error_type}: {failure.message}")
+        self.failure = failure
+        self.log_lines = log_lines or []
+
+
+@dataclass
+class Outcome:
+    rows: results.Rows
+    log_lines: list[str]
+    header: str | None = None  # a DataFrame's column names, for csv output
+
+
+class ScoringHost:
+    """The scoring process of one deployment, started on first use and replaced after a kill."""
+
+    def __init__(self, cfg: StackConfig, deployment: dict[str, Any], settings: RunSettings) -> None:
+        self.cfg, self.deployment, self.settings = cfg, deployment, settings
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.side_inputs: dict[str, str] = {}
+        # EntryScript().output_dir and .log_dir: what the script leaves there after a mini-batch
+        # is moved to that mini-batch's job (a scoring process runs one mini-batch at a time).
+        self.entry_dirs = {name: safepath.ENTRY / f"{os.getpid()}-{id(self)}" / name
+                           for name in ("output", "logs")}
+        for folder in self.entry_dirs.values():
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def _start(self) -> None:
+        self.side_inputs = fetch_side_inputs(settings_module.side_input_uris(self.settings))
+        arguments = tuple(re.sub(r"\{side_input:([^}]+)\}", lambda m: self._side_path(m.group(1)), word)
+                          for word in self.settings.arguments)
+        settings = dataclasses.replace(self.settings, arguments=arguments)
+        root = code_dir(self.cfg, self.deployment["code_sha"])  # verified here, before any import
+        # What the script may read itself, through the SDK (the worker fetches all of it anyway).
+        reads = list(settings_module.side_input_uris(self.settings).values())
+        if selection.is_per_partition(self.deployment["model_name"]):
+            model_path, single_file = "", False  # each mini-batch brings its partition's model
+        else:
+            model = registry.get(self.cfg, self.deployment["model_name"], self.deployment["model_version"])
+            model_path, single_file = modelfiles.local_path(self.cfg, model), model.single_file
+            reads.append(f"s3://{self.cfg.artifacts_bucket}/{model.prefix}")
+        credentials.protect_from_children()
+        policy = credentials.read_policy(reads, credentials.role_arn().split(":")[1])
+        scoped = credentials.ScopedCredentials(aws.client("sts"), policy, f"scoring-{os.getpid()}",
+                                               safepath.CACHE_ROOT / "credentials" / f"{os.getpid()}-{id(self)}")
+        context = multiprocessing.get_context("spawn")  # never fork a process that holds client threads
+        parent, child_end = context.Pipe()
+        self.process = context.Process(
+            target=child.main, name="parallelrun-scoring", daemon=True,
+            args=(child_end, str(root), self.deployment, settings.to_json(), model_path, single_file,
+                  {k: str(v) for k, v in self.entry_dirs.items()}),
+        )
+        with scoped.applied():
+            self.process.start()
+        scoped.keep_fresh(self.process.sentinel)
+        child_end.close()
+        self.conn = parent
+
+    def _side_path(self, name: str) -> str:
+        if name not in self.side_inputs:
+            raise ScoringScriptError(f"arguments name side input {name!r}, but the job's side inputs are "
+                                     f"{sorted(self.side_inputs) or 'none'}")
+        return self.side_inputs[name]
+
+    def run(self, mini_batch: Any, context: MiniBatchContext, timeout: float,
+            deadline: float = float("inf")) -> Outcome:
+        """``run(mini_batch)`` in the scoring process, started first if need be (``init()`` may take
+        until ``deadline``, ``run()`` gets ``timeout``); raises :class:`AttemptFailed`."""
+        if self.process is None or not self.process.is_alive():
+            try:
+                self._start()
+            except Exception as error:  # code that fails its check, a missing model: this attempt fails
+                self.stop()
+                raise AttemptFailed(Failure.from_exception(error)) from error
+            self._await_init(deadline)
+        assert self.conn is not None and self.process is not None
+        context.side_inputs = dict(self.side_inputs)
+        self.conn.send((mini_batch, context.__dict__))
+        if not self.conn.poll(timeout):
+            self.stop()
+            raise AttemptFailed(Failure("RunTimeout", f"run() took longer than run_invocation_timeout={timeout:g} s; "
+                                                      "the scoring process was stopped"))
+        try:
+            status, payload, log_lines = self.conn.recv()
+        except (EOFError, OSError):
+            code = self.process.exitcode if self.process.join(5) is None else None
+            self.stop()
+            raise AttemptFailed(Failure("ScoringProcessDied", f"the scoring process died (exit code {code}): "
+                                                              "killed, out of memory or crashed in native code"))
+        if status == "ok":
+            return Outcome(payload["rows"], log_lines, payload["header"])
+        raise AttemptFailed(Failure(*payload), log_lines)
+
+    def _await_init(self, deadline: float) -> None:
+        """Wait for ``init()``: it has the invocation's time, not run()'s (a big model loads slowly)."""
+        assert self.conn is not None
+        wait = min(deadline - time.time(), INIT_WAIT_LIMIT)
+        if wait <= 0 or not self.conn.poll(wait):
+            self.stop()
+            raise AttemptFailed(Failure("InitTimeout", "init() did not finish in the time the invocation had left"))
+        try:
+            status, payload, log_lines = self.conn.recv()
+        except (EOFError, OSError):
+            self.stop()
+            raise AttemptFailed(Failure("ScoringProcessDied", "the scoring process died during init()")) from None
+        if status != "ready":
+            self.stop()  # init() failed: a later attempt starts afresh
+            raise AttemptFailed(Failure(*payload), log_lines)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.process = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+_hosts: dict[tuple, ScoringHost] = {}
+
+
+def host_for(cfg: StackConfig, deployment: dict[str, Any], settings: RunSettings) -> ScoringHost:
+    """The scoring process for this deployment and these arguments, kept across mini-batches."""
+    key = (deployment["code_sha"], deployment["entry_script"], deployment["model_name"],
+           deployment["model_version"], settings.arguments, tuple(sorted(settings.environment_variables.items())),
+           settings.side_inputs, settings.logging_level, settings.output_format, settings.append_row_separator,
+           settings.model_cache_size)
+    if key not in _hosts:
+        _hosts[key] = ScoringHost(cfg, deployment, settings)
+    return _hosts[key]
