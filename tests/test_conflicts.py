@@ -13,6 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from parallelrun import aws
+from parallelrun.aws import dynamo
 from parallelrun.client.api import Client
 from parallelrun.core.settings import RunSettings
 from parallelrun.local import conflicts
@@ -37,7 +38,7 @@ if {fail_bad!r} and any(open(path).read().startswith("bad") for path in mini_bat
 def few_shards(monkeypatch: pytest.MonkeyPatch) -> int:
     """Three shards: a job of a few mini-batches puts several records under each key."""
     monkeypatch.setattr(jobs, "SHARDS", 3)
-    monkeypatch.setattr(jobs, "COMMIT_BACKOFF", 0.001)  # keep the retries' back-off short
+    monkeypatch.setattr(dynamo, "TRANSACT_BACKOFF", 0.001)  # keep the retries' back-off short
     return 3
 
 
@@ -124,7 +125,7 @@ def test_no_two_concurrent_commits_touch_one_item(stack):
 
 
 def test_a_conflict_is_retried_inside_the_commit_and_a_condition_is_not(stack, monkeypatch):
-    monkeypatch.setattr(jobs, "COMMIT_BACKOFF", 0.001)
+    monkeypatch.setattr(dynamo, "TRANSACT_BACKOFF", 0.001)
     job = _planned_job(stack, "retried", 4)
     with conflicts.injected(conflicts.Conflicts(every=2)) as injected:
         assert jobs.commit_batch(stack.cfg, job.job_id, _record(0))  # served at once
@@ -137,8 +138,8 @@ def test_a_conflict_is_retried_inside_the_commit_and_a_condition_is_not(stack, m
 
     with conflicts.injected(conflicts.Conflicts(every=1)) as injected, pytest.raises(ClientError) as raised:
         jobs.commit_batch(stack.cfg, job.job_id, _record(2))  # a table that never stops conflicting
-    assert len(injected.seen) == jobs.COMMIT_TRIES
-    assert aws.is_transaction_conflict(raised.value) and not aws.is_conditional_failure(raised.value)
+    assert len(injected.seen) == dynamo.TRANSACT_TRIES
+    assert dynamo.is_transaction_conflict(raised.value) and not dynamo.is_conditional_failure(raised.value)
     assert jobs.get_batch(stack.cfg, job.job_id, 2) is None
 
 
@@ -174,7 +175,7 @@ def test_transactions_overlapping_on_an_item_conflict_until_it_is_released(stack
         assert jobs.commit_batch(stack.cfg, job.job_id, _record(0))
         with pytest.raises(ClientError) as raised:
             aws.client("dynamodb").transact_write_items(TransactItems=[_add_a_retry(stack, job.job_id)])
-    assert aws.is_transaction_conflict(raised.value) and held.cancelled == 1
+    assert dynamo.is_transaction_conflict(raised.value) and held.cancelled == 1
 
 
 def test_a_shard_not_yet_complete_costs_one_read(stack, calls_of, few_shards):
@@ -265,4 +266,4 @@ def test_the_local_server_answers_a_conflict_over_the_wire_as_aws_does():
         moto_server.stop()
     assert raised.value.response["CancellationReasons"] == [
         {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}]
-    assert aws.is_transaction_conflict(raised.value)
+    assert dynamo.is_transaction_conflict(raised.value)

@@ -23,11 +23,11 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from itertools import groupby
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import cron, logs
 from parallelrun.core.datasets import InputFile, TablePiece
@@ -69,7 +69,7 @@ class Schedule:
     def to_item(self) -> dict[str, Any]:
         item = {k: v for k, v in self.__dict__.items() if v is not None}
         item["settings"] = json.dumps(self.settings, sort_keys=True)
-        item["created_at"] = Decimal(str(round(self.created_at, 3)))
+        item["created_at"] = dynamo.decimal(self.created_at, 3)
         return {**schedule_key(self.name), **item}
 
     @classmethod
@@ -129,17 +129,13 @@ def create(cfg: StackConfig, name: str, endpoint: str, expression: str, input_ur
                         settings=dict(overrides or {}), deployment=deployment, overlap=overlap, rule_name=rule_name)
     prepared = _prepare_run(cfg, schedule, f"{name}-check", _now_iso())
     schedule.input_uri = prepared.input_uri
-    try:
-        aws.table(cfg.table).put_item(Item=schedule.to_item(), ConditionExpression="attribute_not_exists(pk)")
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            raise ConflictError(f"schedule {name!r} already exists: delete it first "
-                                f"(`parallelrun schedules delete {name}`)") from None
-        raise
+    if not dynamo.put_new(cfg.table, schedule.to_item()):
+        raise ConflictError(f"schedule {name!r} already exists: delete it first "
+                            f"(`parallelrun schedules delete {name}`)")
     try:
         _put_rule(cfg, schedule)
     except BaseException:
-        aws.table(cfg.table).delete_item(Key=schedule_key(name))
+        dynamo.delete(cfg.table, schedule_key(name))
         raise
     logs.event(log, "schedule created", schedule=name, expression=schedule.expression, rule=rule_name)
     return schedule
@@ -164,21 +160,15 @@ def get(cfg: StackConfig, name: str) -> Schedule:
 
 
 def find(cfg: StackConfig, name: str) -> Schedule | None:
-    item = aws.table(cfg.table).get_item(Key=schedule_key(name), ConsistentRead=True).get("Item")
+    item = dynamo.get(cfg.table, schedule_key(name), consistent=True)
     return Schedule.from_item(item) if item else None
 
 
 def list_schedules(cfg: StackConfig) -> list[Schedule]:
     """Every schedule, by name. A scan: for a listing command, never a hot path."""
-    kwargs: dict[str, Any] = {"FilterExpression": "begins_with(pk, :prefix) AND sk = :sk",
-                              "ExpressionAttributeValues": {":prefix": "SCHEDULE#", ":sk": "SCHEDULE"}}
-    found = []
-    while True:
-        page = aws.table(cfg.table).scan(**kwargs)
-        found += [Schedule.from_item(item) for item in page.get("Items", [])]
-        if "LastEvaluatedKey" not in page:
-            return sorted(found, key=lambda s: s.name)
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    items = dynamo.scan(cfg.table, FilterExpression="begins_with(pk, :prefix) AND sk = :sk",
+                        ExpressionAttributeValues={":prefix": "SCHEDULE#", ":sk": "SCHEDULE"})
+    return sorted((Schedule.from_item(item) for item in items), key=lambda s: s.name)
 
 
 def delete(cfg: StackConfig, name: str) -> None:
@@ -193,7 +183,7 @@ def delete(cfg: StackConfig, name: str) -> None:
     # What was scored goes first: a delete that stops half-way is repeated while the schedule
     # still exists, and a later schedule of the same name never inherits its records.
     forgotten = scored.forget(cfg, name)
-    aws.table(cfg.table).delete_item(Key=schedule_key(name))
+    dynamo.delete(cfg.table, schedule_key(name))
     logs.event(log, "schedule deleted", schedule=name, forgotten_inputs=forgotten)
 
 
@@ -292,19 +282,14 @@ def run_ended(cfg: StackConfig, job: jobs.Job) -> None:
     so a repeat of this call finishes it; the waiting run's job id is its time's, so sending it
     twice starts it once)."""
     assert job.schedule is not None
-    current = aws.table(cfg.table).get_item(Key=schedule_key(job.schedule), ConsistentRead=True).get("Item") or {}
+    current = dynamo.get(cfg.table, schedule_key(job.schedule), consistent=True) or {}
     if current.get("running_job") != job.job_id:
         return  # given back already, or taken over
     if current.get("waiting"):
         aws.client("sqs").send_message(QueueUrl=cfg.planner_queue_url, MessageBody=json.dumps(
             {"action": "schedule", "schedule": job.schedule, "time": current["waiting"], "trigger": "waited"}))
-    try:
-        aws.table(cfg.table).update_item(
-            Key=schedule_key(job.schedule), UpdateExpression="REMOVE running_job, waiting",
-            ConditionExpression="running_job = :job", ExpressionAttributeValues={":job": job.job_id})
-    except Exception as error:
-        if not aws.is_conditional_failure(error):
-            raise
+    dynamo.update_if(cfg.table, schedule_key(job.schedule), "REMOVE running_job, waiting", "running_job = :job",
+                     {":job": job.job_id})  # lost: taken over meanwhile
 
 
 def mark_scored(cfg: StackConfig, job: jobs.Job) -> int:
@@ -361,15 +346,8 @@ def _claim(cfg: StackConfig, name: str, job_id: str) -> str | None:
 
 def _update(cfg: StackConfig, name: str, expression: str, condition: str, **values: Any) -> bool:
     """A conditional update of the schedule's item; False when its condition failed."""
-    try:
-        aws.table(cfg.table).update_item(Key=schedule_key(name), UpdateExpression=expression,
-                                         ConditionExpression=condition,
-                                         ExpressionAttributeValues={f":{k}": v for k, v in values.items()})
-        return True
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            return False
-        raise
+    return dynamo.update_if(cfg.table, schedule_key(name), expression, condition,
+                            {f":{k}": v for k, v in values.items()})
 
 
 def _now_iso() -> str:

@@ -13,11 +13,11 @@ import re
 import time
 import zipfile
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import settings
 from parallelrun.core.errors import ConflictError, InputError, NotFoundError
@@ -60,7 +60,7 @@ class Deployment:
             "name": self.name, "code_sha": self.code_sha, "entry_script": self.entry_script,
             "model_name": self.model_name, "model_version": self.model_version,
             "settings": json.dumps(self.settings, sort_keys=True),
-            "created_at": Decimal(str(round(self.created_at, 3))),
+            "created_at": dynamo.decimal(self.created_at, 3),
         }
 
     @classmethod
@@ -138,12 +138,8 @@ def check_model(cfg: StackConfig, model_ref: str) -> tuple[str, int | None]:
 
 
 def _put_new(cfg: StackConfig, item: dict[str, Any], what: str) -> None:
-    try:
-        aws.table(cfg.table).put_item(Item=item, ConditionExpression="attribute_not_exists(pk)")
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            raise ConflictError(f"{what} already exists") from None
-        raise
+    if not dynamo.put_new(cfg.table, item):
+        raise ConflictError(f"{what} already exists")
 
 
 def create(
@@ -158,8 +154,8 @@ def create(
     """Create endpoint ``name`` with one deployment, its default. Every part is checked first."""
     found = _deployment(cfg, name, deployment, code_dir, entry_script, model_ref, dict(overrides or {}))
     _put_new(cfg, {"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT", "name": name, "default_deployment": deployment,
-                   "created_at": Decimal(str(round(found.created_at, 3)))}, f"endpoint {name!r}")
-    aws.table(cfg.table).put_item(Item=found.to_item())
+                   "created_at": dynamo.decimal(found.created_at, 3)}, f"endpoint {name!r}")
+    dynamo.put(cfg.table, found.to_item())
     return found
 
 
@@ -177,23 +173,20 @@ def add_deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | P
 def set_default(cfg: StackConfig, endpoint: str, name: str) -> None:
     """Route the endpoint's new jobs to deployment ``name``; running jobs keep theirs."""
     get_deployment(cfg, endpoint, name)
-    aws.table(cfg.table).update_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": "ENDPOINT"},
-                                     UpdateExpression="SET default_deployment = :d",
-                                     ExpressionAttributeValues={":d": name})
+    dynamo.update(cfg.table, {"pk": f"ENDPOINT#{endpoint}", "sk": "ENDPOINT"}, "SET default_deployment = :d",
+                  {":d": name})
 
 
 def get_endpoint(cfg: StackConfig, name: str) -> dict[str, Any]:
-    item = aws.table(cfg.table).get_item(Key={"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT"}).get("Item")
+    item = dynamo.get(cfg.table, {"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT"})
     if not item:
         raise NotFoundError(f"no endpoint {name!r}: create it with `parallelrun endpoints create {name} ...`")
     return {"name": item["name"], "default_deployment": item["default_deployment"]}
 
 
 def list_deployments(cfg: StackConfig, endpoint: str) -> list[Deployment]:
-    items = aws.table(cfg.table).query(
-        KeyConditionExpression="pk = :pk AND begins_with(sk, :d)",
-        ExpressionAttributeValues={":pk": f"ENDPOINT#{endpoint}", ":d": "DEPLOYMENT#"},
-    )["Items"]
+    items = dynamo.query(cfg.table, KeyConditionExpression="pk = :pk AND begins_with(sk, :d)",
+                         ExpressionAttributeValues={":pk": f"ENDPOINT#{endpoint}", ":d": "DEPLOYMENT#"})
     return [Deployment.from_item(item) for item in items]
 
 
@@ -203,16 +196,15 @@ def delete_deployment(cfg: StackConfig, endpoint: str, name: str) -> None:
         raise ConflictError(f"deployment {name!r} is the default of endpoint {endpoint!r}: "
                             "set another default first (`parallelrun endpoints set-default`)")
     get_deployment(cfg, endpoint, name)
-    aws.table(cfg.table).delete_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": f"DEPLOYMENT#{name}"})
+    dynamo.delete(cfg.table, {"pk": f"ENDPOINT#{endpoint}", "sk": f"DEPLOYMENT#{name}"})
 
 
 def delete_endpoint(cfg: StackConfig, name: str) -> None:
     """Delete an endpoint and its deployments; jobs already submitted are unaffected."""
     get_endpoint(cfg, name)
-    table = aws.table(cfg.table)
     for deployment in list_deployments(cfg, name):
-        table.delete_item(Key={"pk": f"ENDPOINT#{name}", "sk": f"DEPLOYMENT#{deployment.name}"})
-    table.delete_item(Key={"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT"})
+        dynamo.delete(cfg.table, {"pk": f"ENDPOINT#{name}", "sk": f"DEPLOYMENT#{deployment.name}"})
+    dynamo.delete(cfg.table, {"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT"})
 
 
 def update(
@@ -237,25 +229,22 @@ def update(
     else:
         changed = _deployment(cfg, name, current.name, code_dir, entry_script or current.entry_script,
                               model_ref or current.model_ref, merged)
-    aws.table(cfg.table).put_item(Item=changed.to_item())
+    dynamo.put(cfg.table, changed.to_item())
     return changed
 
 
 def get_deployment(cfg: StackConfig, endpoint: str, deployment: str | None = None) -> Deployment:
     """The named deployment of ``endpoint``, or its default one."""
-    table = aws.table(cfg.table)
     if deployment is None:
         deployment = get_endpoint(cfg, endpoint)["default_deployment"]
-    item = table.get_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": f"DEPLOYMENT#{deployment}"}).get("Item")
+    item = dynamo.get(cfg.table, {"pk": f"ENDPOINT#{endpoint}", "sk": f"DEPLOYMENT#{deployment}"})
     if not item:
         raise NotFoundError(f"endpoint {endpoint!r} has no deployment {deployment!r}")
     return Deployment.from_item(item)
 
 
 def list_endpoints(cfg: StackConfig) -> list[dict[str, Any]]:
-    page = aws.table(cfg.table).scan(
-        FilterExpression="begins_with(pk, :e) AND sk = :s",
-        ExpressionAttributeValues={":e": "ENDPOINT#", ":s": "ENDPOINT"},
-    )
-    return sorted(({"name": i["name"], "default_deployment": i["default_deployment"]} for i in page["Items"]),
+    items = dynamo.scan(cfg.table, FilterExpression="begins_with(pk, :e) AND sk = :s",
+                        ExpressionAttributeValues={":e": "ENDPOINT#", ":s": "ENDPOINT"})
+    return sorted(({"name": i["name"], "default_deployment": i["default_deployment"]} for i in items),
                   key=lambda e: e["name"])

@@ -16,15 +16,13 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import json
-import random
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
-from parallelrun import aws
+from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import usage
 from parallelrun.core.errors import ConflictError, NotFoundError
@@ -52,12 +50,6 @@ SHARDS = 100
 # Records per Query page when the shards are merged in index order: the merge holds one page per
 # shard, so its memory is SHARDS x SHARD_PAGE records whatever the size of the job.
 SHARD_PAGE = 50
-# A commit cancelled by a concurrent transaction on one of its items is tried again this many
-# times, after a full-jitter exponential back-off from COMMIT_BACKOFF up to COMMIT_BACKOFF_CAP
-# seconds: a conflicting transaction lasts tens of milliseconds, so ten tries outlast any burst
-# short of a broken table, and the mini-batch never runs again for it.
-COMMIT_TRIES = 10
-COMMIT_BACKOFF, COMMIT_BACKOFF_CAP = 0.02, 1.0
 COUNTERS = ("batches_succeeded", "batches_failed", "items_succeeded", "items_failed", "retries", "batches_reused")
 
 
@@ -114,15 +106,6 @@ def log_key(job_id: str, index: int, attempt: int) -> str:
     return f"{job_prefix(job_id)}logs/{index:09d}.{attempt}.jsonl"
 
 
-def _plain(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal; callers want int or float (in maps too)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value
-
-
 @dataclass
 class Job:
     job_id: str
@@ -162,14 +145,14 @@ class Job:
         return self.total_batches is not None and self.batches_done >= self.total_batches
 
     def to_item(self) -> dict[str, Any]:
-        item = {k: _dynamo(v) for k, v in self.__dict__.items() if v is not None}
+        item = {k: dynamo.decimal(v) for k, v in self.__dict__.items() if v is not None}
         item["deployment"] = json.dumps(self.deployment, sort_keys=True)
         item["settings"] = self.settings.to_json()
         return {**job_key(self.job_id), **item}
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Job:
-        raw = {k: _plain(v) for k, v in item.items() if k in cls.__dataclass_fields__}
+        raw = {k: dynamo.plain(v) for k, v in item.items() if k in cls.__dataclass_fields__}
         raw["deployment"] = json.loads(raw["deployment"])
         raw["settings"] = RunSettings.from_json(raw["settings"])
         return cls(**raw)
@@ -198,22 +181,18 @@ class BatchRecord:
     usage: dict[str, int] | None = None  # what the recorded attempt used (see parallelrun.core.usage)
 
     def to_item(self, job_id: str) -> dict[str, Any]:
-        item = {k: _dynamo(v) for k, v in self.__dict__.items() if v is not None}
+        item = {k: dynamo.decimal(v) for k, v in self.__dict__.items() if v is not None}
         return {**batch_key(job_id, self.index), **item}
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> BatchRecord:
-        return cls(**{k: _plain(v) for k, v in item.items() if k in cls.__dataclass_fields__})
+        return cls(**{k: dynamo.plain(v) for k, v in item.items() if k in cls.__dataclass_fields__})
 
 
 def create(cfg: StackConfig, job: Job) -> None:
     """Store a new job; a second create of the same id (a retried trigger) is refused."""
-    try:
-        _ddb(cfg).put_item(Item=job.to_item(), ConditionExpression="attribute_not_exists(pk)")
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            raise ConflictError(f"job {job.job_id} already exists") from None
-        raise
+    if not dynamo.put_new(cfg.table, job.to_item()):
+        raise ConflictError(f"job {job.job_id} already exists")
 
 
 def get(cfg: StackConfig, job_id: str, counted: bool = True) -> Job:
@@ -221,21 +200,21 @@ def get(cfg: StackConfig, job_id: str, counted: bool = True) -> Job:
     counters (they sort just before it). With ``counted=False``, its own item only (a GetItem:
     one item's read units), its counters left as that item holds them."""
     if counted:
-        found = list(_query(cfg, KeyConditionExpression="pk = :pk AND sk BETWEEN :first AND :job",
-                            ExpressionAttributeValues={":pk": f"JOB#{job_id}", ":first": "COUNTS#", ":job": "JOB"}))
+        found = list(dynamo.query(cfg.table, ConsistentRead=True, KeyConditionExpression="pk = :pk AND sk BETWEEN :first AND :job",
+                                 ExpressionAttributeValues={":pk": f"JOB#{job_id}", ":first": "COUNTS#", ":job": "JOB"}))
     else:
-        found = [item] if (item := _ddb(cfg).get_item(Key=job_key(job_id), ConsistentRead=True).get("Item")) else []
+        found = [item] if (item := dynamo.get(cfg.table, job_key(job_id), consistent=True)) else []
     if not found or found[-1]["sk"] != "JOB":
         raise NotFoundError(f"no job {job_id!r}: `parallelrun jobs` lists the jobs of this stack")
     job, shards = Job.from_item(found[-1]), found[:-1]
-    return dataclasses.replace(job, **{name: getattr(job, name) + sum(_plain(s.get(name, 0)) for s in shards)
+    return dataclasses.replace(job, **{name: getattr(job, name) + sum(dynamo.plain(s.get(name, 0)) for s in shards)
                                        for name in COUNTERS})
 
 
 def shard_counts(cfg: StackConfig, job_id: str, shard: int) -> dict[str, int]:
     """One shard's counters (every name in :data:`COUNTERS`, 0 where none was added yet)."""
-    item = _ddb(cfg).get_item(Key=counts_key(job_id, shard), ConsistentRead=True).get("Item") or {}
-    return {name: _plain(item.get(name, 0)) for name in COUNTERS}
+    item = dynamo.get(cfg.table, counts_key(job_id, shard), consistent=True) or {}
+    return {name: dynamo.plain(item.get(name, 0)) for name in COUNTERS}
 
 
 def open_shards(cfg: StackConfig, job_id: str, total_batches: int) -> None:
@@ -243,9 +222,8 @@ def open_shards(cfg: StackConfig, job_id: str, total_batches: int) -> None:
     commit adds to its shard's item only if it exists, so nothing is ever counted for a job that
     does not exist. ADD of zero creates the counters and never resets them (a repeated planning)."""
     for shard in shards_of(total_batches):
-        _ddb(cfg).update_item(Key=counts_key(job_id, shard),
-                              UpdateExpression="ADD " + ", ".join(f"{name} :zero" for name in COUNTERS),
-                              ExpressionAttributeValues={":zero": 0})
+        dynamo.update(cfg.table, counts_key(job_id, shard), "ADD " + ", ".join(f"{name} :zero" for name in COUNTERS),
+                      {":zero": 0})
 
 
 def find(cfg: StackConfig, job_id: str, counted: bool = True) -> Job | None:
@@ -259,56 +237,44 @@ def transition(cfg: StackConfig, job_id: str, to: str, expected: tuple[str, ...]
     """Move a job from one of ``expected`` to ``to``; False if its state was another (lost a race)."""
     values = {"state": to, **values}
     names = {f"#{k}": k for k in values}
-    attrs: dict[str, Any] = {f":{k}": _dynamo(v) for k, v in values.items()}
+    attrs: dict[str, Any] = {f":{k}": dynamo.decimal(v) for k, v in values.items()}
     attrs.update({f":e{i}": state for i, state in enumerate(expected)})
-    return _succeeds(lambda: _ddb(cfg).update_item(
-        Key=job_key(job_id),
-        UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in values),
-        ConditionExpression="#state IN (" + ", ".join(f":e{i}" for i in range(len(expected))) + ")",
-        ExpressionAttributeNames=names,
-        ExpressionAttributeValues=attrs,
-    ))
+    return dynamo.update_if(cfg.table, job_key(job_id), "SET " + ", ".join(f"#{k} = :{k}" for k in values),
+                            "#state IN (" + ", ".join(f":e{i}" for i in range(len(expected))) + ")", attrs,
+                            names=names)
 
 
 def claim_finalize(cfg: StackConfig, job_id: str, lease_seconds: float) -> bool:
     """Become the job's one aggregator: a running job, or a finalizing one whose holder's lease
     ran out (a stopped job starts with no lease). False if someone else holds it."""
     now = time.time()
-    return _succeeds(lambda: _ddb(cfg).update_item(
-        Key=job_key(job_id),
-        UpdateExpression="SET #state = :finalizing, finalize_until = :until",
-        ConditionExpression="#state = :running OR (#state = :finalizing AND "
-                            "(attribute_not_exists(finalize_until) OR finalize_until < :now))",
-        ExpressionAttributeNames={"#state": "state"},
-        ExpressionAttributeValues={":finalizing": FINALIZING, ":running": RUNNING,
-                                   ":until": _dynamo(now + lease_seconds), ":now": _dynamo(now)},
-    ))
+    return dynamo.update_if(
+        cfg.table, job_key(job_id), "SET #state = :finalizing, finalize_until = :until",
+        "#state = :running OR (#state = :finalizing AND "
+        "(attribute_not_exists(finalize_until) OR finalize_until < :now))",
+        {":finalizing": FINALIZING, ":running": RUNNING, ":until": dynamo.decimal(now + lease_seconds),
+         ":now": dynamo.decimal(now)},
+        names={"#state": "state"})
 
 
 def reopen(cfg: StackConfig, job_id: str, deployment: dict[str, Any], token: str) -> bool:
     """An ended job runs again (redrive): state RUNNING, no outcome, a new planner chain."""
-    return _succeeds(lambda: _ddb(cfg).update_item(
-        Key=job_key(job_id),
-        UpdateExpression="SET #state = :running, deployment = :deployment, planner_token = :token, "
-                         "reason = :empty REMOVE outcome, ended_at, finalize_until",
-        ConditionExpression="#state IN (:s, :f, :c)",
-        ExpressionAttributeNames={"#state": "state"},
-        ExpressionAttributeValues={":running": RUNNING, ":deployment": json.dumps(deployment, sort_keys=True),
-                                   ":token": token, ":empty": "", ":s": SUCCEEDED, ":f": FAILED, ":c": CANCELED},
-    ))
+    return dynamo.update_if(
+        cfg.table, job_key(job_id), "SET #state = :running, deployment = :deployment, planner_token = :token, "
+                                    "reason = :empty REMOVE outcome, ended_at, finalize_until",
+        "#state IN (:s, :f, :c)",
+        {":running": RUNNING, ":deployment": json.dumps(deployment, sort_keys=True), ":token": token, ":empty": "",
+         ":s": SUCCEEDED, ":f": FAILED, ":c": CANCELED},
+        names={"#state": "state"})
 
 
 def advance_planner(cfg: StackConfig, job_id: str, tick: int, token: str, cursor: int, next_token: str) -> bool:
     """Record the planner's cursor, only if no one else handled this tick (see planner.tick)."""
-    return _succeeds(lambda: _ddb(cfg).update_item(
-        Key=job_key(job_id),
-        UpdateExpression="SET #cursor = :cursor, planner_tick = :next, planner_token = :next_token",
-        ConditionExpression="planner_tick = :tick AND planner_token = :token AND #cursor <= :cursor",
-        ExpressionAttributeNames={"#cursor": "cursor"},
-        ExpressionAttributeValues={
-            ":cursor": cursor, ":next": tick + 1, ":next_token": next_token, ":tick": tick, ":token": token,
-        },
-    ))
+    return dynamo.update_if(
+        cfg.table, job_key(job_id), "SET #cursor = :cursor, planner_tick = :next, planner_token = :next_token",
+        "planner_tick = :tick AND planner_token = :token AND #cursor <= :cursor",
+        {":cursor": cursor, ":next": tick + 1, ":next_token": next_token, ":tick": tick, ":token": token},
+        names={"#cursor": "cursor"})
 
 
 # The request commit_batch makes, as parallelrun.core.usage counts it (a record's usage includes it).
@@ -318,10 +284,10 @@ COMMIT_CALL = ("dynamodb", "TransactWriteItems", {"TransactItems": [{"Put": {}},
 def commit_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
     """Record a finished mini-batch and add its counts to its shard, atomically; False if it was
     already recorded (or the job has no such shard: it does not exist)."""
-    return _succeeds(lambda: _transact([
+    return dynamo.succeeds(lambda: dynamo.transact([
         {"Put": {
             "TableName": cfg.table,
-            "Item": _serialize(record.to_item(job_id)),
+            "Item": dynamo.serialize(record.to_item(job_id)),
             "ConditionExpression": "attribute_not_exists(pk)",
         }},
         _counts(cfg, job_id, record, +1),
@@ -331,37 +297,27 @@ def commit_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
 def reopen_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
     """Forget a recorded mini-batch so it runs again (redrive): its record goes and its counts
     are taken back from its shard, in one transaction. False if it was already reopened."""
-    return _succeeds(lambda: _transact([
+    return dynamo.succeeds(lambda: dynamo.transact([
         {"Delete": {
             "TableName": cfg.table,
-            "Key": _serialize(batch_key(job_id, record.index)),
+            "Key": dynamo.serialize(batch_key(job_id, record.index)),
             "ConditionExpression": "attempt = :attempt",
-            "ExpressionAttributeValues": _serialize({":attempt": record.attempt}),
+            "ExpressionAttributeValues": dynamo.serialize({":attempt": record.attempt}),
         }},
         _counts(cfg, job_id, record, -1),
     ]))
 
 
 def get_batch(cfg: StackConfig, job_id: str, index: int) -> BatchRecord | None:
-    item = _ddb(cfg).get_item(Key=batch_key(job_id, index), ConsistentRead=True).get("Item")
+    item = dynamo.get(cfg.table, batch_key(job_id, index), consistent=True)
     return BatchRecord.from_item(item) if item else None
 
 
 def _items(cfg: StackConfig, pk: str, prefix: str, page: int | None = None) -> Iterator[dict[str, Any]]:
     """The items of partition key ``pk`` whose sort key starts with ``prefix``, in sort-key
     order, page by page (at most ``page`` items a page)."""
-    return _query(cfg, KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
-                  ExpressionAttributeValues={":pk": pk, ":prefix": prefix}, **({"Limit": page} if page else {}))
-
-
-def _query(cfg: StackConfig, **kwargs: Any) -> Iterator[dict[str, Any]]:
-    """A strongly consistent Query's items, page by page."""
-    while True:
-        found = _ddb(cfg).query(ConsistentRead=True, **kwargs)
-        yield from found.get("Items", [])
-        if "LastEvaluatedKey" not in found:
-            return
-        kwargs["ExclusiveStartKey"] = found["LastEvaluatedKey"]
+    return dynamo.query(cfg.table, ConsistentRead=True, KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+                        ExpressionAttributeValues={":pk": pk, ":prefix": prefix}, **({"Limit": page} if page else {}))
 
 
 def iter_batches(cfg: StackConfig, job_id: str) -> Iterator[BatchRecord]:
@@ -380,7 +336,7 @@ def put_usage(cfg: StackConfig, job_id: str, spent: usage.Usage | None) -> None:
     if spent is None:
         return
     key = {"pk": f"JOB#{job_id}", "sk": f"USAGE#{time.time_ns():020d}#{secrets.token_hex(4)}"}
-    _ddb(cfg).put_item(Item={**key, **spent.to_dict()})
+    dynamo.put(cfg.table, {**key, **spent.to_dict()})
 
 
 def keep_usage(cfg: StackConfig, job_id: str) -> None:
@@ -395,81 +351,27 @@ def iter_usage(cfg: StackConfig, job_id: str) -> Iterator[usage.Usage]:
 
 def list_jobs(cfg: StackConfig, limit: int = 50) -> list[Job]:
     """The newest jobs first. A scan: fine for a listing command, never used on a hot path."""
-    items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {
-        "FilterExpression": "begins_with(pk, :prefix) AND sk = :job",
-        "ExpressionAttributeValues": {":prefix": "JOB#", ":job": "JOB"},
-    }
-    while True:
-        page = _ddb(cfg).scan(**kwargs)
-        items.extend(page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            break
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    items = dynamo.scan(cfg.table, FilterExpression="begins_with(pk, :prefix) AND sk = :job",
+                        ExpressionAttributeValues={":prefix": "JOB#", ":job": "JOB"})
     jobs = sorted((Job.from_item(i) for i in items), key=lambda j: j.created_at, reverse=True)
     return jobs[:limit]
 
 
-# --- DynamoDB plumbing: the resource API for plain Python values, the client for transactions.
-
-def _succeeds(write: Callable[[], Any]) -> bool:
-    """Make a conditional write; False when its condition failed (someone else did it first)."""
-    try:
-        write()
-        return True
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            return False
-        raise
-
-
-def _transact(items: list[dict[str, Any]]) -> None:
-    """One TransactWriteItems, made again after a cancellation by a concurrent transaction on one
-    of its items: nothing of a cancelled transaction was written, so trying again is safe, and
-    botocore does not (DESIGN §6). Any other error, a failed condition included, is raised."""
-    for tried in range(1, COMMIT_TRIES + 1):
-        try:
-            aws.client("dynamodb").transact_write_items(TransactItems=items)
-            return
-        except Exception as error:
-            if tried == COMMIT_TRIES or not aws.is_transaction_conflict(error):
-                raise
-        _back_off(tried)
-
-
-def _back_off(tried: int) -> None:
-    """Full jitter: writers that collided must not collide again in step.
-    https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/"""
-    time.sleep(random.uniform(0, min(COMMIT_BACKOFF_CAP, COMMIT_BACKOFF * 2 ** tried)))
-
+# --- a batch's transaction
 
 def _counts(cfg: StackConfig, job_id: str, record: BatchRecord, sign: int) -> dict[str, Any]:
     """The counter half of a batch's transaction: add (+1) or take back (-1) its counts in its shard."""
     succeeded = record.status == SUCCEEDED
     return {"Update": {
         "TableName": cfg.table,
-        "Key": _serialize(counts_key(job_id, shard_of(record.index))),
+        "Key": dynamo.serialize(counts_key(job_id, shard_of(record.index))),
         "UpdateExpression": "ADD batches_succeeded :bs, batches_failed :bf, items_succeeded :is, "
                             "items_failed :if, retries :r, batches_reused :ru",
         "ConditionExpression": "attribute_exists(pk)",
-        "ExpressionAttributeValues": _serialize({
+        "ExpressionAttributeValues": dynamo.serialize({
             ":bs": sign * int(succeeded), ":bf": sign * int(not succeeded), ":is": sign * record.items_succeeded,
             ":if": sign * record.items_failed, ":r": sign * (record.attempt - 1),
             ":ru": sign * int(record.reused_from is not None),
         }),
     }}
 
-
-def _ddb(cfg: StackConfig) -> Any:
-    return aws.table(cfg.table)
-
-
-def _dynamo(value: Any) -> Any:
-    return Decimal(str(round(value, 4))) if isinstance(value, float) else value
-
-
-def _serialize(item: dict[str, Any]) -> dict[str, Any]:
-    from boto3.dynamodb.types import TypeSerializer
-
-    serializer = TypeSerializer()
-    return {k: serializer.serialize(_dynamo(v)) for k, v in item.items()}

@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Iterable, Iterator
-from typing import Any
 
-from parallelrun import aws
+from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core.datasets import InputFile
 
@@ -43,7 +42,7 @@ def unscored(cfg: StackConfig, schedule: str, files: Iterable[InputFile]) -> Ite
 def mark(cfg: StackConfig, schedule: str, files: Iterable[InputFile]) -> int:
     """Record ``files`` as scored by ``schedule`` (a changed file's ETag is overwritten)."""
     count = 0
-    with aws.table(cfg.table).batch_writer(overwrite_by_pkeys=["pk", "sk"]) as writer:
+    with dynamo.writer(cfg.table, overwrite_by_pkeys=["pk", "sk"]) as writer:
         for item in files:
             writer.put_item(Item={"pk": shard_key(schedule, item.key), "sk": item.key, "etag": item.etag})
             count += 1
@@ -53,7 +52,7 @@ def mark(cfg: StackConfig, schedule: str, files: Iterable[InputFile]) -> int:
 def forget(cfg: StackConfig, schedule: str) -> int:
     """Delete everything ``schedule`` recorded (the schedule itself is going)."""
     count = 0
-    with aws.table(cfg.table).batch_writer() as writer:
+    with dynamo.writer(cfg.table) as writer:
         for shard in range(SHARDS):
             pk = f"SCORED#{schedule}#{shard:02d}"
             for key, _ in _query(cfg, pk):
@@ -68,12 +67,6 @@ def _all_scored(cfg: StackConfig, schedule: str) -> Iterator[tuple[str, str]]:
 
 
 def _query(cfg: StackConfig, pk: str) -> Iterator[tuple[str, str]]:
-    kwargs: dict[str, Any] = {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": pk},
-                              "ConsistentRead": True}
-    while True:
-        page = aws.table(cfg.table).query(**kwargs)
-        for found in page.get("Items", []):
-            yield found["sk"], found.get("etag", "")
-        if "LastEvaluatedKey" not in page:
-            return
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    found = dynamo.query(cfg.table, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": pk},
+                         ConsistentRead=True)
+    return ((item["sk"], item.get("etag", "")) for item in found)
