@@ -18,7 +18,7 @@ from parallelrun.client.api import Client
 from parallelrun.core.settings import RunSettings
 from parallelrun.local import conflicts
 from parallelrun.pipeline import aggregator
-from parallelrun.store import endpoints, jobs
+from parallelrun.store import endpoints, jobs, keys
 from tests.conftest import put_files, read_output
 from tests.test_failures import script
 from tests.test_pipeline import start
@@ -37,7 +37,7 @@ if {fail_bad!r} and any(open(path).read().startswith("bad") for path in mini_bat
 @pytest.fixture
 def few_shards(monkeypatch: pytest.MonkeyPatch) -> int:
     """Three shards: a job of a few mini-batches puts several records under each key."""
-    monkeypatch.setattr(jobs, "SHARDS", 3)
+    monkeypatch.setattr(keys, "SHARDS", 3)
     monkeypatch.setattr(dynamo, "TRANSACT_BACKOFF", 0.001)  # keep the retries' back-off short
     return 3
 
@@ -65,7 +65,7 @@ def _record(index: int, items_failed: int = 0) -> jobs.BatchRecord:
 def _add_a_retry(stack: Any, job_id: str) -> dict[str, Any]:
     """A transaction's action on shard 0's counters, in DynamoDB JSON."""
     return {"Update": {"TableName": stack.cfg.table,
-                       "Key": {name: {"S": value} for name, value in jobs.counts_key(job_id, 0).items()},
+                       "Key": {name: {"S": value} for name, value in keys.counts_key(job_id, 0).items()},
                        "UpdateExpression": "ADD retries :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}}
 
 
@@ -111,17 +111,17 @@ def test_commits_under_conflicts_on_every_other_transaction_spend_no_attempt(sta
 
 def test_no_two_concurrent_commits_touch_one_item(stack):
     """As many commits as there are shards, as one job's workers would make them at once."""
-    job = _planned_job(stack, "spread", jobs.SHARDS)
+    job = _planned_job(stack, "spread", keys.SHARDS)
     with conflicts.injected(conflicts.Conflicts()) as seen:
-        for index in range(jobs.SHARDS):
+        for index in range(keys.SHARDS):
             assert jobs.commit_batch(stack.cfg, job.job_id, _record(index))
-    assert len(seen.seen) == jobs.SHARDS
+    assert len(seen.seen) == keys.SHARDS
     touched = [key for transaction in seen.seen for key in transaction]
-    assert len(set(touched)) == len(touched) == 2 * jobs.SHARDS  # no item in two of them
+    assert len(set(touched)) == len(touched) == 2 * keys.SHARDS  # no item in two of them
     records = {dict(record[1])["pk"] for record, _ in seen.seen}
-    assert len(records) == jobs.SHARDS  # the records are spread over a partition key per shard
-    assert jobs.job_key(job.job_id) not in [dict(key[1]) for key in touched]  # the job's own item is never written
-    assert jobs.get(stack.cfg, job.job_id).items_succeeded == 2 * jobs.SHARDS  # the shards summed
+    assert len(records) == keys.SHARDS  # the records are spread over a partition key per shard
+    assert keys.job_key(job.job_id) not in [dict(key[1]) for key in touched]  # the job's own item is never written
+    assert jobs.get(stack.cfg, job.job_id).items_succeeded == 2 * keys.SHARDS  # the shards summed
 
 
 def test_a_conflict_is_retried_inside_the_commit_and_a_condition_is_not(stack, monkeypatch):
@@ -162,8 +162,8 @@ def test_the_injected_conflict_is_aws_error_to_the_letter(stack):
 
 def test_transactions_overlapping_on_an_item_conflict_until_it_is_released(stack):
     job = _planned_job(stack, "overlap", 8)
-    counter = (stack.cfg.table, tuple(sorted(jobs.counts_key(job.job_id, 0).items())))
-    other = (stack.cfg.table, tuple(sorted(jobs.batch_key(job.job_id, 7).items())))
+    counter = (stack.cfg.table, tuple(sorted(keys.counts_key(job.job_id, 0).items())))
+    other = (stack.cfg.table, tuple(sorted(keys.batch_key(job.job_id, 7).items())))
     injector = conflicts.Conflicts(hold_seconds=0.1)
     assert injector.conflicting([other, counter], now=0.0) == set()  # served: holds both items for 0.1 s
     assert injector.conflicting([counter], now=0.01) == {0}  # in flight on the same item

@@ -20,7 +20,7 @@ from parallelrun.core.settings import RunSettings, resolve
 from parallelrun.pipeline import aggregator
 from parallelrun.pipeline.worker import Part, in_input_order
 from parallelrun.scoring.runner import to_rows
-from parallelrun.store import jobs
+from parallelrun.store import jobs, keys
 from tests.test_pipeline import start
 
 
@@ -106,7 +106,7 @@ def _job_with_parts(stack, job_id: str, frames: list[pd.DataFrame | None]) -> jo
             record = jobs.BatchRecord(index=index, status=jobs.FAILED, items=1, items_succeeded=0, items_failed=1,
                                       attempt=1)
         else:
-            key = jobs.part_key(job_id, index, 1, "parquet")
+            key = keys.part_key(job_id, index, 1, "parquet")
             aws.client("s3").put_object(Bucket=stack.cfg.artifacts_bucket, Key=key, Body=part(frame))
             record = jobs.BatchRecord(index=index, status=jobs.SUCCEEDED, items=len(frame),
                                       items_succeeded=len(frame), items_failed=0, attempt=1, part_key=key,

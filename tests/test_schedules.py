@@ -19,7 +19,7 @@ from parallelrun.core.datasets import InputFile
 from parallelrun.core.errors import ConflictError, ExpressionError, InputError, NotFoundError, SettingsError
 from parallelrun.local import rules
 from parallelrun.pipeline import aggregator, schedules
-from parallelrun.store import jobs, scored
+from parallelrun.store import jobs, keys, scored
 from tests.conftest import put_files, read_output
 from tests.test_failures import script
 from tests.test_pipeline import echo
@@ -401,7 +401,7 @@ def test_the_scored_record_is_merged_across_shards_in_key_order(stack):
     changed = [InputFile(f.key, 1, "edited") if i % 10 == 0 else f for i, f in enumerate(listing)]
     left = list(scored.unscored(stack.cfg, "merge", changed))
     assert [f.key for f in left] == [f.key for i, f in enumerate(listing) if i % 2 or i % 10 == 0]
-    assert len({scored.shard_key("merge", f.key) for f in listing}) == scored.SHARDS
+    assert len({keys.scored_key("merge", f.key)["pk"] for f in listing}) == keys.SCORED_SHARDS
     assert scored.forget(stack.cfg, "merge") == 150
     assert len(list(scored.unscored(stack.cfg, "merge", listing))) == 300
 

@@ -179,7 +179,8 @@ def batch_get(name: str, keys: Iterable[dict[str, Any]], *, table: Any = None) -
 
 def writer(name: str, overwrite_by_pkeys: list[str] | None = None, *, table: Any = None) -> AbstractContextManager[Any]:
     """A batch writer: puts and deletes sent 25 a request, unprocessed ones sent again."""
-    return _table(name, table).batch_writer(**({"overwrite_by_pkeys": overwrite_by_pkeys} if overwrite_by_pkeys else {}))
+    options = {"overwrite_by_pkeys": overwrite_by_pkeys} if overwrite_by_pkeys else {}
+    return _table(name, table).batch_writer(**options)
 
 
 # --- transactions

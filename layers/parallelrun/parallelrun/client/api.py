@@ -13,7 +13,7 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.client import sdk
 from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
 from parallelrun.pipeline import aggregator, planner, schedules, submit
-from parallelrun.store import endpoints, jobs, registry
+from parallelrun.store import endpoints, jobs, keys, registry
 
 
 class Client:
@@ -188,7 +188,7 @@ class Client:
     def logs(self, job_id: str, minibatch: int | None = None) -> Iterator[str]:
         """The stored log lines of a job's mini-batch attempts (the script's own included)."""
         self.job(job_id)  # a clear error for an unknown job
-        prefix = jobs.job_prefix(job_id) + "logs/" + (f"{minibatch:09d}." if minibatch is not None else "")
+        prefix = keys.logs_prefix(job_id, minibatch)
         s3 = aws.client("s3")
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.artifacts_bucket, Prefix=prefix):
             for obj in page.get("Contents", []):

@@ -25,7 +25,7 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, pricing, results, usage
 from parallelrun.core.errors import ConflictError
 from parallelrun.pipeline import schedules
-from parallelrun.store import jobs, reuse
+from parallelrun.store import jobs, keys, reuse
 
 log = logging.getLogger("parallelrun.pipeline.aggregator")
 PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB but the last
@@ -58,7 +58,7 @@ def check_shard(cfg: StackConfig, job: jobs.Job, index: int) -> None:
     this shard is, and a threshold can be crossed only where a failure was counted. Whoever
     records a shard's last mini-batch (or a failure) checks the whole job after its own commit,
     so the last commit of all always sees the job complete."""
-    shard = jobs.shard_of(index)
+    shard = keys.shard_of(index)
     counts = jobs.shard_counts(cfg, job.job_id, shard)
     full = counts["batches_succeeded"] + counts["batches_failed"] >= jobs.shard_size(job.total_batches or 0, shard)
     thresholds = job.settings.error_threshold != -1 or job.settings.allowed_failed_count != -1

@@ -23,7 +23,7 @@ from parallelrun.core.datasets import item_from_json
 from parallelrun.core.errors import ConflictError
 from parallelrun.pipeline import aggregator, markers, schedules, worker
 from parallelrun.scoring.runner import Failure
-from parallelrun.store import jobs
+from parallelrun.store import jobs, keys
 
 log = logging.getLogger("parallelrun.pipeline.failure_recorder")
 ERROR_MESSAGE_CHARS = 1000  # of the planner's error kept in a job's reason (Lambda's may be 256 KB)
@@ -56,7 +56,7 @@ def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
     attempts = cfg.limits.max_receive_count
     with logs.context(job_id, index):
         if jobs.get_batch(cfg, job_id, index) is None:
-            key = jobs.failures_key(job_id, index, 0)
+            key = keys.failures_key(job_id, index, 0)
             reason = (f"the worker died or timed out on all {attempts} deliveries of this mini-batch "
                       "(killed, out of memory, or past the function timeout)")
             failure = Failure("WorkerLost", reason)

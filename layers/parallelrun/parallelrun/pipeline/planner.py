@@ -24,7 +24,7 @@ from parallelrun.core import datasets, logs, partitions, usage
 from parallelrun.core.datasets import InputFile, InputSpec, TablePiece
 from parallelrun.core.errors import ConflictError, InputError, ParallelRunError, SettingsError
 from parallelrun.pipeline import aggregator, markers, schedules, submit
-from parallelrun.store import endpoints, jobs, registry, reuse, scored
+from parallelrun.store import endpoints, jobs, keys, registry, reuse, scored
 
 log = logging.getLogger("parallelrun.pipeline.planner")
 MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
@@ -252,7 +252,7 @@ def plan_entry(items: list, partition: dict[str, str] | None, partitioned: bool)
 
 
 def _put_chunk(s3: Any, cfg: StackConfig, job_id: str, number: int, chunk: list) -> None:
-    s3.put_object(Bucket=cfg.artifacts_bucket, Key=jobs.plan_chunk_key(job_id, number), Body=json.dumps(chunk).encode())
+    s3.put_object(Bucket=cfg.artifacts_bucket, Key=keys.plan_chunk_key(job_id, number), Body=json.dumps(chunk).encode())
 
 
 Entry = tuple[int, list[InputFile], dict[str, str] | None]
@@ -263,7 +263,7 @@ def read_plan(cfg: StackConfig, job_id: str, start: int, end: int) -> Iterator[E
     reading only the chunks needed."""
     s3 = aws.client("s3")
     for number in range(start // PLAN_CHUNK, (end - 1) // PLAN_CHUNK + 1):
-        body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=jobs.plan_chunk_key(job_id, number))["Body"].read()
+        body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=keys.plan_chunk_key(job_id, number))["Body"].read()
         for offset, batch in enumerate(json.loads(body)):
             index = number * PLAN_CHUNK + offset
             if start <= index < end:

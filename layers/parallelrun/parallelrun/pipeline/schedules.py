@@ -34,7 +34,7 @@ from parallelrun.core.datasets import InputFile, TablePiece
 from parallelrun.core.errors import ConflictError, InputError, NotFoundError, ParallelRunError, SettingsError
 from parallelrun.core.settings import RunSettings
 from parallelrun.pipeline import submit
-from parallelrun.store import jobs, scored
+from parallelrun.store import jobs, keys, scored
 
 log = logging.getLogger("parallelrun.pipeline.schedules")
 SKIP, WAIT = "skip", "wait"
@@ -70,7 +70,7 @@ class Schedule:
         item = {k: v for k, v in self.__dict__.items() if v is not None}
         item["settings"] = json.dumps(self.settings, sort_keys=True)
         item["created_at"] = dynamo.decimal(self.created_at, 3)
-        return {**schedule_key(self.name), **item}
+        return {**keys.schedule_key(self.name), **item}
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Schedule:
@@ -89,10 +89,6 @@ class Firing:
     outcome: str
     job_id: str | None = None
     holder: str | None = None
-
-
-def schedule_key(name: str) -> dict[str, str]:
-    return {"pk": f"SCHEDULE#{name}", "sk": "SCHEDULE"}
 
 
 def run_stamp(fire_time: str) -> str:
@@ -135,7 +131,7 @@ def create(cfg: StackConfig, name: str, endpoint: str, expression: str, input_ur
     try:
         _put_rule(cfg, schedule)
     except BaseException:
-        dynamo.delete(cfg.table, schedule_key(name))
+        dynamo.delete(cfg.table, keys.schedule_key(name))
         raise
     logs.event(log, "schedule created", schedule=name, expression=schedule.expression, rule=rule_name)
     return schedule
@@ -160,14 +156,14 @@ def get(cfg: StackConfig, name: str) -> Schedule:
 
 
 def find(cfg: StackConfig, name: str) -> Schedule | None:
-    item = dynamo.get(cfg.table, schedule_key(name), consistent=True)
+    item = dynamo.get(cfg.table, keys.schedule_key(name), consistent=True)
     return Schedule.from_item(item) if item else None
 
 
 def list_schedules(cfg: StackConfig) -> list[Schedule]:
     """Every schedule, by name. A scan: for a listing command, never a hot path."""
     items = dynamo.scan(cfg.table, FilterExpression="begins_with(pk, :prefix) AND sk = :sk",
-                        ExpressionAttributeValues={":prefix": "SCHEDULE#", ":sk": "SCHEDULE"})
+                        ExpressionAttributeValues={":prefix": keys.SCHEDULE_PREFIX, ":sk": keys.SCHEDULE_SK})
     return sorted((Schedule.from_item(item) for item in items), key=lambda s: s.name)
 
 
@@ -183,7 +179,7 @@ def delete(cfg: StackConfig, name: str) -> None:
     # What was scored goes first: a delete that stops half-way is repeated while the schedule
     # still exists, and a later schedule of the same name never inherits its records.
     forgotten = scored.forget(cfg, name)
-    dynamo.delete(cfg.table, schedule_key(name))
+    dynamo.delete(cfg.table, keys.schedule_key(name))
     logs.event(log, "schedule deleted", schedule=name, forgotten_inputs=forgotten)
 
 
@@ -260,9 +256,9 @@ def _start(cfg: StackConfig, schedule: Schedule, job_id: str, fire_time: str, tr
 
 def _prepare_run(cfg: StackConfig, schedule: Schedule, job_id: str, fire_time: str) -> jobs.Job:
     """The run's job, checked as a submit is, with its output in ``<prefix>/<schedule>/<run time>/``."""
-    prefix = schedule.settings.get("output_path") or f"s3://{cfg.artifacts_bucket}/schedules/"
+    prefix = schedule.settings.get("output_path") or f"s3://{cfg.artifacts_bucket}/{keys.SCHEDULES_PREFIX}"
     prefix = prefix if prefix.endswith("/") else prefix + "/"
-    overrides = {**schedule.settings, "output_path": f"{prefix}{schedule.name}/{run_stamp(fire_time)}/"}
+    overrides = {**schedule.settings, "output_path": prefix + keys.schedule_run_folder(schedule.name, run_stamp(fire_time))}
     job = submit.prepare(cfg, schedule.endpoint, schedule.input_uri, overrides, schedule.deployment, job_id, "schedule")
     job.schedule = schedule.name
     return job
@@ -282,13 +278,13 @@ def run_ended(cfg: StackConfig, job: jobs.Job) -> None:
     so a repeat of this call finishes it; the waiting run's job id is its time's, so sending it
     twice starts it once)."""
     assert job.schedule is not None
-    current = dynamo.get(cfg.table, schedule_key(job.schedule), consistent=True) or {}
+    current = dynamo.get(cfg.table, keys.schedule_key(job.schedule), consistent=True) or {}
     if current.get("running_job") != job.job_id:
         return  # given back already, or taken over
     if current.get("waiting"):
         aws.client("sqs").send_message(QueueUrl=cfg.planner_queue_url, MessageBody=json.dumps(
             {"action": "schedule", "schedule": job.schedule, "time": current["waiting"], "trigger": "waited"}))
-    dynamo.update_if(cfg.table, schedule_key(job.schedule), "REMOVE running_job, waiting", "running_job = :job",
+    dynamo.update_if(cfg.table, keys.schedule_key(job.schedule), "REMOVE running_job, waiting", "running_job = :job",
                      {":job": job.job_id})  # lost: taken over meanwhile
 
 
@@ -346,7 +342,7 @@ def _claim(cfg: StackConfig, name: str, job_id: str) -> str | None:
 
 def _update(cfg: StackConfig, name: str, expression: str, condition: str, **values: Any) -> bool:
     """A conditional update of the schedule's item; False when its condition failed."""
-    return dynamo.update_if(cfg.table, schedule_key(name), expression, condition,
+    return dynamo.update_if(cfg.table, keys.schedule_key(name), expression, condition,
                             {f":{k}": v for k, v in values.items()})
 
 

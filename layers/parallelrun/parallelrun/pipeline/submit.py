@@ -19,11 +19,11 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import settings
 from parallelrun.core.datasets import InputSpec
 from parallelrun.core.errors import ConflictError, InputError, SettingsError
-from parallelrun.store import endpoints, jobs, registry
+from parallelrun.store import endpoints, jobs, keys, registry
 
 # The artifacts bucket's own folders: jobs' plans, parts and outputs; scoring code; models.
-_RESERVED_PREFIXES = ("jobs/", "code/", "models/")
-_SCHEDULES_PREFIX = "schedules/"  # where schedules._prepare_run puts its runs by default
+_RESERVED_PREFIXES = (keys.JOBS_PREFIX, keys.CODE_PREFIX, keys.MODELS_PREFIX)
+_SCHEDULES_PREFIX = keys.SCHEDULES_PREFIX  # where schedules._prepare_run puts its runs by default
 
 
 def new_job_id(endpoint: str, seed: str | None = None) -> str:
@@ -57,7 +57,7 @@ def prepare(
         raise InputError(f"--input {input_uri!r}: give an s3://bucket/folder/ URI") from None
     _refuse_unreadable_input(spec)
     job_id = job_id or new_job_id(endpoint)
-    output_uri = run_settings.output_path or f"s3://{cfg.artifacts_bucket}/{jobs.job_prefix(job_id)}output/"
+    output_uri = run_settings.output_path or f"s3://{cfg.artifacts_bucket}/{keys.output_prefix(job_id)}"
     output_uri = output_uri if output_uri.endswith("/") else output_uri + "/"
     if run_settings.output_path:
         _check_output_place(cfg, run_settings.output_path, source)

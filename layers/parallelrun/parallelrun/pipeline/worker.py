@@ -34,7 +34,7 @@ from parallelrun.core.partitions import frame_groups
 from parallelrun.pipeline import aggregator
 from parallelrun.scoring import runner
 from parallelrun.scoring.runner import AttemptFailed, Failure
-from parallelrun.store import jobs, registry, reuse
+from parallelrun.store import jobs, keys, registry, reuse
 
 log = logging.getLogger("parallelrun.pipeline.worker")
 FETCH_THREADS = 16
@@ -372,10 +372,10 @@ def write_results(cfg: StackConfig, job_id: str, index: int, inputs: int, attemp
     s3 = aws.client("s3")
     part = failures = None
     if len(rows):
-        part = jobs.part_key(job_id, index, attempt, results.suffix(rows))
+        part = keys.part_key(job_id, index, attempt, results.suffix(rows))
         s3.put_object(Bucket=cfg.artifacts_bucket, Key=part, Body=results.encode(rows))
     if failed:
-        failures = jobs.failures_key(job_id, index, attempt)
+        failures = keys.failures_key(job_id, index, attempt)
         lines = [failure_line(item, index, attempt, failure, worker) for item, failure in failed]
         s3.put_object(Bucket=cfg.artifacts_bucket, Key=failures, Body="".join(lines).encode())
     items_failed = min(failed_count, inputs)
@@ -446,7 +446,7 @@ def collect_entry_dirs(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost
 def _write_log(cfg: StackConfig, job_id: str, index: int, attempt: int, lines: list[str]) -> None:
     """Keep the attempt's log lines (the script's own included) where `parallelrun logs` reads them."""
     try:
-        aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=jobs.log_key(job_id, index, attempt),
+        aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=keys.log_key(job_id, index, attempt),
                                     Body="".join(line + "\n" for line in lines).encode())
     except Exception:  # logs are for reading, never a reason to fail a mini-batch
         log.warning("could not store the mini-batch's log", exc_info=True)

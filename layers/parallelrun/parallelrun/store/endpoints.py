@@ -21,7 +21,7 @@ from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import settings
 from parallelrun.core.errors import ConflictError, InputError, NotFoundError
-from parallelrun.store import registry
+from parallelrun.store import keys, registry
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{0,62}$")
 DEFAULT_DEPLOYMENT = "default"
@@ -50,13 +50,9 @@ class Deployment:
             return f"{self.model_name} (per partition)"
         return f"{self.model_name}:{self.model_version or 'latest'}"
 
-    @property
-    def code_key(self) -> str:
-        return code_key(self.code_sha)
-
     def to_item(self) -> dict[str, Any]:
         return {
-            "pk": f"ENDPOINT#{self.endpoint}", "sk": f"DEPLOYMENT#{self.name}", "endpoint": self.endpoint,
+            **keys.deployment_key(self.endpoint, self.name), "endpoint": self.endpoint,
             "name": self.name, "code_sha": self.code_sha, "entry_script": self.entry_script,
             "model_name": self.model_name, "model_version": self.model_version,
             "settings": json.dumps(self.settings, sort_keys=True),
@@ -72,10 +68,6 @@ class Deployment:
             model_version=int(version) if version is not None else None,
             settings=json.loads(item.get("settings") or "{}"), created_at=float(item.get("created_at", 0)),
         )
-
-
-def code_key(sha: str) -> str:
-    return f"code/{sha}.zip"
 
 
 def bundle(code_dir: Path) -> bytes:
@@ -99,7 +91,7 @@ def upload_code(cfg: StackConfig, code_dir: Path) -> str:
     sha = hashlib.sha256(data).hexdigest()
     s3 = aws.client("s3")
     try:
-        s3.put_object(Bucket=cfg.artifacts_bucket, Key=code_key(sha), Body=data, IfNoneMatch="*")
+        s3.put_object(Bucket=cfg.artifacts_bucket, Key=keys.code_key(sha), Body=data, IfNoneMatch="*")
     except s3.exceptions.ClientError as error:
         if error.response["Error"]["Code"] not in ("PreconditionFailed", "ConditionalRequestConflict"):
             raise
@@ -153,7 +145,7 @@ def create(
 ) -> Deployment:
     """Create endpoint ``name`` with one deployment, its default. Every part is checked first."""
     found = _deployment(cfg, name, deployment, code_dir, entry_script, model_ref, dict(overrides or {}))
-    _put_new(cfg, {"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT", "name": name, "default_deployment": deployment,
+    _put_new(cfg, {**keys.endpoint_key(name), "name": name, "default_deployment": deployment,
                    "created_at": dynamo.decimal(found.created_at, 3)}, f"endpoint {name!r}")
     dynamo.put(cfg.table, found.to_item())
     return found
@@ -173,12 +165,12 @@ def add_deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | P
 def set_default(cfg: StackConfig, endpoint: str, name: str) -> None:
     """Route the endpoint's new jobs to deployment ``name``; running jobs keep theirs."""
     get_deployment(cfg, endpoint, name)
-    dynamo.update(cfg.table, {"pk": f"ENDPOINT#{endpoint}", "sk": "ENDPOINT"}, "SET default_deployment = :d",
+    dynamo.update(cfg.table, keys.endpoint_key(endpoint), "SET default_deployment = :d",
                   {":d": name})
 
 
 def get_endpoint(cfg: StackConfig, name: str) -> dict[str, Any]:
-    item = dynamo.get(cfg.table, {"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT"})
+    item = dynamo.get(cfg.table, keys.endpoint_key(name))
     if not item:
         raise NotFoundError(f"no endpoint {name!r}: create it with `parallelrun endpoints create {name} ...`")
     return {"name": item["name"], "default_deployment": item["default_deployment"]}
@@ -186,7 +178,7 @@ def get_endpoint(cfg: StackConfig, name: str) -> dict[str, Any]:
 
 def list_deployments(cfg: StackConfig, endpoint: str) -> list[Deployment]:
     items = dynamo.query(cfg.table, KeyConditionExpression="pk = :pk AND begins_with(sk, :d)",
-                         ExpressionAttributeValues={":pk": f"ENDPOINT#{endpoint}", ":d": "DEPLOYMENT#"})
+                         ExpressionAttributeValues={":pk": keys.endpoint_pk(endpoint), ":d": keys.DEPLOYMENT_PREFIX})
     return [Deployment.from_item(item) for item in items]
 
 
@@ -196,15 +188,15 @@ def delete_deployment(cfg: StackConfig, endpoint: str, name: str) -> None:
         raise ConflictError(f"deployment {name!r} is the default of endpoint {endpoint!r}: "
                             "set another default first (`parallelrun endpoints set-default`)")
     get_deployment(cfg, endpoint, name)
-    dynamo.delete(cfg.table, {"pk": f"ENDPOINT#{endpoint}", "sk": f"DEPLOYMENT#{name}"})
+    dynamo.delete(cfg.table, keys.deployment_key(endpoint, name))
 
 
 def delete_endpoint(cfg: StackConfig, name: str) -> None:
     """Delete an endpoint and its deployments; jobs already submitted are unaffected."""
     get_endpoint(cfg, name)
     for deployment in list_deployments(cfg, name):
-        dynamo.delete(cfg.table, {"pk": f"ENDPOINT#{name}", "sk": f"DEPLOYMENT#{deployment.name}"})
-    dynamo.delete(cfg.table, {"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT"})
+        dynamo.delete(cfg.table, keys.deployment_key(name, deployment.name))
+    dynamo.delete(cfg.table, keys.endpoint_key(name))
 
 
 def update(
@@ -237,7 +229,7 @@ def get_deployment(cfg: StackConfig, endpoint: str, deployment: str | None = Non
     """The named deployment of ``endpoint``, or its default one."""
     if deployment is None:
         deployment = get_endpoint(cfg, endpoint)["default_deployment"]
-    item = dynamo.get(cfg.table, {"pk": f"ENDPOINT#{endpoint}", "sk": f"DEPLOYMENT#{deployment}"})
+    item = dynamo.get(cfg.table, keys.deployment_key(endpoint, deployment))
     if not item:
         raise NotFoundError(f"endpoint {endpoint!r} has no deployment {deployment!r}")
     return Deployment.from_item(item)
@@ -245,6 +237,6 @@ def get_deployment(cfg: StackConfig, endpoint: str, deployment: str | None = Non
 
 def list_endpoints(cfg: StackConfig) -> list[dict[str, Any]]:
     items = dynamo.scan(cfg.table, FilterExpression="begins_with(pk, :e) AND sk = :s",
-                        ExpressionAttributeValues={":e": "ENDPOINT#", ":s": "ENDPOINT"})
+                        ExpressionAttributeValues={":e": keys.ENDPOINT_PREFIX, ":s": keys.ENDPOINT_SK})
     return sorted(({"name": i["name"], "default_deployment": i["default_deployment"]} for i in items),
                   key=lambda e: e["name"])

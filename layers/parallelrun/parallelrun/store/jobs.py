@@ -1,8 +1,8 @@
-"""Job and mini-batch records in DynamoDB, and where a job's objects live in S3.
+"""Job and mini-batch records in DynamoDB.
 
-One table holds everything (``pk``/``sk``); every key of a job is made here. A job is
-``JOB#<id>``/``JOB``. Its mini-batches are spread over :data:`SHARDS` shards, shard = index %
-SHARDS: the records of a shard's mini-batches are under a partition key of its own,
+One table holds everything (``pk``/``sk``; every key is made in :mod:`parallelrun.store.keys`). A
+job is ``JOB#<id>``/``JOB``. Its mini-batches are spread over ``keys.SHARDS`` shards, shard =
+index % SHARDS: the records of a shard's mini-batches are under a partition key of its own,
 ``JOB#<id>#<shard>``/``BATCH#<index>``, and its counters are one item beside the job's,
 ``JOB#<id>``/``COUNTS#<shard>``. A mini-batch's completion is one transaction on its shard: the
 batch record is put only if absent and the shard's counters are added in the same write, so a
@@ -27,6 +27,7 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import usage
 from parallelrun.core.errors import ConflictError, NotFoundError
 from parallelrun.core.settings import RunSettings
+from parallelrun.store import keys
 
 QUEUED, PLANNING, RUNNING, FINALIZING = "QUEUED", "PLANNING", "RUNNING", "FINALIZING"
 SUCCEEDED, FAILED, CANCELED = "SUCCEEDED", "FAILED", "CANCELED"
@@ -34,76 +35,21 @@ TERMINAL = (SUCCEEDED, FAILED, CANCELED)
 ACTIVE = (QUEUED, PLANNING, RUNNING, FINALIZING)
 
 
-# How many shards a job's mini-batches are spread over. Sized for 1,000 concurrent workers
-# committing up to ~1,000 mini-batches a second. A commit is a transaction, which costs 2 WCU per
-# KB of each item: the ~1-2 KB record is ~4 WCU, so the records alone are ~4,000 WCU/s, where one
-# partition serves about 1,000; over 100 partition keys each takes ~10 commits (~40 WCU) a
-# second. The counter items are small (2 WCU a commit) and ~10 commits a second each, so a commit
-# seldom overlaps another on its counter (a TransactionConflict, retried). They share the job's
-# partition key so that one Query reads them: ~2,000 WCU/s at the very peak, which DynamoDB's
-# adaptive capacity serves by isolating frequently written items on partitions of their own.
-# https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/bp-partition-key-design.html
-# https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/burst-adaptive-capacity.html
-# https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html (capacity)
-# The keys of a job still running depend on it: change it only on a stack with no job running.
-SHARDS = 100
 # Records per Query page when the shards are merged in index order: the merge holds one page per
 # shard, so its memory is SHARDS x SHARD_PAGE records whatever the size of the job.
 SHARD_PAGE = 50
 COUNTERS = ("batches_succeeded", "batches_failed", "items_succeeded", "items_failed", "retries", "batches_reused")
 
 
-def job_key(job_id: str) -> dict[str, str]:
-    return {"pk": f"JOB#{job_id}", "sk": "JOB"}
-
-
-def _shard_pk(job_id: str, shard: int) -> str:
-    return f"JOB#{job_id}#{shard}"
-
-
-def shard_of(index: int) -> int:
-    """The shard (partition key) mini-batch ``index`` is recorded and counted in."""
-    return index % SHARDS
-
-
-def batch_key(job_id: str, index: int) -> dict[str, str]:
-    return {"pk": _shard_pk(job_id, shard_of(index)), "sk": f"BATCH#{index:09d}"}
-
-
-def counts_key(job_id: str, shard: int) -> dict[str, str]:
-    return {"pk": f"JOB#{job_id}", "sk": f"COUNTS#{shard:03d}"}
-
-
 def shards_of(total_batches: int | None) -> range:
     """The shards a job of ``total_batches`` mini-batches uses (none before it is planned:
     nothing can be recorded before the total is set, DESIGN invariant 4)."""
-    return range(min(SHARDS, total_batches or 0))
+    return range(min(keys.SHARDS, total_batches or 0))
 
 
 def shard_size(total_batches: int, shard: int) -> int:
     """How many of a job's mini-batches ``shard`` holds once all are recorded."""
-    return total_batches // SHARDS + (shard < total_batches % SHARDS)
-
-
-def job_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/"
-
-
-def plan_chunk_key(job_id: str, chunk: int) -> str:
-    return f"{job_prefix(job_id)}plan/{chunk:06d}.json"
-
-
-def part_key(job_id: str, index: int, attempt: int, suffix: str = "txt") -> str:
-    # The attempt is in the key: a late duplicate can never overwrite the committed part.
-    return f"{job_prefix(job_id)}parts/{index:09d}.{attempt}.{suffix}"
-
-
-def failures_key(job_id: str, index: int, attempt: int) -> str:
-    return f"{job_prefix(job_id)}failures/{index:09d}.{attempt}.jsonl"
-
-
-def log_key(job_id: str, index: int, attempt: int) -> str:
-    return f"{job_prefix(job_id)}logs/{index:09d}.{attempt}.jsonl"
+    return total_batches // keys.SHARDS + (shard < total_batches % keys.SHARDS)
 
 
 @dataclass
@@ -148,7 +94,7 @@ class Job:
         item = {k: dynamo.decimal(v) for k, v in self.__dict__.items() if v is not None}
         item["deployment"] = json.dumps(self.deployment, sort_keys=True)
         item["settings"] = self.settings.to_json()
-        return {**job_key(self.job_id), **item}
+        return {**keys.job_key(self.job_id), **item}
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Job:
@@ -182,7 +128,7 @@ class BatchRecord:
 
     def to_item(self, job_id: str) -> dict[str, Any]:
         item = {k: dynamo.decimal(v) for k, v in self.__dict__.items() if v is not None}
-        return {**batch_key(job_id, self.index), **item}
+        return {**keys.batch_key(job_id, self.index), **item}
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> BatchRecord:
@@ -200,10 +146,11 @@ def get(cfg: StackConfig, job_id: str, counted: bool = True) -> Job:
     counters (they sort just before it). With ``counted=False``, its own item only (a GetItem:
     one item's read units), its counters left as that item holds them."""
     if counted:
-        found = list(dynamo.query(cfg.table, ConsistentRead=True, KeyConditionExpression="pk = :pk AND sk BETWEEN :first AND :job",
-                                 ExpressionAttributeValues={":pk": f"JOB#{job_id}", ":first": "COUNTS#", ":job": "JOB"}))
+        found = list(dynamo.query(
+            cfg.table, ConsistentRead=True, KeyConditionExpression="pk = :pk AND sk BETWEEN :first AND :job",
+            ExpressionAttributeValues={":pk": keys.job_pk(job_id), ":first": keys.COUNTS_PREFIX, ":job": keys.JOB_SK}))
     else:
-        found = [item] if (item := dynamo.get(cfg.table, job_key(job_id), consistent=True)) else []
+        found = [item] if (item := dynamo.get(cfg.table, keys.job_key(job_id), consistent=True)) else []
     if not found or found[-1]["sk"] != "JOB":
         raise NotFoundError(f"no job {job_id!r}: `parallelrun jobs` lists the jobs of this stack")
     job, shards = Job.from_item(found[-1]), found[:-1]
@@ -213,7 +160,7 @@ def get(cfg: StackConfig, job_id: str, counted: bool = True) -> Job:
 
 def shard_counts(cfg: StackConfig, job_id: str, shard: int) -> dict[str, int]:
     """One shard's counters (every name in :data:`COUNTERS`, 0 where none was added yet)."""
-    item = dynamo.get(cfg.table, counts_key(job_id, shard), consistent=True) or {}
+    item = dynamo.get(cfg.table, keys.counts_key(job_id, shard), consistent=True) or {}
     return {name: dynamo.plain(item.get(name, 0)) for name in COUNTERS}
 
 
@@ -222,8 +169,8 @@ def open_shards(cfg: StackConfig, job_id: str, total_batches: int) -> None:
     commit adds to its shard's item only if it exists, so nothing is ever counted for a job that
     does not exist. ADD of zero creates the counters and never resets them (a repeated planning)."""
     for shard in shards_of(total_batches):
-        dynamo.update(cfg.table, counts_key(job_id, shard), "ADD " + ", ".join(f"{name} :zero" for name in COUNTERS),
-                      {":zero": 0})
+        dynamo.update(cfg.table, keys.counts_key(job_id, shard),
+                      "ADD " + ", ".join(f"{name} :zero" for name in COUNTERS), {":zero": 0})
 
 
 def find(cfg: StackConfig, job_id: str, counted: bool = True) -> Job | None:
@@ -239,7 +186,7 @@ def transition(cfg: StackConfig, job_id: str, to: str, expected: tuple[str, ...]
     names = {f"#{k}": k for k in values}
     attrs: dict[str, Any] = {f":{k}": dynamo.decimal(v) for k, v in values.items()}
     attrs.update({f":e{i}": state for i, state in enumerate(expected)})
-    return dynamo.update_if(cfg.table, job_key(job_id), "SET " + ", ".join(f"#{k} = :{k}" for k in values),
+    return dynamo.update_if(cfg.table, keys.job_key(job_id), "SET " + ", ".join(f"#{k} = :{k}" for k in values),
                             "#state IN (" + ", ".join(f":e{i}" for i in range(len(expected))) + ")", attrs,
                             names=names)
 
@@ -249,7 +196,7 @@ def claim_finalize(cfg: StackConfig, job_id: str, lease_seconds: float) -> bool:
     ran out (a stopped job starts with no lease). False if someone else holds it."""
     now = time.time()
     return dynamo.update_if(
-        cfg.table, job_key(job_id), "SET #state = :finalizing, finalize_until = :until",
+        cfg.table, keys.job_key(job_id), "SET #state = :finalizing, finalize_until = :until",
         "#state = :running OR (#state = :finalizing AND "
         "(attribute_not_exists(finalize_until) OR finalize_until < :now))",
         {":finalizing": FINALIZING, ":running": RUNNING, ":until": dynamo.decimal(now + lease_seconds),
@@ -260,7 +207,7 @@ def claim_finalize(cfg: StackConfig, job_id: str, lease_seconds: float) -> bool:
 def reopen(cfg: StackConfig, job_id: str, deployment: dict[str, Any], token: str) -> bool:
     """An ended job runs again (redrive): state RUNNING, no outcome, a new planner chain."""
     return dynamo.update_if(
-        cfg.table, job_key(job_id), "SET #state = :running, deployment = :deployment, planner_token = :token, "
+        cfg.table, keys.job_key(job_id), "SET #state = :running, deployment = :deployment, planner_token = :token, "
                                     "reason = :empty REMOVE outcome, ended_at, finalize_until",
         "#state IN (:s, :f, :c)",
         {":running": RUNNING, ":deployment": json.dumps(deployment, sort_keys=True), ":token": token, ":empty": "",
@@ -271,7 +218,7 @@ def reopen(cfg: StackConfig, job_id: str, deployment: dict[str, Any], token: str
 def advance_planner(cfg: StackConfig, job_id: str, tick: int, token: str, cursor: int, next_token: str) -> bool:
     """Record the planner's cursor, only if no one else handled this tick (see planner.tick)."""
     return dynamo.update_if(
-        cfg.table, job_key(job_id), "SET #cursor = :cursor, planner_tick = :next, planner_token = :next_token",
+        cfg.table, keys.job_key(job_id), "SET #cursor = :cursor, planner_tick = :next, planner_token = :next_token",
         "planner_tick = :tick AND planner_token = :token AND #cursor <= :cursor",
         {":cursor": cursor, ":next": tick + 1, ":next_token": next_token, ":tick": tick, ":token": token},
         names={"#cursor": "cursor"})
@@ -300,7 +247,7 @@ def reopen_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
     return dynamo.succeeds(lambda: dynamo.transact([
         {"Delete": {
             "TableName": cfg.table,
-            "Key": dynamo.serialize(batch_key(job_id, record.index)),
+            "Key": dynamo.serialize(keys.batch_key(job_id, record.index)),
             "ConditionExpression": "attempt = :attempt",
             "ExpressionAttributeValues": dynamo.serialize({":attempt": record.attempt}),
         }},
@@ -309,7 +256,7 @@ def reopen_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
 
 
 def get_batch(cfg: StackConfig, job_id: str, index: int) -> BatchRecord | None:
-    item = dynamo.get(cfg.table, batch_key(job_id, index), consistent=True)
+    item = dynamo.get(cfg.table, keys.batch_key(job_id, index), consistent=True)
     return BatchRecord.from_item(item) if item else None
 
 
@@ -325,8 +272,8 @@ def iter_batches(cfg: StackConfig, job_id: str) -> Iterator[BatchRecord]:
     order, the sort key being zero-padded) merged lazily, one page per shard in memory."""
     job = find(cfg, job_id, counted=False)
     shards = shards_of(job.total_batches) if job else range(0)
-    merged = heapq.merge(*(_items(cfg, _shard_pk(job_id, shard), "BATCH#", SHARD_PAGE) for shard in shards),
-                         key=lambda item: item["sk"])
+    merged = heapq.merge(*(_items(cfg, keys.batch_pk(job_id, shard), keys.BATCH_PREFIX, SHARD_PAGE)
+                           for shard in shards), key=lambda item: item["sk"])
     return (BatchRecord.from_item(item) for item in merged)
 
 
@@ -335,8 +282,7 @@ def put_usage(cfg: StackConfig, job_id: str, spent: usage.Usage | None) -> None:
     attempt that will be retried); the aggregator sums them into the job's cost."""
     if spent is None:
         return
-    key = {"pk": f"JOB#{job_id}", "sk": f"USAGE#{time.time_ns():020d}#{secrets.token_hex(4)}"}
-    dynamo.put(cfg.table, {**key, **spent.to_dict()})
+    dynamo.put(cfg.table, {**keys.usage_key(job_id, time.time_ns(), secrets.token_hex(4)), **spent.to_dict()})
 
 
 def keep_usage(cfg: StackConfig, job_id: str) -> None:
@@ -346,13 +292,13 @@ def keep_usage(cfg: StackConfig, job_id: str) -> None:
 
 def iter_usage(cfg: StackConfig, job_id: str) -> Iterator[usage.Usage]:
     """Every usage item of a job (see :func:`put_usage`)."""
-    return (usage.Usage.from_dict(item) for item in _items(cfg, f"JOB#{job_id}", "USAGE#"))
+    return (usage.Usage.from_dict(item) for item in _items(cfg, keys.job_pk(job_id), keys.USAGE_PREFIX))
 
 
 def list_jobs(cfg: StackConfig, limit: int = 50) -> list[Job]:
     """The newest jobs first. A scan: fine for a listing command, never used on a hot path."""
     items = dynamo.scan(cfg.table, FilterExpression="begins_with(pk, :prefix) AND sk = :job",
-                        ExpressionAttributeValues={":prefix": "JOB#", ":job": "JOB"})
+                        ExpressionAttributeValues={":prefix": keys.JOB_PREFIX, ":job": keys.JOB_SK})
     jobs = sorted((Job.from_item(i) for i in items), key=lambda j: j.created_at, reverse=True)
     return jobs[:limit]
 
@@ -364,7 +310,7 @@ def _counts(cfg: StackConfig, job_id: str, record: BatchRecord, sign: int) -> di
     succeeded = record.status == SUCCEEDED
     return {"Update": {
         "TableName": cfg.table,
-        "Key": dynamo.serialize(counts_key(job_id, shard_of(record.index))),
+        "Key": dynamo.serialize(keys.counts_key(job_id, keys.shard_of(record.index))),
         "UpdateExpression": "ADD batches_succeeded :bs, batches_failed :bf, items_succeeded :is, "
                             "items_failed :if, retries :r, batches_reused :ru",
         "ConditionExpression": "attribute_exists(pk)",

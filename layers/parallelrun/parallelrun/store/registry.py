@@ -25,6 +25,7 @@ from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import safepath
 from parallelrun.core.errors import InputError, IntegrityError, NotFoundError
+from parallelrun.store import keys
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
@@ -43,11 +44,11 @@ class ModelVersion:
 
     @property
     def prefix(self) -> str:
-        return f"models/{self.name}/{self.version}/"
+        return keys.model_prefix(self.name, self.version)
 
     def to_item(self) -> dict[str, Any]:
         return {
-            "pk": f"MODEL#{self.name}", "sk": f"V#{self.version:09d}", "name": self.name,
+            **keys.model_key(self.name, self.version), "name": self.name,
             "version": self.version, "sha256": self.sha256, "files": list(self.files),
             "single_file": self.single_file, "tags": self.tags, "description": self.description,
             "created_at": dynamo.decimal(self.created_at, 3), "archived": self.archived,
@@ -98,7 +99,7 @@ def register(
     if not path.exists():
         raise InputError(f"model path {path} does not exist")
     files, sha = _content(path)
-    counter = dynamo.update(cfg.table, {"pk": f"MODEL#{name}", "sk": "COUNTER"}, "ADD latest :one", {":one": 1},
+    counter = dynamo.update(cfg.table, keys.model_counter_key(name), "ADD latest :one", {":one": 1},
                             returns="UPDATED_NEW")
     model = ModelVersion(
         name=name, version=int(counter["latest"]), sha256=sha, files=tuple(files),
@@ -133,10 +134,11 @@ def _download(uri: str, folder: Path) -> Path:
 def get(cfg: StackConfig, name: str, version: int | None = None) -> ModelVersion:
     """A version of a model; the latest when ``version`` is None."""
     if version is not None:
-        item = dynamo.get(cfg.table, {"pk": f"MODEL#{name}", "sk": f"V#{version:09d}"})
+        item = dynamo.get(cfg.table, keys.model_key(name, version))
     else:  # the newest version not archived (a model has few versions: read them all)
         items = dynamo.query(cfg.table, KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
-                             ExpressionAttributeValues={":pk": f"MODEL#{name}", ":v": "V#"}, ScanIndexForward=False)
+                             ExpressionAttributeValues={":pk": keys.model_pk(name), ":v": keys.VERSION_PREFIX},
+                             ScanIndexForward=False)
         item = next((i for i in items if not i.get("archived")), None)
     if not item:
         what = f"model {name!r}" + (f" version {version}" if version is not None else "")
@@ -147,13 +149,13 @@ def get(cfg: StackConfig, name: str, version: int | None = None) -> ModelVersion
 def archive(cfg: StackConfig, name: str, version: int) -> ModelVersion:
     """Hide a version from "latest" (jobs that pinned it keep working)."""
     model = get(cfg, name, version)
-    dynamo.update(cfg.table, {"pk": f"MODEL#{name}", "sk": f"V#{version:09d}"}, "SET archived = :t", {":t": True})
+    dynamo.update(cfg.table, keys.model_key(name, version), "SET archived = :t", {":t": True})
     return get(cfg, name, model.version)
 
 
 def list_models(cfg: StackConfig, tags: dict[str, str] | None = None) -> list[ModelVersion]:
     items = dynamo.scan(cfg.table, FilterExpression="begins_with(pk, :m) AND begins_with(sk, :v)",
-                        ExpressionAttributeValues={":m": "MODEL#", ":v": "V#"})
+                        ExpressionAttributeValues={":m": keys.MODEL_PREFIX, ":v": keys.VERSION_PREFIX})
     found = (ModelVersion.from_item(i) for i in items)
     wanted = tags or {}
     return sorted((m for m in found if all(m.tags.get(k) == v for k, v in wanted.items())),
