@@ -18,7 +18,7 @@ from parallelrun.client.api import Client
 from parallelrun.core.settings import RunSettings
 from parallelrun.local import conflicts
 from parallelrun.pipeline import aggregator
-from parallelrun.store import endpoints, jobs, keys
+from parallelrun.store import batches, endpoints, jobs, keys
 from tests.conftest import put_files, read_output
 from tests.test_failures import script
 from tests.test_pipeline import start
@@ -46,19 +46,19 @@ def _calls(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def _planned_job(stack: Any, job_id: str, total: int, settings: RunSettings | None = None) -> jobs.Job:
+def _planned_job(stack: Any, job_id: str, total: int, settings: RunSettings | None = None) -> jobs.JobRecord:
     """A RUNNING job of ``total`` mini-batches, as the planner leaves it before sending them."""
-    job = jobs.Job(job_id=job_id, endpoint="e", deployment={}, settings=settings or RunSettings(),
+    job = jobs.JobRecord(job_id=job_id, endpoint="e", deployment={}, settings=settings or RunSettings(),
                    input_uri="s3://b/p/",
                    output_uri=f"s3://{stack.cfg.artifacts_bucket}/jobs/{job_id}/output/", state=jobs.RUNNING,
                    total_batches=total)
     jobs.create(stack.cfg, job)
-    jobs.open_shards(stack.cfg, job_id, total)
+    batches.open_shards(stack.cfg, job_id, total)
     return job
 
 
-def _record(index: int, items_failed: int = 0) -> jobs.BatchRecord:
-    return jobs.BatchRecord(index=index, status=jobs.SUCCEEDED, items=2, items_succeeded=2 - items_failed,
+def _record(index: int, items_failed: int = 0) -> batches.BatchRecord:
+    return batches.BatchRecord(index=index, status=jobs.SUCCEEDED, items=2, items_succeeded=2 - items_failed,
                             items_failed=items_failed, attempt=1)
 
 
@@ -101,7 +101,7 @@ def test_commits_under_conflicts_on_every_other_transaction_spend_no_attempt(sta
     # Every other transaction: each of the 7 commits but the first is cancelled once, then served.
     assert (len(injected.seen), injected.cancelled) == (13, 6)
     assert (job.batches_succeeded, job.items_succeeded, job.batches_failed, job.items_failed) == (7, 14, 0, 0)
-    assert job.retries == 0 and {r.attempt for r in jobs.iter_batches(stack.cfg, job.job_id)} == {1}
+    assert job.retries == 0 and {r.attempt for r in batches.iter_batches(stack.cfg, job.job_id)} == {1}
     assert sorted(_calls(calls)) == [f"{i:02d}.txt {i + 1:02d}.txt" for i in range(0, 14, 2)]  # each run once
     assert read_output(stack.cfg, job).splitlines() == inputs  # exact, in mini-batch order
     summary = json.loads(read_output(stack.cfg, job, "summary.json"))
@@ -114,7 +114,7 @@ def test_no_two_concurrent_commits_touch_one_item(stack):
     job = _planned_job(stack, "spread", keys.SHARDS)
     with conflicts.injected(conflicts.Conflicts()) as seen:
         for index in range(keys.SHARDS):
-            assert jobs.commit_batch(stack.cfg, job.job_id, _record(index))
+            assert batches.commit_batch(stack.cfg, job.job_id, _record(index))
     assert len(seen.seen) == keys.SHARDS
     touched = [key for transaction in seen.seen for key in transaction]
     assert len(set(touched)) == len(touched) == 2 * keys.SHARDS  # no item in two of them
@@ -128,19 +128,19 @@ def test_a_conflict_is_retried_inside_the_commit_and_a_condition_is_not(stack, m
     monkeypatch.setattr(dynamo, "TRANSACT_BACKOFF", 0.001)
     job = _planned_job(stack, "retried", 4)
     with conflicts.injected(conflicts.Conflicts(every=2)) as injected:
-        assert jobs.commit_batch(stack.cfg, job.job_id, _record(0))  # served at once
-        assert jobs.commit_batch(stack.cfg, job.job_id, _record(1))  # cancelled, then served
+        assert batches.commit_batch(stack.cfg, job.job_id, _record(0))  # served at once
+        assert batches.commit_batch(stack.cfg, job.job_id, _record(1))  # cancelled, then served
         assert len(injected.seen) == 3 and injected.cancelled == 1
     with conflicts.injected(conflicts.Conflicts()) as injected:
-        assert not jobs.commit_batch(stack.cfg, job.job_id, _record(1))  # another delivery recorded it first
+        assert not batches.commit_batch(stack.cfg, job.job_id, _record(1))  # another delivery recorded it first
         assert len(injected.seen) == 1  # a failed condition is never tried again
     assert jobs.get(stack.cfg, job.job_id).batches_succeeded == 2
 
     with conflicts.injected(conflicts.Conflicts(every=1)) as injected, pytest.raises(ClientError) as raised:
-        jobs.commit_batch(stack.cfg, job.job_id, _record(2))  # a table that never stops conflicting
+        batches.commit_batch(stack.cfg, job.job_id, _record(2))  # a table that never stops conflicting
     assert len(injected.seen) == dynamo.TRANSACT_TRIES
     assert dynamo.is_transaction_conflict(raised.value) and not dynamo.is_conditional_failure(raised.value)
-    assert jobs.get_batch(stack.cfg, job.job_id, 2) is None
+    assert batches.get_batch(stack.cfg, job.job_id, 2) is None
 
 
 def test_the_injected_conflict_is_aws_error_to_the_letter(stack):
@@ -157,7 +157,7 @@ def test_the_injected_conflict_is_aws_error_to_the_letter(stack):
                                             "reasons [None, TransactionConflict]")
     assert response["CancellationReasons"] == [
         {"Code": "None"}, {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}]
-    assert jobs.shard_counts(stack.cfg, job.job_id, 0)["retries"] == 0  # cancelled whole: nothing written
+    assert batches.shard_counts(stack.cfg, job.job_id, 0)["retries"] == 0  # cancelled whole: nothing written
 
 
 def test_transactions_overlapping_on_an_item_conflict_until_it_is_released(stack):
@@ -172,7 +172,7 @@ def test_transactions_overlapping_on_an_item_conflict_until_it_is_released(stack
     assert injector.cancelled == 1
 
     with conflicts.injected(conflicts.Conflicts(hold_seconds=60)) as held:  # through moto, as AWS answers it
-        assert jobs.commit_batch(stack.cfg, job.job_id, _record(0))
+        assert batches.commit_batch(stack.cfg, job.job_id, _record(0))
         with pytest.raises(ClientError) as raised:
             aws.client("dynamodb").transact_write_items(TransactItems=[_add_a_retry(stack, job.job_id)])
     assert dynamo.is_transaction_conflict(raised.value) and held.cancelled == 1
@@ -181,14 +181,14 @@ def test_transactions_overlapping_on_an_item_conflict_until_it_is_released(stack
 def test_a_shard_not_yet_complete_costs_one_read(stack, calls_of, few_shards):
     job = _planned_job(stack, "one-read", 6)  # shards 0, 1, 2 hold mini-batches (0, 3), (1, 4), (2, 5)
     gets, queries = calls_of("GetItem"), calls_of("Query")
-    jobs.commit_batch(stack.cfg, job.job_id, _record(0))
+    batches.commit_batch(stack.cfg, job.job_id, _record(0))
     aggregator.check_shard(stack.cfg, job, 0)
     assert (len(gets), len(queries)) == (1, 0)  # shard 0 is not complete: nothing else is read
-    jobs.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
+    batches.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
     aggregator.check_shard(stack.cfg, job, 1)
     assert len(queries) == 0  # a failure, but the job has no threshold to cross
     for index in (2, 3, 4, 5):
-        jobs.commit_batch(stack.cfg, job.job_id, _record(index))
+        batches.commit_batch(stack.cfg, job.job_id, _record(index))
         aggregator.check_shard(stack.cfg, job, index)
     assert len(queries) == 3  # each shard's last mini-batch read the job; the last one found it complete
     assert jobs.get(stack.cfg, job.job_id).complete
@@ -197,21 +197,21 @@ def test_a_shard_not_yet_complete_costs_one_read(stack, calls_of, few_shards):
 def test_a_failure_in_a_job_with_a_threshold_checks_the_job(stack, calls_of, few_shards):
     job = _planned_job(stack, "threshold", 9, RunSettings(error_threshold=1))
     queries = calls_of("Query")
-    jobs.commit_batch(stack.cfg, job.job_id, _record(0, items_failed=1))
+    batches.commit_batch(stack.cfg, job.job_id, _record(0, items_failed=1))
     aggregator.check_shard(stack.cfg, job, 0)
     assert len(queries) == 1 and jobs.get(stack.cfg, job.job_id).state == jobs.RUNNING  # 1 failed: allowed
-    jobs.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
+    batches.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
     aggregator.check_shard(stack.cfg, job, 1)
     assert jobs.get(stack.cfg, job.job_id).state == jobs.FINALIZING  # 2 failed, over the threshold: stopped
 
 
 def test_batches_come_back_in_index_order_one_page_per_shard(stack, calls_of, monkeypatch, few_shards):
-    monkeypatch.setattr(jobs, "SHARD_PAGE", 2)
+    monkeypatch.setattr(batches, "SHARD_PAGE", 2)
     job = _planned_job(stack, "merged", 20)
     for index in reversed(range(20)):
-        jobs.commit_batch(stack.cfg, job.job_id, _record(index))
+        batches.commit_batch(stack.cfg, job.job_id, _record(index))
     queries = calls_of("Query")
-    records = jobs.iter_batches(stack.cfg, job.job_id)
+    records = batches.iter_batches(stack.cfg, job.job_id)
     assert next(records).index == 0
     assert len(queries) == few_shards  # lazily: one page of each shard, never the whole job
     assert [0] + [r.index for r in records] == list(range(20))

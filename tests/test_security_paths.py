@@ -39,11 +39,11 @@ def test_a_name_through_a_link_out_of_its_folder_is_refused(tmp_path):
         safepath.inside(folder, "link/file.png")
 
 
-def _failures(stack: Any, job: jobs.Job) -> list[dict[str, Any]]:
+def _failures(stack: Any, job: jobs.JobRecord) -> list[dict[str, Any]]:
     return [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
 
 
-def _code_file(stack: Any, job: jobs.Job) -> Path:
+def _code_file(stack: Any, job: jobs.JobRecord) -> Path:
     return safepath.CODE / job.deployment["code_sha"] / "score.py"
 
 

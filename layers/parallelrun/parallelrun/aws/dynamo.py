@@ -159,6 +159,15 @@ def query(name: str, *, table: Any = None, **kwargs: Any) -> Iterator[dict[str, 
     return pages(_table(name, table).query, **kwargs)
 
 
+def query_prefix(name: str, pk: str, prefix: str, *, consistent: bool = False, limit: int | None = None,
+                 table: Any = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Every item of partition key ``pk`` whose sort key starts with ``prefix``, in sort-key
+    order (``ScanIndexForward=False`` in ``kwargs`` for the reverse), at most ``limit`` a page."""
+    options = {**({"ConsistentRead": True} if consistent else {}), **({"Limit": limit} if limit else {}), **kwargs}
+    return query(name, table=table, KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+                 ExpressionAttributeValues={":pk": pk, ":prefix": prefix}, **options)
+
+
 def scan(name: str, *, table: Any = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
     """Every item of a Scan, page by page: for listings, never a hot path."""
     return pages(_table(name, table).scan, **kwargs)

@@ -168,13 +168,13 @@ class Client:
         """Fire the schedule at once, as its rule would (the overlap setting applies)."""
         return schedules.run_now(self.cfg, name)
 
-    def job(self, job_id: str) -> jobs.Job:
+    def job(self, job_id: str) -> jobs.JobRecord:
         return jobs.get(self.cfg, job_id)
 
-    def jobs(self, limit: int = 50) -> list[jobs.Job]:
+    def jobs(self, limit: int = 50) -> list[jobs.JobRecord]:
         return jobs.list_jobs(self.cfg, limit)
 
-    def cancel(self, job_id: str) -> jobs.Job:
+    def cancel(self, job_id: str) -> jobs.JobRecord:
         """Stop a job: nothing more is sent or run; the output holds what succeeded."""
         if not aggregator.stop(self.cfg, job_id, jobs.CANCELED, "canceled by user"):
             job = self.job(job_id)
@@ -205,12 +205,12 @@ class Client:
             Path(path).write_text(page, encoding="utf-8")
         return page
 
-    def find_job(self, input_uri: str) -> jobs.Job | None:
+    def find_job(self, input_uri: str) -> jobs.JobRecord | None:
         """The newest job on ``input_uri`` (a drop folder's job has no id known in advance)."""
         return next((j for j in self.jobs(1000) if j.input_uri == input_uri), None)
 
-    def wait(self, job_id: str, on_progress: Callable[[jobs.Job], None] | None = None,
-             poll_seconds: float = 1.0, timeout: float | None = None) -> jobs.Job:
+    def wait(self, job_id: str, on_progress: Callable[[jobs.JobRecord], None] | None = None,
+             poll_seconds: float = 1.0, timeout: float | None = None) -> jobs.JobRecord:
         """Poll until the job ends; ``on_progress`` sees each state."""
         deadline = None if timeout is None else time.time() + timeout
         while True:
@@ -223,7 +223,7 @@ class Client:
                 raise ParallelRunError(f"job {job_id} still {job.state} after {timeout:.0f} s")
             time.sleep(poll_seconds)
 
-    def output_uri(self, job: jobs.Job, name: str | None = None) -> str:
+    def output_uri(self, job: jobs.JobRecord, name: str | None = None) -> str:
         return job.output_uri + (name or job.settings.output_file_name)
 
     def read_output(self, job_id: str, name: str | None = None) -> Iterator[bytes]:

@@ -27,7 +27,7 @@ def progress_bar(description: str = "scoring") -> Any:
 
     bar = tqdm(total=0, unit="input", desc=description, dynamic_ncols=True, file=sys.stderr)
 
-    def update(job: jobs.Job) -> None:
+    def update(job: jobs.JobRecord) -> None:
         if job.total_items is not None and bar.total != job.total_items:
             bar.total = job.total_items
             bar.refresh()
@@ -39,7 +39,7 @@ def progress_bar(description: str = "scoring") -> Any:
     return update
 
 
-def status_lines(job: jobs.Job) -> list[str]:
+def status_lines(job: jobs.JobRecord) -> list[str]:
     total_b = "?" if job.total_batches is None else job.total_batches
     total_i = "?" if job.total_items is None else job.total_items
     lines = [
@@ -61,7 +61,7 @@ def status_lines(job: jobs.Job) -> list[str]:
     return lines
 
 
-def _job_dict(job: jobs.Job) -> dict[str, Any]:
+def _job_dict(job: jobs.JobRecord) -> dict[str, Any]:
     return {k: v for k, v in job.__dict__.items() if k != "settings"} | {"settings": json.loads(job.settings.to_json())}
 
 
@@ -283,7 +283,7 @@ def _schedule_dict(client: Client, s: Any) -> dict[str, Any]:
     last = None
     if s.last_job_id:
         try:
-            job: jobs.Job | None = client.job(s.last_job_id)
+            job: jobs.JobRecord | None = client.job(s.last_job_id)
         except NotFoundError:
             job = None
         last = {"time": s.last_run_time, "job_id": s.last_job_id, "trigger": s.last_trigger,

@@ -24,7 +24,7 @@ from matplotlib.patches import Patch
 
 from parallelrun import aws
 from parallelrun.aws.config import StackConfig
-from parallelrun.store import jobs
+from parallelrun.store import batches, jobs
 
 SUCCEEDED, RETRIED, FAILED, REUSED = "succeeded", "retried", "failed", "reused"
 COLOURS = {SUCCEEDED: "#2e7d32", RETRIED: "#f9a825", FAILED: "#c62828", REUSED: "#9e9e9e"}
@@ -36,8 +36,8 @@ THROUGHPUT_BINS = 30
 class ReportData:
     """Everything the page shows, read from the stack."""
 
-    job: jobs.Job
-    batches: list[jobs.BatchRecord]
+    job: jobs.JobRecord
+    batches: list[batches.BatchRecord]
     failures_by_type: dict[str, int]
     summary: dict[str, Any] | None
 
@@ -64,7 +64,7 @@ def gather(cfg: StackConfig, job_id: str) -> ReportData:
     """Read the job, its mini-batch records, and (once it ended) its summary, whose failed
     inputs by error type the aggregator counted while collating failures.jsonl."""
     job = jobs.get(cfg, job_id)
-    batches = list(jobs.iter_batches(cfg, job_id))
+    records = list(batches.iter_batches(cfg, job_id))
     summary = None
     failures: collections.Counter[str] = collections.Counter()
     if job.output_uri and not job.reused_from:  # a job that took another's output whole has no summary of its own
@@ -75,10 +75,10 @@ def gather(cfg: StackConfig, job_id: str) -> ReportData:
             failures.update(summary.get("errors") or {})
         except s3.exceptions.NoSuchKey:
             pass  # not ended yet: the page says so
-    return ReportData(job, batches, dict(failures.most_common()), summary)
+    return ReportData(job, records, dict(failures.most_common()), summary)
 
 
-def outcome(record: jobs.BatchRecord) -> str:
+def outcome(record: batches.BatchRecord) -> str:
     if record.reused_from is not None:
         return REUSED
     if record.status == jobs.FAILED:
@@ -86,7 +86,7 @@ def outcome(record: jobs.BatchRecord) -> str:
     return RETRIED if record.attempt > 1 else SUCCEEDED
 
 
-def bars(job: jobs.Job, batches: Iterable[jobs.BatchRecord]) -> list[Bar]:
+def bars(job: jobs.JobRecord, batches: Iterable[batches.BatchRecord]) -> list[Bar]:
     """The timeline's bars. A mini-batch with no start of its own (reused, or recorded before
     starts were kept) is a mark at its finish."""
     records = list(batches)

@@ -124,7 +124,7 @@ class Job:
         return f"Job({self.job_id!r})"
 
     @property
-    def record(self) -> jobs.Job:
+    def record(self) -> jobs.JobRecord:
         return self.client.job(self.job_id)
 
     @property

@@ -24,7 +24,7 @@ from parallelrun.core import datasets, logs, partitions, usage
 from parallelrun.core.datasets import InputFile, InputSpec, TablePiece
 from parallelrun.core.errors import ConflictError, InputError, ParallelRunError, SettingsError
 from parallelrun.pipeline import aggregator, markers, schedules, submit
-from parallelrun.store import endpoints, jobs, keys, registry, reuse, scored
+from parallelrun.store import batches, endpoints, jobs, keys, registry, reuse, scored
 
 log = logging.getLogger("parallelrun.pipeline.planner")
 MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
@@ -164,7 +164,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
         if total_batches and _reuse_whole_job(cfg, job, fingerprint, total_batches):
             return
         tabular_job = job.settings.input_type == "tabular"  # its inputs are counted in records, once read
-        jobs.open_shards(cfg, job_id, total_batches)
+        batches.open_shards(cfg, job_id, total_batches)
         jobs.transition(cfg, job_id, jobs.RUNNING, (jobs.PLANNING,), total_batches=total_batches,
                         total_items=None if tabular_job else total_items, cursor=0, planner_tick=0, planner_token="start",
                         fingerprint=fingerprint)
@@ -178,7 +178,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
         tick(cfg, {"job_id": job_id, "tick": 0, "token": "start", "since": time.time()})
 
 
-def _reuse_whole_job(cfg: StackConfig, job: jobs.Job, fingerprint: str, batches: int) -> bool:
+def _reuse_whole_job(cfg: StackConfig, job: jobs.JobRecord, fingerprint: str, batches: int) -> bool:
     """With allow_reuse and no output_path of its own, a job identical to a succeeded one takes
     that job's output at once."""
     if not job.settings.allow_reuse or job.settings.output_path or registry.is_per_partition(job.deployment["model_name"]):
@@ -197,7 +197,7 @@ def _reuse_whole_job(cfg: StackConfig, job: jobs.Job, fingerprint: str, batches:
     return done
 
 
-def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
+def write_plan(cfg: StackConfig, job: jobs.JobRecord) -> tuple[int, int, str]:
     """Write the job's mini-batches to S3 in chunks; return (batches, items, the job's
     fingerprint). Deterministic."""
     spec = InputSpec.from_uri(job.input_uri)
@@ -221,7 +221,7 @@ def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
 Planned = tuple[list[InputFile] | list[TablePiece], dict[str, str] | None]
 
 
-def plan_batches(cfg: StackConfig, job: jobs.Job, spec: InputSpec) -> Iterator[Planned]:
+def plan_batches(cfg: StackConfig, job: jobs.JobRecord, spec: InputSpec) -> Iterator[Planned]:
     """The job's mini-batches and their partitions: files by count (one partition each when
     ``partition_format`` is set), or tables by byte size (a mini-batch never crosses a file; a
     big file is split into pieces; column partitions are found by the worker, which reads them).
@@ -271,7 +271,7 @@ def read_plan(cfg: StackConfig, job_id: str, start: int, end: int) -> Iterator[E
                 yield index, [datasets.item_from_json(item) for item in listed], partition
 
 
-def window_end(job: jobs.Job, window: int) -> int:
+def window_end(job: jobs.JobRecord, window: int) -> int:
     """How far the cursor may move now: in-flight mini-batches stay within the window."""
     in_flight = job.cursor - job.batches_done
     return min(job.total_batches or 0, job.cursor + max(0, window - in_flight))
@@ -309,13 +309,13 @@ def _send_tick(cfg: StackConfig, message: dict[str, Any]) -> None:
     )
 
 
-def batch_message(job: jobs.Job, index: int, items: list[InputFile],
+def batch_message(job: jobs.JobRecord, index: int, items: list[InputFile],
                   partition: dict[str, str] | None = None) -> dict[str, Any]:
     message = {"job_id": job.job_id, "batch": index, "items": [item.to_json() for item in items]}
     return message | ({"partition": partition} if job.settings.partition_keys else {})
 
 
-def send_batches(cfg: StackConfig, job: jobs.Job, start: int, end: int) -> None:
+def send_batches(cfg: StackConfig, job: jobs.JobRecord, start: int, end: int) -> None:
     """Send mini-batches ``start``..``end-1``, ten per SendMessageBatch; with ``allow_reuse``, a
     mini-batch a succeeded job already scored is recorded done with that job's part instead."""
     entries = list(read_plan(cfg, job.job_id, start, end))
@@ -326,7 +326,7 @@ def send_batches(cfg: StackConfig, job: jobs.Job, start: int, end: int) -> None:
         _send_ten(sqs, cfg, job, group)
 
 
-def _send_groups(job: jobs.Job, entries: list[Entry]) -> Iterator[list[Entry]]:
+def _send_groups(job: jobs.JobRecord, entries: list[Entry]) -> Iterator[list[Entry]]:
     """The entries in consecutive groups one SendMessageBatch takes (SEND_BATCH, SEND_BYTES)."""
     group: list[Entry] = []
     size = 0
@@ -341,7 +341,7 @@ def _send_groups(job: jobs.Job, entries: list[Entry]) -> Iterator[list[Entry]]:
         yield group
 
 
-def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]:
+def _reuse(cfg: StackConfig, job: jobs.JobRecord, entries: list[Entry]) -> list[Entry]:
     """Record the remembered mini-batches as done; return those still to send. (Not for a model
     per partition: which version scores a partition is only known when it runs.)"""
     prints = {index: reuse.fingerprint(job.deployment, job.settings, items) for index, items, _ in entries}
@@ -349,7 +349,7 @@ def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]
     for index, items, _ in entries:
         earlier = found.get(prints[index])
         if earlier is not None:  # counted as the earlier job counted it: a table piece in records
-            jobs.commit_batch(cfg, job.job_id, jobs.BatchRecord(
+            batches.commit_batch(cfg, job.job_id, batches.BatchRecord(
                 index=index, status=jobs.SUCCEEDED, items=int(earlier["items"]),
                 items_succeeded=int(earlier["items"]), items_failed=0,
                 attempt=1, part_key=earlier["part_key"], rows=int(earlier["rows"]), worker="reused",
@@ -360,7 +360,7 @@ def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]
     return [entry for entry in entries if prints[entry[0]] not in found]
 
 
-def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.Job, batch: list[Entry]) -> None:
+def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.JobRecord, batch: list[Entry]) -> None:
     entries = {str(i): json.dumps(batch_message(job, i, items, partition)) for i, items, partition in batch}
     for _ in range(5):
         response = sqs.send_message_batch(
@@ -387,8 +387,8 @@ def redrive(cfg: StackConfig, job_id: str) -> list[int]:
     if job.total_batches is None:
         raise ConflictError(f"job {job_id} never planned its inputs ({job.reason}): submit it again")
     recorded = {}
-    for record in jobs.iter_batches(cfg, job_id):
-        if record.items_failed and jobs.reopen_batch(cfg, job_id, record):
+    for record in batches.iter_batches(cfg, job_id):
+        if record.items_failed and batches.reopen_batch(cfg, job_id, record):
             continue
         recorded[record.index] = record
     again = [index for index in range(job.cursor) if index not in recorded]

@@ -34,7 +34,7 @@ from parallelrun.core.datasets import InputFile, TablePiece
 from parallelrun.core.errors import ConflictError, InputError, NotFoundError, ParallelRunError, SettingsError
 from parallelrun.core.settings import RunSettings
 from parallelrun.pipeline import submit
-from parallelrun.store import jobs, keys, scored
+from parallelrun.store import batches, jobs, keys, scored
 
 log = logging.getLogger("parallelrun.pipeline.schedules")
 SKIP, WAIT = "skip", "wait"
@@ -233,13 +233,13 @@ def fire(cfg: StackConfig, name: str, fire_time: str, trigger: str = "rule") -> 
     return Firing(STARTED, job_id)
 
 
-def _start(cfg: StackConfig, schedule: Schedule, job_id: str, fire_time: str, trigger: str) -> jobs.Job:
+def _start(cfg: StackConfig, schedule: Schedule, job_id: str, fire_time: str, trigger: str) -> jobs.JobRecord:
     """Create the run's job; a run that cannot start (its endpoint deleted, say) is stored FAILED
     with the reason, where `schedules list` and `status` show it."""
     try:
         job = _prepare_run(cfg, schedule, job_id, fire_time)
     except ParallelRunError as error:
-        job = jobs.Job(job_id=job_id, endpoint=schedule.endpoint, deployment={}, settings=RunSettings(),
+        job = jobs.JobRecord(job_id=job_id, endpoint=schedule.endpoint, deployment={}, settings=RunSettings(),
                        input_uri=schedule.input_uri, output_uri="", state=jobs.FAILED, source="schedule",
                        schedule=schedule.name, reason=str(error), ended_at=time.time())
     try:
@@ -254,7 +254,7 @@ def _start(cfg: StackConfig, schedule: Schedule, job_id: str, fire_time: str, tr
     return job
 
 
-def _prepare_run(cfg: StackConfig, schedule: Schedule, job_id: str, fire_time: str) -> jobs.Job:
+def _prepare_run(cfg: StackConfig, schedule: Schedule, job_id: str, fire_time: str) -> jobs.JobRecord:
     """The run's job, checked as a submit is, with its output in ``<prefix>/<schedule>/<run time>/``."""
     prefix = schedule.settings.get("output_path") or f"s3://{cfg.artifacts_bucket}/{keys.SCHEDULES_PREFIX}"
     prefix = prefix if prefix.endswith("/") else prefix + "/"
@@ -272,7 +272,7 @@ def run_now(cfg: StackConfig, name: str) -> Firing:
     return fired
 
 
-def run_ended(cfg: StackConfig, job: jobs.Job) -> None:
+def run_ended(cfg: StackConfig, job: jobs.JobRecord) -> None:
     """A run's job ended: start the run waiting for it, then give the schedule's lock back. In
     that order, a crash between the two loses no waiting run (the lock stays with an ended job,
     so a repeat of this call finishes it; the waiting run's job id is its time's, so sending it
@@ -288,20 +288,20 @@ def run_ended(cfg: StackConfig, job: jobs.Job) -> None:
                      {":job": job.job_id})  # lost: taken over meanwhile
 
 
-def mark_scored(cfg: StackConfig, job: jobs.Job) -> int:
+def mark_scored(cfg: StackConfig, job: jobs.JobRecord) -> int:
     """Record what a succeeded run scored, so later runs skip it: every input of its mini-batches
     but those that failed (they are tried again next run). A table counts as scored when none of
     its pieces failed whole; a row that failed alone is in this run's failures.jsonl."""
     assert job.schedule is not None
     if find(cfg, job.schedule) is None or not job.total_batches:
         return 0  # a schedule deleted meanwhile keeps no record
-    not_clean = {r.index: r for r in jobs.iter_batches(cfg, job.job_id) if r.status != jobs.SUCCEEDED or r.items_failed}
+    not_clean = {r.index: r for r in batches.iter_batches(cfg, job.job_id) if r.status != jobs.SUCCEEDED or r.items_failed}
     count = scored.mark(cfg, job.schedule, _scored_inputs(cfg, job, not_clean))
     logs.event(log, "recorded the inputs this run scored", schedule=job.schedule, inputs=count)
     return count
 
 
-def _scored_inputs(cfg: StackConfig, job: jobs.Job, not_clean: dict[int, jobs.BatchRecord]) -> Iterator[InputFile]:
+def _scored_inputs(cfg: StackConfig, job: jobs.JobRecord, not_clean: dict[int, batches.BatchRecord]) -> Iterator[InputFile]:
     from parallelrun.pipeline import planner  # planner imports this module: import it when it is needed
 
     plan = planner.read_plan(cfg, job.job_id, 0, job.total_batches or 0)
@@ -321,7 +321,7 @@ def _scored_inputs(cfg: StackConfig, job: jobs.Job, not_clean: dict[int, jobs.Ba
             yield from (item for item in items if item.key not in failed)
 
 
-def _failed_inputs(cfg: StackConfig, record: jobs.BatchRecord) -> Iterable[str]:
+def _failed_inputs(cfg: StackConfig, record: batches.BatchRecord) -> Iterable[str]:
     if not record.failures_key:
         return []
     body = aws.client("s3").get_object(Bucket=cfg.artifacts_bucket, Key=record.failures_key)["Body"].read()

@@ -41,7 +41,7 @@ def prepare(
     deployment: str | None = None,
     job_id: str | None = None,
     source: str = "submit",
-) -> jobs.Job:
+) -> jobs.JobRecord:
     """A job ready to store: deployment snapshotted, settings resolved and checked, output free."""
     if source == "drop":
         settings.check_drop_overrides(overrides or {})
@@ -62,7 +62,7 @@ def prepare(
     if run_settings.output_path:
         _check_output_place(cfg, run_settings.output_path, source)
     _refuse_used_output(output_uri)
-    return jobs.Job(
+    return jobs.JobRecord(
         job_id=job_id,
         endpoint=endpoint,
         deployment=snapshot(cfg, found),
@@ -135,7 +135,7 @@ def _refuse_used_output(uri: str) -> None:
                             "remove what is there first")
 
 
-def start(cfg: StackConfig, job: jobs.Job) -> None:
+def start(cfg: StackConfig, job: jobs.JobRecord) -> None:
     """Store ``job`` and hand it to the planner, which lists and shards its inputs."""
     jobs.create(cfg, job)
     send_start(cfg, job.job_id)
