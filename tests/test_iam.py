@@ -26,7 +26,7 @@ from parallelrun.client.api import Client
 from parallelrun.local import destinations, iam, rules
 from parallelrun.local.runtime import LocalStack
 from parallelrun.pipeline import planner, schedules
-from parallelrun.store import jobs
+from parallelrun.store import jobs, plan
 from tests.conftest import marker_event
 
 # Granted but not called by any run here, each with the reason it is granted all the same.
@@ -214,7 +214,7 @@ def dead_letters(audited, client: Client, tmp_path: Path, ended: jobs.JobRecord)
     deadline = time.time() + 30
     while not jobs.get(client.cfg, job.job_id).cursor and time.time() < deadline:
         time.sleep(0.2)  # until its mini-batch is sent
-    [(index, items, partition)] = planner.read_plan(client.cfg, job.job_id, 0, 1)
+    [(index, items, partition)] = plan.read(client.cfg, job.job_id, 0, 1)
     message = planner.batch_message(jobs.get(client.cfg, job.job_id), index, items, partition)
     sqs.send_message(QueueUrl=queues["BatchDeadLetterQueue"], MessageBody=json.dumps(message))
     sqs.send_message(QueueUrl=queues["PlannerDeadLetterQueue"], MessageBody=json.dumps(

@@ -24,12 +24,11 @@ from parallelrun.core import datasets, logs, partitions, usage
 from parallelrun.core.datasets import InputFile, InputSpec, TablePiece
 from parallelrun.core.errors import ConflictError, InputError, ParallelRunError, SettingsError
 from parallelrun.pipeline import aggregator, markers, schedules, submit
-from parallelrun.store import batches, endpoints, jobs, keys, registry, reuse, scored
+from parallelrun.store import batches, endpoints, jobs, plan, registry, reuse, scored
 
 log = logging.getLogger("parallelrun.pipeline.planner")
 MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
 MAX_MARKER_NESTING = 2  # the settings object, and a list or object as one setting's value
-PLAN_CHUNK = 500  # mini-batches per plan object: a tick reads only the chunks it sends from
 SEND_BATCH = 10  # SQS SendMessageBatch's limit
 # ... and the most its messages may hold together, whatever their count
 # (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html).
@@ -201,20 +200,19 @@ def write_plan(cfg: StackConfig, job: jobs.JobRecord) -> tuple[int, int, str]:
     """Write the job's mini-batches to S3 in chunks; return (batches, items, the job's
     fingerprint). Deterministic."""
     spec = InputSpec.from_uri(job.input_uri)
-    s3 = aws.client("s3")
     total_batches = total_items = 0
     chunk: list[list[list]] = []
     prints = []
     for batch, partition in plan_batches(cfg, job, spec):
         prints.append(reuse.fingerprint(job.deployment, job.settings, batch))
-        chunk.append(plan_entry(batch, partition, bool(job.settings.partition_keys)))
+        chunk.append(plan.entry(batch, partition, bool(job.settings.partition_keys)))
         total_batches += 1
         total_items += len(batch)
-        if len(chunk) == PLAN_CHUNK:
-            _put_chunk(s3, cfg, job.job_id, total_batches // PLAN_CHUNK - 1, chunk)
+        if len(chunk) == plan.CHUNK:
+            plan.put_chunk(cfg, job.job_id, total_batches // plan.CHUNK - 1, chunk)
             chunk = []
     if chunk:
-        _put_chunk(s3, cfg, job.job_id, total_batches // PLAN_CHUNK, chunk)
+        plan.put_chunk(cfg, job.job_id, total_batches // plan.CHUNK, chunk)
     return total_batches, total_items, reuse.job_fingerprint(prints)
 
 
@@ -243,32 +241,6 @@ def plan_batches(cfg: StackConfig, job: jobs.JobRecord, spec: InputSpec) -> Iter
         for piece in tabular.plan_file(aws.range_reader(spec.bucket, item.key), item, s.input_format,
                                        s.bytes_per_batch, s.csv_options):
             yield [piece], None
-
-
-def plan_entry(items: list, partition: dict[str, str] | None, partitioned: bool) -> list | dict:
-    """A mini-batch as the plan stores it: its items, with its partition in a partitioned job."""
-    listed = [item.to_json() for item in items]
-    return {"partition": partition, "items": listed} if partitioned else listed
-
-
-def _put_chunk(s3: Any, cfg: StackConfig, job_id: str, number: int, chunk: list) -> None:
-    s3.put_object(Bucket=cfg.artifacts_bucket, Key=keys.plan_chunk_key(job_id, number), Body=json.dumps(chunk).encode())
-
-
-Entry = tuple[int, list[InputFile], dict[str, str] | None]
-
-
-def read_plan(cfg: StackConfig, job_id: str, start: int, end: int) -> Iterator[Entry]:
-    """Mini-batches ``start`` ≤ index < ``end`` of a job's plan (index, items, partition),
-    reading only the chunks needed."""
-    s3 = aws.client("s3")
-    for number in range(start // PLAN_CHUNK, (end - 1) // PLAN_CHUNK + 1):
-        body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=keys.plan_chunk_key(job_id, number))["Body"].read()
-        for offset, batch in enumerate(json.loads(body)):
-            index = number * PLAN_CHUNK + offset
-            if start <= index < end:
-                listed, partition = (batch["items"], batch["partition"]) if isinstance(batch, dict) else (batch, None)
-                yield index, [datasets.item_from_json(item) for item in listed], partition
 
 
 def window_end(job: jobs.JobRecord, window: int) -> int:
@@ -318,7 +290,7 @@ def batch_message(job: jobs.JobRecord, index: int, items: list[InputFile],
 def send_batches(cfg: StackConfig, job: jobs.JobRecord, start: int, end: int) -> None:
     """Send mini-batches ``start``..``end-1``, ten per SendMessageBatch; with ``allow_reuse``, a
     mini-batch a succeeded job already scored is recorded done with that job's part instead."""
-    entries = list(read_plan(cfg, job.job_id, start, end))
+    entries = list(plan.read(cfg, job.job_id, start, end))
     if job.settings.allow_reuse and not registry.is_per_partition(job.deployment["model_name"]):
         entries = _reuse(cfg, job, entries)
     sqs = aws.client("sqs")
@@ -326,9 +298,9 @@ def send_batches(cfg: StackConfig, job: jobs.JobRecord, start: int, end: int) ->
         _send_ten(sqs, cfg, job, group)
 
 
-def _send_groups(job: jobs.JobRecord, entries: list[Entry]) -> Iterator[list[Entry]]:
+def _send_groups(job: jobs.JobRecord, entries: list[plan.Entry]) -> Iterator[list[plan.Entry]]:
     """The entries in consecutive groups one SendMessageBatch takes (SEND_BATCH, SEND_BYTES)."""
-    group: list[Entry] = []
+    group: list[plan.Entry] = []
     size = 0
     for entry in entries:
         length = len(json.dumps(batch_message(job, *entry)).encode())
@@ -341,7 +313,7 @@ def _send_groups(job: jobs.JobRecord, entries: list[Entry]) -> Iterator[list[Ent
         yield group
 
 
-def _reuse(cfg: StackConfig, job: jobs.JobRecord, entries: list[Entry]) -> list[Entry]:
+def _reuse(cfg: StackConfig, job: jobs.JobRecord, entries: list[plan.Entry]) -> list[plan.Entry]:
     """Record the remembered mini-batches as done; return those still to send. (Not for a model
     per partition: which version scores a partition is only known when it runs.)"""
     prints = {index: reuse.fingerprint(job.deployment, job.settings, items) for index, items, _ in entries}
@@ -360,7 +332,7 @@ def _reuse(cfg: StackConfig, job: jobs.JobRecord, entries: list[Entry]) -> list[
     return [entry for entry in entries if prints[entry[0]] not in found]
 
 
-def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.JobRecord, batch: list[Entry]) -> None:
+def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.JobRecord, batch: list[plan.Entry]) -> None:
     entries = {str(i): json.dumps(batch_message(job, i, items, partition)) for i, items, partition in batch}
     for _ in range(5):
         response = sqs.send_message_batch(
@@ -401,7 +373,7 @@ def redrive(cfg: StackConfig, job_id: str) -> list[int]:
     job = jobs.get(cfg, job_id)
     sqs = aws.client("sqs")
     wanted = set(again)
-    pending = [entry for entry in read_plan(cfg, job_id, min(again), max(again) + 1) if entry[0] in wanted] if again else []
+    pending = [entry for entry in plan.read(cfg, job_id, min(again), max(again) + 1) if entry[0] in wanted] if again else []
     for group in _send_groups(job, pending):
         _send_ten(sqs, cfg, job, group)
     if job.cursor < job.total_batches:

@@ -34,7 +34,7 @@ from parallelrun.core.datasets import InputFile, TablePiece
 from parallelrun.core.errors import ConflictError, InputError, NotFoundError, ParallelRunError, SettingsError
 from parallelrun.core.settings import RunSettings
 from parallelrun.pipeline import submit
-from parallelrun.store import batches, jobs, keys, scored
+from parallelrun.store import batches, jobs, keys, plan, scored
 
 log = logging.getLogger("parallelrun.pipeline.schedules")
 SKIP, WAIT = "skip", "wait"
@@ -302,17 +302,15 @@ def mark_scored(cfg: StackConfig, job: jobs.JobRecord) -> int:
 
 
 def _scored_inputs(cfg: StackConfig, job: jobs.JobRecord, not_clean: dict[int, batches.BatchRecord]) -> Iterator[InputFile]:
-    from parallelrun.pipeline import planner  # planner imports this module: import it when it is needed
-
-    plan = planner.read_plan(cfg, job.job_id, 0, job.total_batches or 0)
+    planned = plan.read(cfg, job.job_id, 0, job.total_batches or 0)
     if job.settings.input_type == "tabular":  # a table's pieces follow one another in the plan
-        pieces = ((index, piece) for index, items, _ in plan for piece in items)
+        pieces = ((index, piece) for index, items, _ in planned for piece in items)
         for key, group in groupby(pieces, key=lambda entry: entry[1].key):
             entries: list[tuple[int, TablePiece]] = list(group)  # type: ignore[arg-type]
             if all(index not in not_clean or not_clean[index].status == jobs.SUCCEEDED for index, _ in entries):
                 yield InputFile(key, entries[0][1].size, entries[0][1].etag)
         return
-    for index, items, _ in plan:
+    for index, items, _ in planned:
         record = not_clean.get(index)
         if record is None:
             yield from items

@@ -177,8 +177,7 @@ def get_endpoint(cfg: StackConfig, name: str) -> dict[str, Any]:
 
 
 def list_deployments(cfg: StackConfig, endpoint: str) -> list[Deployment]:
-    items = dynamo.query(cfg.table, KeyConditionExpression="pk = :pk AND begins_with(sk, :d)",
-                         ExpressionAttributeValues={":pk": keys.endpoint_pk(endpoint), ":d": keys.DEPLOYMENT_PREFIX})
+    items = dynamo.query_prefix(cfg.table, keys.endpoint_pk(endpoint), keys.DEPLOYMENT_PREFIX)
     return [Deployment.from_item(item) for item in items]
 
 

@@ -136,9 +136,7 @@ def get(cfg: StackConfig, name: str, version: int | None = None) -> ModelVersion
     if version is not None:
         item = dynamo.get(cfg.table, keys.model_key(name, version))
     else:  # the newest version not archived (a model has few versions: read them all)
-        items = dynamo.query(cfg.table, KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
-                             ExpressionAttributeValues={":pk": keys.model_pk(name), ":v": keys.VERSION_PREFIX},
-                             ScanIndexForward=False)
+        items = dynamo.query_prefix(cfg.table, keys.model_pk(name), keys.VERSION_PREFIX, ScanIndexForward=False)
         item = next((i for i in items if not i.get("archived")), None)
     if not item:
         what = f"model {name!r}" + (f" version {version}" if version is not None else "")
