@@ -25,8 +25,8 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.client.api import Client
 from parallelrun.local import destinations, iam, rules
 from parallelrun.local.runtime import LocalStack
-from parallelrun.pipeline import planner, schedules
-from parallelrun.store import jobs, plan
+from parallelrun.pipeline import planner, scheduling
+from parallelrun.store import jobs, plan, schedules
 from tests.conftest import marker_event
 
 # Granted but not called by any run here, each with the reason it is granted all the same.
@@ -165,7 +165,7 @@ def ran(audited, client: Client, tmp_path_factory: pytest.TempPathFactory) -> di
                        b'{"partition_format": "{store}/*.txt", "partition_keys": "store"}'),
     }
     aws.client("s3").put_object(Bucket=client.cfg.input_bucket, Key="echo/incoming/0.txt", Body=b"x")
-    schedules.create(client.cfg, "nightly", "echo", "rate(1 hour)", f"s3://{client.cfg.input_bucket}/echo/incoming/",
+    scheduling.create(client.cfg, "nightly", "echo", "rate(1 hour)", f"s3://{client.cfg.input_bucket}/echo/incoming/",
                      {"mini_batch_size": "2"})
     when = "2026-01-01T00:00:00+00:00"
     rules.deliver(aws.client("events").describe_rule(Name=client.cfg.schedule_rule_prefix + "nightly"),

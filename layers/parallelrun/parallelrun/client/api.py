@@ -12,8 +12,8 @@ from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.client import sdk
 from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
-from parallelrun.pipeline import aggregator, planner, schedules, submit
-from parallelrun.store import endpoints, jobs, keys, registry
+from parallelrun.pipeline import aggregator, planner, scheduling, submit
+from parallelrun.store import endpoints, jobs, keys, registry, schedules
 
 
 class Client:
@@ -152,7 +152,7 @@ class Client:
         ``inputs`` on an EventBridge ``rate(...)`` or ``cron(...)`` expression; each run scores
         only the inputs no earlier run scored. ``overlap``: ``skip`` or ``wait``."""
         target, uri, overrides = self._resolve(target, inputs, dict(settings or {}), model)
-        return schedules.create(self.cfg, name, target, expression, uri, overrides, deployment, overlap)
+        return scheduling.create(self.cfg, name, target, expression, uri, overrides, deployment, overlap)
 
     def schedules(self) -> list[schedules.Schedule]:
         return schedules.list_schedules(self.cfg)
@@ -164,9 +164,9 @@ class Client:
         """Delete the schedule, its rule and its record of what was scored; a run in progress finishes."""
         schedules.delete(self.cfg, name)
 
-    def run_schedule_now(self, name: str) -> schedules.Firing:
+    def run_schedule_now(self, name: str) -> scheduling.Firing:
         """Fire the schedule at once, as its rule would (the overlap setting applies)."""
-        return schedules.run_now(self.cfg, name)
+        return scheduling.run_now(self.cfg, name)
 
     def job(self, job_id: str) -> jobs.JobRecord:
         return jobs.get(self.cfg, job_id)

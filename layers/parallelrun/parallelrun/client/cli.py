@@ -17,7 +17,7 @@ from parallelrun.client.api import Client
 from parallelrun.core.errors import NotFoundError, ParallelRunError
 from parallelrun.core.settings import parse_assignments
 from parallelrun.local.latency import LATENCY
-from parallelrun.pipeline import schedules
+from parallelrun.pipeline import scheduling
 from parallelrun.store import jobs
 
 
@@ -320,16 +320,16 @@ def cmd_schedules_delete(args: argparse.Namespace) -> int:
 def cmd_schedules_run_now(args: argparse.Namespace) -> int:
     client = Client.connect(args.stack)
     fired = client.run_schedule_now(args.name)
-    if fired.outcome == schedules.SKIPPED:
+    if fired.outcome == scheduling.SKIPPED:
         print(f"schedule {args.name}: run skipped, job {fired.holder} is still running (overlap skip)")
         return 1
-    if fired.outcome == schedules.WAITING:
+    if fired.outcome == scheduling.WAITING:
         print(f"schedule {args.name}: the run will start when job {fired.holder} ends (overlap wait)")
         return 0
     if fired.job_id is None:
         raise ParallelRunError(f"schedule {args.name}: no run started")
     print(fired.job_id)
-    return _wait(client, fired.job_id) if args.wait or fired.outcome == schedules.REFUSED else 0
+    return _wait(client, fired.job_id) if args.wait or fired.outcome == scheduling.REFUSED else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -24,8 +24,8 @@ from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, pricing, results, usage
 from parallelrun.core.errors import ConflictError
-from parallelrun.pipeline import schedules
-from parallelrun.store import batches, jobs, keys, reuse
+from parallelrun.pipeline import scheduling
+from parallelrun.store import batches, jobs, keys, reuse, schedules
 
 log = logging.getLogger("parallelrun.pipeline.aggregator")
 PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB but the last
@@ -197,7 +197,7 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     if job.state == jobs.RUNNING and not job.complete:
         return  # a stray request: the counters are not complete
     if job.state in jobs.TERMINAL and job.schedule:
-        schedules.run_ended(cfg, job)  # a redelivery after a crash past the final state: finish handing over
+        scheduling.run_ended(cfg, job)  # a redelivery after a crash past the final state: finish handing over
         return
     if job.state not in (jobs.RUNNING, jobs.FINALIZING) or not jobs.claim_finalize(cfg, job_id, LEASE_SECONDS):
         return
@@ -236,7 +236,7 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     jobs.transition(cfg, job_id, state, (jobs.FINALIZING,), ended_at=ended, reason=reason, rows=rows)
     logs.event(log, "job finished", state=state, rows=rows, aggregate_seconds=round(ended - started, 3))
     if job.schedule:
-        schedules.run_ended(cfg, job)
+        scheduling.run_ended(cfg, job)
 
 
 def job_cost(cfg: StackConfig, job_id: str, spent: usage.Tally) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, usage
 from parallelrun.core.datasets import item_from_json
 from parallelrun.core.errors import ConflictError
-from parallelrun.pipeline import aggregator, markers, schedules, worker
+from parallelrun.pipeline import aggregator, markers, scheduling, worker
 from parallelrun.scoring.runner import Failure
-from parallelrun.store import batches, jobs, keys
+from parallelrun.store import batches, jobs, keys, schedules
 
 log = logging.getLogger("parallelrun.pipeline.failure_recorder")
 ERROR_MESSAGE_CHARS = 1000  # of the planner's error kept in a job's reason (Lambda's may be 256 KB)
@@ -94,7 +94,7 @@ def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:
                 logs.event(log, "job failed: its aggregation gave up", level=logging.ERROR)
                 job = jobs.get(cfg, job_id)
                 if job.schedule:  # its schedule's next run need not wait for a takeover
-                    schedules.run_ended(cfg, job)
+                    scheduling.run_ended(cfg, job)
 
 
 def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:

@@ -23,8 +23,8 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import datasets, logs, partitions, usage
 from parallelrun.core.datasets import InputFile, InputSpec, TablePiece
 from parallelrun.core.errors import ConflictError, InputError, ParallelRunError, SettingsError
-from parallelrun.pipeline import aggregator, markers, schedules, submit
-from parallelrun.store import batches, endpoints, jobs, plan, registry, reuse, scored
+from parallelrun.pipeline import aggregator, markers, scheduling, submit
+from parallelrun.store import batches, endpoints, inputs, jobs, plan, registry, reuse, scored
 
 log = logging.getLogger("parallelrun.pipeline.planner")
 MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
@@ -55,9 +55,9 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                     elif body.get("action") == "tick":
                         tick(cfg, body)
                     elif body.get("action") == "schedule":  # an EventBridge rule fired, or a waiting run's turn came
-                        fired = schedules.fire(cfg, body["schedule"], body["time"], body.get("trigger", "rule"))
+                        fired = scheduling.fire(cfg, body["schedule"], body["time"], body.get("trigger", "rule"))
                         job_id = fired.job_id
-                        if fired.outcome == schedules.STARTED and fired.job_id:
+                        if fired.outcome == scheduling.STARTED and fired.job_id:
                             start_job(cfg, fired.job_id)
                     else:
                         log.warning("ignored a planner message with no known action", extra={"fields": {"body": body}})
@@ -224,7 +224,7 @@ def plan_batches(cfg: StackConfig, job: jobs.JobRecord, spec: InputSpec) -> Iter
     ``partition_format`` is set), or tables by byte size (a mini-batch never crosses a file; a
     big file is split into pieces; column partitions are found by the worker, which reads them).
     A schedule's run plans only the inputs its earlier runs have not scored."""
-    files = datasets.list_files(spec)
+    files = inputs.list_files(spec)
     if job.schedule:
         files = scored.unscored(cfg, job.schedule, files)
     s = job.settings

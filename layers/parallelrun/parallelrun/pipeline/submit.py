@@ -23,7 +23,7 @@ from parallelrun.store import endpoints, jobs, keys, registry
 
 # The artifacts bucket's own folders: jobs' plans, parts and outputs; scoring code; models.
 _RESERVED_PREFIXES = (keys.JOBS_PREFIX, keys.CODE_PREFIX, keys.MODELS_PREFIX)
-_SCHEDULES_PREFIX = keys.SCHEDULES_PREFIX  # where schedules._prepare_run puts its runs by default
+_SCHEDULES_PREFIX = keys.SCHEDULES_PREFIX  # where scheduling._prepare_run puts its runs by default
 
 
 def new_job_id(endpoint: str, seed: str | None = None) -> str:

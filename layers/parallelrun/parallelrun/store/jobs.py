@@ -62,7 +62,7 @@ class JobRecord:
     fingerprint: str | None = None  # what the job's rows depend on (see parallelrun.store.reuse)
     reused_from: str | None = None  # the succeeded job whose output this one took whole
     outcome: str | None = None  # FAILED or CANCELED when the job was stopped before it completed
-    schedule: str | None = None  # the schedule this job is a run of (see parallelrun.pipeline.schedules)
+    schedule: str | None = None  # the schedule this job is a run of (see parallelrun.pipeline.scheduling)
 
     @property
     def batches_done(self) -> int:
