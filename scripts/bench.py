@@ -33,7 +33,7 @@ from parallelrun.client.api import Client
 from parallelrun.client.demo import EXAMPLES, load_example
 from parallelrun.local.runtime import LocalStack
 from parallelrun.pipeline import aggregator
-from parallelrun.store import jobs
+from parallelrun.store import batches, jobs
 
 _script = None
 
@@ -86,7 +86,7 @@ def _collate(job_id: str) -> None:
     cfg = StackConfig.from_outputs(json.loads(os.environ["BENCH_OUTPUTS"]))
     job = jobs.get(cfg, job_id)
     scratch = dataclasses.replace(job, output_uri=job.output_uri.rstrip("/") + "-bench/")
-    list(jobs.iter_batches(cfg, job_id))  # load the clients' service models before measuring
+    list(batches.iter_batches(cfg, job_id))  # load the clients' service models before measuring
     aws.client("s3").list_objects_v2(Bucket=cfg.artifacts_bucket, MaxKeys=1)
     tracemalloc.start()
     aggregator.collate(cfg, scratch)

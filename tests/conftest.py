@@ -95,7 +95,7 @@ class Stack:
                     sqs.delete_message_batch(QueueUrl=source.queue_url, Entries=[
                         {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
 
-    def plan(self, job_id: str) -> jobs.Job:
+    def plan(self, job_id: str) -> jobs.JobRecord:
         """Deliver planner messages until this job's first window is sent (the queues are shared
         with other tests' leftovers, so one delivery may serve another job)."""
         for _ in range(200):
@@ -106,7 +106,7 @@ class Stack:
             self.deliver("PlannerFunction")
         raise AssertionError(f"job {job_id} was not planned")
 
-    def run_until_done(self, job_id: str, rounds: int = 500) -> jobs.Job:
+    def run_until_done(self, job_id: str, rounds: int = 500) -> jobs.JobRecord:
         """Deliver every queue in turn until the job ends."""
         for _ in range(rounds):
             moved = 0
@@ -164,7 +164,7 @@ def put_files(cfg: StackConfig, prefix: str, names: list[str], body: Callable[[s
         s3.put_object(Bucket=cfg.input_bucket, Key=prefix + name, Body=(body or (lambda n: n.encode()))(name))
 
 
-def read_output(cfg: StackConfig, job: jobs.Job, name: str | None = None) -> str:
+def read_output(cfg: StackConfig, job: jobs.JobRecord, name: str | None = None) -> str:
     bucket, key = aws.split_s3_uri(job.output_uri + (name or job.settings.output_file_name))
     return aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
 

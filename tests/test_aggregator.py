@@ -37,8 +37,8 @@ def test_stream_writer_small_output_is_one_put(stack):
     assert aws.client("s3").get_object(Bucket=stack.cfg.artifacts_bucket, Key="bench/small.txt")["Body"].read() == b"a\nb\n"
 
 
-def _job(**settings) -> jobs.Job:
-    return jobs.Job(job_id="j", endpoint="e", deployment={}, settings=RunSettings(**settings), input_uri="s3://b/p/",
+def _job(**settings) -> jobs.JobRecord:
+    return jobs.JobRecord(job_id="j", endpoint="e", deployment={}, settings=RunSettings(**settings), input_uri="s3://b/p/",
                     output_uri="s3://b/o/", total_batches=10, total_items=100)
 
 

@@ -13,11 +13,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from parallelrun import aws
+from parallelrun.aws import dynamo
 from parallelrun.client.api import Client
 from parallelrun.core.settings import RunSettings
 from parallelrun.local import conflicts
 from parallelrun.pipeline import aggregator
-from parallelrun.store import endpoints, jobs
+from parallelrun.store import batches, endpoints, jobs, keys
 from tests.conftest import put_files, read_output
 from tests.test_failures import script
 from tests.test_pipeline import start
@@ -36,8 +37,8 @@ if {fail_bad!r} and any(open(path).read().startswith("bad") for path in mini_bat
 @pytest.fixture
 def few_shards(monkeypatch: pytest.MonkeyPatch) -> int:
     """Three shards: a job of a few mini-batches puts several records under each key."""
-    monkeypatch.setattr(jobs, "SHARDS", 3)
-    monkeypatch.setattr(jobs, "COMMIT_BACKOFF", 0.001)  # keep the retries' back-off short
+    monkeypatch.setattr(keys, "SHARDS", 3)
+    monkeypatch.setattr(dynamo, "TRANSACT_BACKOFF", 0.001)  # keep the retries' back-off short
     return 3
 
 
@@ -45,26 +46,26 @@ def _calls(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def _planned_job(stack: Any, job_id: str, total: int, settings: RunSettings | None = None) -> jobs.Job:
+def _planned_job(stack: Any, job_id: str, total: int, settings: RunSettings | None = None) -> jobs.JobRecord:
     """A RUNNING job of ``total`` mini-batches, as the planner leaves it before sending them."""
-    job = jobs.Job(job_id=job_id, endpoint="e", deployment={}, settings=settings or RunSettings(),
+    job = jobs.JobRecord(job_id=job_id, endpoint="e", deployment={}, settings=settings or RunSettings(),
                    input_uri="s3://b/p/",
                    output_uri=f"s3://{stack.cfg.artifacts_bucket}/jobs/{job_id}/output/", state=jobs.RUNNING,
                    total_batches=total)
     jobs.create(stack.cfg, job)
-    jobs.open_shards(stack.cfg, job_id, total)
+    batches.open_shards(stack.cfg, job_id, total)
     return job
 
 
-def _record(index: int, items_failed: int = 0) -> jobs.BatchRecord:
-    return jobs.BatchRecord(index=index, status=jobs.SUCCEEDED, items=2, items_succeeded=2 - items_failed,
+def _record(index: int, items_failed: int = 0) -> batches.BatchRecord:
+    return batches.BatchRecord(index=index, status=jobs.SUCCEEDED, items=2, items_succeeded=2 - items_failed,
                             items_failed=items_failed, attempt=1)
 
 
 def _add_a_retry(stack: Any, job_id: str) -> dict[str, Any]:
     """A transaction's action on shard 0's counters, in DynamoDB JSON."""
     return {"Update": {"TableName": stack.cfg.table,
-                       "Key": {name: {"S": value} for name, value in jobs.counts_key(job_id, 0).items()},
+                       "Key": {name: {"S": value} for name, value in keys.counts_key(job_id, 0).items()},
                        "UpdateExpression": "ADD retries :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}}
 
 
@@ -100,7 +101,7 @@ def test_commits_under_conflicts_on_every_other_transaction_spend_no_attempt(sta
     # Every other transaction: each of the 7 commits but the first is cancelled once, then served.
     assert (len(injected.seen), injected.cancelled) == (13, 6)
     assert (job.batches_succeeded, job.items_succeeded, job.batches_failed, job.items_failed) == (7, 14, 0, 0)
-    assert job.retries == 0 and {r.attempt for r in jobs.iter_batches(stack.cfg, job.job_id)} == {1}
+    assert job.retries == 0 and {r.attempt for r in batches.iter_batches(stack.cfg, job.job_id)} == {1}
     assert sorted(_calls(calls)) == [f"{i:02d}.txt {i + 1:02d}.txt" for i in range(0, 14, 2)]  # each run once
     assert read_output(stack.cfg, job).splitlines() == inputs  # exact, in mini-batch order
     summary = json.loads(read_output(stack.cfg, job, "summary.json"))
@@ -110,36 +111,36 @@ def test_commits_under_conflicts_on_every_other_transaction_spend_no_attempt(sta
 
 def test_no_two_concurrent_commits_touch_one_item(stack):
     """As many commits as there are shards, as one job's workers would make them at once."""
-    job = _planned_job(stack, "spread", jobs.SHARDS)
+    job = _planned_job(stack, "spread", keys.SHARDS)
     with conflicts.injected(conflicts.Conflicts()) as seen:
-        for index in range(jobs.SHARDS):
-            assert jobs.commit_batch(stack.cfg, job.job_id, _record(index))
-    assert len(seen.seen) == jobs.SHARDS
+        for index in range(keys.SHARDS):
+            assert batches.commit_batch(stack.cfg, job.job_id, _record(index))
+    assert len(seen.seen) == keys.SHARDS
     touched = [key for transaction in seen.seen for key in transaction]
-    assert len(set(touched)) == len(touched) == 2 * jobs.SHARDS  # no item in two of them
+    assert len(set(touched)) == len(touched) == 2 * keys.SHARDS  # no item in two of them
     records = {dict(record[1])["pk"] for record, _ in seen.seen}
-    assert len(records) == jobs.SHARDS  # the records are spread over a partition key per shard
-    assert jobs.job_key(job.job_id) not in [dict(key[1]) for key in touched]  # the job's own item is never written
-    assert jobs.get(stack.cfg, job.job_id).items_succeeded == 2 * jobs.SHARDS  # the shards summed
+    assert len(records) == keys.SHARDS  # the records are spread over a partition key per shard
+    assert keys.job_key(job.job_id) not in [dict(key[1]) for key in touched]  # the job's own item is never written
+    assert jobs.get(stack.cfg, job.job_id).items_succeeded == 2 * keys.SHARDS  # the shards summed
 
 
 def test_a_conflict_is_retried_inside_the_commit_and_a_condition_is_not(stack, monkeypatch):
-    monkeypatch.setattr(jobs, "COMMIT_BACKOFF", 0.001)
+    monkeypatch.setattr(dynamo, "TRANSACT_BACKOFF", 0.001)
     job = _planned_job(stack, "retried", 4)
     with conflicts.injected(conflicts.Conflicts(every=2)) as injected:
-        assert jobs.commit_batch(stack.cfg, job.job_id, _record(0))  # served at once
-        assert jobs.commit_batch(stack.cfg, job.job_id, _record(1))  # cancelled, then served
+        assert batches.commit_batch(stack.cfg, job.job_id, _record(0))  # served at once
+        assert batches.commit_batch(stack.cfg, job.job_id, _record(1))  # cancelled, then served
         assert len(injected.seen) == 3 and injected.cancelled == 1
     with conflicts.injected(conflicts.Conflicts()) as injected:
-        assert not jobs.commit_batch(stack.cfg, job.job_id, _record(1))  # another delivery recorded it first
+        assert not batches.commit_batch(stack.cfg, job.job_id, _record(1))  # another delivery recorded it first
         assert len(injected.seen) == 1  # a failed condition is never tried again
     assert jobs.get(stack.cfg, job.job_id).batches_succeeded == 2
 
     with conflicts.injected(conflicts.Conflicts(every=1)) as injected, pytest.raises(ClientError) as raised:
-        jobs.commit_batch(stack.cfg, job.job_id, _record(2))  # a table that never stops conflicting
-    assert len(injected.seen) == jobs.COMMIT_TRIES
-    assert aws.is_transaction_conflict(raised.value) and not aws.is_conditional_failure(raised.value)
-    assert jobs.get_batch(stack.cfg, job.job_id, 2) is None
+        batches.commit_batch(stack.cfg, job.job_id, _record(2))  # a table that never stops conflicting
+    assert len(injected.seen) == dynamo.TRANSACT_TRIES
+    assert dynamo.is_transaction_conflict(raised.value) and not dynamo.is_conditional_failure(raised.value)
+    assert batches.get_batch(stack.cfg, job.job_id, 2) is None
 
 
 def test_the_injected_conflict_is_aws_error_to_the_letter(stack):
@@ -156,13 +157,13 @@ def test_the_injected_conflict_is_aws_error_to_the_letter(stack):
                                             "reasons [None, TransactionConflict]")
     assert response["CancellationReasons"] == [
         {"Code": "None"}, {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}]
-    assert jobs.shard_counts(stack.cfg, job.job_id, 0)["retries"] == 0  # cancelled whole: nothing written
+    assert batches.shard_counts(stack.cfg, job.job_id, 0)["retries"] == 0  # cancelled whole: nothing written
 
 
 def test_transactions_overlapping_on_an_item_conflict_until_it_is_released(stack):
     job = _planned_job(stack, "overlap", 8)
-    counter = (stack.cfg.table, tuple(sorted(jobs.counts_key(job.job_id, 0).items())))
-    other = (stack.cfg.table, tuple(sorted(jobs.batch_key(job.job_id, 7).items())))
+    counter = (stack.cfg.table, tuple(sorted(keys.counts_key(job.job_id, 0).items())))
+    other = (stack.cfg.table, tuple(sorted(keys.batch_key(job.job_id, 7).items())))
     injector = conflicts.Conflicts(hold_seconds=0.1)
     assert injector.conflicting([other, counter], now=0.0) == set()  # served: holds both items for 0.1 s
     assert injector.conflicting([counter], now=0.01) == {0}  # in flight on the same item
@@ -171,23 +172,23 @@ def test_transactions_overlapping_on_an_item_conflict_until_it_is_released(stack
     assert injector.cancelled == 1
 
     with conflicts.injected(conflicts.Conflicts(hold_seconds=60)) as held:  # through moto, as AWS answers it
-        assert jobs.commit_batch(stack.cfg, job.job_id, _record(0))
+        assert batches.commit_batch(stack.cfg, job.job_id, _record(0))
         with pytest.raises(ClientError) as raised:
             aws.client("dynamodb").transact_write_items(TransactItems=[_add_a_retry(stack, job.job_id)])
-    assert aws.is_transaction_conflict(raised.value) and held.cancelled == 1
+    assert dynamo.is_transaction_conflict(raised.value) and held.cancelled == 1
 
 
 def test_a_shard_not_yet_complete_costs_one_read(stack, calls_of, few_shards):
     job = _planned_job(stack, "one-read", 6)  # shards 0, 1, 2 hold mini-batches (0, 3), (1, 4), (2, 5)
     gets, queries = calls_of("GetItem"), calls_of("Query")
-    jobs.commit_batch(stack.cfg, job.job_id, _record(0))
+    batches.commit_batch(stack.cfg, job.job_id, _record(0))
     aggregator.check_shard(stack.cfg, job, 0)
     assert (len(gets), len(queries)) == (1, 0)  # shard 0 is not complete: nothing else is read
-    jobs.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
+    batches.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
     aggregator.check_shard(stack.cfg, job, 1)
     assert len(queries) == 0  # a failure, but the job has no threshold to cross
     for index in (2, 3, 4, 5):
-        jobs.commit_batch(stack.cfg, job.job_id, _record(index))
+        batches.commit_batch(stack.cfg, job.job_id, _record(index))
         aggregator.check_shard(stack.cfg, job, index)
     assert len(queries) == 3  # each shard's last mini-batch read the job; the last one found it complete
     assert jobs.get(stack.cfg, job.job_id).complete
@@ -196,21 +197,21 @@ def test_a_shard_not_yet_complete_costs_one_read(stack, calls_of, few_shards):
 def test_a_failure_in_a_job_with_a_threshold_checks_the_job(stack, calls_of, few_shards):
     job = _planned_job(stack, "threshold", 9, RunSettings(error_threshold=1))
     queries = calls_of("Query")
-    jobs.commit_batch(stack.cfg, job.job_id, _record(0, items_failed=1))
+    batches.commit_batch(stack.cfg, job.job_id, _record(0, items_failed=1))
     aggregator.check_shard(stack.cfg, job, 0)
     assert len(queries) == 1 and jobs.get(stack.cfg, job.job_id).state == jobs.RUNNING  # 1 failed: allowed
-    jobs.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
+    batches.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
     aggregator.check_shard(stack.cfg, job, 1)
     assert jobs.get(stack.cfg, job.job_id).state == jobs.FINALIZING  # 2 failed, over the threshold: stopped
 
 
 def test_batches_come_back_in_index_order_one_page_per_shard(stack, calls_of, monkeypatch, few_shards):
-    monkeypatch.setattr(jobs, "SHARD_PAGE", 2)
+    monkeypatch.setattr(batches, "SHARD_PAGE", 2)
     job = _planned_job(stack, "merged", 20)
     for index in reversed(range(20)):
-        jobs.commit_batch(stack.cfg, job.job_id, _record(index))
+        batches.commit_batch(stack.cfg, job.job_id, _record(index))
     queries = calls_of("Query")
-    records = jobs.iter_batches(stack.cfg, job.job_id)
+    records = batches.iter_batches(stack.cfg, job.job_id)
     assert next(records).index == 0
     assert len(queries) == few_shards  # lazily: one page of each shard, never the whole job
     assert [0] + [r.index for r in records] == list(range(20))
@@ -265,4 +266,4 @@ def test_the_local_server_answers_a_conflict_over_the_wire_as_aws_does():
         moto_server.stop()
     assert raised.value.response["CancellationReasons"] == [
         {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}]
-    assert aws.is_transaction_conflict(raised.value)
+    assert dynamo.is_transaction_conflict(raised.value)

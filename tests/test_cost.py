@@ -13,7 +13,7 @@ import pytest
 
 from parallelrun import aws
 from parallelrun.core import logs, metrics, pricing, usage
-from parallelrun.store import jobs
+from parallelrun.store import batches, jobs
 from tests.conftest import put_files, read_output
 from tests.test_failures import script
 from tests.test_pipeline import start
@@ -56,7 +56,7 @@ def flaky_job(stack, tmp_path_factory) -> dict[str, Any]:
         logging.getLogger("parallelrun.core.metrics").removeHandler(keep)
     summary = json.loads(read_output(stack.cfg, job, "summary.json"))
     return {"job": job, "summary": summary, "metric_lines": lines,
-            "records": list(jobs.iter_batches(stack.cfg, job.job_id)),
+            "records": list(batches.iter_batches(stack.cfg, job.job_id)),
             "usage_items": list(jobs.iter_usage(stack.cfg, job.job_id))}
 
 
@@ -147,11 +147,11 @@ def test_the_hook_counts_real_requests_into_the_invocation_in_force(stack):
         bound = threading.Thread(target=usage.bind(aws.client("sqs").list_queues))
         bound.start()
         bound.join()
-        jobs.get_batch(stack.cfg, "no-such-job", 0)
-        first = usage.take(including=[jobs.COMMIT_CALL])
-        record = jobs.BatchRecord(index=0, status=jobs.SUCCEEDED, items=1, items_succeeded=1, items_failed=0,
+        batches.get_batch(stack.cfg, "no-such-job", 0)
+        first = usage.take(including=[batches.COMMIT_CALL])
+        record = batches.BatchRecord(index=0, status=jobs.SUCCEEDED, items=1, items_succeeded=1, items_failed=0,
                                   attempt=1)
-        assert not jobs.commit_batch(stack.cfg, "no-such-job", record)  # the call ``including`` stood for
+        assert not batches.commit_batch(stack.cfg, "no-such-job", record)  # the call ``including`` stood for
         aws.client("dynamodb").describe_limits()
         second = meter.take()
     assert first is not None and first.invocations == 1 and first.memory_mb == 512

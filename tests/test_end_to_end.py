@@ -55,7 +55,7 @@ def client(local_stack: LocalStack) -> Client:
     return Client(StackConfig.from_outputs(local_stack.outputs))
 
 
-def drop(client: Client, files: Path, folder: str) -> jobs.Job:
+def drop(client: Client, files: Path, folder: str) -> jobs.JobRecord:
     """Upload a folder into the drop bucket, then its marker; the job the marker started."""
     uri = f"s3://{client.cfg.input_bucket}/{folder}"
     client.upload_folder(files, uri)

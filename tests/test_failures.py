@@ -12,7 +12,7 @@ import pytest
 from parallelrun import aws
 from parallelrun.client.api import Client
 from parallelrun.core.errors import ConflictError
-from parallelrun.store import endpoints, jobs
+from parallelrun.store import batches, endpoints, jobs
 from tests.conftest import put_files, read_output
 from tests.test_pipeline import echo, parts, start
 
@@ -23,7 +23,7 @@ def script(name: str, before_return: str) -> str:
                               + "".join(f"    {line}\n" for line in before_return.strip().splitlines()))
 
 
-def failures_of(stack: Any, job: jobs.Job) -> list[dict[str, Any]]:
+def failures_of(stack: Any, job: jobs.JobRecord) -> list[dict[str, Any]]:
     return [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
 
 
@@ -71,10 +71,10 @@ if any(int(open(p).read()[:2]) >= 5 for p in mini_batch):
         "mini_batch_size": "1", "max_inflight_batches": "2", "run_max_try": "1", "error_threshold": "0"}).job_id)
     assert job.state == jobs.FAILED and job.reason.startswith("error_threshold: 1 inputs failed")
     assert read_output(stack.cfg, job).splitlines() == inputs[:5]  # every row that succeeded
-    recorded = list(jobs.iter_batches(stack.cfg, job.job_id))
+    recorded = list(batches.iter_batches(stack.cfg, job.job_id))
     assert len(recorded) <= 7 and job.cursor <= 7  # the planner stopped; the rest never ran
     stack.deliver("WorkerFunction", max_rounds=20)  # stragglers are dropped, not run
-    assert len(list(jobs.iter_batches(stack.cfg, job.job_id))) == len(recorded)
+    assert len(list(batches.iter_batches(stack.cfg, job.job_id))) == len(recorded)
 
 
 def test_cancel_stops_the_job_and_keeps_what_succeeded(stack, make_endpoint):
@@ -92,7 +92,7 @@ def test_cancel_stops_the_job_and_keeps_what_succeeded(stack, make_endpoint):
     job = stack.run_until_done(job.job_id)
     assert (job.state, job.reason) == (jobs.CANCELED, "canceled by user")
     assert read_output(stack.cfg, job).splitlines() == inputs[:1]
-    assert len(list(jobs.iter_batches(stack.cfg, job.job_id))) == 1
+    assert len(list(batches.iter_batches(stack.cfg, job.job_id))) == 1
     with pytest.raises(ConflictError, match="already ended"):
         client.cancel(job.job_id)
 
@@ -107,7 +107,7 @@ if any(open(p).read().startswith('bad') for p in mini_batch):
     job = stack.run_until_done(start(stack, endpoint, "redrive/r/", {
         "mini_batch_size": "2", "run_max_try": "1", "isolate_failures": "false"}).job_id)
     assert (job.state, job.batches_failed, job.items_failed) == (jobs.SUCCEEDED, 1, 2)
-    kept = {r.index: r for r in jobs.iter_batches(stack.cfg, job.job_id) if r.status == jobs.SUCCEEDED}
+    kept = {r.index: r for r in batches.iter_batches(stack.cfg, job.job_id) if r.status == jobs.SUCCEEDED}
 
     fixed = tmp_path / "fixed"
     fixed.mkdir()
@@ -120,7 +120,7 @@ if any(open(p).read().startswith('bad') for p in mini_batch):
     assert read_output(stack.cfg, job).splitlines() == sorted(inputs)
     assert (job.items_succeeded, job.items_failed, job.batches_failed) == (7, 0, 0)
     assert read_output(stack.cfg, job, "failures.jsonl") == ""
-    after = {r.index: r for r in jobs.iter_batches(stack.cfg, job.job_id)}
+    after = {r.index: r for r in batches.iter_batches(stack.cfg, job.job_id)}
     assert all(after[i] == record for i, record in kept.items())  # succeeded parts untouched
     with pytest.raises(ConflictError, match="no failed mini-batch"):
         client.redrive(job.job_id)

@@ -25,8 +25,8 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.client.api import Client
 from parallelrun.local import destinations, iam, rules
 from parallelrun.local.runtime import LocalStack
-from parallelrun.pipeline import planner, schedules
-from parallelrun.store import jobs
+from parallelrun.pipeline import planner, scheduling
+from parallelrun.store import jobs, plan, schedules
 from tests.conftest import marker_event
 
 # Granted but not called by any run here, each with the reason it is granted all the same.
@@ -129,7 +129,7 @@ def endpoint(client: Client, tmp_path: Path, name: str, source: str, settings: d
     client.create_endpoint(name, code, "score.py", model_ref or f"{name}-model", settings)
 
 
-def drop(client: Client, folder: str, files: dict[str, bytes], marker: bytes = b"") -> jobs.Job:
+def drop(client: Client, folder: str, files: dict[str, bytes], marker: bytes = b"") -> jobs.JobRecord:
     s3 = aws.client("s3")
     for name, body in files.items():
         s3.put_object(Bucket=client.cfg.input_bucket, Key=folder + name, Body=body)
@@ -143,7 +143,7 @@ def drop(client: Client, folder: str, files: dict[str, bytes], marker: bytes = b
 
 
 @pytest.fixture(scope="module")
-def ran(audited, client: Client, tmp_path_factory: pytest.TempPathFactory) -> dict[str, jobs.Job]:
+def ran(audited, client: Client, tmp_path_factory: pytest.TempPathFactory) -> dict[str, jobs.JobRecord]:
     """The jobs every role's calls are collected from."""
     tmp = tmp_path_factory.mktemp("jobs")
     endpoint(client, tmp, "echo", ECHO, {"mini_batch_size": "2"})
@@ -165,7 +165,7 @@ def ran(audited, client: Client, tmp_path_factory: pytest.TempPathFactory) -> di
                        b'{"partition_format": "{store}/*.txt", "partition_keys": "store"}'),
     }
     aws.client("s3").put_object(Bucket=client.cfg.input_bucket, Key="echo/incoming/0.txt", Body=b"x")
-    schedules.create(client.cfg, "nightly", "echo", "rate(1 hour)", f"s3://{client.cfg.input_bucket}/echo/incoming/",
+    scheduling.create(client.cfg, "nightly", "echo", "rate(1 hour)", f"s3://{client.cfg.input_bucket}/echo/incoming/",
                      {"mini_batch_size": "2"})
     when = "2026-01-01T00:00:00+00:00"
     rules.deliver(aws.client("events").describe_rule(Name=client.cfg.schedule_rule_prefix + "nightly"),
@@ -196,7 +196,7 @@ def test_the_jobs_succeed_with_every_function_as_its_own_role(ran, client: Clien
     assert failed is not None and failed.state == jobs.FAILED and "failed on all 3 tries" in failed.reason
 
 
-def dead_letters(audited, client: Client, tmp_path: Path, ended: jobs.Job) -> jobs.Job:
+def dead_letters(audited, client: Client, tmp_path: Path, ended: jobs.JobRecord) -> jobs.JobRecord:
     """Every dead-letter queue's message, for the failure recorder's calls. A worker that dies on
     every delivery takes the visibility timeout each time before SQS moves its message to the
     dead-letter queue; the test moves it at once, as SQS's redrive would (the same body): a
@@ -214,7 +214,7 @@ def dead_letters(audited, client: Client, tmp_path: Path, ended: jobs.Job) -> jo
     deadline = time.time() + 30
     while not jobs.get(client.cfg, job.job_id).cursor and time.time() < deadline:
         time.sleep(0.2)  # until its mini-batch is sent
-    [(index, items, partition)] = planner.read_plan(client.cfg, job.job_id, 0, 1)
+    [(index, items, partition)] = plan.read(client.cfg, job.job_id, 0, 1)
     message = planner.batch_message(jobs.get(client.cfg, job.job_id), index, items, partition)
     sqs.send_message(QueueUrl=queues["BatchDeadLetterQueue"], MessageBody=json.dumps(message))
     sqs.send_message(QueueUrl=queues["PlannerDeadLetterQueue"], MessageBody=json.dumps(
@@ -244,7 +244,7 @@ def test_every_call_was_allowed_and_every_grant_was_used(audited, ran):
     assert not any(unused.values()), f"granted but never used (remove them, or say why in UNUSED_ON_PURPOSE): {unused}"
 
 
-def attack(audited, client: Client, tmp_path: Path) -> jobs.Job:
+def attack(audited, client: Client, tmp_path: Path) -> jobs.JobRecord:
     """A job whose script tries to reach beyond its deployment (see ATTACK)."""
     _, _, victim = audited
     aws.client("s3").put_object(Bucket=client.cfg.artifacts_bucket, Key=victim, Body=b"someone's results")

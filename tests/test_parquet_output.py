@@ -20,11 +20,11 @@ from parallelrun.core.settings import RunSettings, resolve
 from parallelrun.pipeline import aggregator
 from parallelrun.pipeline.worker import Part, in_input_order
 from parallelrun.scoring.child import to_rows
-from parallelrun.store import jobs
+from parallelrun.store import batches, jobs, keys
 from tests.test_pipeline import start
 
 
-def read_bytes(cfg, job: jobs.Job, name: str | None = None) -> bytes:
+def read_bytes(cfg, job: jobs.JobRecord, name: str | None = None) -> bytes:
     bucket, key = aws.split_s3_uri(job.output_uri + (name or job.settings.output_file_name))
     return aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
 
@@ -94,24 +94,24 @@ def test_the_collator_writes_row_groups_of_bounded_size_and_an_empty_output_is_v
     assert pd.read_parquet(io.BytesIO(bytes(empty.data))).shape == (0, 0)
 
 
-def _job_with_parts(stack, job_id: str, frames: list[pd.DataFrame | None]) -> jobs.Job:
+def _job_with_parts(stack, job_id: str, frames: list[pd.DataFrame | None]) -> jobs.JobRecord:
     """A RUNNING job whose mini-batches are recorded: a frame is a succeeded part, None a failed batch."""
-    job = jobs.Job(job_id=job_id, endpoint="e", deployment={}, settings=RunSettings(output_format="parquet"),
+    job = jobs.JobRecord(job_id=job_id, endpoint="e", deployment={}, settings=RunSettings(output_format="parquet"),
                    input_uri="s3://b/p/", output_uri=f"s3://{stack.cfg.artifacts_bucket}/jobs/{job_id}/output/",
                    state=jobs.RUNNING, total_batches=len(frames))
     jobs.create(stack.cfg, job)
-    jobs.open_shards(stack.cfg, job_id, len(frames))  # as the planner does
+    batches.open_shards(stack.cfg, job_id, len(frames))  # as the planner does
     for index, frame in enumerate(frames):
         if frame is None:
-            record = jobs.BatchRecord(index=index, status=jobs.FAILED, items=1, items_succeeded=0, items_failed=1,
+            record = batches.BatchRecord(index=index, status=jobs.FAILED, items=1, items_succeeded=0, items_failed=1,
                                       attempt=1)
         else:
-            key = jobs.part_key(job_id, index, 1, "parquet")
+            key = keys.part_key(job_id, index, 1, "parquet")
             aws.client("s3").put_object(Bucket=stack.cfg.artifacts_bucket, Key=key, Body=part(frame))
-            record = jobs.BatchRecord(index=index, status=jobs.SUCCEEDED, items=len(frame),
+            record = batches.BatchRecord(index=index, status=jobs.SUCCEEDED, items=len(frame),
                                       items_succeeded=len(frame), items_failed=0, attempt=1, part_key=key,
                                       rows=len(frame))
-        jobs.commit_batch(stack.cfg, job_id, record)
+        batches.commit_batch(stack.cfg, job_id, record)
     return jobs.get(stack.cfg, job_id)
 
 
@@ -181,7 +181,7 @@ def test_a_tabular_job_reuses_parquet_parts_and_counts_records(stack, make_endpo
         body = "id\n" + "".join(f"{i}\n" for i in ids)
         s3.put_object(Bucket=stack.cfg.input_bucket, Key=f"pqreuse/r/{name}", Body=body.encode())
 
-    def run() -> jobs.Job:
+    def run() -> jobs.JobRecord:
         return stack.run_until_done(start(stack, endpoint, "pqreuse/r/", {"input_type": "tabular"}).job_id)
 
     put("a.csv", range(100))

@@ -33,7 +33,7 @@ def echo(name: str) -> str:
     return ECHO.replace("MODEL", repr(name))
 
 
-def start(stack: Any, endpoint: str, folder: str, settings: dict[str, Any] | None = None) -> jobs.Job:
+def start(stack: Any, endpoint: str, folder: str, settings: dict[str, Any] | None = None) -> jobs.JobRecord:
     job = submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/{folder}", settings)
     submit.start(stack.cfg, job)
     return job

@@ -10,8 +10,8 @@ from parallelrun.core.settings import RunSettings
 from parallelrun.store import jobs
 
 
-def record(**changes) -> jobs.Job:
-    job = jobs.Job(job_id="j-1", endpoint="digits", deployment={}, settings=RunSettings(),
+def record(**changes) -> jobs.JobRecord:
+    job = jobs.JobRecord(job_id="j-1", endpoint="digits", deployment={}, settings=RunSettings(),
                    input_uri="s3://in/digits/", output_uri="s3://out/j-1/", created_at=100.0)
     return dataclasses.replace(job, **changes)
 

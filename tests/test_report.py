@@ -13,7 +13,7 @@ import pytest
 from parallelrun.client import report, sdk
 from parallelrun.client.api import Client
 from parallelrun.core.settings import RunSettings
-from parallelrun.store import jobs
+from parallelrun.store import batches, jobs
 from tests.conftest import put_files
 from tests.test_failures import failures_of, script
 from tests.test_pipeline import start
@@ -87,7 +87,7 @@ def parse(page: str) -> Page:
 
 
 @pytest.fixture(scope="module")
-def troubled_job(stack, tmp_path_factory) -> jobs.Job:
+def troubled_job(stack, tmp_path_factory) -> jobs.JobRecord:
     """Five mini-batches: two succeed (one after a retry), three fail with two error types."""
     import pickle
 
@@ -118,7 +118,7 @@ def test_report_of_a_job_with_failures(stack, troubled_job, tmp_path):
     assert parsed.fills == {0: colours["succeeded"], 1: colours["failed"], 2: colours["failed"],
                             3: colours["retried"], 4: colours["failed"]}
     # every worker lane: a label in the picture and a row of the workers table
-    workers = {r.worker for r in jobs.iter_batches(stack.cfg, job.job_id)}
+    workers = {r.worker for r in batches.iter_batches(stack.cfg, job.job_id)}
     assert set(parsed.workers) == workers and len(parsed.workers) == len(workers)
     assert [i for i in parsed.ids if i.startswith("lane-")] == [f"lane-{n}" for n in range(len(workers))]
     # the failures by error type, as failures.jsonl has them
@@ -140,18 +140,18 @@ def test_sdk_job_report_is_the_same_page(stack, troubled_job):
     assert sorted(i for i in parse(page).ids if i.startswith("minibatch-")) == [f"minibatch-{n}" for n in range(5)]
 
 
-def _record(index: int, worker: str, start: float, seconds: float, **fields: Any) -> jobs.BatchRecord:
+def _record(index: int, worker: str, start: float, seconds: float, **fields: Any) -> batches.BatchRecord:
     values = {"status": jobs.SUCCEEDED, "items": 2, "items_succeeded": 2, "items_failed": 0, "attempt": 1, **fields}
-    return jobs.BatchRecord(index=index, worker=worker, started_at=start, finished_at=start + seconds, **values)
+    return batches.BatchRecord(index=index, worker=worker, started_at=start, finished_at=start + seconds, **values)
 
 
 def test_one_lane_per_worker_in_order_of_first_start_and_the_slowest_first():
-    job = jobs.Job(job_id="j", endpoint="e", deployment={}, settings=RunSettings(), input_uri="s3://b/i/",
+    job = jobs.JobRecord(job_id="j", endpoint="e", deployment={}, settings=RunSettings(), input_uri="s3://b/i/",
                    output_uri="s3://b/o/", state=jobs.RUNNING, created_at=1000.0, started_at=1000.0, total_batches=6)
     records = [_record(0, "w-b", 1001.0, 2.0), _record(1, "w-a", 1001.5, 9.0), _record(2, "w-b", 1003.0, 1.0),
                _record(3, "w-c", 1002.0, 0.5, status=jobs.FAILED, items_succeeded=0, items_failed=2),
                _record(4, "w-a", 1011.0, 3.0, attempt=2),
-               jobs.BatchRecord(index=5, status=jobs.SUCCEEDED, items=2, items_succeeded=2, items_failed=0, attempt=1,
+               batches.BatchRecord(index=5, status=jobs.SUCCEEDED, items=2, items_succeeded=2, items_failed=0, attempt=1,
                                 worker="reused", reused_from="older", finished_at=1000.2)]
     page = report.render(report.ReportData(job, records, {}, None))
     parsed = parse(page)

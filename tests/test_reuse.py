@@ -8,7 +8,7 @@ from tests.conftest import put_files, read_output
 from tests.test_pipeline import echo, parts, start
 
 
-def run(stack, endpoint: str, folder: str, **settings: str) -> jobs.Job:
+def run(stack, endpoint: str, folder: str, **settings: str) -> jobs.JobRecord:
     return stack.run_until_done(start(stack, endpoint, folder, {"mini_batch_size": "10", **settings}).job_id)
 
 

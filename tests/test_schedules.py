@@ -18,8 +18,8 @@ from parallelrun.core import cron
 from parallelrun.core.datasets import InputFile
 from parallelrun.core.errors import ConflictError, ExpressionError, InputError, NotFoundError, SettingsError
 from parallelrun.local import rules
-from parallelrun.pipeline import aggregator, schedules
-from parallelrun.store import jobs, scored
+from parallelrun.pipeline import aggregator, scheduling
+from parallelrun.store import jobs, keys, schedules, scored
 from tests.conftest import put_files, read_output
 from tests.test_failures import script
 from tests.test_pipeline import echo
@@ -129,7 +129,7 @@ def make_schedule(stack, make_endpoint) -> Iterator[Callable[..., tuple[str, str
              overlap: str = schedules.SKIP, source: str | None = None) -> tuple[str, str]:
         endpoint = make_endpoint(source or echo(f"ep-{name}"), name=f"ep-{name}")
         folder = f"{endpoint}/incoming/"
-        schedules.create(stack.cfg, name, endpoint, expression, f"s3://{stack.cfg.input_bucket}/{folder}",
+        scheduling.create(stack.cfg, name, endpoint, expression, f"s3://{stack.cfg.input_bucket}/{folder}",
                          {"mini_batch_size": "2", **(settings or {})}, overlap=overlap)
         made.append(name)
         return name, folder
@@ -189,17 +189,17 @@ def test_create_refuses_what_a_run_would_refuse(stack, make_schedule):
     name, folder = make_schedule("refuse")
     uri = f"s3://{stack.cfg.input_bucket}/{folder}"
     with pytest.raises(SettingsError, match="mini_batch_size='zero' is not allowed: a file count"):
-        schedules.create(stack.cfg, "refuse2", "ep-refuse", "rate(1 hour)", uri, {"mini_batch_size": "zero"})
+        scheduling.create(stack.cfg, "refuse2", "ep-refuse", "rate(1 hour)", uri, {"mini_batch_size": "zero"})
     with pytest.raises(SettingsError, match="overlap='sometimes' is not allowed: skip .*; wait"):
-        schedules.create(stack.cfg, "refuse2", "ep-refuse", "rate(1 hour)", uri, overlap="sometimes")
+        scheduling.create(stack.cfg, "refuse2", "ep-refuse", "rate(1 hour)", uri, overlap="sometimes")
     with pytest.raises(ExpressionError, match="hours field allows 0-23"):
-        schedules.create(stack.cfg, "refuse2", "ep-refuse", "cron(0 24 * * ? *)", uri)
+        scheduling.create(stack.cfg, "refuse2", "ep-refuse", "cron(0 24 * * ? *)", uri)
     with pytest.raises(NotFoundError, match="no endpoint 'nope'"):
-        schedules.create(stack.cfg, "refuse2", "nope", "rate(1 hour)", uri)
+        scheduling.create(stack.cfg, "refuse2", "nope", "rate(1 hour)", uri)
     with pytest.raises(ConflictError, match="schedule 'refuse' already exists"):
-        schedules.create(stack.cfg, name, "ep-refuse", "rate(1 hour)", uri)
+        scheduling.create(stack.cfg, name, "ep-refuse", "rate(1 hour)", uri)
     with pytest.raises(InputError, match="lower-case letters"):
-        schedules.create(stack.cfg, "Bad_Name", "ep-refuse", "rate(1 hour)", uri)
+        scheduling.create(stack.cfg, "Bad_Name", "ep-refuse", "rate(1 hour)", uri)
     # Nothing of the refused ones was stored, and no rule was left behind.
     assert schedules.find(stack.cfg, "refuse2") is None
     assert not aws.client("events").list_rules(NamePrefix=rule_of(stack, "refuse2"))["Rules"]
@@ -301,7 +301,7 @@ def test_overlap_skip_skips_a_run_due_while_one_runs(stack, make_schedule):
     assert jobs.find(stack.cfg, skipped) is None
     found = schedules.get(stack.cfg, name)
     assert (found.skipped_runs, found.last_skipped, found.running_job) == (1, "2026-11-22T10:05:00Z", run1)
-    assert Client(stack.cfg).run_schedule_now(name) == schedules.Firing(schedules.SKIPPED, holder=run1)
+    assert Client(stack.cfg).run_schedule_now(name) == scheduling.Firing(scheduling.SKIPPED, holder=run1)
     assert schedules.get(stack.cfg, name).skipped_runs == 2
 
     assert stack.run_until_done(run1).state == jobs.SUCCEEDED
@@ -348,8 +348,8 @@ def test_a_repeated_event_does_not_start_a_second_run(stack, make_schedule):
 def test_a_run_whose_endpoint_is_gone_fails_visibly_and_frees_the_schedule(stack, make_schedule):
     name, folder = make_schedule("orphan")
     Client(stack.cfg).delete_endpoint("ep-orphan")
-    fired = schedules.run_now(stack.cfg, name)
-    assert fired.outcome == schedules.REFUSED
+    fired = scheduling.run_now(stack.cfg, name)
+    assert fired.outcome == scheduling.REFUSED
     job = jobs.get(stack.cfg, fired.job_id)
     assert job.state == jobs.FAILED and "no endpoint 'ep-orphan'" in job.reason
     found = schedules.get(stack.cfg, name)
@@ -360,7 +360,7 @@ def test_a_run_whose_planner_gave_up_ends_failed_and_frees_the_schedule(stack, m
     name, folder = make_schedule("gaveup")
     put_files(stack.cfg, folder, ["a.txt"])
     when = "2026-11-22T10:00:00Z"
-    assert schedules.fire(stack.cfg, name, when).outcome == schedules.STARTED  # the job exists, never planned
+    assert scheduling.fire(stack.cfg, name, when).outcome == scheduling.STARTED  # the job exists, never planned
     dead_letters = stack.source("FailureRecorderFunction", "PlannerDeadLetterQueue").queue_url
     for fired_at in (when, "2026-11-22T09:00:00Z"):  # the second never created a job: only logged
         aws.client("sqs").send_message(QueueUrl=dead_letters, MessageBody=json.dumps(
@@ -390,7 +390,7 @@ def test_run_now_starts_a_run_at_once(stack, make_schedule):
     name, folder = make_schedule("now")
     put_files(stack.cfg, folder, ["x.txt", "y.txt"])
     fired = Client(stack.cfg).run_schedule_now(name)
-    assert fired.outcome == schedules.STARTED
+    assert fired.outcome == scheduling.STARTED
     assert fired.job_id.startswith("now-") and fired.job_id.endswith("Z")
     assert rows(stack, stack.run_until_done(fired.job_id).job_id) == ["x.txt", "y.txt"]
 
@@ -401,7 +401,7 @@ def test_the_scored_record_is_merged_across_shards_in_key_order(stack):
     changed = [InputFile(f.key, 1, "edited") if i % 10 == 0 else f for i, f in enumerate(listing)]
     left = list(scored.unscored(stack.cfg, "merge", changed))
     assert [f.key for f in left] == [f.key for i, f in enumerate(listing) if i % 2 or i % 10 == 0]
-    assert len({scored.shard_key("merge", f.key) for f in listing}) == scored.SHARDS
+    assert len({keys.scored_key("merge", f.key)["pk"] for f in listing}) == keys.SCORED_SHARDS
     assert scored.forget(stack.cfg, "merge") == 150
     assert len(list(scored.unscored(stack.cfg, "merge", listing))) == 300
 
@@ -509,12 +509,12 @@ def test_a_crash_between_a_runs_end_and_handing_over_loses_no_waiting_run(stack,
     run1 = fire_and_plan(stack, name, "2026-11-22T10:00:00Z")
     waiting = fire(stack, name, "2026-11-22T10:05:00Z")
     stack.deliver("PlannerFunction", max_rounds=5)
-    original = schedules.run_ended
-    schedules.run_ended = lambda cfg, job: None  # the aggregator dies right after the final state
+    original = scheduling.run_ended
+    scheduling.run_ended = lambda cfg, job: None  # the aggregator dies right after the final state
     try:
         assert stack.run_until_done(run1).state == jobs.SUCCEEDED
     finally:
-        schedules.run_ended = original
+        scheduling.run_ended = original
     assert schedules.get(stack.cfg, name).running_job == run1 and jobs.find(stack.cfg, waiting) is None
     aggregator.request(stack.cfg, run1)  # the unacknowledged request comes back
     stack.deliver("AggregatorFunction")

@@ -30,7 +30,7 @@ def endpoint(make_endpoint) -> str:
     return make_endpoint(echo(name), name=name)
 
 
-def drop(stack: Any, endpoint: str, folder: str, body: bytes) -> jobs.Job:
+def drop(stack: Any, endpoint: str, folder: str, body: bytes) -> jobs.JobRecord:
     """Inputs and a ``_READY`` marker with ``body`` in ``<endpoint>/<folder>/``, the planner
     notified as S3 does; the job as `parallelrun jobs` and `status` see it."""
     prefix = f"{endpoint}/{folder}/"
@@ -46,7 +46,7 @@ def drop(stack: Any, endpoint: str, folder: str, body: bytes) -> jobs.Job:
     return client.job(found.job_id)
 
 
-def assert_failed_saying(job: jobs.Job, *fragments: str) -> None:
+def assert_failed_saying(job: jobs.JobRecord, *fragments: str) -> None:
     assert job.state == jobs.FAILED, job
     shown = "\n".join(status_lines(job))
     for fragment in fragments:
@@ -160,7 +160,7 @@ def test_no_source_may_set_a_runtime_variable(stack, endpoint):
 # --- where the output goes --------------------------------------------------------------------
 
 
-def _succeeded(stack: Any, endpoint: str, folder: str, overrides: dict[str, Any] | None = None) -> jobs.Job:
+def _succeeded(stack: Any, endpoint: str, folder: str, overrides: dict[str, Any] | None = None) -> jobs.JobRecord:
     put_files(stack.cfg, folder, ["a.txt", "b.txt"])
     job = submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/{folder}", overrides)
     submit.start(stack.cfg, job)
@@ -261,7 +261,7 @@ def test_the_largest_mini_batches_of_the_longest_keys_are_sent(stack, endpoint, 
     sizes: list[int] = []
     original = planner._send_ten
 
-    def measured(sqs: Any, cfg: Any, job: jobs.Job, batch: list) -> None:
+    def measured(sqs: Any, cfg: Any, job: jobs.JobRecord, batch: list) -> None:
         sizes.append(sum(len(json.dumps(planner.batch_message(job, *entry)).encode()) for entry in batch))
         original(sqs, cfg, job, batch)
 

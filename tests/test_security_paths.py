@@ -16,7 +16,7 @@ from parallelrun import aws
 from parallelrun.core import safepath
 from parallelrun.core.errors import IntegrityError, NotFoundError, UnsafeKey
 from parallelrun.scoring import code, host, modelfiles
-from parallelrun.store import jobs, registry
+from parallelrun.store import jobs, keys, registry
 from tests.conftest import put_files, read_output
 from tests.test_pipeline import echo, start
 
@@ -39,11 +39,11 @@ def test_a_name_through_a_link_out_of_its_folder_is_refused(tmp_path):
         safepath.inside(folder, "link/file.png")
 
 
-def _failures(stack: Any, job: jobs.Job) -> list[dict[str, Any]]:
+def _failures(stack: Any, job: jobs.JobRecord) -> list[dict[str, Any]]:
     return [json.loads(line) for line in read_output(stack.cfg, job, "failures.jsonl").splitlines()]
 
 
-def _code_file(stack: Any, job: jobs.Job) -> Path:
+def _code_file(stack: Any, job: jobs.JobRecord) -> Path:
     return safepath.CODE / job.deployment["code_sha"] / "score.py"
 
 
@@ -132,7 +132,7 @@ def test_a_tampered_unpacked_code_bundle_is_refused_then_unpacked_again(stack, m
     assert read_output(stack.cfg, job).splitlines() == ["b.txt"]  # the next attempt unpacked the zip again
     assert job.retries == 1
     log = aws.client("s3").get_object(Bucket=stack.cfg.artifacts_bucket,
-                                      Key=jobs.log_key(job.job_id, 0, 1))["Body"].read().decode()
+                                      Key=keys.log_key(job.job_id, 0, 1))["Body"].read().decode()
     sha = first.deployment["code_sha"]
     assert "IntegrityError" in log and f"code/{sha}.zip" in log and "SHA-256" in log
     assert not (script.parent / "pandas.py").exists()

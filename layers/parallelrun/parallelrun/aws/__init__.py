@@ -103,29 +103,3 @@ def range_reader(bucket: str, key: str) -> Any:
 
     return read
 
-
-def is_conditional_failure(error: Exception) -> bool:
-    """True when a DynamoDB write lost its condition (someone else already did the work)."""
-    code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
-    if code == "ConditionalCheckFailedException":
-        return True
-    if code == "TransactionCanceledException":
-        reasons = getattr(error, "response", {}).get("CancellationReasons", [])
-        return any(r.get("Code") == "ConditionalCheckFailed" for r in reasons)
-    return False
-
-
-def is_transaction_conflict(error: Exception) -> bool:
-    """True when a transaction was cancelled only because another was in progress on one of its
-    items (CancellationReasons code ``TransactionConflict``, "Transaction is ongoing for the item"),
-    or its ClientRequestToken's first try is still running (``TransactionInProgressException``,
-    which botocore retries, but only up to its attempts): nothing was written, and trying again is
-    the fix. A failed condition among the reasons is not a conflict: trying again cannot succeed.
-    https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html"""
-    response = getattr(error, "response", {})
-    code = response.get("Error", {}).get("Code", "")
-    if code == "TransactionInProgressException":
-        return True
-    reasons = [r.get("Code") for r in response.get("CancellationReasons", [])]
-    return (code == "TransactionCanceledException" and "TransactionConflict" in reasons
-            and "ConditionalCheckFailed" not in reasons)

@@ -17,8 +17,8 @@ from parallelrun.client import report, sdk
 from parallelrun.core.datasets import READY_MARKER
 from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
 from parallelrun.local import state
-from parallelrun.pipeline import aggregator, planner, schedules, submit
-from parallelrun.store import endpoints, jobs, registry
+from parallelrun.pipeline import aggregator, planner, scheduling, submit
+from parallelrun.store import batches, endpoints, jobs, keys, registry, schedules
 
 
 class Client:
@@ -155,7 +155,7 @@ class Client:
         ``inputs`` on an EventBridge ``rate(...)`` or ``cron(...)`` expression; each run scores
         only the inputs no earlier run scored. ``overlap``: ``skip`` or ``wait``."""
         target, uri, overrides = self._resolve(target, inputs, dict(settings or {}), model)
-        return schedules.create(self.cfg, name, target, expression, uri, overrides, deployment, overlap)
+        return scheduling.create(self.cfg, name, target, expression, uri, overrides, deployment, overlap)
 
     def schedules(self) -> list[schedules.Schedule]:
         return schedules.list_schedules(self.cfg)
@@ -167,17 +167,17 @@ class Client:
         """Delete the schedule, its rule and its record of what was scored; a run in progress finishes."""
         schedules.delete(self.cfg, name)
 
-    def run_schedule_now(self, name: str) -> schedules.Firing:
+    def run_schedule_now(self, name: str) -> scheduling.Firing:
         """Fire the schedule at once, as its rule would (the overlap setting applies)."""
-        return schedules.run_now(self.cfg, name)
+        return scheduling.run_now(self.cfg, name)
 
-    def job(self, job_id: str) -> jobs.Job:
+    def job(self, job_id: str) -> jobs.JobRecord:
         return jobs.get(self.cfg, job_id)
 
-    def jobs(self, limit: int = 50) -> list[jobs.Job]:
+    def jobs(self, limit: int = 50) -> list[jobs.JobRecord]:
         return jobs.list_jobs(self.cfg, limit)
 
-    def cancel(self, job_id: str) -> jobs.Job:
+    def cancel(self, job_id: str) -> jobs.JobRecord:
         """Stop a job: nothing more is sent or run; the output holds what succeeded."""
         if not aggregator.stop(self.cfg, job_id, jobs.CANCELED, "canceled by user"):
             job = self.job(job_id)
@@ -191,7 +191,7 @@ class Client:
     def logs(self, job_id: str, minibatch: int | None = None) -> Iterator[str]:
         """The stored log lines of a job's mini-batch attempts (the script's own included)."""
         self.job(job_id)  # a clear error for an unknown job
-        prefix = jobs.job_prefix(job_id) + "logs/" + (f"{minibatch:09d}." if minibatch is not None else "")
+        prefix = keys.logs_prefix(job_id, minibatch)
         s3 = aws.client("s3")
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.artifacts_bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
@@ -222,16 +222,16 @@ class Client:
                 pass  # not ended yet: the page says so
         return report.ReportData(job, batches, dict(failures.most_common()), summary)
 
-    def batches(self, job_id: str) -> list[jobs.BatchRecord]:
+    def batches(self, job_id: str) -> list[batches.BatchRecord]:
         """The job's mini-batch records, one per mini-batch recorded so far."""
-        return list(jobs.iter_batches(self.cfg, job_id))
+        return list(batches.iter_batches(self.cfg, job_id))
 
-    def find_job(self, input_uri: str) -> jobs.Job | None:
+    def find_job(self, input_uri: str) -> jobs.JobRecord | None:
         """The newest job on ``input_uri`` (a drop folder's job has no id known in advance)."""
         return next((j for j in self.jobs(1000) if j.input_uri == input_uri), None)
 
-    def wait(self, job_id: str, on_progress: Callable[[jobs.Job], None] | None = None,
-             poll_seconds: float = 1.0, timeout: float | None = None) -> jobs.Job:
+    def wait(self, job_id: str, on_progress: Callable[[jobs.JobRecord], None] | None = None,
+             poll_seconds: float = 1.0, timeout: float | None = None) -> jobs.JobRecord:
         """Poll until the job ends; ``on_progress`` sees each state."""
         deadline = None if timeout is None else time.time() + timeout
         while True:
@@ -244,14 +244,14 @@ class Client:
                 raise ParallelRunError(f"job {job_id} still {job.state} after {timeout:.0f} s")
             time.sleep(poll_seconds)
 
-    def output_uri(self, job: jobs.Job, name: str | None = None) -> str:
+    def output_uri(self, job: jobs.JobRecord, name: str | None = None) -> str:
         return job.output_uri + (name or job.settings.output_file_name)
 
     def read_output(self, job_id: str, name: str | None = None) -> Iterator[bytes]:
         """The collated output (or ``summary.json``, ``failures.jsonl``) streamed in chunks."""
         return self._output(self.job(job_id), name)
 
-    def _output(self, job: jobs.Job, name: str | None) -> Iterator[bytes]:
+    def _output(self, job: jobs.JobRecord, name: str | None) -> Iterator[bytes]:
         bucket, key = aws.split_s3_uri(self.output_uri(job, name))
         s3 = aws.client("s3")
         try:

@@ -17,11 +17,11 @@ from parallelrun.client.progress import progress_bar, status_lines
 from parallelrun.core.errors import NotFoundError, ParallelRunError
 from parallelrun.core.settings import parse_assignments
 from parallelrun.local import runtime, state
-from parallelrun.pipeline import schedules
+from parallelrun.pipeline import scheduling
 from parallelrun.store import jobs
 
 
-def _job_dict(job: jobs.Job) -> dict[str, Any]:
+def _job_dict(job: jobs.JobRecord) -> dict[str, Any]:
     return {k: v for k, v in job.__dict__.items() if k != "settings"} | {"settings": json.loads(job.settings.to_json())}
 
 
@@ -240,7 +240,7 @@ def _schedule_dict(client: Client, s: Any) -> dict[str, Any]:
     last = None
     if s.last_job_id:
         try:
-            job: jobs.Job | None = client.job(s.last_job_id)
+            job: jobs.JobRecord | None = client.job(s.last_job_id)
         except NotFoundError:
             job = None
         last = {"time": s.last_run_time, "job_id": s.last_job_id, "trigger": s.last_trigger,
@@ -277,16 +277,16 @@ def cmd_schedules_delete(args: argparse.Namespace) -> int:
 def cmd_schedules_run_now(args: argparse.Namespace) -> int:
     client = Client.connect(args.stack)
     fired = client.run_schedule_now(args.name)
-    if fired.outcome == schedules.SKIPPED:
+    if fired.outcome == scheduling.SKIPPED:
         print(f"schedule {args.name}: run skipped, job {fired.holder} is still running (overlap skip)")
         return 1
-    if fired.outcome == schedules.WAITING:
+    if fired.outcome == scheduling.WAITING:
         print(f"schedule {args.name}: the run will start when job {fired.holder} ends (overlap wait)")
         return 0
     if fired.job_id is None:
         raise ParallelRunError(f"schedule {args.name}: no run started")
     print(fired.job_id)
-    return _wait(client, fired.job_id) if args.wait or fired.outcome == schedules.REFUSED else 0
+    return _wait(client, fired.job_id) if args.wait or fired.outcome == scheduling.REFUSED else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -77,7 +77,7 @@ def run(workers: int = 2, count: int | None = None) -> int:
         return report(client, job, labels)
 
 
-def report(client: Client, job: jobs.Job, labels: dict[str, int]) -> int:
+def report(client: Client, job: jobs.JobRecord, labels: dict[str, int]) -> int:
     """Print where the output is, its first lines, its row count and the accuracy."""
     print("\n".join(["", f"job {job.job_id}: {job.state}" + (f" ({job.reason})" if job.reason else ""),
                      f"output: {client.output_uri(job)}"]))

@@ -12,13 +12,13 @@ from collections.abc import Callable
 from parallelrun.store import jobs
 
 
-def progress_bar(description: str = "scoring") -> Callable[[jobs.Job], None]:
+def progress_bar(description: str = "scoring") -> Callable[[jobs.JobRecord], None]:
     """A callback for :meth:`Client.wait` that draws a bar of inputs done out of the total."""
     from tqdm import tqdm  # only a wait with a bar pays for importing tqdm
 
     bar = tqdm(total=0, unit="input", desc=description, dynamic_ncols=True, file=sys.stderr)
 
-    def update(job: jobs.Job) -> None:
+    def update(job: jobs.JobRecord) -> None:
         if job.total_items is not None and bar.total != job.total_items:
             bar.total = job.total_items
             bar.refresh()
@@ -30,7 +30,7 @@ def progress_bar(description: str = "scoring") -> Callable[[jobs.Job], None]:
     return update
 
 
-def status_lines(job: jobs.Job) -> list[str]:
+def status_lines(job: jobs.JobRecord) -> list[str]:
     total_b = "?" if job.total_batches is None else job.total_batches
     total_i = "?" if job.total_items is None else job.total_items
     lines = [

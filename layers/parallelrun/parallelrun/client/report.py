@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from parallelrun.store import jobs
+from parallelrun.store import batches, jobs
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,8 +34,8 @@ THROUGHPUT_BINS = 30
 class ReportData:
     """Everything the page shows, read from the stack by :meth:`parallelrun.client.api.Client.report_data`."""
 
-    job: jobs.Job
-    batches: list[jobs.BatchRecord]
+    job: jobs.JobRecord
+    batches: list[batches.BatchRecord]
     failures_by_type: dict[str, int]
     summary: dict[str, Any] | None
 
@@ -58,7 +58,7 @@ class Bar:
         return self.end - self.start
 
 
-def outcome(record: jobs.BatchRecord) -> str:
+def outcome(record: batches.BatchRecord) -> str:
     if record.reused_from is not None:
         return REUSED
     if record.status == jobs.FAILED:
@@ -66,7 +66,7 @@ def outcome(record: jobs.BatchRecord) -> str:
     return RETRIED if record.attempt > 1 else SUCCEEDED
 
 
-def bars(job: jobs.Job, batches: Iterable[jobs.BatchRecord]) -> list[Bar]:
+def bars(job: jobs.JobRecord, batches: Iterable[batches.BatchRecord]) -> list[Bar]:
     """The timeline's bars. A mini-batch with no start of its own (reused, or recorded before
     starts were kept) is a mark at its finish."""
     records = list(batches)

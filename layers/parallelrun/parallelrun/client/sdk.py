@@ -36,14 +36,14 @@ class ClientProtocol(Protocol):
     """What the SDK's classes ask of :class:`parallelrun.client.api.Client`. A protocol, not an
     import, because the client builds the SDK's Jobs and takes its configs: the SDK sits below it."""
 
-    def job(self, job_id: str) -> jobs.Job: ...
+    def job(self, job_id: str) -> jobs.JobRecord: ...
 
-    def wait(self, job_id: str, on_progress: Callable[[jobs.Job], None] | None = None,
-             poll_seconds: float = 1.0, timeout: float | None = None) -> jobs.Job: ...
+    def wait(self, job_id: str, on_progress: Callable[[jobs.JobRecord], None] | None = None,
+             poll_seconds: float = 1.0, timeout: float | None = None) -> jobs.JobRecord: ...
 
     def read_output(self, job_id: str, name: str | None = None) -> Iterator[bytes]: ...
 
-    def cancel(self, job_id: str) -> jobs.Job: ...
+    def cancel(self, job_id: str) -> jobs.JobRecord: ...
 
     def report(self, job_id: str, path: str | Path | None = None) -> str: ...
 
@@ -145,7 +145,7 @@ class Job:
         return f"Job({self.job_id!r})"
 
     @property
-    def record(self) -> jobs.Job:
+    def record(self) -> jobs.JobRecord:
         return self.client.job(self.job_id)
 
     @property

@@ -1,9 +1,6 @@
 """Inputs: which objects under a prefix are inputs, and how they split into mini-batches.
 
-The pure part (:func:`is_input`, :func:`batches`) knows nothing of S3; :func:`list_files` is the
-edge. S3 lists keys in ascending UTF-8 byte order, which is also Python's order for ``str``, so
-a listing is already the stable sorted order the plan needs, and it can be streamed: a job of a
-million files never holds its whole listing in memory.
+Nothing here talks to S3: the listing of a folder's inputs is :mod:`parallelrun.store.inputs`'.
 """
 
 from __future__ import annotations
@@ -106,15 +103,6 @@ def batches(files: Iterable[InputFile], size: int) -> Iterator[list[InputFile]]:
             batch = []
     if batch:
         yield batch
-
-
-def list_files(spec: InputSpec) -> Iterator[InputFile]:
-    """The inputs under ``spec``, in S3's (sorted) order, streamed page by page."""
-    paginator = aws.client("s3").get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=spec.bucket, Prefix=spec.prefix):
-        for obj in page.get("Contents", []):
-            if is_input(obj["Key"], spec.prefix):
-                yield InputFile(obj["Key"], obj["Size"], obj.get("ETag", "").strip('"'))
 
 
 def relative_name(key: str, prefix: str) -> str:

@@ -24,8 +24,8 @@ from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, pricing, results, usage
 from parallelrun.core.errors import ConflictError
-from parallelrun.pipeline import schedules
-from parallelrun.store import jobs, reuse
+from parallelrun.pipeline import scheduling
+from parallelrun.store import batches, jobs, keys, reuse, schedules
 
 log = logging.getLogger("parallelrun.pipeline.aggregator")
 PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB but the last
@@ -51,16 +51,16 @@ def check(cfg: StackConfig, job_id: str) -> None:
         request(cfg, job_id)
 
 
-def check_shard(cfg: StackConfig, job: jobs.Job, index: int) -> None:
+def check_shard(cfg: StackConfig, job: jobs.JobRecord, index: int) -> None:
     """After mini-batch ``index`` of ``job`` is recorded (by this delivery or an earlier one):
     :func:`check`, when it can find something. Every worker makes this call for every
     mini-batch, so it reads one shard's counters, not the job's: the job is complete only if
     this shard is, and a threshold can be crossed only where a failure was counted. Whoever
     records a shard's last mini-batch (or a failure) checks the whole job after its own commit,
     so the last commit of all always sees the job complete."""
-    shard = jobs.shard_of(index)
-    counts = jobs.shard_counts(cfg, job.job_id, shard)
-    full = counts["batches_succeeded"] + counts["batches_failed"] >= jobs.shard_size(job.total_batches or 0, shard)
+    shard = keys.shard_of(index)
+    counts = batches.shard_counts(cfg, job.job_id, shard)
+    full = counts["batches_succeeded"] + counts["batches_failed"] >= batches.shard_size(job.total_batches or 0, shard)
     thresholds = job.settings.error_threshold != -1 or job.settings.allowed_failed_count != -1
     if full or (thresholds and (counts["items_failed"] or counts["batches_failed"])):
         check(cfg, job.job_id)
@@ -154,7 +154,7 @@ class S3StreamWriter:
             self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
 
 
-def crossed_mid_job(job: jobs.Job) -> str:
+def crossed_mid_job(job: jobs.JobRecord) -> str:
     """The threshold a running job has already crossed, as a reason; "" if none. (The percent
     of failed mini-batches is only known once all are done.)"""
     s = job.settings
@@ -166,7 +166,7 @@ def crossed_mid_job(job: jobs.Job) -> str:
     return ""
 
 
-def judge(job: jobs.Job) -> tuple[str, str]:
+def judge(job: jobs.JobRecord) -> tuple[str, str]:
     """The job's final state and the reason: how it was stopped, else its counts and thresholds."""
     if job.outcome:
         return job.outcome, job.reason
@@ -197,7 +197,7 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     if job.state == jobs.RUNNING and not job.complete:
         return  # a stray request: the counters are not complete
     if job.state in jobs.TERMINAL and job.schedule:
-        schedules.run_ended(cfg, job)  # a redelivery after a crash past the final state: finish handing over
+        scheduling.run_ended(cfg, job)  # a redelivery after a crash past the final state: finish handing over
         return
     if job.state not in (jobs.RUNNING, jobs.FINALIZING) or not jobs.claim_finalize(cfg, job_id, LEASE_SECONDS):
         return
@@ -213,7 +213,7 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
         state, reason = (jobs.FAILED, unwritten) if state == jobs.SUCCEEDED else (state, f"{reason}; {unwritten}")
     if state == jobs.SUCCEEDED and reusable:
         # A second pass over the records: a list of a million mini-batches would grow with the job.
-        reuse.remember(cfg, job_id, (entry for record in jobs.iter_batches(cfg, job_id)
+        reuse.remember(cfg, job_id, (entry for record in batches.iter_batches(cfg, job_id)
                                      if (entry := reusable_entry(record)) is not None))
         if job.fingerprint and reusable == job.total_batches:
             reuse.remember_job(cfg, job.fingerprint, job_id, job.output_uri)
@@ -236,7 +236,7 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     jobs.transition(cfg, job_id, state, (jobs.FINALIZING,), ended_at=ended, reason=reason, rows=rows)
     logs.event(log, "job finished", state=state, rows=rows, aggregate_seconds=round(ended - started, 3))
     if job.schedule:
-        schedules.run_ended(cfg, job)
+        scheduling.run_ended(cfg, job)
 
 
 def job_cost(cfg: StackConfig, job_id: str, spent: usage.Tally) -> dict[str, Any]:
@@ -248,7 +248,7 @@ def job_cost(cfg: StackConfig, job_id: str, spent: usage.Tally) -> dict[str, Any
     return pricing.cost_section(spent.to_dict(), aws.region())
 
 
-def collate(cfg: StackConfig, job: jobs.Job, spent: usage.Tally | None = None,
+def collate(cfg: StackConfig, job: jobs.JobRecord, spent: usage.Tally | None = None,
             part_size: int = PART_SIZE) -> tuple[int, collections.Counter[str], int, str]:
     """Stream the parts, in mini-batch order, into the output file and the failure lines into
     ``failures.jsonl``; return the row count, the failed inputs by error type, how many wholly
@@ -267,12 +267,12 @@ def collate(cfg: StackConfig, job: jobs.Job, spent: usage.Tally | None = None,
     def get(key: str | None) -> bytes | None:
         return s3.get_object(Bucket=cfg.artifacts_bucket, Key=key)["Body"].read() if key else None
 
-    def objects(record: jobs.BatchRecord) -> tuple[bytes | None, bytes | None]:
+    def objects(record: batches.BatchRecord) -> tuple[bytes | None, bytes | None]:
         return get(record.part_key if appended else None), get(record.failures_key)
 
     try:
         header_written = job.settings.output_format != "csv"
-        for record, (body, failed) in fetched_in_order(jobs.iter_batches(cfg, job.job_id), objects, FETCH_AHEAD):
+        for record, (body, failed) in fetched_in_order(batches.iter_batches(cfg, job.job_id), objects, FETCH_AHEAD):
             if spent is not None:
                 spent.add(record.usage)
             reusable += reusable_entry(record) is not None
@@ -331,20 +331,20 @@ def fetched_in_order(items: Iterable[Item], fetch: Callable[[Item], Fetched],
             yield first, future.result()
 
 
-def reusable_entry(record: jobs.BatchRecord) -> tuple[str, str, int, int, str | None] | None:
+def reusable_entry(record: batches.BatchRecord) -> tuple[str, str, int, int, str | None] | None:
     """What a later job may take of a wholly successful mini-batch (see :mod:`parallelrun.store.reuse`)."""
     if record.part_key and record.fingerprint and not record.items_failed:
         return record.fingerprint, record.part_key, record.rows, record.items, record.header
     return None
 
 
-def _unwritten_line(record: jobs.BatchRecord, message: str) -> str:
+def _unwritten_line(record: batches.BatchRecord, message: str) -> str:
     """A ``failures.jsonl`` line for a mini-batch whose rows could not join the output."""
     return json.dumps({"input": None, "minibatch": record.index, "attempts": record.attempt,
                        "error_type": UNWRITTEN, "message": message, "traceback": [], "worker": "aggregator"}) + "\n"
 
 
-def build_summary(job: jobs.Job, state: str, reason: str, rows: int, errors: dict[str, int],
+def build_summary(job: jobs.JobRecord, state: str, reason: str, rows: int, errors: dict[str, int],
                   ended: float, aggregate_seconds: float) -> dict[str, Any]:
     """What ``summary.json`` says: state, counts, timings and the settings used."""
     # A table's inputs are records, known once read: then the total is what was read.

@@ -21,9 +21,9 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, usage
 from parallelrun.core.datasets import item_from_json
 from parallelrun.core.errors import ConflictError
-from parallelrun.pipeline import aggregator, markers, schedules, worker
+from parallelrun.pipeline import aggregator, markers, scheduling, worker
 from parallelrun.scoring.child import Failure
-from parallelrun.store import jobs
+from parallelrun.store import batches, jobs, keys, schedules
 
 log = logging.getLogger("parallelrun.pipeline.failure_recorder")
 ERROR_MESSAGE_CHARS = 1000  # of the planner's error kept in a job's reason (Lambda's may be 256 KB)
@@ -55,19 +55,19 @@ def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
     items = [item_from_json(item) for item in message["items"]]
     attempts = cfg.limits.max_receive_count
     with logs.context(job_id, index):
-        if jobs.get_batch(cfg, job_id, index) is None:
-            key = jobs.failures_key(job_id, index, 0)
+        if batches.get_batch(cfg, job_id, index) is None:
+            key = keys.failures_key(job_id, index, 0)
             reason = (f"the worker died or timed out on all {attempts} deliveries of this mini-batch "
                       "(killed, out of memory, or past the function timeout)")
             failure = Failure("WorkerLost", reason)
             lines = [worker.failure_line(item, index, attempts, failure, "dead-letter queue") for item in items]
             aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=key, Body="".join(lines).encode())
-            spent = usage.take(including=[jobs.COMMIT_CALL])
-            record = jobs.BatchRecord(index=index, status=jobs.FAILED, items=len(items), items_succeeded=0,
+            spent = usage.take(including=[batches.COMMIT_CALL])
+            record = batches.BatchRecord(index=index, status=jobs.FAILED, items=len(items), items_succeeded=0,
                                       items_failed=len(items), attempt=attempts, part_key=None, failures_key=key,
                                       worker="dead-letter queue", finished_at=time.time(), started_at=started,
                                       usage=spent.to_dict() if spent else None)
-            if jobs.commit_batch(cfg, job_id, record):
+            if batches.commit_batch(cfg, job_id, record):
                 logs.event(log, "dead-lettered mini-batch recorded as failed", level=logging.WARNING, items=len(items))
         aggregator.check(cfg, job_id)
 
@@ -94,7 +94,7 @@ def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:
                 logs.event(log, "job failed: its aggregation gave up", level=logging.ERROR)
                 job = jobs.get(cfg, job_id)
                 if job.schedule:  # its schedule's next run need not wait for a takeover
-                    schedules.run_ended(cfg, job)
+                    scheduling.run_ended(cfg, job)
 
 
 def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:

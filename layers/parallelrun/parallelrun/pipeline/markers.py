@@ -43,8 +43,8 @@ def marker_job(bucket: str, key: str, version: str) -> tuple[str, str, str] | No
     return submit.new_job_id(endpoint, f"{bucket}/{key}@{version}"), endpoint, f"s3://{bucket}/{folder}"
 
 
-def failed_drop_job(job_id: str, endpoint: str, input_uri: str, reason: str) -> jobs.Job:
+def failed_drop_job(job_id: str, endpoint: str, input_uri: str, reason: str) -> jobs.JobRecord:
     """A drop folder's job that failed before it could be prepared: nobody waits on a drop
     folder's answer, so the reason is kept where `parallelrun jobs` and `status` show it."""
-    return jobs.Job(job_id=job_id, endpoint=endpoint, deployment={}, settings=RunSettings(), input_uri=input_uri,
+    return jobs.JobRecord(job_id=job_id, endpoint=endpoint, deployment={}, settings=RunSettings(), input_uri=input_uri,
                     output_uri="", state=jobs.FAILED, source="drop", reason=reason, ended_at=time.time())

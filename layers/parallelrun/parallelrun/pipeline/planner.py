@@ -23,14 +23,13 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import datasets, logs, partitions, usage
 from parallelrun.core.datasets import InputFile, InputSpec, TablePiece
 from parallelrun.core.errors import ConflictError, InputError, ParallelRunError, SettingsError
-from parallelrun.pipeline import aggregator, markers, schedules, submit
+from parallelrun.pipeline import aggregator, markers, scheduling, submit
 from parallelrun.scoring import selection
-from parallelrun.store import endpoints, jobs, reuse, scored
+from parallelrun.store import batches, endpoints, inputs, jobs, plan, reuse, scored
 
 log = logging.getLogger("parallelrun.pipeline.planner")
 MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
 MAX_MARKER_NESTING = 2  # the settings object, and a list or object as one setting's value
-PLAN_CHUNK = 500  # mini-batches per plan object: a tick reads only the chunks it sends from
 SEND_BATCH = 10  # SQS SendMessageBatch's limit
 # ... and the most its messages may hold together, whatever their count
 # (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html).
@@ -57,9 +56,9 @@ def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                     elif body.get("action") == "tick":
                         tick(cfg, body)
                     elif body.get("action") == "schedule":  # an EventBridge rule fired, or a waiting run's turn came
-                        fired = schedules.fire(cfg, body["schedule"], body["time"], body.get("trigger", "rule"))
+                        fired = scheduling.fire(cfg, body["schedule"], body["time"], body.get("trigger", "rule"))
                         job_id = fired.job_id
-                        if fired.outcome == schedules.STARTED and fired.job_id:
+                        if fired.outcome == scheduling.STARTED and fired.job_id:
                             start_job(cfg, fired.job_id)
                     else:
                         log.warning("ignored a planner message with no known action", extra={"fields": {"body": body}})
@@ -165,7 +164,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
         if total_batches and _reuse_whole_job(cfg, job, fingerprint, total_batches):
             return
         tabular_job = job.settings.input_type == "tabular"  # its inputs are counted in records, once read
-        jobs.open_shards(cfg, job_id, total_batches)
+        batches.open_shards(cfg, job_id, total_batches)
         jobs.transition(cfg, job_id, jobs.RUNNING, (jobs.PLANNING,), total_batches=total_batches,
                         total_items=None if tabular_job else total_items, cursor=0, planner_tick=0, planner_token="start",
                         fingerprint=fingerprint)
@@ -179,7 +178,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
         tick(cfg, {"job_id": job_id, "tick": 0, "token": "start", "since": time.time()})
 
 
-def _reuse_whole_job(cfg: StackConfig, job: jobs.Job, fingerprint: str, batches: int) -> bool:
+def _reuse_whole_job(cfg: StackConfig, job: jobs.JobRecord, fingerprint: str, batches: int) -> bool:
     """With allow_reuse and no output_path of its own, a job identical to a succeeded one takes
     that job's output at once."""
     if not job.settings.allow_reuse or job.settings.output_path or selection.is_per_partition(job.deployment["model_name"]):
@@ -198,36 +197,35 @@ def _reuse_whole_job(cfg: StackConfig, job: jobs.Job, fingerprint: str, batches:
     return done
 
 
-def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
+def write_plan(cfg: StackConfig, job: jobs.JobRecord) -> tuple[int, int, str]:
     """Write the job's mini-batches to S3 in chunks; return (batches, items, the job's
     fingerprint). Deterministic."""
     spec = InputSpec.from_uri(job.input_uri)
-    s3 = aws.client("s3")
     total_batches = total_items = 0
     chunk: list[list[list]] = []
     prints = []
     for batch, partition in plan_batches(cfg, job, spec):
         prints.append(reuse.fingerprint(job.deployment, job.settings, batch))
-        chunk.append(plan_entry(batch, partition, bool(job.settings.partition_keys)))
+        chunk.append(plan.entry(batch, partition, bool(job.settings.partition_keys)))
         total_batches += 1
         total_items += len(batch)
-        if len(chunk) == PLAN_CHUNK:
-            _put_chunk(s3, cfg, job.job_id, total_batches // PLAN_CHUNK - 1, chunk)
+        if len(chunk) == plan.CHUNK:
+            plan.put_chunk(cfg, job.job_id, total_batches // plan.CHUNK - 1, chunk)
             chunk = []
     if chunk:
-        _put_chunk(s3, cfg, job.job_id, total_batches // PLAN_CHUNK, chunk)
+        plan.put_chunk(cfg, job.job_id, total_batches // plan.CHUNK, chunk)
     return total_batches, total_items, reuse.job_fingerprint(prints)
 
 
 Planned = tuple[list[InputFile] | list[TablePiece], dict[str, str] | None]
 
 
-def plan_batches(cfg: StackConfig, job: jobs.Job, spec: InputSpec) -> Iterator[Planned]:
+def plan_batches(cfg: StackConfig, job: jobs.JobRecord, spec: InputSpec) -> Iterator[Planned]:
     """The job's mini-batches and their partitions: files by count (one partition each when
     ``partition_format`` is set), or tables by byte size (a mini-batch never crosses a file; a
     big file is split into pieces; column partitions are found by the worker, which reads them).
     A schedule's run plans only the inputs its earlier runs have not scored."""
-    files = datasets.list_files(spec)
+    files = inputs.list_files(spec)
     if job.schedule:
         files = scored.unscored(cfg, job.schedule, files)
     s = job.settings
@@ -246,33 +244,7 @@ def plan_batches(cfg: StackConfig, job: jobs.Job, spec: InputSpec) -> Iterator[P
             yield [piece], None
 
 
-def plan_entry(items: list, partition: dict[str, str] | None, partitioned: bool) -> list | dict:
-    """A mini-batch as the plan stores it: its items, with its partition in a partitioned job."""
-    listed = [item.to_json() for item in items]
-    return {"partition": partition, "items": listed} if partitioned else listed
-
-
-def _put_chunk(s3: Any, cfg: StackConfig, job_id: str, number: int, chunk: list) -> None:
-    s3.put_object(Bucket=cfg.artifacts_bucket, Key=jobs.plan_chunk_key(job_id, number), Body=json.dumps(chunk).encode())
-
-
-Entry = tuple[int, list[InputFile], dict[str, str] | None]
-
-
-def read_plan(cfg: StackConfig, job_id: str, start: int, end: int) -> Iterator[Entry]:
-    """Mini-batches ``start`` ≤ index < ``end`` of a job's plan (index, items, partition),
-    reading only the chunks needed."""
-    s3 = aws.client("s3")
-    for number in range(start // PLAN_CHUNK, (end - 1) // PLAN_CHUNK + 1):
-        body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=jobs.plan_chunk_key(job_id, number))["Body"].read()
-        for offset, batch in enumerate(json.loads(body)):
-            index = number * PLAN_CHUNK + offset
-            if start <= index < end:
-                listed, partition = (batch["items"], batch["partition"]) if isinstance(batch, dict) else (batch, None)
-                yield index, [datasets.item_from_json(item) for item in listed], partition
-
-
-def window_end(job: jobs.Job, window: int) -> int:
+def window_end(job: jobs.JobRecord, window: int) -> int:
     """How far the cursor may move now: in-flight mini-batches stay within the window."""
     in_flight = job.cursor - job.batches_done
     return min(job.total_batches or 0, job.cursor + max(0, window - in_flight))
@@ -310,16 +282,16 @@ def _send_tick(cfg: StackConfig, message: dict[str, Any]) -> None:
     )
 
 
-def batch_message(job: jobs.Job, index: int, items: list[InputFile],
+def batch_message(job: jobs.JobRecord, index: int, items: list[InputFile],
                   partition: dict[str, str] | None = None) -> dict[str, Any]:
     message = {"job_id": job.job_id, "batch": index, "items": [item.to_json() for item in items]}
     return message | ({"partition": partition} if job.settings.partition_keys else {})
 
 
-def send_batches(cfg: StackConfig, job: jobs.Job, start: int, end: int) -> None:
+def send_batches(cfg: StackConfig, job: jobs.JobRecord, start: int, end: int) -> None:
     """Send mini-batches ``start``..``end-1``, ten per SendMessageBatch; with ``allow_reuse``, a
     mini-batch a succeeded job already scored is recorded done with that job's part instead."""
-    entries = list(read_plan(cfg, job.job_id, start, end))
+    entries = list(plan.read(cfg, job.job_id, start, end))
     if job.settings.allow_reuse and not selection.is_per_partition(job.deployment["model_name"]):
         entries = _reuse(cfg, job, entries)
     sqs = aws.client("sqs")
@@ -327,9 +299,9 @@ def send_batches(cfg: StackConfig, job: jobs.Job, start: int, end: int) -> None:
         _send_ten(sqs, cfg, job, group)
 
 
-def _send_groups(job: jobs.Job, entries: list[Entry]) -> Iterator[list[Entry]]:
+def _send_groups(job: jobs.JobRecord, entries: list[plan.Entry]) -> Iterator[list[plan.Entry]]:
     """The entries in consecutive groups one SendMessageBatch takes (SEND_BATCH, SEND_BYTES)."""
-    group: list[Entry] = []
+    group: list[plan.Entry] = []
     size = 0
     for entry in entries:
         length = len(json.dumps(batch_message(job, *entry)).encode())
@@ -342,7 +314,7 @@ def _send_groups(job: jobs.Job, entries: list[Entry]) -> Iterator[list[Entry]]:
         yield group
 
 
-def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]:
+def _reuse(cfg: StackConfig, job: jobs.JobRecord, entries: list[plan.Entry]) -> list[plan.Entry]:
     """Record the remembered mini-batches as done; return those still to send. (Not for a model
     per partition: which version scores a partition is only known when it runs.)"""
     prints = {index: reuse.fingerprint(job.deployment, job.settings, items) for index, items, _ in entries}
@@ -350,7 +322,7 @@ def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]
     for index, items, _ in entries:
         earlier = found.get(prints[index])
         if earlier is not None:  # counted as the earlier job counted it: a table piece in records
-            jobs.commit_batch(cfg, job.job_id, jobs.BatchRecord(
+            batches.commit_batch(cfg, job.job_id, batches.BatchRecord(
                 index=index, status=jobs.SUCCEEDED, items=int(earlier["items"]),
                 items_succeeded=int(earlier["items"]), items_failed=0,
                 attempt=1, part_key=earlier["part_key"], rows=int(earlier["rows"]), worker="reused",
@@ -361,7 +333,7 @@ def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]
     return [entry for entry in entries if prints[entry[0]] not in found]
 
 
-def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.Job, batch: list[Entry]) -> None:
+def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.JobRecord, batch: list[plan.Entry]) -> None:
     entries = {str(i): json.dumps(batch_message(job, i, items, partition)) for i, items, partition in batch}
     for _ in range(5):
         response = sqs.send_message_batch(
@@ -388,8 +360,8 @@ def redrive(cfg: StackConfig, job_id: str) -> list[int]:
     if job.total_batches is None:
         raise ConflictError(f"job {job_id} never planned its inputs ({job.reason}): submit it again")
     recorded = {}
-    for record in jobs.iter_batches(cfg, job_id):
-        if record.items_failed and jobs.reopen_batch(cfg, job_id, record):
+    for record in batches.iter_batches(cfg, job_id):
+        if record.items_failed and batches.reopen_batch(cfg, job_id, record):
             continue
         recorded[record.index] = record
     again = [index for index in range(job.cursor) if index not in recorded]
@@ -402,7 +374,7 @@ def redrive(cfg: StackConfig, job_id: str) -> list[int]:
     job = jobs.get(cfg, job_id)
     sqs = aws.client("sqs")
     wanted = set(again)
-    pending = [entry for entry in read_plan(cfg, job_id, min(again), max(again) + 1) if entry[0] in wanted] if again else []
+    pending = [entry for entry in plan.read(cfg, job_id, min(again), max(again) + 1) if entry[0] in wanted] if again else []
     for group in _send_groups(job, pending):
         _send_ten(sqs, cfg, job, group)
     if job.cursor < job.total_batches:

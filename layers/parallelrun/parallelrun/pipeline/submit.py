@@ -20,11 +20,11 @@ from parallelrun.core import settings
 from parallelrun.core.datasets import InputSpec
 from parallelrun.core.errors import ConflictError, InputError, SettingsError
 from parallelrun.scoring import selection
-from parallelrun.store import endpoints, jobs, registry
+from parallelrun.store import endpoints, jobs, keys, registry
 
 # The artifacts bucket's own folders: jobs' plans, parts and outputs; scoring code; models.
-_RESERVED_PREFIXES = ("jobs/", "code/", "models/")
-_SCHEDULES_PREFIX = "schedules/"  # where schedules._prepare_run puts its runs by default
+_RESERVED_PREFIXES = (keys.JOBS_PREFIX, keys.CODE_PREFIX, keys.MODELS_PREFIX)
+_SCHEDULES_PREFIX = keys.SCHEDULES_PREFIX  # where scheduling._prepare_run puts its runs by default
 
 
 def new_job_id(endpoint: str, seed: str | None = None) -> str:
@@ -42,7 +42,7 @@ def prepare(
     deployment: str | None = None,
     job_id: str | None = None,
     source: str = "submit",
-) -> jobs.Job:
+) -> jobs.JobRecord:
     """A job ready to store: deployment snapshotted, settings resolved and checked, output free."""
     if source == "drop":
         settings.check_drop_overrides(overrides or {})
@@ -58,12 +58,12 @@ def prepare(
         raise InputError(f"--input {input_uri!r}: give an s3://bucket/folder/ URI") from None
     _refuse_unreadable_input(spec)
     job_id = job_id or new_job_id(endpoint)
-    output_uri = run_settings.output_path or f"s3://{cfg.artifacts_bucket}/{jobs.job_prefix(job_id)}output/"
+    output_uri = run_settings.output_path or f"s3://{cfg.artifacts_bucket}/{keys.output_prefix(job_id)}"
     output_uri = output_uri if output_uri.endswith("/") else output_uri + "/"
     if run_settings.output_path:
         _check_output_place(cfg, run_settings.output_path, source)
     _refuse_used_output(output_uri)
-    return jobs.Job(
+    return jobs.JobRecord(
         job_id=job_id,
         endpoint=endpoint,
         deployment=snapshot(cfg, found),
@@ -136,7 +136,7 @@ def _refuse_used_output(uri: str) -> None:
                             "remove what is there first")
 
 
-def start(cfg: StackConfig, job: jobs.Job) -> None:
+def start(cfg: StackConfig, job: jobs.JobRecord) -> None:
     """Store ``job`` and hand it to the planner, which lists and shards its inputs."""
     jobs.create(cfg, job)
     send_start(cfg, job.job_id)

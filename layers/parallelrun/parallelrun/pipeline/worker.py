@@ -35,7 +35,7 @@ from parallelrun.pipeline import aggregator
 from parallelrun.scoring import modelfiles, selection
 from parallelrun.scoring.child import Failure, LogCapture, MiniBatchContext
 from parallelrun.scoring.host import AttemptFailed, ScoringHost, host_for
-from parallelrun.store import jobs, reuse
+from parallelrun.store import batches, jobs, keys, reuse
 
 log = logging.getLogger("parallelrun.pipeline.worker")
 FETCH_THREADS = 16
@@ -88,7 +88,7 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
             logs.event(log, "dropped: the job is not running", state=job.state)
             return
         queue_wait = metrics.queue_wait_ms(record, started)
-        if jobs.get_batch(cfg, job_id, index) is not None:
+        if batches.get_batch(cfg, job_id, index) is not None:
             logs.event(log, "dropped: a duplicate of a recorded mini-batch", attempt=attempt)
             jobs.keep_usage(cfg, job_id)  # a duplicate delivery is paid for too
         else:
@@ -102,9 +102,9 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
                 raise
             faults.point("after_part")
             # The record carries what its invocation used up to and including its own commit.
-            spent = usage.take(including=[jobs.COMMIT_CALL])
+            spent = usage.take(including=[batches.COMMIT_CALL])
             batch = dataclasses.replace(batch, started_at=started, usage=spent.to_dict() if spent else None)
-            if jobs.commit_batch(cfg, job_id, batch):
+            if batches.commit_batch(cfg, job_id, batch):
                 logs.event(log, "mini-batch recorded", status=batch.status, items=batch.items,
                            failed=batch.items_failed, attempt=attempt, seconds=round(batch.duration, 3))
                 metrics.mini_batch_done(job.endpoint, batch.items_succeeded, batch.items_failed,
@@ -129,8 +129,8 @@ def _retry_soon(cfg: StackConfig, record: dict[str, Any], attempt: int) -> None:
             log.warning("could not shorten the retry delay", exc_info=True)
 
 
-def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile], attempt: int,
-              worker: str, deadline: float, partition: dict[str, str] | None = None) -> jobs.BatchRecord:
+def run_batch(cfg: StackConfig, job: jobs.JobRecord, index: int, items: list[InputFile], attempt: int,
+              worker: str, deadline: float, partition: dict[str, str] | None = None) -> batches.BatchRecord:
     """Fetch, score, write the part and the failure lines; the record to commit."""
     started = time.time()
     spec = InputSpec.from_uri(job.input_uri)
@@ -224,7 +224,7 @@ class Scored:
     log_lines: list[str] = field(default_factory=list)
 
 
-def partitions_of(job: jobs.Job, items: list, mini_batch: Any, partition: dict[str, str] | None) -> list[Part]:
+def partitions_of(job: jobs.JobRecord, items: list, mini_batch: Any, partition: dict[str, str] | None) -> list[Part]:
     """The mini-batch's run() calls: one, or with ``partition_keys`` on a table one per distinct
     value of the key columns (a file mini-batch was planned as one partition already)."""
     keys = job.settings.partition_keys
@@ -238,7 +238,7 @@ def partitions_of(job: jobs.Job, items: list, mini_batch: Any, partition: dict[s
     return [Part(value, rows.reset_index(drop=True), items, len(rows), list(rows.index)) for value, rows in groups]
 
 
-def score_partitions(cfg: StackConfig, job: jobs.Job, host: ScoringHost, parts: list[Part],
+def score_partitions(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost, parts: list[Part],
                      context: MiniBatchContext, deadline: float) -> Scored:
     """run() once per partition, with that partition's model when the deployment picks one per
     partition. A partition with no model (or a file outside ``partition_format``) fails its own
@@ -273,7 +273,7 @@ def score_partitions(cfg: StackConfig, job: jobs.Job, host: ScoringHost, parts: 
     return scored
 
 
-def isolate_partitions(cfg: StackConfig, job: jobs.Job, host: ScoringHost, parts: list[Part],
+def isolate_partitions(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost, parts: list[Part],
                        context: MiniBatchContext, deadline: float) -> Scored:
     """After a table's last attempt: each partition alone, so only the partitions whose run()
     fails lose their rows."""
@@ -368,19 +368,19 @@ def isolate(host: ScoringHost, items: list[InputFile], paths: list[str], context
 
 def write_results(cfg: StackConfig, job_id: str, index: int, inputs: int, attempt: int, rows: results.Rows,
                   failed: list[tuple[Any, Failure]], failed_count: int, worker: str,
-                  started: float) -> jobs.BatchRecord:
+                  started: float) -> batches.BatchRecord:
     """Write the part and the failure lines under keys naming the attempt; the batch's record."""
     s3 = aws.client("s3")
     part = failures = None
     if len(rows):
-        part = jobs.part_key(job_id, index, attempt, results.suffix(rows))
+        part = keys.part_key(job_id, index, attempt, results.suffix(rows))
         s3.put_object(Bucket=cfg.artifacts_bucket, Key=part, Body=results.encode(rows))
     if failed:
-        failures = jobs.failures_key(job_id, index, attempt)
+        failures = keys.failures_key(job_id, index, attempt)
         lines = [failure_line(item, index, attempt, failure, worker) for item, failure in failed]
         s3.put_object(Bucket=cfg.artifacts_bucket, Key=failures, Body="".join(lines).encode())
     items_failed = min(failed_count, inputs)
-    return jobs.BatchRecord(
+    return batches.BatchRecord(
         index=index, status=jobs.FAILED if items_failed == inputs and inputs else jobs.SUCCEEDED, items=inputs,
         items_succeeded=inputs - items_failed, items_failed=items_failed, attempt=attempt, part_key=part,
         failures_key=failures, rows=len(rows), worker=worker, duration=time.time() - started,
@@ -418,7 +418,7 @@ def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
     return [str(path) for path in paths]
 
 
-def collect_entry_dirs(cfg: StackConfig, job: jobs.Job, host: ScoringHost) -> None:
+def collect_entry_dirs(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost) -> None:
     """Move what the script wrote to ``EntryScript().output_dir`` (and ``log_dir``) into the
     job's output folder (and its ``logs/``), as ParallelRunStep collects them; never over a file
     another job wrote there (:func:`aggregator.write_owned`)."""
@@ -447,7 +447,7 @@ def collect_entry_dirs(cfg: StackConfig, job: jobs.Job, host: ScoringHost) -> No
 def _write_log(cfg: StackConfig, job_id: str, index: int, attempt: int, lines: list[str]) -> None:
     """Keep the attempt's log lines (the script's own included) where `parallelrun logs` reads them."""
     try:
-        aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=jobs.log_key(job_id, index, attempt),
+        aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=keys.log_key(job_id, index, attempt),
                                     Body="".join(line + "\n" for line in lines).encode())
     except Exception:  # logs are for reading, never a reason to fail a mini-batch
         log.warning("could not store the mini-batch's log", exc_info=True)

@@ -20,6 +20,7 @@ from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import safepath
 from parallelrun.core.errors import IntegrityError
+from parallelrun.store import keys
 
 
 def fetch_side_inputs(uris: dict[str, str]) -> dict[str, str]:
@@ -57,10 +58,10 @@ def code_dir(cfg: StackConfig, sha: str) -> Path:
         raise IntegrityError(f"scoring code {sha!r} is not named by a SHA-256")
     target = safepath.CODE / sha
     if sha not in _manifests or not target.exists():
-        data = aws.client("s3").get_object(Bucket=cfg.artifacts_bucket, Key=f"code/{sha}.zip")["Body"].read()
+        data = aws.client("s3").get_object(Bucket=cfg.artifacts_bucket, Key=keys.code_key(sha))["Body"].read()
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha:
-            raise IntegrityError(f"scoring code code/{sha}.zip has SHA-256 {actual}: refusing to import it")
+            raise IntegrityError(f"scoring code {keys.code_key(sha)} has SHA-256 {actual}: refusing to import it")
         if not target.exists():
             _unpack(data, target)
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -107,5 +108,5 @@ def _check_unpacked(sha: str, target: Path, manifest: dict[str, str]) -> None:
         expected = f"has SHA-256 {manifest[name]}" if name in manifest else "does not exist"
         more = f" ({len(wrong) - 1} more files differ)" if len(wrong) > 1 else ""
         raise IntegrityError(
-            f"scoring code {target}: {name} {found}, but in code/{sha}.zip it {expected}{more}: refusing to "
+            f"scoring code {target}: {name} {found}, but in {keys.code_key(sha)} it {expected}{more}: refusing to "
             "import it (the folder is removed; the next attempt unpacks the zip again)")

@@ -13,16 +13,16 @@ import re
 import time
 import zipfile
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import settings
 from parallelrun.core.errors import ConflictError, InputError, NotFoundError
 from parallelrun.scoring import selection
-from parallelrun.store import registry
+from parallelrun.store import keys, registry
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{0,62}$")
 DEFAULT_DEPLOYMENT = "default"
@@ -51,17 +51,13 @@ class Deployment:
             return f"{self.model_name} (per partition)"
         return f"{self.model_name}:{self.model_version or 'latest'}"
 
-    @property
-    def code_key(self) -> str:
-        return code_key(self.code_sha)
-
     def to_item(self) -> dict[str, Any]:
         return {
-            "pk": f"ENDPOINT#{self.endpoint}", "sk": f"DEPLOYMENT#{self.name}", "endpoint": self.endpoint,
+            **keys.deployment_key(self.endpoint, self.name), "endpoint": self.endpoint,
             "name": self.name, "code_sha": self.code_sha, "entry_script": self.entry_script,
             "model_name": self.model_name, "model_version": self.model_version,
             "settings": json.dumps(self.settings, sort_keys=True),
-            "created_at": Decimal(str(round(self.created_at, 3))),
+            "created_at": dynamo.decimal(self.created_at, 3),
         }
 
     @classmethod
@@ -73,10 +69,6 @@ class Deployment:
             model_version=int(version) if version is not None else None,
             settings=json.loads(item.get("settings") or "{}"), created_at=float(item.get("created_at", 0)),
         )
-
-
-def code_key(sha: str) -> str:
-    return f"code/{sha}.zip"
 
 
 def bundle(code_dir: Path) -> bytes:
@@ -100,7 +92,7 @@ def upload_code(cfg: StackConfig, code_dir: Path) -> str:
     sha = hashlib.sha256(data).hexdigest()
     s3 = aws.client("s3")
     try:
-        s3.put_object(Bucket=cfg.artifacts_bucket, Key=code_key(sha), Body=data, IfNoneMatch="*")
+        s3.put_object(Bucket=cfg.artifacts_bucket, Key=keys.code_key(sha), Body=data, IfNoneMatch="*")
     except s3.exceptions.ClientError as error:
         if error.response["Error"]["Code"] not in ("PreconditionFailed", "ConditionalRequestConflict"):
             raise
@@ -139,12 +131,8 @@ def check_model(cfg: StackConfig, model_ref: str) -> tuple[str, int | None]:
 
 
 def _put_new(cfg: StackConfig, item: dict[str, Any], what: str) -> None:
-    try:
-        aws.table(cfg.table).put_item(Item=item, ConditionExpression="attribute_not_exists(pk)")
-    except Exception as error:
-        if aws.is_conditional_failure(error):
-            raise ConflictError(f"{what} already exists") from None
-        raise
+    if not dynamo.put_new(cfg.table, item):
+        raise ConflictError(f"{what} already exists")
 
 
 def create(
@@ -158,9 +146,9 @@ def create(
 ) -> Deployment:
     """Create endpoint ``name`` with one deployment, its default. Every part is checked first."""
     found = _deployment(cfg, name, deployment, code_dir, entry_script, model_ref, dict(overrides or {}))
-    _put_new(cfg, {"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT", "name": name, "default_deployment": deployment,
-                   "created_at": Decimal(str(round(found.created_at, 3)))}, f"endpoint {name!r}")
-    aws.table(cfg.table).put_item(Item=found.to_item())
+    _put_new(cfg, {**keys.endpoint_key(name), "name": name, "default_deployment": deployment,
+                   "created_at": dynamo.decimal(found.created_at, 3)}, f"endpoint {name!r}")
+    dynamo.put(cfg.table, found.to_item())
     return found
 
 
@@ -178,23 +166,19 @@ def add_deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | P
 def set_default(cfg: StackConfig, endpoint: str, name: str) -> None:
     """Route the endpoint's new jobs to deployment ``name``; running jobs keep theirs."""
     get_deployment(cfg, endpoint, name)
-    aws.table(cfg.table).update_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": "ENDPOINT"},
-                                     UpdateExpression="SET default_deployment = :d",
-                                     ExpressionAttributeValues={":d": name})
+    dynamo.update(cfg.table, keys.endpoint_key(endpoint), "SET default_deployment = :d",
+                  {":d": name})
 
 
 def get_endpoint(cfg: StackConfig, name: str) -> dict[str, Any]:
-    item = aws.table(cfg.table).get_item(Key={"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT"}).get("Item")
+    item = dynamo.get(cfg.table, keys.endpoint_key(name))
     if not item:
         raise NotFoundError(f"no endpoint {name!r}: create it with `parallelrun endpoints create {name} ...`")
     return {"name": item["name"], "default_deployment": item["default_deployment"]}
 
 
 def list_deployments(cfg: StackConfig, endpoint: str) -> list[Deployment]:
-    items = aws.table(cfg.table).query(
-        KeyConditionExpression="pk = :pk AND begins_with(sk, :d)",
-        ExpressionAttributeValues={":pk": f"ENDPOINT#{endpoint}", ":d": "DEPLOYMENT#"},
-    )["Items"]
+    items = dynamo.query_prefix(cfg.table, keys.endpoint_pk(endpoint), keys.DEPLOYMENT_PREFIX)
     return [Deployment.from_item(item) for item in items]
 
 
@@ -204,16 +188,15 @@ def delete_deployment(cfg: StackConfig, endpoint: str, name: str) -> None:
         raise ConflictError(f"deployment {name!r} is the default of endpoint {endpoint!r}: "
                             "set another default first (`parallelrun endpoints set-default`)")
     get_deployment(cfg, endpoint, name)
-    aws.table(cfg.table).delete_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": f"DEPLOYMENT#{name}"})
+    dynamo.delete(cfg.table, keys.deployment_key(endpoint, name))
 
 
 def delete_endpoint(cfg: StackConfig, name: str) -> None:
     """Delete an endpoint and its deployments; jobs already submitted are unaffected."""
     get_endpoint(cfg, name)
-    table = aws.table(cfg.table)
     for deployment in list_deployments(cfg, name):
-        table.delete_item(Key={"pk": f"ENDPOINT#{name}", "sk": f"DEPLOYMENT#{deployment.name}"})
-    table.delete_item(Key={"pk": f"ENDPOINT#{name}", "sk": "ENDPOINT"})
+        dynamo.delete(cfg.table, keys.deployment_key(name, deployment.name))
+    dynamo.delete(cfg.table, keys.endpoint_key(name))
 
 
 def update(
@@ -238,25 +221,22 @@ def update(
     else:
         changed = _deployment(cfg, name, current.name, code_dir, entry_script or current.entry_script,
                               model_ref or current.model_ref, merged)
-    aws.table(cfg.table).put_item(Item=changed.to_item())
+    dynamo.put(cfg.table, changed.to_item())
     return changed
 
 
 def get_deployment(cfg: StackConfig, endpoint: str, deployment: str | None = None) -> Deployment:
     """The named deployment of ``endpoint``, or its default one."""
-    table = aws.table(cfg.table)
     if deployment is None:
         deployment = get_endpoint(cfg, endpoint)["default_deployment"]
-    item = table.get_item(Key={"pk": f"ENDPOINT#{endpoint}", "sk": f"DEPLOYMENT#{deployment}"}).get("Item")
+    item = dynamo.get(cfg.table, keys.deployment_key(endpoint, deployment))
     if not item:
         raise NotFoundError(f"endpoint {endpoint!r} has no deployment {deployment!r}")
     return Deployment.from_item(item)
 
 
 def list_endpoints(cfg: StackConfig) -> list[dict[str, Any]]:
-    page = aws.table(cfg.table).scan(
-        FilterExpression="begins_with(pk, :e) AND sk = :s",
-        ExpressionAttributeValues={":e": "ENDPOINT#", ":s": "ENDPOINT"},
-    )
-    return sorted(({"name": i["name"], "default_deployment": i["default_deployment"]} for i in page["Items"]),
+    items = dynamo.scan(cfg.table, FilterExpression="begins_with(pk, :e) AND sk = :s",
+                        ExpressionAttributeValues={":e": keys.ENDPOINT_PREFIX, ":s": keys.ENDPOINT_SK})
+    return sorted(({"name": i["name"], "default_deployment": i["default_deployment"]} for i in items),
                   key=lambda e: e["name"])

@@ -13,14 +13,15 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import safepath
 from parallelrun.core.errors import InputError, NotFoundError
+from parallelrun.store import keys
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
@@ -39,14 +40,14 @@ class ModelVersion:
 
     @property
     def prefix(self) -> str:
-        return f"models/{self.name}/{self.version}/"
+        return keys.model_prefix(self.name, self.version)
 
     def to_item(self) -> dict[str, Any]:
         return {
-            "pk": f"MODEL#{self.name}", "sk": f"V#{self.version:09d}", "name": self.name,
+            **keys.model_key(self.name, self.version), "name": self.name,
             "version": self.version, "sha256": self.sha256, "files": list(self.files),
             "single_file": self.single_file, "tags": self.tags, "description": self.description,
-            "created_at": Decimal(str(round(self.created_at, 3))), "archived": self.archived,
+            "created_at": dynamo.decimal(self.created_at, 3), "archived": self.archived,
         }
 
     @classmethod
@@ -94,21 +95,17 @@ def register(
     if not path.exists():
         raise InputError(f"model path {path} does not exist")
     files, sha = _content(path)
-    counter = aws.table(cfg.table).update_item(
-        Key={"pk": f"MODEL#{name}", "sk": "COUNTER"},
-        UpdateExpression="ADD latest :one",
-        ExpressionAttributeValues={":one": 1},
-        ReturnValues="UPDATED_NEW",
-    )
+    counter = dynamo.update(cfg.table, keys.model_counter_key(name), "ADD latest :one", {":one": 1},
+                            returns="UPDATED_NEW")
     model = ModelVersion(
-        name=name, version=int(counter["Attributes"]["latest"]), sha256=sha, files=tuple(files),
+        name=name, version=int(counter["latest"]), sha256=sha, files=tuple(files),
         single_file=path.is_file(), tags=dict(tags or {}), description=description, created_at=time.time(),
     )
     s3 = aws.client("s3")
     for rel in files:
         source = path if path.is_file() else path / rel
         s3.upload_file(str(source), cfg.artifacts_bucket, model.prefix + rel)
-    aws.table(cfg.table).put_item(Item=model.to_item())
+    dynamo.put(cfg.table, model.to_item())
     return model
 
 
@@ -132,15 +129,10 @@ def _download(uri: str, folder: Path) -> Path:
 
 def get(cfg: StackConfig, name: str, version: int | None = None) -> ModelVersion:
     """A version of a model; the latest when ``version`` is None."""
-    table = aws.table(cfg.table)
     if version is not None:
-        item = table.get_item(Key={"pk": f"MODEL#{name}", "sk": f"V#{version:09d}"}).get("Item")
+        item = dynamo.get(cfg.table, keys.model_key(name, version))
     else:  # the newest version not archived (a model has few versions: read them all)
-        items = table.query(
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
-            ExpressionAttributeValues={":pk": f"MODEL#{name}", ":v": "V#"},
-            ScanIndexForward=False,
-        ).get("Items", [])
+        items = dynamo.query_prefix(cfg.table, keys.model_pk(name), keys.VERSION_PREFIX, ScanIndexForward=False)
         item = next((i for i in items if not i.get("archived")), None)
     if not item:
         what = f"model {name!r}" + (f" version {version}" if version is not None else "")
@@ -151,23 +143,13 @@ def get(cfg: StackConfig, name: str, version: int | None = None) -> ModelVersion
 def archive(cfg: StackConfig, name: str, version: int) -> ModelVersion:
     """Hide a version from "latest" (jobs that pinned it keep working)."""
     model = get(cfg, name, version)
-    aws.table(cfg.table).update_item(Key={"pk": f"MODEL#{name}", "sk": f"V#{version:09d}"},
-                                     UpdateExpression="SET archived = :t", ExpressionAttributeValues={":t": True})
+    dynamo.update(cfg.table, keys.model_key(name, version), "SET archived = :t", {":t": True})
     return get(cfg, name, model.version)
 
 
 def list_models(cfg: StackConfig, tags: dict[str, str] | None = None) -> list[ModelVersion]:
-    items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {
-        "FilterExpression": "begins_with(pk, :m) AND begins_with(sk, :v)",
-        "ExpressionAttributeValues": {":m": "MODEL#", ":v": "V#"},
-    }
-    while True:
-        page = aws.table(cfg.table).scan(**kwargs)
-        items.extend(page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            break
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    items = dynamo.scan(cfg.table, FilterExpression="begins_with(pk, :m) AND begins_with(sk, :v)",
+                        ExpressionAttributeValues={":m": keys.MODEL_PREFIX, ":v": keys.VERSION_PREFIX})
     found = (ModelVersion.from_item(i) for i in items)
     wanted = tags or {}
     return sorted((m for m in found if all(m.tags.get(k) == v for k, v in wanted.items())),

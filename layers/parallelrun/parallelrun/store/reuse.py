@@ -18,10 +18,11 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from parallelrun import aws
+from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core.datasets import InputFile, TablePiece
 from parallelrun.core.settings import RunSettings
+from parallelrun.store import keys
 
 # Settings that change how a job runs, never what a mini-batch's rows are.
 OPERATIONAL = ("allow_reuse", "output_path", "max_inflight_batches", "process_count_per_node", "node_count",
@@ -37,24 +38,11 @@ def fingerprint(deployment: dict[str, Any], settings: RunSettings, items: Iterab
     return hashlib.sha256(content.encode()).hexdigest()
 
 
-def _key(fp: str) -> dict[str, str]:
-    return {"pk": f"REUSE#{fp}", "sk": "BATCH"}
-
-
 def lookup(cfg: StackConfig, fingerprints: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The remembered mini-batches among ``fingerprints``: fingerprint → part and counts."""
     wanted = list(dict.fromkeys(fingerprints))
-    found: dict[str, dict[str, Any]] = {}
-    ddb = aws.table(cfg.table).meta.client  # the resource's client speaks plain Python values
-    for start in range(0, len(wanted), 100):  # BatchGetItem's limit
-        keys = [_key(fp) for fp in wanted[start:start + 100]]
-        request = {cfg.table: {"Keys": keys}}
-        while request:
-            response = ddb.batch_get_item(RequestItems=request)
-            for item in response.get("Responses", {}).get(cfg.table, []):
-                found[item["pk"][len("REUSE#"):]] = item
-            request = response.get("UnprocessedKeys") or None
-    return found
+    found = dynamo.batch_get(cfg.table, [keys.reuse_key(fp) for fp in wanted])
+    return {keys.reuse_fingerprint(item["pk"]): item for item in found}
 
 
 def job_fingerprint(batch_fingerprints: Iterable[str]) -> str:
@@ -67,20 +55,19 @@ def job_fingerprint(batch_fingerprints: Iterable[str]) -> str:
 
 def find_job(cfg: StackConfig, fp: str) -> dict[str, Any] | None:
     """The succeeded job with this fingerprint: its id and output."""
-    return aws.table(cfg.table).get_item(Key={"pk": f"REUSE#JOB#{fp}", "sk": "OUTPUT"}).get("Item")
+    return dynamo.get(cfg.table, keys.reuse_job_key(fp))
 
 
 def remember_job(cfg: StackConfig, fp: str, job_id: str, output_uri: str) -> None:
-    aws.table(cfg.table).put_item(Item={"pk": f"REUSE#JOB#{fp}", "sk": "OUTPUT", "job_id": job_id,
-                                        "output_uri": output_uri})
+    dynamo.put(cfg.table, {**keys.reuse_job_key(fp), "job_id": job_id, "output_uri": output_uri})
 
 
 def remember(cfg: StackConfig, job_id: str, entries: Iterable[tuple[str, str, int, int, str | None]]) -> int:
     """Remember a succeeded job's mini-batches: (fingerprint, part key, rows, items, csv header) each."""
     count = 0
-    with aws.table(cfg.table).batch_writer(overwrite_by_pkeys=["pk", "sk"]) as writer:
+    with dynamo.writer(cfg.table, overwrite_by_pkeys=["pk", "sk"]) as writer:
         for fp, part_key, rows, items, header in entries:
-            writer.put_item(Item={**_key(fp), "part_key": part_key, "rows": rows, "items": items, "job_id": job_id,
-                                  **({"header": header} if header else {})})
+            writer.put_item(Item={**keys.reuse_key(fp), "part_key": part_key, "rows": rows, "items": items,
+                                  "job_id": job_id, **({"header": header} if header else {})})
             count += 1
     return count

@@ -1,7 +1,7 @@
 """What a schedule's runs have scored: one DynamoDB item per input (key and ETag), so the next
 run plans only what is new or changed.
 
-Sized for a million inputs: the items of one schedule are spread over ``SHARDS`` partition keys
+Sized for a million inputs: the items of one schedule are spread over ``keys.SCORED_SHARDS`` partition keys
 (a single key takes about 1,000 writes a second, which would make recording a big first run
 outlast the aggregator), and the sort key is the input's S3 key itself. A shard's query comes
 back in UTF-8 byte order, the order S3 lists keys in, so the shards merged and the listing are
@@ -10,21 +10,13 @@ walked side by side: planning holds one page per shard, never the whole set.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from collections.abc import Iterable, Iterator
-from typing import Any
 
-from parallelrun import aws
+from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core.datasets import InputFile
-
-SHARDS = 16
-
-
-def shard_key(schedule: str, key: str) -> str:
-    shard = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % SHARDS
-    return f"SCORED#{schedule}#{shard:02d}"
+from parallelrun.store import keys
 
 
 def unscored(cfg: StackConfig, schedule: str, files: Iterable[InputFile]) -> Iterator[InputFile]:
@@ -43,9 +35,9 @@ def unscored(cfg: StackConfig, schedule: str, files: Iterable[InputFile]) -> Ite
 def mark(cfg: StackConfig, schedule: str, files: Iterable[InputFile]) -> int:
     """Record ``files`` as scored by ``schedule`` (a changed file's ETag is overwritten)."""
     count = 0
-    with aws.table(cfg.table).batch_writer(overwrite_by_pkeys=["pk", "sk"]) as writer:
+    with dynamo.writer(cfg.table, overwrite_by_pkeys=["pk", "sk"]) as writer:
         for item in files:
-            writer.put_item(Item={"pk": shard_key(schedule, item.key), "sk": item.key, "etag": item.etag})
+            writer.put_item(Item={**keys.scored_key(schedule, item.key), "etag": item.etag})
             count += 1
     return count
 
@@ -53,9 +45,9 @@ def mark(cfg: StackConfig, schedule: str, files: Iterable[InputFile]) -> int:
 def forget(cfg: StackConfig, schedule: str) -> int:
     """Delete everything ``schedule`` recorded (the schedule itself is going)."""
     count = 0
-    with aws.table(cfg.table).batch_writer() as writer:
-        for shard in range(SHARDS):
-            pk = f"SCORED#{schedule}#{shard:02d}"
+    with dynamo.writer(cfg.table) as writer:
+        for shard in range(keys.SCORED_SHARDS):
+            pk = keys.scored_pk(schedule, shard)
             for key, _ in _query(cfg, pk):
                 writer.delete_item(Key={"pk": pk, "sk": key})
                 count += 1
@@ -64,16 +56,10 @@ def forget(cfg: StackConfig, schedule: str) -> int:
 
 def _all_scored(cfg: StackConfig, schedule: str) -> Iterator[tuple[str, str]]:
     """Every (key, ETag) of the schedule, in key order: the shards' queries merged."""
-    return heapq.merge(*(_query(cfg, f"SCORED#{schedule}#{shard:02d}") for shard in range(SHARDS)))
+    return heapq.merge(*(_query(cfg, keys.scored_pk(schedule, shard)) for shard in range(keys.SCORED_SHARDS)))
 
 
 def _query(cfg: StackConfig, pk: str) -> Iterator[tuple[str, str]]:
-    kwargs: dict[str, Any] = {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": pk},
-                              "ConsistentRead": True}
-    while True:
-        page = aws.table(cfg.table).query(**kwargs)
-        for found in page.get("Items", []):
-            yield found["sk"], found.get("etag", "")
-        if "LastEvaluatedKey" not in page:
-            return
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    found = dynamo.query(cfg.table, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": pk},
+                         ConsistentRead=True)
+    return ((item["sk"], item.get("etag", "")) for item in found)

@@ -1,0 +1,23 @@
+"""A job's inputs as S3 lists them: the edge of :mod:`parallelrun.core.datasets`.
+
+S3 lists keys in ascending UTF-8 byte order, which is also Python's order for ``str``, so a
+listing is already the stable sorted order the plan needs, and it can be streamed: a job of a
+million files never holds its whole listing in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from parallelrun import aws
+from parallelrun.core.datasets import InputFile, InputSpec, is_input
+
+
+def list_files(spec: InputSpec, *, s3: Any = None) -> Iterator[InputFile]:
+    """The inputs under ``spec``, in S3's (sorted) order, streamed page by page."""
+    paginator = (s3 or aws.client("s3")).get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=spec.bucket, Prefix=spec.prefix):
+        for obj in page.get("Contents", []):
+            if is_input(obj["Key"], spec.prefix):
+                yield InputFile(obj["Key"], obj["Size"], obj.get("ETag", "").strip('"'))

@@ -1,0 +1,49 @@
+"""A job's plan in S3: its mini-batches, in order, in chunks of :data:`CHUNK`.
+
+The planner writes the whole plan before any mini-batch is sent (DESIGN invariant 6); a tick,
+a redrive and a schedule's record of what it scored read back only the chunks they need. A
+mini-batch is stored as its items' JSON, or, in a partitioned job, as its items and partition.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from parallelrun import aws
+from parallelrun.aws.config import StackConfig
+from parallelrun.core import datasets
+from parallelrun.core.datasets import InputFile, TablePiece
+from parallelrun.store import keys
+
+CHUNK = 500  # mini-batches per plan object: a tick reads only the chunks it sends from
+
+# A mini-batch read back: its index, its items, and its partition (None unless partitioned).
+Entry = tuple[int, list[InputFile], dict[str, str] | None]
+
+
+def entry(items: list[InputFile] | list[TablePiece], partition: dict[str, str] | None,
+          partitioned: bool) -> list | dict:
+    """A mini-batch as the plan stores it: its items, with its partition in a partitioned job."""
+    listed = [item.to_json() for item in items]
+    return {"partition": partition, "items": listed} if partitioned else listed
+
+
+def put_chunk(cfg: StackConfig, job_id: str, number: int, chunk: list, *, s3: Any = None) -> None:
+    """Store chunk ``number``: mini-batches ``number * CHUNK`` on, as :func:`entry` made them."""
+    (s3 or aws.client("s3")).put_object(Bucket=cfg.artifacts_bucket, Key=keys.plan_chunk_key(job_id, number),
+                                        Body=json.dumps(chunk).encode())
+
+
+def read(cfg: StackConfig, job_id: str, start: int, end: int, *, s3: Any = None) -> Iterator[Entry]:
+    """Mini-batches ``start`` ≤ index < ``end`` of a job's plan (index, items, partition),
+    reading only the chunks needed."""
+    s3 = s3 or aws.client("s3")
+    for number in range(start // CHUNK, (end - 1) // CHUNK + 1):
+        body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=keys.plan_chunk_key(job_id, number))["Body"].read()
+        for offset, batch in enumerate(json.loads(body)):
+            index = number * CHUNK + offset
+            if start <= index < end:
+                listed, partition = (batch["items"], batch["partition"]) if isinstance(batch, dict) else (batch, None)
+                yield index, [datasets.item_from_json(item) for item in listed], partition
