@@ -18,7 +18,7 @@ from parallelrun.core import cron
 from parallelrun.core.datasets import InputFile
 from parallelrun.core.errors import ConflictError, ExpressionError, InputError, NotFoundError, SettingsError
 from parallelrun.local import rules
-from parallelrun.pipeline import aggregator, schedules
+from parallelrun.pipeline import lifecycle, schedules
 from parallelrun.store import jobs, scored
 from tests.conftest import put_files, read_output
 from tests.test_failures import script
@@ -516,7 +516,7 @@ def test_a_crash_between_a_runs_end_and_handing_over_loses_no_waiting_run(stack,
     finally:
         schedules.run_ended = original
     assert schedules.get(stack.cfg, name).running_job == run1 and jobs.find(stack.cfg, waiting) is None
-    aggregator.request(stack.cfg, run1)  # the unacknowledged request comes back
+    lifecycle.job_complete(stack.cfg, run1)  # the unacknowledged request comes back
     stack.deliver("AggregatorFunction")
     stack.deliver("PlannerFunction", max_rounds=5)
     assert stack.run_until_done(waiting).state == jobs.SUCCEEDED

@@ -12,7 +12,7 @@ from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.client import sdk
 from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
-from parallelrun.pipeline import aggregator, planner, schedules, submit
+from parallelrun.pipeline import lifecycle, planner, schedules, submit
 from parallelrun.store import endpoints, jobs, registry
 
 
@@ -176,7 +176,7 @@ class Client:
 
     def cancel(self, job_id: str) -> jobs.Job:
         """Stop a job: nothing more is sent or run; the output holds what succeeded."""
-        if not aggregator.stop(self.cfg, job_id, jobs.CANCELED, "canceled by user"):
+        if not lifecycle.cancel(self.cfg, job_id):
             job = self.job(job_id)
             raise ConflictError(f"job {job_id} has already ended ({job.state}) or is finalizing")
         return self.job(job_id)

@@ -24,51 +24,17 @@ from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, pricing, results, usage
 from parallelrun.core.errors import ConflictError
-from parallelrun.pipeline import schedules
+from parallelrun.pipeline import lifecycle, schedules
 from parallelrun.store import jobs, reuse
 
 log = logging.getLogger("parallelrun.pipeline.aggregator")
 PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB but the last
-LEASE_SECONDS = 900  # the aggregator function's timeout: past it, a FINALIZING holder is dead
 UNWRITTEN = "OutputSchemaMismatch"  # parquet output: a part whose columns differ from the first part's
 OWNER_METADATA = "parallelrun-job"  # an output file's S3 metadata: the job that wrote it
 # Mini-batches whose objects are fetched at once, ahead of the one being written. A small GET
 # from Lambda waits 15-30 ms (DESIGN §6): one after another, 100,000 parts take 25-50 minutes,
 # past Lambda's 15; sixteen at a time take a sixteenth, holding at most sixteen parts in memory.
 FETCH_AHEAD = 16
-
-
-def check(cfg: StackConfig, job_id: str) -> None:
-    """After a mini-batch is recorded: whoever sees the counters complete asks for the
-    aggregator (it runs once whatever the count); whoever sees a threshold crossed stops the job."""
-    job = jobs.get(cfg, job_id)
-    if job.state != jobs.RUNNING:
-        return
-    crossed = crossed_mid_job(job)
-    if crossed:
-        stop(cfg, job_id, jobs.FAILED, crossed)
-    elif job.complete:
-        request(cfg, job_id)
-
-
-def check_shard(cfg: StackConfig, job: jobs.Job, index: int) -> None:
-    """After mini-batch ``index`` of ``job`` is recorded (by this delivery or an earlier one):
-    :func:`check`, when it can find something. Every worker makes this call for every
-    mini-batch, so it reads one shard's counters, not the job's: the job is complete only if
-    this shard is, and a threshold can be crossed only where a failure was counted. Whoever
-    records a shard's last mini-batch (or a failure) checks the whole job after its own commit,
-    so the last commit of all always sees the job complete."""
-    shard = jobs.shard_of(index)
-    counts = jobs.shard_counts(cfg, job.job_id, shard)
-    full = counts["batches_succeeded"] + counts["batches_failed"] >= jobs.shard_size(job.total_batches or 0, shard)
-    thresholds = job.settings.error_threshold != -1 or job.settings.allowed_failed_count != -1
-    if full or (thresholds and (counts["items_failed"] or counts["batches_failed"])):
-        check(cfg, job.job_id)
-
-
-def request(cfg: StackConfig, job_id: str) -> None:
-    """Ask for the job's aggregation; asking twice is harmless."""
-    aws.client("sqs").send_message(QueueUrl=cfg.finalize_queue_url, MessageBody=json.dumps({"job_id": job_id}))
 
 
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -154,63 +120,18 @@ class S3StreamWriter:
             self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
 
 
-def crossed_mid_job(job: jobs.Job) -> str:
-    """The threshold a running job has already crossed, as a reason; "" if none. (The percent
-    of failed mini-batches is only known once all are done.)"""
-    s = job.settings
-    if s.error_threshold != -1 and job.items_failed > s.error_threshold:
-        return f"error_threshold: {job.items_failed} inputs failed, more than the {s.error_threshold} allowed"
-    if s.allowed_failed_count != -1 and job.batches_failed > s.allowed_failed_count:
-        return (f"allowed_failed_count: {job.batches_failed} mini-batches failed, "
-                f"more than the {s.allowed_failed_count} allowed")
-    return ""
-
-
-def judge(job: jobs.Job) -> tuple[str, str]:
-    """The job's final state and the reason: how it was stopped, else its counts and thresholds."""
-    if job.outcome:
-        return job.outcome, job.reason
-    crossed = crossed_mid_job(job)
-    if crossed:
-        return jobs.FAILED, crossed
-    total = job.total_batches or 0
-    if total and 100.0 * job.batches_failed / total > job.settings.allowed_failed_percent:
-        return jobs.FAILED, (f"allowed_failed_percent: {100.0 * job.batches_failed / total:.1f}% of mini-batches "
-                             f"failed, more than the {job.settings.allowed_failed_percent:g}% allowed")
-    return jobs.SUCCEEDED, ""
-
-
-def stop(cfg: StackConfig, job_id: str, outcome: str, reason: str) -> bool:
-    """End a job before it completes (a threshold crossed, or canceled): nothing more is sent
-    or run, and the aggregator collates what succeeded. False if the job had already ended."""
-    stopped = jobs.transition(cfg, job_id, jobs.FINALIZING, (jobs.QUEUED, jobs.PLANNING, jobs.RUNNING),
-                              outcome=outcome, reason=reason, finalize_until=0)
-    if stopped:
-        log.warning("job stopped", extra={"fields": {"outcome": outcome, "reason": reason}})
-        request(cfg, job_id)
-    return stopped
-
-
 def finalize(cfg: StackConfig, job_id: str) -> None:
     """Collate the job's output, failures and summary, then set its final state."""
-    job = jobs.get(cfg, job_id)
-    if job.state == jobs.RUNNING and not job.complete:
-        return  # a stray request: the counters are not complete
-    if job.state in jobs.TERMINAL and job.schedule:
-        schedules.run_ended(cfg, job)  # a redelivery after a crash past the final state: finish handing over
+    job = lifecycle.aggregation_claimed(cfg, job_id)
+    if job is None:
         return
-    if job.state not in (jobs.RUNNING, jobs.FINALIZING) or not jobs.claim_finalize(cfg, job_id, LEASE_SECONDS):
-        return
-    job = jobs.get(cfg, job_id)
     started = time.time()
     spent = usage.Tally()
     try:
         rows, errors, reusable, unwritten = collate(cfg, job, spent)
     except OutputTaken as taken:  # nothing of it is reused, and the job cannot succeed
         rows, errors, reusable, unwritten = 0, collections.Counter(), 0, str(taken)
-    state, reason = judge(job)
-    if unwritten:  # rows the script returned are missing from the output: never a success
-        state, reason = (jobs.FAILED, unwritten) if state == jobs.SUCCEEDED else (state, f"{reason}; {unwritten}")
+    state, reason = lifecycle.end_state(job, errors, unwritten)
     if state == jobs.SUCCEEDED and reusable:
         # A second pass over the records: a list of a million mini-batches would grow with the job.
         reuse.remember(cfg, job_id, (entry for record in jobs.iter_batches(cfg, job_id)
@@ -219,9 +140,6 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
             reuse.remember_job(cfg, job.fingerprint, job_id, job.output_uri)
     if state == jobs.SUCCEEDED and job.schedule:
         schedules.mark_scored(cfg, job)  # before the state says so: the schedule's next run may follow at once
-    if state == jobs.FAILED and errors:
-        error_type, count = errors.most_common(1)[0]
-        reason += f"; most common error: {error_type} ({count} inputs)"
     ended = time.time()
     summary = build_summary(job, state, reason, rows, dict(errors), ended, ended - started)
     summary["cost"] = job_cost(cfg, job_id, spent)
@@ -233,10 +151,8 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
             ContentType="application/json", Metadata={OWNER_METADATA: job_id}))
     except OutputTaken as taken:
         state, reason = jobs.FAILED, f"{reason}; {taken}" if reason else str(taken)
-    jobs.transition(cfg, job_id, state, (jobs.FINALIZING,), ended_at=ended, reason=reason, rows=rows)
+    lifecycle.aggregated(cfg, job, state, reason, rows, ended)
     logs.event(log, "job finished", state=state, rows=rows, aggregate_seconds=round(ended - started, 3))
-    if job.schedule:
-        schedules.run_ended(cfg, job)
 
 
 def job_cost(cfg: StackConfig, job_id: str, spent: usage.Tally) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, usage
 from parallelrun.core.datasets import item_from_json
 from parallelrun.core.errors import ConflictError
-from parallelrun.pipeline import aggregator, markers, schedules, worker
+from parallelrun.pipeline import lifecycle, markers, schedules, worker
 from parallelrun.scoring.runner import Failure
 from parallelrun.store import jobs
 
@@ -69,7 +69,7 @@ def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
                                       usage=spent.to_dict() if spent else None)
             if jobs.commit_batch(cfg, job_id, record):
                 logs.event(log, "dead-lettered mini-batch recorded as failed", level=logging.WARNING, items=len(items))
-        aggregator.check(cfg, job_id)
+        lifecycle.check_job(cfg, job_id)
 
 
 def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:
@@ -86,15 +86,9 @@ def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:
         if "action" in message:
             reason = ("the planner failed on every delivery of this job's message; its logs say why. "
                       "What ran is kept: `parallelrun redrive` continues the job")
-            aggregator.stop(cfg, job_id, jobs.FAILED, reason)
+            lifecycle.stop(cfg, job_id, jobs.FAILED, reason)
         else:
-            reason = "collating the output failed on every try; the aggregator's logs say why"
-            if jobs.transition(cfg, job_id, jobs.FAILED, (jobs.RUNNING, jobs.FINALIZING), reason=reason,
-                               ended_at=time.time()):
-                logs.event(log, "job failed: its aggregation gave up", level=logging.ERROR)
-                job = jobs.get(cfg, job_id)
-                if job.schedule:  # its schedule's next run need not wait for a takeover
-                    schedules.run_ended(cfg, job)
+            lifecycle.aggregation_gave_up(cfg, job_id)
 
 
 def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:
@@ -135,4 +129,4 @@ def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:
                     continue
                 except ConflictError:
                     pass  # a late try of the planner created it meanwhile: end it below
-            aggregator.stop(cfg, job_id, jobs.FAILED, reason)  # a job that already ended keeps its end
+            lifecycle.stop(cfg, job_id, jobs.FAILED, reason)  # a job that already ended keeps its end

@@ -23,7 +23,7 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import datasets, logs, partitions, usage
 from parallelrun.core.datasets import InputFile, InputSpec, TablePiece
 from parallelrun.core.errors import ConflictError, InputError, ParallelRunError, SettingsError
-from parallelrun.pipeline import aggregator, markers, schedules, submit
+from parallelrun.pipeline import aggregator, lifecycle, markers, schedules, submit
 from parallelrun.store import endpoints, jobs, registry, reuse, scored
 
 log = logging.getLogger("parallelrun.pipeline.planner")
@@ -159,7 +159,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
             code = error.response["Error"]["Code"]
             if code not in ("NoSuchBucket", "AccessDenied", "AllAccessDisabled"):
                 raise  # transient: the message comes back and planning starts over
-            aggregator.stop(cfg, job_id, jobs.FAILED, f"cannot list the inputs at {job.input_uri} ({code})")
+            lifecycle.stop(cfg, job_id, jobs.FAILED, f"cannot list the inputs at {job.input_uri} ({code})")
             return
         if total_batches and _reuse_whole_job(cfg, job, fingerprint, total_batches):
             return
@@ -356,7 +356,7 @@ def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]
                 fingerprint=prints[index], reused_from=earlier["job_id"], header=earlier.get("header")))
     if any(prints[entry[0]] in found for entry in entries):
         logs.event(log, "reused mini-batches scored before", reused=sum(prints[e[0]] in found for e in entries))
-        aggregator.check(cfg, job.job_id)
+        lifecycle.check_job(cfg, job.job_id)
     return [entry for entry in entries if prints[entry[0]] not in found]
 
 

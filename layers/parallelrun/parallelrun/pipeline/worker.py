@@ -31,7 +31,7 @@ from parallelrun.core import faults, logs, metrics, results, safepath, usage
 from parallelrun.core.datasets import InputFile, InputSpec, TablePiece, item_from_json, relative_name
 from parallelrun.core.errors import IntegrityError, NotFoundError, UnsafeKey
 from parallelrun.core.partitions import frame_groups
-from parallelrun.pipeline import aggregator
+from parallelrun.pipeline import aggregator, lifecycle
 from parallelrun.scoring import runner
 from parallelrun.scoring.runner import AttemptFailed, Failure
 from parallelrun.store import jobs, registry, reuse
@@ -113,7 +113,7 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
                 logs.event(log, "another delivery recorded this mini-batch first", attempt=attempt)
                 jobs.put_usage(cfg, job_id, spent)
             faults.point("after_commit")
-        aggregator.check_shard(cfg, job, index)
+        lifecycle.batch_recorded(cfg, job, index)
 
 
 def _retry_soon(cfg: StackConfig, record: dict[str, Any], attempt: int) -> None:
