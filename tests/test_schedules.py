@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from parallelrun import aws
+from parallelrun.aws import sqs
 from parallelrun.client.api import Client
 from parallelrun.client.cli import main
 from parallelrun.core import cron
@@ -112,7 +113,7 @@ def test_a_target_input_transformer_is_applied_as_eventbridge_does():
                                                              "said": 'at 2026-11-22T22:00:00Z, "3"', "n": 3}
     assert rules.target_input({"Input": '{"a": 1}'}, event) == '{"a": 1}'
     assert json.loads(rules.target_input({}, event)) == event
-    body = json.loads(rules.target_input({"InputTransformer": schedules.rule_input("nightly")}, event))
+    body = json.loads(rules.target_input({"InputTransformer": sqs.schedule_rule_input("nightly")}, event))
     assert body == {"action": "schedule", "schedule": "nightly", "trigger": "rule", "time": "2026-11-22T22:00:00Z"}
 
 

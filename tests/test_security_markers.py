@@ -12,6 +12,7 @@ import pytest
 from botocore.response import StreamingBody
 
 from parallelrun import aws
+from parallelrun.aws import sqs
 from parallelrun.client.api import Client
 from parallelrun.client.cli import main, status_lines
 from parallelrun.core.errors import ConflictError, SettingsError
@@ -243,18 +244,18 @@ def test_the_largest_mini_batches_of_the_longest_keys_are_sent(stack, endpoint, 
     names = [f"{i:04d}-" + "k" * (1000 - len(folder)) for i in range(1400)]
     put_files(stack.cfg, folder, names, body=lambda name: b"x")
     sizes: list[int] = []
-    original = planner._send_ten
+    original = sqs.send_ten
 
-    def measured(sqs: Any, cfg: Any, job: jobs.Job, batch: list) -> None:
-        sizes.append(sum(len(json.dumps(planner.batch_message(job, *entry)).encode()) for entry in batch))
-        original(sqs, cfg, job, batch)
+    def measured(queue_url: str, entries: dict[str, str]) -> list[str]:
+        sizes.append(sum(len(body.encode()) for body in entries.values()))
+        return original(queue_url, entries)
 
-    monkeypatch.setattr(planner, "_send_ten", measured)
+    monkeypatch.setattr(sqs, "send_ten", measured)
     job = submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/{folder}", {"mini_batch_size": 200})
     submit.start(stack.cfg, job)
     planned = stack.plan(job.job_id)
     assert (planned.total_batches, planned.cursor) == (7, 7)
-    assert len(sizes) > 1 and max(sizes) <= planner.SEND_BYTES and sum(sizes) > planner.SEND_BYTES
+    assert len(sizes) > 1 and max(sizes) <= sqs.SEND_BYTES and sum(sizes) > sqs.SEND_BYTES
     Client(stack.cfg).cancel(job.job_id)
 
 

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from parallelrun import aws
+from parallelrun.aws import sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, pricing, results, usage
 from parallelrun.core.errors import ConflictError
@@ -38,14 +39,14 @@ FETCH_AHEAD = 16
 
 
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    cfg = StackConfig.from_env()
-    logs.setup()
-    with usage.invocation(usage.AGGREGATOR, context, event):
-        for record in event.get("Records", []):
-            job_id = json.loads(record["body"])["job_id"]
-            with logs.context(job_id):
-                finalize(cfg, job_id)
-    return {}
+    """Aggregation requests; a failure raises, so that the request comes back."""
+    return sqs.handle_records(event, context, usage.AGGREGATOR, handle_record, report_failures=False)
+
+
+def handle_record(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> None:
+    job_id = sqs.AggregationRequest.parse(record["body"]).job_id
+    with logs.context(job_id):
+        finalize(cfg, job_id)
 
 
 class OutputTaken(ConflictError):

@@ -17,11 +17,10 @@ The thresholds themselves are pure: :mod:`parallelrun.core.thresholds`.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import time
 
-from parallelrun import aws
+from parallelrun.aws import sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, thresholds
 from parallelrun.pipeline import schedules
@@ -60,7 +59,7 @@ def check_job(cfg: StackConfig, job_id: str) -> None:
 
 def job_complete(cfg: StackConfig, job_id: str) -> None:
     """Ask for the job's aggregation; asking twice is harmless."""
-    aws.client("sqs").send_message(QueueUrl=cfg.finalize_queue_url, MessageBody=json.dumps({"job_id": job_id}))
+    sqs.send(cfg.finalize_queue_url, sqs.AggregationRequest(job_id))
 
 
 def stop(cfg: StackConfig, job_id: str, outcome: str, reason: str) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import datasets, logs, partitions, usage
 from parallelrun.core.datasets import InputFile, InputSpec, TablePiece
@@ -30,41 +31,38 @@ log = logging.getLogger("parallelrun.pipeline.planner")
 MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
 MAX_MARKER_NESTING = 2  # the settings object, and a list or object as one setting's value
 PLAN_CHUNK = 500  # mini-batches per plan object: a tick reads only the chunks it sends from
-SEND_BATCH = 10  # SQS SendMessageBatch's limit
-# ... and the most its messages may hold together, whatever their count
-# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html).
-SEND_BYTES = 256 * 1024
 # A continuation seen before its sender recorded the cursor waits; after this long the sender
 # is taken for dead and the continuation takes its tick over.
 TAKEOVER_SECONDS = 120
 
 
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """S3 ``_READY`` notifications and planner-queue messages (start, tick)."""
-    cfg = StackConfig.from_env()
-    logs.setup()
-    with usage.invocation(usage.PLANNER, context, event):
-        for record in event.get("Records", []):
-            if record.get("eventSource") == "aws:s3":
-                job_id = on_marker(cfg, *markers.marker_of(record))
+    """S3 ``_READY`` notifications and planner-queue messages (start, tick, schedule); a failure
+    raises, so that the message (or the S3 event) comes back."""
+    return sqs.handle_records(event, context, usage.PLANNER, handle_record, report_failures=False)
+
+
+def handle_record(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> None:
+    if record.get("eventSource") == "aws:s3":
+        job_id = on_marker(cfg, *markers.marker_of(record))
+    else:
+        message = sqs.planner_message(record["body"])
+        job_id = getattr(message, "job_id", None)
+        with logs.context(job_id):
+            if isinstance(message, sqs.Start):
+                start_job(cfg, message.job_id)
+            elif isinstance(message, sqs.Tick):
+                tick(cfg, message)
+            elif isinstance(message, sqs.ScheduleRun):  # an EventBridge rule fired, or a waiting run's turn came
+                fired = schedules.fire(cfg, message.schedule, message.time, message.trigger)
+                job_id = fired.job_id
+                if fired.outcome == schedules.STARTED and fired.job_id:
+                    start_job(cfg, fired.job_id)
             else:
-                body = json.loads(record["body"])
-                job_id = body.get("job_id")
-                with logs.context(job_id):
-                    if body.get("action") == "start":
-                        start_job(cfg, body["job_id"])
-                    elif body.get("action") == "tick":
-                        tick(cfg, body)
-                    elif body.get("action") == "schedule":  # an EventBridge rule fired, or a waiting run's turn came
-                        fired = schedules.fire(cfg, body["schedule"], body["time"], body.get("trigger", "rule"))
-                        job_id = fired.job_id
-                        if fired.outcome == schedules.STARTED and fired.job_id:
-                            start_job(cfg, fired.job_id)
-                    else:
-                        log.warning("ignored a planner message with no known action", extra={"fields": {"body": body}})
-            if job_id:
-                jobs.keep_usage(cfg, job_id)
-    return {}
+                log.warning("ignored a planner message with no known action",
+                            extra={"fields": {"body": record["body"]}})
+    if job_id:
+        jobs.keep_usage(cfg, job_id)
 
 
 def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> str | None:
@@ -175,7 +173,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
             return
         job = jobs.get(cfg, job_id)
     if job.state == jobs.RUNNING and (job.planner_tick, job.planner_token) == (0, "start"):
-        tick(cfg, {"job_id": job_id, "tick": 0, "token": "start", "since": time.time()})
+        tick(cfg, sqs.Tick(job_id, 0, "start"))
 
 
 def _reuse_whole_job(cfg: StackConfig, job: jobs.Job, fingerprint: str, batches: int) -> bool:
@@ -277,14 +275,14 @@ def window_end(job: jobs.Job, window: int) -> int:
     return min(job.total_batches or 0, job.cursor + max(0, window - in_flight))
 
 
-def tick(cfg: StackConfig, message: dict[str, Any]) -> None:
+def tick(cfg: StackConfig, message: sqs.Tick) -> None:
     """Top the job's window up, schedule the next tick, then record the cursor (see module doc)."""
-    job = jobs.get(cfg, message["job_id"])
+    job = jobs.get(cfg, message.job_id)
     if job.state != jobs.RUNNING:
         return  # finished, failed or canceled: nothing more is sent
-    number, token = message["tick"], message["token"]
+    number, token = message.tick, message.token
     if number > job.planner_tick:
-        if time.time() - message["since"] < TAKEOVER_SECONDS:
+        if time.time() - message.since < TAKEOVER_SECONDS:
             _send_tick(cfg, message)  # its sender has not recorded the cursor yet: look again later
             return
         number, token = job.planner_tick, job.planner_token
@@ -297,22 +295,18 @@ def tick(cfg: StackConfig, message: dict[str, Any]) -> None:
         send_batches(cfg, job, job.cursor, end)
     next_token = secrets.token_hex(8)
     if end < (job.total_batches or 0):
-        _send_tick(cfg, {"action": "tick", "job_id": job.job_id, "tick": number + 1, "token": next_token,
-                         "since": time.time()})
+        _send_tick(cfg, sqs.Tick(job.job_id, number + 1, next_token))
     if jobs.advance_planner(cfg, job.job_id, number, token, end, next_token):
         logs.event(log, "sent mini-batches", level=logging.DEBUG, cursor=end, tick=number)
 
 
-def _send_tick(cfg: StackConfig, message: dict[str, Any]) -> None:
-    aws.client("sqs").send_message(
-        QueueUrl=cfg.planner_queue_url, MessageBody=json.dumps(message), DelaySeconds=cfg.planner_interval
-    )
+def _send_tick(cfg: StackConfig, message: sqs.Tick) -> None:
+    sqs.send(cfg.planner_queue_url, message, delay_seconds=cfg.planner_interval)
 
 
 def batch_message(job: jobs.Job, index: int, items: list[InputFile],
-                  partition: dict[str, str] | None = None) -> dict[str, Any]:
-    message = {"job_id": job.job_id, "batch": index, "items": [item.to_json() for item in items]}
-    return message | ({"partition": partition} if job.settings.partition_keys else {})
+                  partition: dict[str, str] | None = None) -> sqs.MiniBatch:
+    return sqs.MiniBatch(job.job_id, index, items, partition, bool(job.settings.partition_keys))
 
 
 def send_batches(cfg: StackConfig, job: jobs.Job, start: int, end: int) -> None:
@@ -321,24 +315,15 @@ def send_batches(cfg: StackConfig, job: jobs.Job, start: int, end: int) -> None:
     entries = list(read_plan(cfg, job.job_id, start, end))
     if job.settings.allow_reuse and not registry.is_per_partition(job.deployment["model_name"]):
         entries = _reuse(cfg, job, entries)
-    sqs = aws.client("sqs")
-    for group in _send_groups(job, entries):
-        _send_ten(sqs, cfg, job, group)
+    _send(cfg, job, entries)
 
 
-def _send_groups(job: jobs.Job, entries: list[Entry]) -> Iterator[list[Entry]]:
-    """The entries in consecutive groups one SendMessageBatch takes (SEND_BATCH, SEND_BYTES)."""
-    group: list[Entry] = []
-    size = 0
-    for entry in entries:
-        length = len(json.dumps(batch_message(job, *entry)).encode())
-        if group and (len(group) == SEND_BATCH or size + length > SEND_BYTES):
-            yield group
-            group, size = [], 0
-        group.append(entry)
-        size += length
-    if group:
-        yield group
+def _send(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> None:
+    """Send the entries' mini-batches, ten per SendMessageBatch (as many as fit its size limit)."""
+    refused = sqs.send_in_tens(cfg.batch_queue_url, [(str(entry[0]), batch_message(job, *entry).body())
+                                                     for entry in entries])
+    if refused:
+        raise ParallelRunError(f"SQS refused mini-batches {refused} of job {job.job_id} five times")
 
 
 def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]:
@@ -358,19 +343,6 @@ def _reuse(cfg: StackConfig, job: jobs.Job, entries: list[Entry]) -> list[Entry]
         logs.event(log, "reused mini-batches scored before", reused=sum(prints[e[0]] in found for e in entries))
         lifecycle.check_job(cfg, job.job_id)
     return [entry for entry in entries if prints[entry[0]] not in found]
-
-
-def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.Job, batch: list[Entry]) -> None:
-    entries = {str(i): json.dumps(batch_message(job, i, items, partition)) for i, items, partition in batch}
-    for _ in range(5):
-        response = sqs.send_message_batch(
-            QueueUrl=cfg.batch_queue_url, Entries=[{"Id": k, "MessageBody": v} for k, v in entries.items()]
-        )
-        entries = {f["Id"]: entries[f["Id"]] for f in response.get("Failed", [])}
-        if not entries:
-            return
-        time.sleep(0.2)
-    raise ParallelRunError(f"SQS refused mini-batches {sorted(entries)} of job {job.job_id} five times")
 
 
 def redrive(cfg: StackConfig, job_id: str) -> list[int]:
@@ -399,12 +371,10 @@ def redrive(cfg: StackConfig, job_id: str) -> list[int]:
     if not jobs.reopen(cfg, job_id, deployment, token):
         raise ConflictError(f"job {job_id} changed state during the redrive: look at it and try again")
     job = jobs.get(cfg, job_id)
-    sqs = aws.client("sqs")
     wanted = set(again)
     pending = [entry for entry in read_plan(cfg, job_id, min(again), max(again) + 1) if entry[0] in wanted] if again else []
-    for group in _send_groups(job, pending):
-        _send_ten(sqs, cfg, job, group)
+    _send(cfg, job, pending)
     if job.cursor < job.total_batches:
-        tick(cfg, {"action": "tick", "job_id": job_id, "tick": job.planner_tick, "token": token, "since": time.time()})
+        tick(cfg, sqs.Tick(job_id, job.planner_tick, token))
     logs.event(log, "redrive", batches=len(again), unsent=job.total_batches - job.cursor)
     return again

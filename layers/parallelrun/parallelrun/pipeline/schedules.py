@@ -28,6 +28,7 @@ from itertools import groupby
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import cron, logs
 from parallelrun.core.datasets import InputFile, TablePiece
@@ -104,12 +105,6 @@ def run_job_id(name: str, fire_time: str) -> str:
     return f"{name}-{run_stamp(fire_time)}"
 
 
-def rule_input(name: str) -> dict[str, Any]:
-    """The rule target's input transformer: the planner's message, carrying the event's time."""
-    body = json.dumps({"action": "schedule", "schedule": name, "trigger": "rule"})
-    return {"InputPathsMap": {"time": "$.time"}, "InputTemplate": body[:-1] + ', "time": <time>}'}
-
-
 # --- create, read, delete
 
 
@@ -146,14 +141,13 @@ def create(cfg: StackConfig, name: str, endpoint: str, expression: str, input_ur
 
 
 def _put_rule(cfg: StackConfig, schedule: Schedule) -> None:
-    queue_arn = aws.client("sqs").get_queue_attributes(
-        QueueUrl=cfg.planner_queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    queue_arn = sqs.queue_arn(cfg.planner_queue_url)
     events = aws.client("events")
     events.put_rule(Name=schedule.rule_name, ScheduleExpression=schedule.expression, State="ENABLED",
                     Description=f"parallelrun schedule {schedule.name}: endpoint {schedule.endpoint} "
                                 f"over {schedule.input_uri}"[:512])
     events.put_targets(Rule=schedule.rule_name, Targets=[
-        {"Id": TARGET_ID, "Arn": queue_arn, "InputTransformer": rule_input(schedule.name)}])
+        {"Id": TARGET_ID, "Arn": queue_arn, "InputTransformer": sqs.schedule_rule_input(schedule.name)}])
 
 
 def get(cfg: StackConfig, name: str) -> Schedule:
@@ -296,8 +290,7 @@ def run_ended(cfg: StackConfig, job: jobs.Job) -> None:
     if current.get("running_job") != job.job_id:
         return  # given back already, or taken over
     if current.get("waiting"):
-        aws.client("sqs").send_message(QueueUrl=cfg.planner_queue_url, MessageBody=json.dumps(
-            {"action": "schedule", "schedule": job.schedule, "time": current["waiting"], "trigger": "waited"}))
+        sqs.send(cfg.planner_queue_url, sqs.ScheduleRun(job.schedule, current["waiting"], "waited"))
     try:
         aws.table(cfg.table).update_item(
             Key=schedule_key(job.schedule), UpdateExpression="REMOVE running_job, waiting",

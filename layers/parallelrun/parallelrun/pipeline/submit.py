@@ -8,13 +8,13 @@ checked so that a bad one is refused with its name, value and what is allowed.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import settings
 from parallelrun.core.datasets import InputSpec
@@ -142,6 +142,4 @@ def start(cfg: StackConfig, job: jobs.Job) -> None:
 
 
 def send_start(cfg: StackConfig, job_id: str) -> None:
-    aws.client("sqs").send_message(
-        QueueUrl=cfg.planner_queue_url, MessageBody=json.dumps({"action": "start", "job_id": job_id})
-    )
+    sqs.send(cfg.planner_queue_url, sqs.Start(job_id))

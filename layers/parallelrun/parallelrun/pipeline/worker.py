@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import faults, logs, metrics, results, safepath, usage
-from parallelrun.core.datasets import InputFile, InputSpec, TablePiece, item_from_json, relative_name
+from parallelrun.core.datasets import InputFile, InputSpec, TablePiece, relative_name
 from parallelrun.core.errors import IntegrityError, NotFoundError, UnsafeKey
 from parallelrun.core.partitions import frame_groups
 from parallelrun.pipeline import aggregator, lifecycle
@@ -48,19 +49,8 @@ class Retry(Exception):
 
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Lambda's SQS batch: report only the messages to retry (ReportBatchItemFailures)."""
-    cfg = StackConfig.from_env()
-    logs.setup()
-    failures = []
-    with usage.invocation(usage.WORKER, context, event):
-        for record in event.get("Records", []):
-            try:
-                process(cfg, record, context)
-            except Retry:
-                failures.append({"itemIdentifier": record["messageId"]})
-            except Exception:
-                log.exception("mini-batch attempt failed; SQS will deliver it again")
-                failures.append({"itemIdentifier": record["messageId"]})
-    return {"batchItemFailures": failures}
+    return sqs.handle_records(event, context, usage.WORKER, process, report_failures=True, expected=(Retry,),
+                              failed="mini-batch attempt failed; SQS will deliver it again")
 
 
 def worker_name(context: Any) -> str:
@@ -76,11 +66,9 @@ def deadline_of(context: Any) -> float:
 def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> None:
     """Handle one mini-batch message; raise to have it delivered again."""
     started = time.time()
-    message = json.loads(record["body"])
-    job_id, index = message["job_id"], int(message["batch"])
+    message = sqs.MiniBatch.parse(record["body"])
+    job_id, index, items, partition = message.job_id, message.batch, message.items, message.partition
     attempt = int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
-    items = [item_from_json(item) for item in message["items"]]
-    partition = message.get("partition")
     with logs.context(job_id, index):
         job = jobs.get(cfg, job_id, counted=False)  # its settings and total: counters are not needed here
         if job.state != jobs.RUNNING:
@@ -120,10 +108,7 @@ def _retry_soon(cfg: StackConfig, record: dict[str, Any], attempt: int) -> None:
     """Bring the message back after a short back-off instead of the whole visibility timeout."""
     if record.get("receiptHandle"):
         try:
-            aws.client("sqs").change_message_visibility(
-                QueueUrl=cfg.batch_queue_url, ReceiptHandle=record["receiptHandle"],
-                VisibilityTimeout=min(60, 2 * attempt),
-            )
+            sqs.change_visibility(cfg.batch_queue_url, record["receiptHandle"], min(60, 2 * attempt))
         except Exception:  # the default visibility timeout still brings it back
             log.warning("could not shorten the retry delay", exc_info=True)
 
