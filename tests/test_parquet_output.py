@@ -122,7 +122,7 @@ def test_parts_larger_than_an_upload_part_make_one_valid_parquet_file(stack):
               for i in range(7)]
     frames[3] = None  # a failed mini-batch: its rows are simply absent
     job = _job_with_parts(stack, "pq-big", frames)
-    rows, _, _, unwritten = aggregator.collate(stack.cfg, job, part_size=size)
+    rows, _, _, unwritten = aggregator.collate(stack.cfg, job, upload_part_size=size)
     assert (rows, unwritten) == (240, "")
     bucket, key = aws.split_s3_uri(job.output_uri + "parallel_run_step.parquet")
     assert aws.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > size

@@ -12,7 +12,7 @@ import pytest
 from botocore.response import StreamingBody
 
 from parallelrun import aws
-from parallelrun.aws import sqs
+from parallelrun.aws import s3, sqs
 from parallelrun.client.api import Client
 from parallelrun.client.cli import main, status_lines
 from parallelrun.core.errors import ConflictError, SettingsError
@@ -224,14 +224,14 @@ def test_an_aggregation_tried_again_overwrites_its_own_files(stack, endpoint):
     rows = read_output(stack.cfg, done, done.settings.output_file_name)
     # As an aggregator that died after writing its files and came back would do.
     assert aggregator.collate(stack.cfg, done)[0] == 2
-    writer = aggregator.S3StreamWriter(*aws.split_s3_uri(done.output_uri + "failures.jsonl"), part_size=5 * 1024**2,
-                                       owner=done.job_id)
+    writer = s3.S3StreamWriter(*aws.split_s3_uri(done.output_uri + "failures.jsonl"), upload_part_size=5 * 1024**2,
+                               owner=done.job_id)
     writer.write(b"x" * (6 * 1024**2))  # a multipart upload, completed over its own earlier file
     writer.close()
     assert read_output(stack.cfg, done, done.settings.output_file_name) == rows
-    with pytest.raises(aggregator.OutputTaken, match="did not write it"):
-        other = aggregator.S3StreamWriter(*aws.split_s3_uri(done.output_uri + "failures.jsonl"),
-                                          part_size=5 * 1024**2, owner="another-job")
+    with pytest.raises(s3.OutputTaken, match="did not write it"):
+        other = s3.S3StreamWriter(*aws.split_s3_uri(done.output_uri + "failures.jsonl"),
+                                  upload_part_size=5 * 1024**2, owner="another-job")
         other.write(b"y" * (6 * 1024**2))
         other.close()
     assert read_output(stack.cfg, done, "failures.jsonl") == "x" * (6 * 1024**2)

@@ -15,8 +15,7 @@ import logging
 import time
 from typing import Any
 
-from parallelrun import aws
-from parallelrun.aws import sqs
+from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, usage
 from parallelrun.core.errors import ConflictError
@@ -55,7 +54,7 @@ def record_dead_letter(cfg: StackConfig, message: sqs.MiniBatch) -> None:
                       "(killed, out of memory, or past the function timeout)")
             failure = Failure("WorkerLost", reason)
             lines = [worker.failure_line(item, index, attempts, failure, "dead-letter queue") for item in items]
-            aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=key, Body="".join(lines).encode())
+            s3.put(cfg.artifacts_bucket, key, "".join(lines).encode())
             spent = usage.take(including=[jobs.COMMIT_CALL])
             record = jobs.BatchRecord(index=index, status=jobs.FAILED, items=len(items), items_succeeded=0,
                                       items_failed=len(items), attempt=attempts, part_key=None, failures_key=key,

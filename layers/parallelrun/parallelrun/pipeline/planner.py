@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from parallelrun import aws
-from parallelrun.aws import sqs
+from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import datasets, logs, partitions, usage
 from parallelrun.core.datasets import InputFile, InputSpec, TablePiece
@@ -97,19 +97,18 @@ def _marker_overrides(bucket: str, key: str) -> dict[str, Any]:
     each way it can be wrong is an InputError (the job's FAILED reason), never a crash that
     would lose the drop."""
     where = f"marker s3://{bucket}/{key}"
-    s3 = aws.client("s3")
     try:
-        response = s3.get_object(Bucket=bucket, Key=key)
-    except s3.exceptions.ClientError as error:
-        code = error.response["Error"]["Code"]
+        size, opened = s3.open_object(bucket, key)
+    except s3.ClientError as error:
+        code = s3.error_code(error)
         if code not in ("NoSuchKey", "AccessDenied"):
             raise  # transient: S3 invokes the planner again
         raise InputError(f"{where} cannot be read ({code})") from None
-    with contextlib.closing(response["Body"]) as stream:
+    with contextlib.closing(opened) as stream:
         # Never read whole: the size comes first, and the read stops one byte past the limit.
-        body = b"" if response["ContentLength"] > MAX_MARKER_BYTES else stream.read(MAX_MARKER_BYTES + 1)
-    if response["ContentLength"] > MAX_MARKER_BYTES or len(body) > MAX_MARKER_BYTES:
-        raise InputError(f"{where} has {response['ContentLength']} bytes: a marker's body is a JSON object of "
+        body = b"" if size > MAX_MARKER_BYTES else stream.read(MAX_MARKER_BYTES + 1)
+    if size > MAX_MARKER_BYTES or len(body) > MAX_MARKER_BYTES:
+        raise InputError(f"{where} has {size} bytes: a marker's body is a JSON object of "
                          f"settings of at most {MAX_MARKER_BYTES} bytes (64 KiB)")
     try:
         text = body.decode("utf-8-sig")
@@ -153,8 +152,8 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
         started = time.time()
         try:
             total_batches, total_items, fingerprint = write_plan(cfg, job)
-        except aws.client("s3").exceptions.ClientError as error:
-            code = error.response["Error"]["Code"]
+        except s3.ClientError as error:
+            code = s3.error_code(error)
             if code not in ("NoSuchBucket", "AccessDenied", "AllAccessDisabled"):
                 raise  # transient: the message comes back and planning starts over
             lifecycle.stop(cfg, job_id, jobs.FAILED, f"cannot list the inputs at {job.input_uri} ({code})")
@@ -199,7 +198,7 @@ def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
     """Write the job's mini-batches to S3 in chunks; return (batches, items, the job's
     fingerprint). Deterministic."""
     spec = InputSpec.from_uri(job.input_uri)
-    s3 = aws.client("s3")
+    client = aws.client("s3")
     total_batches = total_items = 0
     chunk: list[list[list]] = []
     prints = []
@@ -209,10 +208,10 @@ def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
         total_batches += 1
         total_items += len(batch)
         if len(chunk) == PLAN_CHUNK:
-            _put_chunk(s3, cfg, job.job_id, total_batches // PLAN_CHUNK - 1, chunk)
+            _put_chunk(client, cfg, job.job_id, total_batches // PLAN_CHUNK - 1, chunk)
             chunk = []
     if chunk:
-        _put_chunk(s3, cfg, job.job_id, total_batches // PLAN_CHUNK, chunk)
+        _put_chunk(client, cfg, job.job_id, total_batches // PLAN_CHUNK, chunk)
     return total_batches, total_items, reuse.job_fingerprint(prints)
 
 

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from parallelrun import aws
-from parallelrun.aws import sqs
+from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import faults, logs, metrics, results, safepath, usage
 from parallelrun.core.datasets import InputFile, InputSpec, TablePiece, relative_name
 from parallelrun.core.errors import IntegrityError, NotFoundError, UnsafeKey
 from parallelrun.core.partitions import frame_groups
-from parallelrun.pipeline import aggregator, lifecycle
+from parallelrun.pipeline import lifecycle
 from parallelrun.scoring import runner
 from parallelrun.scoring.runner import AttemptFailed, Failure
 from parallelrun.store import jobs, registry, reuse
@@ -354,15 +354,14 @@ def write_results(cfg: StackConfig, job_id: str, index: int, inputs: int, attemp
                   failed: list[tuple[Any, Failure]], failed_count: int, worker: str,
                   started: float) -> jobs.BatchRecord:
     """Write the part and the failure lines under keys naming the attempt; the batch's record."""
-    s3 = aws.client("s3")
     part = failures = None
     if len(rows):
         part = jobs.part_key(job_id, index, attempt, results.suffix(rows))
-        s3.put_object(Bucket=cfg.artifacts_bucket, Key=part, Body=results.encode(rows))
+        s3.put(cfg.artifacts_bucket, part, results.encode(rows))
     if failed:
         failures = jobs.failures_key(job_id, index, attempt)
         lines = [failure_line(item, index, attempt, failure, worker) for item, failure in failed]
-        s3.put_object(Bucket=cfg.artifacts_bucket, Key=failures, Body="".join(lines).encode())
+        s3.put(cfg.artifacts_bucket, failures, "".join(lines).encode())
     items_failed = min(failed_count, inputs)
     return jobs.BatchRecord(
         index=index, status=jobs.FAILED if items_failed == inputs and inputs else jobs.SUCCEEDED, items=inputs,
@@ -384,18 +383,13 @@ def failure_line(item: InputFile | TablePiece | None, index: int, attempts: int,
 def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
     """Download the inputs concurrently (on AWS each GET waits on the network); keep their
     names below the input folder, so rows can name the file as the user knows it."""
-    s3 = aws.client("s3")
     paths = [safepath.inside(folder, relative_name(item.key, spec.prefix), f"input s3://{spec.bucket}/{item.key}: the name")
              for item in items]
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def get(pair: tuple[InputFile, Path]) -> None:
-        # One GetObject per input: download_file would add a HeadObject to each.
-        body = s3.get_object(Bucket=spec.bucket, Key=pair[0].key)["Body"]
-        with open(pair[1], "wb") as handle:
-            for chunk in body.iter_chunks(1024 * 1024):
-                handle.write(chunk)
+        s3.download(spec.bucket, pair[0].key, pair[1])
 
     with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, max(1, len(items)))) as pool:
         list(pool.map(usage.bind(get), zip(items, paths)))
@@ -405,9 +399,8 @@ def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
 def collect_entry_dirs(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost) -> None:
     """Move what the script wrote to ``EntryScript().output_dir`` (and ``log_dir``) into the
     job's output folder (and its ``logs/``), as ParallelRunStep collects them; never over a file
-    another job wrote there (:func:`aggregator.write_owned`)."""
+    another job wrote there (:func:`parallelrun.aws.s3.write_owned`)."""
     bucket, prefix = aws.split_s3_uri(job.output_uri)
-    s3 = aws.client("s3")
     for name, folder in host.entry_dirs.items():
         root = folder.resolve()
         for path in sorted(folder.rglob("*")):
@@ -415,15 +408,9 @@ def collect_entry_dirs(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost
                 path.unlink()
             elif path.is_file() and path.resolve().is_relative_to(root):
                 key = prefix + ("logs/" if name == "logs" else "") + path.relative_to(folder).as_posix()
-
-                def put(file: Path = path, key: str = key, **condition: str) -> None:
-                    with open(file, "rb") as body:
-                        s3.put_object(Bucket=bucket, Key=key, Body=body,
-                                      Metadata={aggregator.OWNER_METADATA: job.job_id}, **condition)
-
                 try:
-                    aggregator.write_owned(s3, bucket, key, job.job_id, put)
-                except aggregator.OutputTaken as error:
+                    s3.put_owned(bucket, key, path, job.job_id)
+                except s3.OutputTaken as error:
                     logs.event(log, "a file the script wrote was not collected", level=logging.ERROR, error=str(error))
                 path.unlink()
 
@@ -431,7 +418,7 @@ def collect_entry_dirs(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost
 def _write_log(cfg: StackConfig, job_id: str, index: int, attempt: int, lines: list[str]) -> None:
     """Keep the attempt's log lines (the script's own included) where `parallelrun logs` reads them."""
     try:
-        aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=jobs.log_key(job_id, index, attempt),
-                                    Body="".join(line + "\n" for line in lines).encode())
+        s3.put(cfg.artifacts_bucket, jobs.log_key(job_id, index, attempt),
+               "".join(line + "\n" for line in lines).encode())
     except Exception:  # logs are for reading, never a reason to fail a mini-batch
         log.warning("could not store the mini-batch's log", exc_info=True)
