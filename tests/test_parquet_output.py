@@ -18,7 +18,7 @@ from parallelrun.core import results
 from parallelrun.core.errors import ScoringScriptError
 from parallelrun.core.settings import RunSettings, resolve
 from parallelrun.pipeline import aggregator
-from parallelrun.pipeline.worker import Part, in_input_order
+from parallelrun.pipeline.isolation import PartitionSlice, in_input_order
 from parallelrun.scoring.runner import to_rows
 from parallelrun.store import jobs
 from tests.test_pipeline import start
@@ -166,7 +166,7 @@ def test_a_failed_mini_batch_is_absent_from_a_parquet_output(stack, make_endpoin
 
 
 def test_partitions_rows_go_back_to_input_order_as_a_table():
-    a, b = Part({"s": "a"}, None, [], 2, [1, 3]), Part({"s": "b"}, None, [], 2, [0, 2])
+    a, b = PartitionSlice({"s": "a"}, None, [], 2, [1, 3]), PartitionSlice({"s": "b"}, None, [], 2, [0, 2])
     ta, tb = pa.table({"v": ["a1", "a3"]}), pa.table({"v": ["b0", "b2"]})
     assert in_input_order([(a, ta), (b, tb)]).column("v").to_pylist() == ["b0", "a1", "b2", "a3"]
     assert in_input_order([(a, ta.slice(0, 1)), (b, tb)]).column("v").to_pylist() == ["a1", "b0", "b2"]

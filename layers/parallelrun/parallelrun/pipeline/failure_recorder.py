@@ -19,8 +19,8 @@ from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, usage
 from parallelrun.core.errors import ConflictError
-from parallelrun.pipeline import lifecycle, markers, schedules, worker
-from parallelrun.scoring.runner import Failure
+from parallelrun.core.failures import Failure, failure_line
+from parallelrun.pipeline import lifecycle, markers, schedules
 from parallelrun.store import jobs
 
 log = logging.getLogger("parallelrun.pipeline.failure_recorder")
@@ -53,7 +53,7 @@ def record_dead_letter(cfg: StackConfig, message: sqs.MiniBatch) -> None:
             reason = (f"the worker died or timed out on all {attempts} deliveries of this mini-batch "
                       "(killed, out of memory, or past the function timeout)")
             failure = Failure("WorkerLost", reason)
-            lines = [worker.failure_line(item, index, attempts, failure, "dead-letter queue") for item in items]
+            lines = [failure_line(item, index, attempts, failure, "dead-letter queue") for item in items]
             s3.put(cfg.artifacts_bucket, key, "".join(lines).encode())
             spent = usage.take(including=[jobs.COMMIT_CALL])
             record = jobs.BatchRecord(index=index, status=jobs.FAILED, items=len(items), items_succeeded=0,

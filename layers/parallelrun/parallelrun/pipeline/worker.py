@@ -15,13 +15,12 @@ that fail by themselves are failed and the rest of the mini-batch still succeeds
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,12 @@ from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import faults, logs, metrics, results, safepath, usage
 from parallelrun.core.datasets import InputFile, InputSpec, TablePiece, relative_name
-from parallelrun.core.errors import IntegrityError, NotFoundError, UnsafeKey
-from parallelrun.core.partitions import frame_groups
-from parallelrun.pipeline import lifecycle
+from parallelrun.core.errors import UnsafeKey
+from parallelrun.core.failures import Failure, failure_line
+from parallelrun.pipeline import isolation, lifecycle
 from parallelrun.scoring import runner
-from parallelrun.scoring.runner import AttemptFailed, Failure
-from parallelrun.store import jobs, registry, reuse
+from parallelrun.scoring.runner import AttemptFailed
+from parallelrun.store import jobs, reuse
 
 log = logging.getLogger("parallelrun.pipeline.worker")
 FETCH_THREADS = 16
@@ -120,9 +119,20 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
     spec = InputSpec.from_uri(job.input_uri)
     planned = items
     items, unsafe = refuse_unsafe(spec, items)
-    if not items:  # nothing left to fetch or run
-        record = write_results(cfg, job.job_id, index, len(unsafe), attempt, [], unsafe, len(unsafe), worker, started)
-        return dataclasses.replace(record, fingerprint=reuse.fingerprint(job.deployment, job.settings, planned))
+    scored, read = isolation.Scored(), 0
+    if items:  # else nothing is left to fetch or run
+        scored, read = score(cfg, job, index, items, attempt, deadline, partition, spec)
+    return write_results(cfg, AttemptResults(
+        job_id=job.job_id, index=index, attempt=attempt, worker=worker, started=started,
+        inputs=max(read, scored.unscored) + len(unsafe), rows=scored.rows, failed=scored.failed + unsafe,
+        failed_count=scored.unscored + len(unsafe), header=scored.header,
+        fingerprint=reuse.fingerprint(job.deployment, job.settings, planned)))
+
+
+def score(cfg: StackConfig, job: jobs.Job, index: int, items: list, attempt: int, deadline: float,
+          partition: dict[str, str] | None, spec: InputSpec) -> tuple[isolation.Scored, int]:
+    """Run the script over the mini-batch's inputs; what it scored, and how many inputs were read
+    (a table's in records). Raises :class:`Retry` while attempts remain."""
     folder = safepath.inside(safepath.INPUTS, f"{job.job_id}/{index}.{attempt}", "job")
     capture = runner.LogCapture()
     logging.getLogger().addHandler(capture)
@@ -130,45 +140,32 @@ def run_batch(cfg: StackConfig, job: jobs.Job, index: int, items: list[InputFile
     try:
         context = runner.MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt,
                                            input_files=[f"s3://{spec.bucket}/{item.key}" for item in items])
-        timeout = job.settings.run_invocation_timeout
-        mini_batch, readable, unreadable, header, parts = None, len(items), [], None, []
+        mini_batch, readable, unreadable, slices = None, len(items), [], []
         try:
             mini_batch, readable, unreadable = load_inputs(spec, items, folder, job.settings.csv_options)
             faults.point("before_run")
             faults.point("during_run")
-            parts = partitions_of(job, items, mini_batch, partition)
-            scored = score_partitions(cfg, job, host, parts, context, deadline)
-            capture.lines += scored.log_lines
-            rows, header = scored.rows, scored.header
-            failed = short_results(items, readable - scored.unscored, len(rows), spec) + unreadable + scored.failed
-            failed_count = len(failed) - len(scored.failed) + scored.unscored
+            slices = isolation.slices_of(job, items, mini_batch, partition)
+            scored = isolation.score_partitions(cfg, job, host, slices, context, deadline)
+            short = isolation.short_results(items, readable - scored.unscored, len(scored.rows), spec)
+            scored.failed, scored.unscored = short + unreadable + scored.failed, scored.unscored + len(short)
         except AttemptFailed as error:
             capture.lines += error.log_lines
             logs.event(log, "attempt failed", level=logging.WARNING, attempt=attempt,
                        error_type=error.failure.error_type, error=error.failure.message)
             if attempt < job.settings.run_max_try:
                 raise Retry() from error
-            if job.settings.isolate_failures and len(items) > 1:
-                rows, failed = isolate(host, items, mini_batch, context, timeout, deadline, error.failure, capture)
-                failed_count = len(failed)
-            elif job.settings.isolate_failures and len(parts) > 1:
-                scored = isolate_partitions(cfg, job, host, parts, context, deadline)
-                capture.lines += scored.log_lines
-                rows, header, failed = scored.rows, scored.header, scored.failed + unreadable
-                failed_count = scored.unscored + len(unreadable)
-            else:
-                rows, failed = [], [(item, error.failure) for item in items] + unreadable
-                failed_count = (readable if job.settings.input_type == "tabular" else len(items)) + len(unreadable)
+            scored = isolation.last_attempt(cfg, job, host, items, mini_batch, slices, context, deadline,
+                                            error.failure, readable, capture.lines)
+            scored.failed += unreadable
+        scored.unscored += len(unreadable)
+        capture.lines += scored.log_lines
     finally:
         collect_entry_dirs(cfg, job, host)
         logging.getLogger().removeHandler(capture)
         shutil.rmtree(folder, ignore_errors=True)  # /tmp is small on Lambda
         _write_log(cfg, job.job_id, index, attempt, capture.lines)
-    inputs = max(readable + len(unreadable), failed_count) + len(unsafe)
-    record = write_results(cfg, job.job_id, index, inputs, attempt, rows, failed + unsafe, failed_count + len(unsafe),
-                           worker, started)
-    return dataclasses.replace(record, header=header,
-                               fingerprint=reuse.fingerprint(job.deployment, job.settings, planned))
+    return scored, readable + len(unreadable)
 
 
 def refuse_unsafe(spec: InputSpec, items: list) -> tuple[list, list[tuple[Any, Failure]]]:
@@ -186,113 +183,6 @@ def refuse_unsafe(spec: InputSpec, items: list) -> tuple[list, list[tuple[Any, F
         except UnsafeKey as error:
             refused.append((item, Failure("UnsafeKey", str(error))))
     return safe, refused
-
-
-@dataclass
-class Part:
-    """The inputs of one partition within a mini-batch: one run() call."""
-
-    partition: dict[str, Any] | None
-    mini_batch: Any  # local paths, or a DataFrame
-    items: list  # the files (or the one table piece) these inputs come from
-    count: int  # inputs: files, or records
-    positions: list[int] | None = None  # a table's rows: where each sits in the piece
-
-
-@dataclass
-class Scored:
-    rows: results.Rows = field(default_factory=list)
-    header: str | None = None
-    failed: list[tuple[Any, Failure]] = field(default_factory=list)  # inputs no run() was given
-    unscored: int = 0  # how many inputs those failure lines stand for (a table's lines stand for rows)
-    log_lines: list[str] = field(default_factory=list)
-
-
-def partitions_of(job: jobs.Job, items: list, mini_batch: Any, partition: dict[str, str] | None) -> list[Part]:
-    """The mini-batch's run() calls: one, or with ``partition_keys`` on a table one per distinct
-    value of the key columns (a file mini-batch was planned as one partition already)."""
-    keys = job.settings.partition_keys
-    if job.settings.input_type != "tabular" or not keys:
-        count = len(mini_batch) if job.settings.input_type == "tabular" else len(items)
-        return [Part(partition if keys else {}, mini_batch, items, count)]
-    try:
-        groups = frame_groups(mini_batch, keys)
-    except KeyError as error:
-        raise AttemptFailed(Failure("PartitionKeyMissing", str(error.args[0]))) from error
-    return [Part(value, rows.reset_index(drop=True), items, len(rows), list(rows.index)) for value, rows in groups]
-
-
-def score_partitions(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost, parts: list[Part],
-                     context: runner.MiniBatchContext, deadline: float) -> Scored:
-    """run() once per partition, with that partition's model when the deployment picks one per
-    partition. A partition with no model (or a file outside ``partition_format``) fails its own
-    inputs at once, not the mini-batch; any run() that fails fails the attempt."""
-    scored, placed = Scored(), []
-    selector = registry.ModelSelector(job.deployment["model_name"]) if registry.is_per_partition(
-        job.deployment["model_name"]) else None
-    for part in parts:
-        if job.settings.partition_keys and part.partition is None:
-            reason = f"its path does not match partition_format {job.settings.partition_format}"
-            scored.failed += [(item, Failure("PartitionMismatch", reason)) for item in part.items]
-            scored.unscored += part.count
-            continue
-        context.partition_key_value = dict(part.partition or {})
-        if selector is not None:
-            try:
-                model = selector.resolve(cfg, part.partition)
-            except NotFoundError as error:
-                scored.failed += [(item, Failure("NoModelForPartition", str(error))) for item in part.items]
-                scored.unscored += part.count
-                continue
-            context.model_name, context.model_version = model.name, model.version
-            try:
-                context.model_path = registry.partition_model_path(cfg, model, job.settings.model_cache_bytes)
-            except IntegrityError as error:  # a changed copy on disk: this attempt fails, the next fetches it again
-                raise AttemptFailed(Failure.from_exception(error)) from error
-        outcome = host.run(part.mini_batch, context, job.settings.run_invocation_timeout, deadline)
-        scored.log_lines += outcome.log_lines
-        scored.header = scored.header or outcome.header
-        placed.append((part, outcome.rows))
-    scored.rows = in_input_order(placed)
-    return scored
-
-
-def isolate_partitions(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost, parts: list[Part],
-                       context: runner.MiniBatchContext, deadline: float) -> Scored:
-    """After a table's last attempt: each partition alone, so only the partitions whose run()
-    fails lose their rows."""
-    isolated, placed, spec = Scored(), [], InputSpec.from_uri(job.input_uri)
-    for part in parts:
-        try:
-            scored = score_partitions(cfg, job, host, [part], context, deadline)
-        except AttemptFailed as error:
-            isolated.log_lines += error.log_lines
-            failure = dataclasses.replace(error.failure, message=f"partition {part.partition}: {error.failure.message}")
-            isolated.failed += [(item, failure) for item in part.items]
-            isolated.unscored += part.count
-            continue
-        isolated.log_lines += scored.log_lines
-        isolated.header = isolated.header or scored.header
-        isolated.failed += scored.failed
-        isolated.unscored += scored.unscored
-        short = short_results(part.items, part.count - scored.unscored, len(scored.rows), spec)
-        isolated.failed += short
-        isolated.unscored += len(short)
-        placed.append((part, scored.rows))
-    isolated.rows = in_input_order(placed)
-    logs.event(log, "isolated the failed mini-batch's partitions", partitions=len(parts),
-               failed=len(parts) - len(placed))
-    return isolated
-
-
-def in_input_order(placed: list[tuple[Part, results.Rows]]) -> results.Rows:
-    """Rows back in the order of the inputs they came from when every partition returned one
-    row per input; otherwise partition by partition (which row belongs where is unknown)."""
-    joined = results.concat([rows for _, rows in placed])
-    if all(part.positions is not None and len(rows) == len(part.positions) for part, rows in placed) and placed:
-        positions = [position for part, _ in placed for position in part.positions]
-        return results.take(joined, sorted(range(len(positions)), key=positions.__getitem__))
-    return joined
 
 
 def load_inputs(spec: InputSpec, items: list, folder: Path,
@@ -313,71 +203,40 @@ def load_inputs(spec: InputSpec, items: list, folder: Path,
     return frame, len(frame), [(piece, Failure("MalformedRow", f"{piece.describe()}, {text}")) for text in bad]
 
 
-def short_results(items: list, inputs: int, returned: int, spec: InputSpec) -> list[tuple[Any, Failure]]:
-    """``run()`` returned fewer results than inputs: that many inputs failed, which ones unknown."""
-    missing = inputs - returned
-    if missing <= 0:
-        return []
-    failure = Failure("MissingResults", f"run() returned {returned} results for {inputs} inputs "
-                                        f"({relative_name(items[0].key, spec.prefix)} .. "
-                                        f"{relative_name(items[-1].key, spec.prefix)}): return one per input")
-    return [(None, failure)] * missing
+@dataclass
+class AttemptResults:
+    """What one attempt at a mini-batch produced, to write and record."""
+
+    job_id: str
+    index: int
+    attempt: int
+    worker: str
+    started: float
+    inputs: int  # files, or a table's records
+    rows: results.Rows
+    failed: list[tuple[Any, Failure]]  # the failure lines' inputs and why
+    failed_count: int  # the inputs those lines stand for
+    header: str | None = None
+    fingerprint: str | None = None
 
 
-def isolate(host: runner.ScoringHost, items: list[InputFile], paths: list[str], context: runner.MiniBatchContext,
-            timeout: float, deadline: float, batch_failure: Failure,
-            capture: runner.LogCapture) -> tuple[results.Rows, list[tuple[InputFile | None, Failure]]]:
-    """Run each input alone: keep the rows of those that succeed, fail only those that fail alone."""
-    rows: results.Rows = []
-    failed: list[tuple[InputFile | None, Failure]] = []
-    for item, path in zip(items, paths):
-        if time.time() + timeout > deadline:
-            failed.append((item, Failure(batch_failure.error_type, "not run alone: the invocation ran out of time; "
-                                         f"the mini-batch failed with: {batch_failure.message}",
-                                         batch_failure.traceback)))
-            continue
-        try:
-            outcome = host.run([path], context, timeout, deadline)
-        except AttemptFailed as error:
-            capture.lines += error.log_lines
-            failed.append((item, error.failure))
-            continue
-        capture.lines += outcome.log_lines
-        rows = results.concat([rows, outcome.rows])
-        if not len(outcome.rows):
-            failed.append((item, Failure("MissingResults", "run() returned no result for this input alone")))
-    logs.event(log, "isolated the failed mini-batch's inputs", inputs=len(items), failed=len(failed))
-    return rows, failed
-
-
-def write_results(cfg: StackConfig, job_id: str, index: int, inputs: int, attempt: int, rows: results.Rows,
-                  failed: list[tuple[Any, Failure]], failed_count: int, worker: str,
-                  started: float) -> jobs.BatchRecord:
+def write_results(cfg: StackConfig, done: AttemptResults, client: Any = None) -> jobs.BatchRecord:
     """Write the part and the failure lines under keys naming the attempt; the batch's record."""
     part = failures = None
-    if len(rows):
-        part = jobs.part_key(job_id, index, attempt, results.suffix(rows))
-        s3.put(cfg.artifacts_bucket, part, results.encode(rows))
-    if failed:
-        failures = jobs.failures_key(job_id, index, attempt)
-        lines = [failure_line(item, index, attempt, failure, worker) for item, failure in failed]
-        s3.put(cfg.artifacts_bucket, failures, "".join(lines).encode())
-    items_failed = min(failed_count, inputs)
+    if len(done.rows):
+        part = jobs.part_key(done.job_id, done.index, done.attempt, results.suffix(done.rows))
+        s3.put(cfg.artifacts_bucket, part, results.encode(done.rows), client)
+    if done.failed:
+        failures = jobs.failures_key(done.job_id, done.index, done.attempt)
+        lines = [failure_line(item, done.index, done.attempt, failure, done.worker) for item, failure in done.failed]
+        s3.put(cfg.artifacts_bucket, failures, "".join(lines).encode(), client)
+    inputs, items_failed = done.inputs, min(done.failed_count, done.inputs)
     return jobs.BatchRecord(
-        index=index, status=jobs.FAILED if items_failed == inputs and inputs else jobs.SUCCEEDED, items=inputs,
-        items_succeeded=inputs - items_failed, items_failed=items_failed, attempt=attempt, part_key=part,
-        failures_key=failures, rows=len(rows), worker=worker, duration=time.time() - started,
+        index=done.index, status=jobs.FAILED if items_failed == inputs and inputs else jobs.SUCCEEDED, items=inputs,
+        items_succeeded=inputs - items_failed, items_failed=items_failed, attempt=done.attempt, part_key=part,
+        failures_key=failures, rows=len(done.rows), worker=done.worker, duration=time.time() - done.started,
+        header=done.header, fingerprint=done.fingerprint,
     )
-
-
-def failure_line(item: InputFile | TablePiece | None, index: int, attempts: int, failure: Failure, worker: str) -> str:
-    """One line of ``failures.jsonl``: what failed (a file, or a table's range), where, how often, and why."""
-    where = {"range": item.describe()} if isinstance(item, TablePiece) else {}
-    return json.dumps({
-        "input": item.key if item is not None else None, **where, "minibatch": index, "attempts": attempts,
-        "error_type": failure.error_type, "message": failure.message, "traceback": list(failure.traceback),
-        "worker": worker,
-    }) + "\n"
 
 
 def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:

@@ -25,7 +25,6 @@ import re
 import shutil
 import sys
 import time
-import traceback
 import zipfile
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -37,11 +36,11 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, results, safepath
 from parallelrun.core import settings as settings_module
 from parallelrun.core.errors import IntegrityError, ScoringScriptError
+from parallelrun.core.failures import Failure
 from parallelrun.core.settings import RunSettings
 from parallelrun.scoring import azure, credentials, loaded
 from parallelrun.store import registry
 
-TRACEBACK_LINES = 12
 INIT_WAIT_LIMIT = 900  # seconds: no invocation lasts longer (Lambda's limit)
 
 
@@ -62,20 +61,6 @@ class MiniBatchContext:
 
     def __getitem__(self, name: str) -> Any:
         return getattr(self, name)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why an attempt failed, as ``failures.jsonl`` reports it."""
-
-    error_type: str
-    message: str
-    traceback: tuple[str, ...] = ()
-
-    @classmethod
-    def from_exception(cls, error: BaseException) -> Failure:
-        lines = "".join(traceback.format_exception(error)).rstrip().splitlines()
-        return cls(type(error).__name__, str(error), tuple(lines[-TRACEBACK_LINES:]))
 
 
 class AttemptFailed(Exception):
