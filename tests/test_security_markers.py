@@ -16,7 +16,7 @@ from parallelrun.aws import s3, sqs
 from parallelrun.client.api import Client
 from parallelrun.client.cli import main, status_lines
 from parallelrun.core.errors import ConflictError, SettingsError
-from parallelrun.pipeline import aggregator, planner, submit
+from parallelrun.pipeline import aggregator, markers, submit
 from parallelrun.store import jobs
 from tests.conftest import marker_event, put_files, read_output
 from tests.test_pipeline import echo
@@ -69,12 +69,12 @@ def test_a_marker_over_64_kib_is_a_failed_job_and_is_not_read(stack, endpoint, m
     body = b'{"mini_batch_size": 1}' + b" " * (1024 * 1024)  # valid JSON, but a megabyte of it
     job = drop(stack, endpoint, "huge", body)
     assert_failed_saying(job, f"has {len(body)} bytes", "at most 65536 bytes (64 KiB)")
-    assert sum(read) <= planner.MAX_MARKER_BYTES + 1
+    assert sum(read) <= markers.MAX_MARKER_BYTES + 1
 
 
 def test_a_marker_of_exactly_64_kib_is_read(stack, endpoint):
     body = b'{"mini_batch_size": 1}'
-    job = drop(stack, endpoint, "edge", body + b" " * (planner.MAX_MARKER_BYTES - len(body)))
+    job = drop(stack, endpoint, "edge", body + b" " * (markers.MAX_MARKER_BYTES - len(body)))
     assert job.state != jobs.FAILED, job.reason
     assert job.settings.mini_batch_size == "1"
 

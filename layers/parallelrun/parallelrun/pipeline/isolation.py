@@ -61,7 +61,8 @@ def slices_of(job: jobs.Job, items: list, mini_batch: Any, partition: dict[str, 
         groups = frame_groups(mini_batch, keys)
     except KeyError as error:
         raise AttemptFailed(Failure("PartitionKeyMissing", str(error.args[0]))) from error
-    return [PartitionSlice(value, rows.reset_index(drop=True), items, len(rows), list(rows.index)) for value, rows in groups]
+    return [PartitionSlice(value, rows.reset_index(drop=True), items, len(rows), list(rows.index))
+            for value, rows in groups]
 
 
 def score_partitions(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost, slices: list[PartitionSlice],
@@ -109,7 +110,8 @@ def isolate_partitions(cfg: StackConfig, job: jobs.Job, host: runner.ScoringHost
             scored = score_partitions(cfg, job, host, [part_slice], context, deadline)
         except AttemptFailed as error:
             isolated.log_lines += error.log_lines
-            failure = dataclasses.replace(error.failure, message=f"partition {part_slice.partition}: {error.failure.message}")
+            failure = dataclasses.replace(error.failure,
+                                          message=f"partition {part_slice.partition}: {error.failure.message}")
             isolated.failed += [(item, failure) for item in part_slice.items]
             isolated.unscored += part_slice.count
             continue
@@ -131,7 +133,8 @@ def in_input_order(placed: list[tuple[PartitionSlice, results.Rows]]) -> results
     """Rows back in the order of the inputs they came from when every partition returned one
     row per input; otherwise partition by partition (which row belongs where is unknown)."""
     joined = results.concat([rows for _, rows in placed])
-    if all(part_slice.positions is not None and len(rows) == len(part_slice.positions) for part_slice, rows in placed) and placed:
+    if placed and all(part_slice.positions is not None and len(rows) == len(part_slice.positions)
+                      for part_slice, rows in placed):
         positions = [position for part_slice, _ in placed for position in part_slice.positions]
         return results.take(joined, sorted(range(len(positions)), key=positions.__getitem__))
     return joined

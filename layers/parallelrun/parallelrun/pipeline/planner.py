@@ -10,7 +10,7 @@ message (mini-batch ids are deterministic, so re-sent batches are harmless dupli
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -21,15 +21,13 @@ from typing import Any
 from parallelrun import aws
 from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import datasets, logs, partitions, usage
-from parallelrun.core.datasets import InputFile, InputSpec, TablePiece
-from parallelrun.core.errors import ConflictError, InputError, ParallelRunError, SettingsError
+from parallelrun.core import datasets, logs, planning, usage
+from parallelrun.core.datasets import InputFile, InputSpec
+from parallelrun.core.errors import ConflictError, ParallelRunError
 from parallelrun.pipeline import aggregator, lifecycle, markers, schedules, submit
 from parallelrun.store import endpoints, jobs, registry, reuse, scored
 
 log = logging.getLogger("parallelrun.pipeline.planner")
-MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
-MAX_MARKER_NESTING = 2  # the settings object, and a list or object as one setting's value
 PLAN_CHUNK = 500  # mini-batches per plan object: a tick reads only the chunks it sends from
 # A continuation seen before its sender recorded the cursor waits; after this long the sender
 # is taken for dead and the continuation takes its tick over.
@@ -66,80 +64,13 @@ def handle_record(cfg: StackConfig, record: dict[str, Any], context: Any = None)
 
 
 def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> str | None:
-    """A ``_READY`` marker landed: start a job on its folder, with the marker's JSON overrides.
+    """A ``_READY`` marker landed: start the job it names (see :func:`markers.drop_job`).
     Returns the job's id (None for a marker that starts no job)."""
-    target = markers.marker_job(bucket, key, version)
-    if target is None:
-        log.warning("ignored a marker outside <endpoint>/<folder>/", extra={"fields": {"key": key}})
-        return None
-    job_id, endpoint, input_uri = target
-    with logs.context(job_id):
-        if jobs.find(cfg, job_id) is None:
-            try:
-                overrides = _marker_overrides(bucket, key)
-                deployment = overrides.pop("deployment", None)
-                if deployment is not None and not (isinstance(deployment, str) and len(deployment) <= 63):
-                    raise SettingsError("deployment", deployment, "the name of one of the endpoint's deployments")
-                job = submit.prepare(cfg, endpoint, input_uri, overrides, deployment, job_id, "drop")
-            except ParallelRunError as error:
-                job = markers.failed_drop_job(job_id, endpoint, input_uri, str(error))
-            try:
-                jobs.create(cfg, job)
-            except ConflictError:
-                pass  # a retried notification: the job exists, carry on with it
-            log.info("job from drop folder", extra={"fields": {"folder": input_uri}})
-        start_job(cfg, job_id)
+    job_id = markers.drop_job(cfg, bucket, key, version)
+    if job_id is not None:
+        with logs.context(job_id):
+            start_job(cfg, job_id)
     return job_id
-
-
-def _marker_overrides(bucket: str, key: str) -> dict[str, Any]:
-    """The settings in a marker's body; anyone who can write to the input bucket writes it, so
-    each way it can be wrong is an InputError (the job's FAILED reason), never a crash that
-    would lose the drop."""
-    where = f"marker s3://{bucket}/{key}"
-    try:
-        size, opened = s3.open_object(bucket, key)
-    except s3.ClientError as error:
-        code = s3.error_code(error)
-        if code not in ("NoSuchKey", "AccessDenied"):
-            raise  # transient: S3 invokes the planner again
-        raise InputError(f"{where} cannot be read ({code})") from None
-    with contextlib.closing(opened) as stream:
-        # Never read whole: the size comes first, and the read stops one byte past the limit.
-        body = b"" if size > MAX_MARKER_BYTES else stream.read(MAX_MARKER_BYTES + 1)
-    if size > MAX_MARKER_BYTES or len(body) > MAX_MARKER_BYTES:
-        raise InputError(f"{where} has {size} bytes: a marker's body is a JSON object of "
-                         f"settings of at most {MAX_MARKER_BYTES} bytes (64 KiB)")
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise InputError(f"{where} is not UTF-8 text (byte {error.start} is {body[error.start:error.start + 1]!r}): "
-                         "write its settings as a UTF-8 JSON object") from None
-    if not text.strip():
-        return {}
-    try:
-        overrides = json.loads(text)
-    except RecursionError:
-        overrides = None  # nested past the interpreter's limit: refused as too deep below
-    except ValueError as error:
-        raise InputError(f"{where} is not a JSON object of settings: {error}") from None
-    if overrides is None or _nesting(overrides) > MAX_MARKER_NESTING:
-        raise InputError(f"{where} nests JSON too deeply: a setting's value is a string, number, boolean, null, or "
-                         "a list or object of those")
-    if not isinstance(overrides, dict):
-        raise InputError(f"{where} must hold a JSON object of settings, not a JSON {type(overrides).__name__}")
-    return overrides
-
-
-def _nesting(value: Any) -> int:
-    """How deeply lists and objects nest in ``value`` (a scalar: 0); no recursion, whatever the depth."""
-    deepest, pending = 0, [(value, 1)]
-    while pending:
-        item, level = pending.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, level)
-            pending.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def start_job(cfg: StackConfig, job_id: str) -> None:
@@ -202,9 +133,10 @@ def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
     total_batches = total_items = 0
     chunk: list[list[list]] = []
     prints = []
-    for batch, partition in plan_batches(cfg, job, spec):
+    for batch, partition in planning.plan_batches(_unscored_inputs(cfg, job, spec), spec.prefix, job.settings,
+                                                  functools.partial(aws.range_reader, spec.bucket)):
         prints.append(reuse.fingerprint(job.deployment, job.settings, batch))
-        chunk.append(plan_entry(batch, partition, bool(job.settings.partition_keys)))
+        chunk.append(planning.plan_entry(batch, partition, bool(job.settings.partition_keys)))
         total_batches += 1
         total_items += len(batch)
         if len(chunk) == PLAN_CHUNK:
@@ -215,37 +147,10 @@ def write_plan(cfg: StackConfig, job: jobs.Job) -> tuple[int, int, str]:
     return total_batches, total_items, reuse.job_fingerprint(prints)
 
 
-Planned = tuple[list[InputFile] | list[TablePiece], dict[str, str] | None]
-
-
-def plan_batches(cfg: StackConfig, job: jobs.Job, spec: InputSpec) -> Iterator[Planned]:
-    """The job's mini-batches and their partitions: files by count (one partition each when
-    ``partition_format`` is set), or tables by byte size (a mini-batch never crosses a file; a
-    big file is split into pieces; column partitions are found by the worker, which reads them).
-    A schedule's run plans only the inputs its earlier runs have not scored."""
+def _unscored_inputs(cfg: StackConfig, job: jobs.Job, spec: InputSpec) -> Iterator[InputFile]:
+    """The job's inputs, listed; a schedule's run plans only those its earlier runs have not scored."""
     files = datasets.list_files(spec)
-    if job.schedule:
-        files = scored.unscored(cfg, job.schedule, files)
-    s = job.settings
-    if s.input_type != "tabular":
-        if s.partition_format:
-            yield from partitions.file_batches(files, spec.prefix, partitions.PathPattern(s.partition_format),
-                                               s.partition_keys, s.files_per_batch)
-        else:
-            yield from ((batch, None) for batch in datasets.batches(files, s.files_per_batch))
-        return
-    from parallelrun.core import tabular  # pyarrow: only a tabular job pays for importing it
-
-    for item in files:
-        for piece in tabular.plan_file(aws.range_reader(spec.bucket, item.key), item, s.input_format,
-                                       s.bytes_per_batch, s.csv_options):
-            yield [piece], None
-
-
-def plan_entry(items: list, partition: dict[str, str] | None, partitioned: bool) -> list | dict:
-    """A mini-batch as the plan stores it: its items, with its partition in a partitioned job."""
-    listed = [item.to_json() for item in items]
-    return {"partition": partition, "items": listed} if partitioned else listed
+    return scored.unscored(cfg, job.schedule, files) if job.schedule else files
 
 
 def _put_chunk(s3: Any, cfg: StackConfig, job_id: str, number: int, chunk: list) -> None:
@@ -268,12 +173,6 @@ def read_plan(cfg: StackConfig, job_id: str, start: int, end: int) -> Iterator[E
                 yield index, [datasets.item_from_json(item) for item in listed], partition
 
 
-def window_end(job: jobs.Job, window: int) -> int:
-    """How far the cursor may move now: in-flight mini-batches stay within the window."""
-    in_flight = job.cursor - job.batches_done
-    return min(job.total_batches or 0, job.cursor + max(0, window - in_flight))
-
-
 def tick(cfg: StackConfig, message: sqs.Tick) -> None:
     """Top the job's window up, schedule the next tick, then record the cursor (see module doc)."""
     job = jobs.get(cfg, message.job_id)
@@ -287,7 +186,7 @@ def tick(cfg: StackConfig, message: sqs.Tick) -> None:
         number, token = job.planner_tick, job.planner_token
     elif (number, token) != (job.planner_tick, job.planner_token):
         return  # an old or duplicate continuation
-    end = window_end(job, job.settings.window(cfg.limits))
+    end = planning.window_end(job.cursor, job.batches_done, job.total_batches or 0, job.settings.window(cfg.limits))
     if end > job.cursor:
         # Kept before the mini-batches go out: the job may be over before this invocation is.
         jobs.keep_usage(cfg, job.job_id)
