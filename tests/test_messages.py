@@ -4,6 +4,7 @@ functions run: pure, with a stand-in for the SQS client."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -134,7 +135,18 @@ def handled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return []
 
 
-def test_the_loop_reports_only_the_records_that_failed(handled, capsys):
+class Collected(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_the_loop_reports_only_the_records_that_failed(handled):
+    collected = Collected()
+    logging.getLogger("parallelrun.aws.sqs").addHandler(collected)
     def handle(cfg: Any, record: dict[str, Any], context: Any) -> None:
         handled.append((cfg, record["body"], context))
         if record["body"] == "b":
@@ -142,12 +154,14 @@ def test_the_loop_reports_only_the_records_that_failed(handled, capsys):
         if record["body"] == "c":
             raise RuntimeError("broken")
 
-    response = sqs.handle_records(_records("a", "b", "c", "d"), "ctx", "worker", handle, report_failures=True,
-                                  expected=(Expected,), failed="it failed")
+    try:
+        response = sqs.handle_records(_records("a", "b", "c", "d"), "ctx", "worker", handle, report_failures=True,
+                                      expected=(Expected,), failed="it failed")
+    finally:
+        logging.getLogger("parallelrun.aws.sqs").removeHandler(collected)
     assert response == {"batchItemFailures": [{"itemIdentifier": "b"}, {"itemIdentifier": "c"}]}
     assert handled == [("cfg", body, "ctx") for body in "abcd"]  # a failure stops no other record
-    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
-    assert [line["message"] for line in logged if line["level"] == "ERROR"] == ["it failed"]  # c, not b
+    assert [(r.getMessage(), r.exc_info[0]) for r in collected.records] == [("it failed", RuntimeError)]  # c, not b
 
 
 def test_without_reported_failures_a_failure_raises(handled):
