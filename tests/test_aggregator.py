@@ -1,63 +1,6 @@
-"""The aggregator's parts that stand alone: the streamed writer and the final verdict."""
+"""The aggregator's parts that stand alone: the fetch-ahead."""
 
 from __future__ import annotations
-
-import pytest
-
-from parallelrun import aws
-from parallelrun.core.settings import RunSettings
-from parallelrun.pipeline import aggregator
-from parallelrun.store import jobs
-
-
-def test_stream_writer_uses_multipart_and_bounded_memory(stack):
-    bucket = stack.cfg.artifacts_bucket
-    writer = aggregator.S3StreamWriter(bucket, "bench/big.txt", part_size=5 * 1024 * 1024)
-    chunk = b"x" * (256 * 1024)
-    buffered = []
-    for i in range(48):  # 12 MiB in 256 KiB writes
-        writer.write(bytes([65 + i % 26]) + chunk[1:])
-        buffered.append(len(writer.buffer))
-    writer.close()
-    assert len(writer.parts) == 3  # 5 MiB + 5 MiB + 2 MiB
-    # What the writer holds never passes one part (in-process moto's own copy of the object
-    # would swamp a tracemalloc reading, so the writer's buffer is what is measured).
-    assert max(buffered) < 5 * 1024 * 1024
-    body = aws.client("s3").get_object(Bucket=bucket, Key="bench/big.txt")["Body"].read()
-    assert len(body) == 12 * 1024 * 1024
-    assert [body[i * len(chunk)] for i in range(48)] == [65 + i % 26 for i in range(48)]
-
-
-def test_stream_writer_small_output_is_one_put(stack):
-    writer = aggregator.S3StreamWriter(stack.cfg.artifacts_bucket, "bench/small.txt")
-    writer.write(b"a\n")
-    writer.write(b"b\n")
-    writer.close()
-    assert writer.upload_id is None
-    assert aws.client("s3").get_object(Bucket=stack.cfg.artifacts_bucket, Key="bench/small.txt")["Body"].read() == b"a\nb\n"
-
-
-def _job(**settings) -> jobs.JobRecord:
-    return jobs.JobRecord(job_id="j", endpoint="e", deployment={}, settings=RunSettings(**settings), input_uri="s3://b/p/",
-                    output_uri="s3://b/o/", total_batches=10, total_items=100)
-
-
-@pytest.mark.parametrize("settings, counts, state, phrase", [
-    ({}, dict(items_failed=50, batches_failed=5), jobs.SUCCEEDED, ""),
-    ({"error_threshold": 2}, dict(items_failed=2), jobs.SUCCEEDED, ""),
-    ({"error_threshold": 2}, dict(items_failed=3), jobs.FAILED, "error_threshold: 3 inputs failed"),
-    ({"allowed_failed_count": 1}, dict(batches_failed=2), jobs.FAILED, "allowed_failed_count: 2 mini-batches"),
-    ({"allowed_failed_percent": 10.0}, dict(batches_failed=1), jobs.SUCCEEDED, ""),
-    ({"allowed_failed_percent": 10.0}, dict(batches_failed=2), jobs.FAILED, "allowed_failed_percent: 20.0%"),
-])
-def test_judge(settings, counts, state, phrase):
-    job = _job(**settings)
-    for name, value in counts.items():
-        setattr(job, name, value)
-    verdict, reason = aggregator.judge(job)
-    assert verdict == state
-    assert phrase in reason and (bool(reason) == (state == jobs.FAILED))
-
 
 def test_parts_are_fetched_ahead_in_order_and_bounded():
     import random

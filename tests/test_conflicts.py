@@ -17,7 +17,7 @@ from parallelrun.aws import dynamo
 from parallelrun.client.api import Client
 from parallelrun.core.settings import RunSettings
 from parallelrun.local import conflicts
-from parallelrun.pipeline import aggregator
+from parallelrun.pipeline import lifecycle
 from parallelrun.store import batches, endpoints, jobs, keys
 from tests.conftest import put_files, read_output
 from tests.test_failures import script
@@ -182,14 +182,14 @@ def test_a_shard_not_yet_complete_costs_one_read(stack, calls_of, few_shards):
     job = _planned_job(stack, "one-read", 6)  # shards 0, 1, 2 hold mini-batches (0, 3), (1, 4), (2, 5)
     gets, queries = calls_of("GetItem"), calls_of("Query")
     batches.commit_batch(stack.cfg, job.job_id, _record(0))
-    aggregator.check_shard(stack.cfg, job, 0)
+    lifecycle.batch_recorded(stack.cfg, job, 0)
     assert (len(gets), len(queries)) == (1, 0)  # shard 0 is not complete: nothing else is read
     batches.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
-    aggregator.check_shard(stack.cfg, job, 1)
+    lifecycle.batch_recorded(stack.cfg, job, 1)
     assert len(queries) == 0  # a failure, but the job has no threshold to cross
     for index in (2, 3, 4, 5):
         batches.commit_batch(stack.cfg, job.job_id, _record(index))
-        aggregator.check_shard(stack.cfg, job, index)
+        lifecycle.batch_recorded(stack.cfg, job, index)
     assert len(queries) == 3  # each shard's last mini-batch read the job; the last one found it complete
     assert jobs.get(stack.cfg, job.job_id).complete
 
@@ -198,10 +198,10 @@ def test_a_failure_in_a_job_with_a_threshold_checks_the_job(stack, calls_of, few
     job = _planned_job(stack, "threshold", 9, RunSettings(error_threshold=1))
     queries = calls_of("Query")
     batches.commit_batch(stack.cfg, job.job_id, _record(0, items_failed=1))
-    aggregator.check_shard(stack.cfg, job, 0)
+    lifecycle.batch_recorded(stack.cfg, job, 0)
     assert len(queries) == 1 and jobs.get(stack.cfg, job.job_id).state == jobs.RUNNING  # 1 failed: allowed
     batches.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
-    aggregator.check_shard(stack.cfg, job, 1)
+    lifecycle.batch_recorded(stack.cfg, job, 1)
     assert jobs.get(stack.cfg, job.job_id).state == jobs.FINALIZING  # 2 failed, over the threshold: stopped
 
 

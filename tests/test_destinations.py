@@ -12,7 +12,7 @@ import pytest
 
 from parallelrun import aws
 from parallelrun.local import destinations, functions
-from parallelrun.pipeline import failure_recorder, markers, planner
+from parallelrun.pipeline import markers, planner
 from parallelrun.store import jobs
 from tests.conftest import marker_event
 

@@ -216,7 +216,7 @@ def dead_letters(audited, client: Client, tmp_path: Path, ended: jobs.JobRecord)
         time.sleep(0.2)  # until its mini-batch is sent
     [(index, items, partition)] = plan.read(client.cfg, job.job_id, 0, 1)
     message = planner.batch_message(jobs.get(client.cfg, job.job_id), index, items, partition)
-    sqs.send_message(QueueUrl=queues["BatchDeadLetterQueue"], MessageBody=json.dumps(message))
+    sqs.send_message(QueueUrl=queues["BatchDeadLetterQueue"], MessageBody=message.body())
     sqs.send_message(QueueUrl=queues["PlannerDeadLetterQueue"], MessageBody=json.dumps(
         {"action": "tick", "job_id": ended.job_id, "tick": 0, "token": "start", "since": 0}))
     sqs.send_message(QueueUrl=queues["FinalizeDeadLetterQueue"], MessageBody=json.dumps({"job_id": ended.job_id}))

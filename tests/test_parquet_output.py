@@ -18,7 +18,7 @@ from parallelrun.core import results
 from parallelrun.core.errors import ScoringScriptError
 from parallelrun.core.settings import RunSettings, resolve
 from parallelrun.pipeline import aggregator
-from parallelrun.pipeline.worker import Part, in_input_order
+from parallelrun.pipeline.isolation import PartitionSlice, in_input_order
 from parallelrun.scoring.child import to_rows
 from parallelrun.store import batches, jobs, keys
 from tests.test_pipeline import start
@@ -122,7 +122,7 @@ def test_parts_larger_than_an_upload_part_make_one_valid_parquet_file(stack):
               for i in range(7)]
     frames[3] = None  # a failed mini-batch: its rows are simply absent
     job = _job_with_parts(stack, "pq-big", frames)
-    rows, _, _, unwritten = aggregator.collate(stack.cfg, job, part_size=size)
+    rows, _, _, unwritten = aggregator.collate(stack.cfg, job, upload_part_size=size)
     assert (rows, unwritten) == (240, "")
     bucket, key = aws.split_s3_uri(job.output_uri + "parallel_run_step.parquet")
     assert aws.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > size
@@ -166,7 +166,7 @@ def test_a_failed_mini_batch_is_absent_from_a_parquet_output(stack, make_endpoin
 
 
 def test_partitions_rows_go_back_to_input_order_as_a_table():
-    a, b = Part({"s": "a"}, None, [], 2, [1, 3]), Part({"s": "b"}, None, [], 2, [0, 2])
+    a, b = PartitionSlice({"s": "a"}, None, [], 2, [1, 3]), PartitionSlice({"s": "b"}, None, [], 2, [0, 2])
     ta, tb = pa.table({"v": ["a1", "a3"]}), pa.table({"v": ["b0", "b2"]})
     assert in_input_order([(a, ta), (b, tb)]).column("v").to_pylist() == ["b0", "a1", "b2", "a3"]
     assert in_input_order([(a, ta.slice(0, 1)), (b, tb)]).column("v").to_pylist() == ["a1", "b0", "b2"]

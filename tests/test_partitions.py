@@ -16,7 +16,7 @@ from parallelrun.core.datasets import InputFile
 from parallelrun.core.errors import InputError, SettingsError
 from parallelrun.core.partitions import PathPattern, check_pattern, file_batches, frame_groups
 from parallelrun.pipeline import submit
-from parallelrun.pipeline.worker import Part, in_input_order
+from parallelrun.pipeline.isolation import PartitionSlice, in_input_order
 from parallelrun.scoring import loaded, modelfiles
 from parallelrun.store import endpoints, jobs, registry
 from tests.conftest import put_files, read_output
@@ -70,7 +70,7 @@ def test_frame_groups_keep_first_seen_order_and_row_positions():
 
 
 def test_rows_go_back_to_input_order_when_each_partition_returns_one_per_input():
-    a, b = Part({"s": "a"}, None, [], 2, [1, 3]), Part({"s": "b"}, None, [], 2, [0, 2])
+    a, b = PartitionSlice({"s": "a"}, None, [], 2, [1, 3]), PartitionSlice({"s": "b"}, None, [], 2, [0, 2])
     assert in_input_order([(a, ["a1", "a3"]), (b, ["b0", "b2"])]) == ["b0", "a1", "b2", "a3"]
     # a partition that returned fewer rows: which row is whose is unknown, so partition by partition
     assert in_input_order([(a, ["a1"]), (b, ["b0", "b2"])]) == ["a1", "b0", "b2"]

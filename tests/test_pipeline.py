@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from parallelrun import aws
-from parallelrun.pipeline import planner, submit
+from parallelrun.aws import sqs
+from parallelrun.pipeline import submit
 from parallelrun.store import jobs
 from tests.conftest import marker_event, put_files, read_output
 
@@ -68,14 +69,14 @@ def test_same_minibatch_twice_changes_nothing(stack, make_endpoint, monkeypatch)
     inputs = [f"{i:03d}.txt" for i in range(25)]
     put_files(stack.cfg, "dup/run1/", inputs)
     sent: list[str] = []
-    original = planner._send_ten
+    original = sqs.send_ten
 
-    def send_every_batch_twice(sqs, cfg, job, batch):
-        sent.extend(json.dumps(planner.batch_message(job, i, items, p)) for i, items, p in batch)
-        original(sqs, cfg, job, batch)
-        original(sqs, cfg, job, batch)
+    def send_every_batch_twice(queue_url, entries):
+        sent.extend(entries.values())
+        original(queue_url, entries)
+        return original(queue_url, entries)
 
-    monkeypatch.setattr(planner, "_send_ten", send_every_batch_twice)
+    monkeypatch.setattr(sqs, "send_ten", send_every_batch_twice)
     job = stack.run_until_done(start(stack, endpoint, "dup/run1/", {"mini_batch_size": "3"}).job_id)
     assert job.state == jobs.SUCCEEDED
     assert (job.items_succeeded, job.batches_succeeded, job.retries) == (25, 9, 0)
@@ -83,10 +84,9 @@ def test_same_minibatch_twice_changes_nothing(stack, make_endpoint, monkeypatch)
     assert before[0].splitlines() == inputs
 
     # Late duplicates of every mini-batch and of the aggregation request, after the job ended.
-    sqs = aws.client("sqs")
     for body in sent:
-        sqs.send_message(QueueUrl=stack.cfg.batch_queue_url, MessageBody=body)
-    sqs.send_message(QueueUrl=stack.cfg.finalize_queue_url, MessageBody=json.dumps({"job_id": job.job_id}))
+        aws.client("sqs").send_message(QueueUrl=stack.cfg.batch_queue_url, MessageBody=body)
+    sqs.send(stack.cfg.finalize_queue_url, sqs.AggregationRequest(job.job_id))
     stack.deliver("WorkerFunction", max_rounds=100)
     stack.deliver("AggregatorFunction", max_rounds=5)
     after = (read_output(stack.cfg, job), parts(stack, job.job_id), jobs.get(stack.cfg, job.job_id))
@@ -128,15 +128,16 @@ def test_planner_killed_mid_way_resumes(stack, make_endpoint, monkeypatch, where
 
         monkeypatch.setattr(jobs, "advance_planner", dies_on_third_tick)
     else:
-        original = planner._send_ten
+        original = sqs.send_ten
 
         def dies_after_one_send(*args, **kwargs):
             calls["n"] += 1
-            original(*args, **kwargs)
+            refused = original(*args, **kwargs)
             if calls["n"] == 2:
                 raise RuntimeError("planner killed")
+            return refused
 
-        monkeypatch.setattr(planner, "_send_ten", dies_after_one_send)
+        monkeypatch.setattr(sqs, "send_ten", dies_after_one_send)
     job = start(stack, endpoint, f"{endpoint}/r/", {"mini_batch_size": "1", "max_inflight_batches": "12"})
     job = stack.run_until_done(job.job_id)
     assert calls["n"] >= 3

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 
 from parallelrun import aws
+from parallelrun.aws import sqs
 from parallelrun.client.api import Client
 from parallelrun.client.cli import main
 from parallelrun.core import cron
 from parallelrun.core.datasets import InputFile
 from parallelrun.core.errors import ConflictError, ExpressionError, InputError, NotFoundError, SettingsError
 from parallelrun.local import rules
-from parallelrun.pipeline import aggregator, scheduling
+from parallelrun.pipeline import lifecycle, scheduling
 from parallelrun.store import jobs, keys, schedules, scored
 from tests.conftest import put_files, read_output
 from tests.test_failures import script
@@ -112,7 +113,7 @@ def test_a_target_input_transformer_is_applied_as_eventbridge_does():
                                                              "said": 'at 2026-11-22T22:00:00Z, "3"', "n": 3}
     assert rules.target_input({"Input": '{"a": 1}'}, event) == '{"a": 1}'
     assert json.loads(rules.target_input({}, event)) == event
-    body = json.loads(rules.target_input({"InputTransformer": schedules.rule_input("nightly")}, event))
+    body = json.loads(rules.target_input({"InputTransformer": sqs.schedule_rule_input("nightly")}, event))
     assert body == {"action": "schedule", "schedule": "nightly", "trigger": "rule", "time": "2026-11-22T22:00:00Z"}
 
 
@@ -516,7 +517,7 @@ def test_a_crash_between_a_runs_end_and_handing_over_loses_no_waiting_run(stack,
     finally:
         scheduling.run_ended = original
     assert schedules.get(stack.cfg, name).running_job == run1 and jobs.find(stack.cfg, waiting) is None
-    aggregator.request(stack.cfg, run1)  # the unacknowledged request comes back
+    lifecycle.job_complete(stack.cfg, run1)  # the unacknowledged request comes back
     stack.deliver("AggregatorFunction")
     stack.deliver("PlannerFunction", max_rounds=5)
     assert stack.run_until_done(waiting).state == jobs.SUCCEEDED

@@ -12,11 +12,12 @@ import pytest
 from botocore.response import StreamingBody
 
 from parallelrun import aws
+from parallelrun.aws import s3, sqs
 from parallelrun.client.api import Client
 from parallelrun.client.cli import main
 from parallelrun.client.progress import status_lines
 from parallelrun.core.errors import ConflictError, SettingsError
-from parallelrun.pipeline import aggregator, planner, submit
+from parallelrun.pipeline import aggregator, markers, submit
 from parallelrun.store import jobs
 from tests.conftest import marker_event, put_files, read_output
 from tests.test_pipeline import echo
@@ -84,12 +85,12 @@ def test_a_marker_over_64_kib_is_a_failed_job_and_is_not_read(stack, endpoint, m
     body = b'{"mini_batch_size": 1}' + b" " * (1024 * 1024)  # valid JSON, but a megabyte of it
     job = drop(stack, endpoint, "huge", body)
     assert_failed_saying(job, f"has {len(body)} bytes", "at most 65536 bytes (64 KiB)")
-    assert sum(read) <= planner.MAX_MARKER_BYTES + 1
+    assert sum(read) <= markers.MAX_MARKER_BYTES + 1
 
 
 def test_a_marker_of_exactly_64_kib_is_read(stack, endpoint):
     body = b'{"mini_batch_size": 1}'
-    job = drop(stack, endpoint, "edge", body + b" " * (planner.MAX_MARKER_BYTES - len(body)))
+    job = drop(stack, endpoint, "edge", body + b" " * (markers.MAX_MARKER_BYTES - len(body)))
     assert job.state != jobs.FAILED, job.reason
     assert job.settings.mini_batch_size == "1"
 
@@ -239,14 +240,14 @@ def test_an_aggregation_tried_again_overwrites_its_own_files(stack, endpoint):
     rows = read_output(stack.cfg, done, done.settings.output_file_name)
     # As an aggregator that died after writing its files and came back would do.
     assert aggregator.collate(stack.cfg, done)[0] == 2
-    writer = aggregator.S3StreamWriter(*aws.split_s3_uri(done.output_uri + "failures.jsonl"), part_size=5 * 1024**2,
-                                       owner=done.job_id)
+    writer = s3.S3StreamWriter(*aws.split_s3_uri(done.output_uri + "failures.jsonl"), upload_part_size=5 * 1024**2,
+                               owner=done.job_id)
     writer.write(b"x" * (6 * 1024**2))  # a multipart upload, completed over its own earlier file
     writer.close()
     assert read_output(stack.cfg, done, done.settings.output_file_name) == rows
-    with pytest.raises(aggregator.OutputTaken, match="did not write it"):
-        other = aggregator.S3StreamWriter(*aws.split_s3_uri(done.output_uri + "failures.jsonl"),
-                                          part_size=5 * 1024**2, owner="another-job")
+    with pytest.raises(s3.OutputTaken, match="did not write it"):
+        other = s3.S3StreamWriter(*aws.split_s3_uri(done.output_uri + "failures.jsonl"),
+                                  upload_part_size=5 * 1024**2, owner="another-job")
         other.write(b"y" * (6 * 1024**2))
         other.close()
     assert read_output(stack.cfg, done, "failures.jsonl") == "x" * (6 * 1024**2)
@@ -259,18 +260,18 @@ def test_the_largest_mini_batches_of_the_longest_keys_are_sent(stack, endpoint, 
     names = [f"{i:04d}-" + "k" * (1000 - len(folder)) for i in range(1400)]
     put_files(stack.cfg, folder, names, body=lambda name: b"x")
     sizes: list[int] = []
-    original = planner._send_ten
+    original = sqs.send_ten
 
-    def measured(sqs: Any, cfg: Any, job: jobs.JobRecord, batch: list) -> None:
-        sizes.append(sum(len(json.dumps(planner.batch_message(job, *entry)).encode()) for entry in batch))
-        original(sqs, cfg, job, batch)
+    def measured(queue_url: str, entries: dict[str, str]) -> list[str]:
+        sizes.append(sum(len(body.encode()) for body in entries.values()))
+        return original(queue_url, entries)
 
-    monkeypatch.setattr(planner, "_send_ten", measured)
+    monkeypatch.setattr(sqs, "send_ten", measured)
     job = submit.prepare(stack.cfg, endpoint, f"s3://{stack.cfg.input_bucket}/{folder}", {"mini_batch_size": 200})
     submit.start(stack.cfg, job)
     planned = stack.plan(job.job_id)
     assert (planned.total_batches, planned.cursor) == (7, 7)
-    assert len(sizes) > 1 and max(sizes) <= planner.SEND_BYTES and sum(sizes) > planner.SEND_BYTES
+    assert len(sizes) > 1 and max(sizes) <= sqs.SEND_BYTES and sum(sizes) > sqs.SEND_BYTES
     Client(stack.cfg).cancel(job.job_id)
 
 

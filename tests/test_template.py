@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 from cfnlint.decode import decode
 
-import parallelrun.pipeline
-
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "template.yaml"
 
@@ -72,10 +70,10 @@ ENVIRONMENT = {
 }
 # Handler folder -> the core module its app.handler must delegate to.
 HANDLERS = {
-    "PlannerFunction": "planner",
-    "WorkerFunction": "worker",
-    "AggregatorFunction": "aggregator",
-    "FailureRecorderFunction": "failure_recorder",
+    "PlannerFunction": "pipeline.planner",
+    "WorkerFunction": "pipeline.worker",
+    "AggregatorFunction": "pipeline.aggregator",
+    "FailureRecorderFunction": "pipeline.failure_recorder",
 }
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
@@ -280,10 +278,11 @@ def test_handler_delegates_to_the_core(
     calls = []
     stub = types.ModuleType(f"parallelrun.pipeline.{core}")
     stub.handle_event = lambda event, context: calls.append((event, context)) or "done"  # type: ignore[attr-defined]
-    # Both places `from parallelrun.pipeline import <core>` looks: the package attribute (set once
-    # the real module was imported) and sys.modules.
-    monkeypatch.setattr(parallelrun.pipeline, core, stub, raising=False)
-    monkeypatch.setitem(sys.modules, f"parallelrun.pipeline.{core}", stub)
+    # Both places `from parallelrun.pipeline import <module>` looks: the package attribute (set once the real
+    # module was imported) and sys.modules.
+    package, _, name = f"parallelrun.{core}".rpartition(".")
+    monkeypatch.setattr(importlib.import_module(package), name, stub, raising=False)
+    monkeypatch.setitem(sys.modules, f"parallelrun.{core}", stub)
 
     spec = importlib.util.spec_from_file_location(f"app_{function}", app)
     assert spec and spec.loader

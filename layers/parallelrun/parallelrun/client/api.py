@@ -17,7 +17,7 @@ from parallelrun.client import report, sdk
 from parallelrun.core.datasets import READY_MARKER
 from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
 from parallelrun.local import state
-from parallelrun.pipeline import aggregator, planner, scheduling, submit
+from parallelrun.pipeline import lifecycle, planner, scheduling, submit
 from parallelrun.store import batches, endpoints, jobs, keys, registry, schedules
 
 
@@ -179,7 +179,7 @@ class Client:
 
     def cancel(self, job_id: str) -> jobs.JobRecord:
         """Stop a job: nothing more is sent or run; the output holds what succeeded."""
-        if not aggregator.stop(self.cfg, job_id, jobs.CANCELED, "canceled by user"):
+        if not lifecycle.cancel(self.cfg, job_id):
             job = self.job(job_id)
             raise ConflictError(f"job {job_id} has already ended ({job.state}) or is finalizing")
         return self.job(job_id)

@@ -1,7 +1,8 @@
 """The aggregator: once a job's counters are complete, collate its parts into one file.
 
-It runs once per job: a conditional state change (RUNNING → FINALIZING) picks the winner among
-duplicate requests (DESIGN invariant 3). A winner that dies keeps its request message, which
+It runs once per job: a conditional state change (RUNNING → FINALIZING,
+:func:`parallelrun.pipeline.lifecycle.aggregation_claimed`) picks the winner among duplicate
+requests (DESIGN invariant 3). A winner that dies keeps its request message, which
 comes back and takes over once the lease has run out; the output's key is fixed, so the retry
 writes the same file. Parts are streamed into a multipart upload, so memory holds one upload
 part (about 8 MiB) whatever the size of the output; for parquet output, also one row group
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import json
 import logging
 import time
@@ -21,196 +21,43 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from parallelrun import aws
+from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, pricing, results, usage
-from parallelrun.core.errors import ConflictError
-from parallelrun.pipeline import scheduling
-from parallelrun.store import batches, jobs, keys, reuse, schedules
+from parallelrun.pipeline import lifecycle
+from parallelrun.store import batches, jobs, reuse, schedules
 
 log = logging.getLogger("parallelrun.pipeline.aggregator")
-PART_SIZE = 8 * 1024 * 1024  # S3 multipart parts must be >= 5 MiB but the last
-LEASE_SECONDS = 900  # the aggregator function's timeout: past it, a FINALIZING holder is dead
 UNWRITTEN = "OutputSchemaMismatch"  # parquet output: a part whose columns differ from the first part's
-OWNER_METADATA = "parallelrun-job"  # an output file's S3 metadata: the job that wrote it
 # Mini-batches whose objects are fetched at once, ahead of the one being written. A small GET
 # from Lambda waits 15-30 ms (DESIGN §6): one after another, 100,000 parts take 25-50 minutes,
 # past Lambda's 15; sixteen at a time take a sixteenth, holding at most sixteen parts in memory.
 FETCH_AHEAD = 16
 
 
-def check(cfg: StackConfig, job_id: str) -> None:
-    """After a mini-batch is recorded: whoever sees the counters complete asks for the
-    aggregator (it runs once whatever the count); whoever sees a threshold crossed stops the job."""
-    job = jobs.get(cfg, job_id)
-    if job.state != jobs.RUNNING:
-        return
-    crossed = crossed_mid_job(job)
-    if crossed:
-        stop(cfg, job_id, jobs.FAILED, crossed)
-    elif job.complete:
-        request(cfg, job_id)
-
-
-def check_shard(cfg: StackConfig, job: jobs.JobRecord, index: int) -> None:
-    """After mini-batch ``index`` of ``job`` is recorded (by this delivery or an earlier one):
-    :func:`check`, when it can find something. Every worker makes this call for every
-    mini-batch, so it reads one shard's counters, not the job's: the job is complete only if
-    this shard is, and a threshold can be crossed only where a failure was counted. Whoever
-    records a shard's last mini-batch (or a failure) checks the whole job after its own commit,
-    so the last commit of all always sees the job complete."""
-    shard = keys.shard_of(index)
-    counts = batches.shard_counts(cfg, job.job_id, shard)
-    full = counts["batches_succeeded"] + counts["batches_failed"] >= batches.shard_size(job.total_batches or 0, shard)
-    thresholds = job.settings.error_threshold != -1 or job.settings.allowed_failed_count != -1
-    if full or (thresholds and (counts["items_failed"] or counts["batches_failed"])):
-        check(cfg, job.job_id)
-
-
-def request(cfg: StackConfig, job_id: str) -> None:
-    """Ask for the job's aggregation; asking twice is harmless."""
-    aws.client("sqs").send_message(QueueUrl=cfg.finalize_queue_url, MessageBody=json.dumps({"job_id": job_id}))
-
-
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    cfg = StackConfig.from_env()
-    logs.setup()
-    with usage.invocation(usage.AGGREGATOR, context, event):
-        for record in event.get("Records", []):
-            job_id = json.loads(record["body"])["job_id"]
-            with logs.context(job_id):
-                finalize(cfg, job_id)
-    return {}
+    """Aggregation requests; a failure raises, so that the request comes back."""
+    return sqs.handle_records(event, context, usage.AGGREGATOR, handle_record, report_failures=False)
 
 
-class OutputTaken(ConflictError):
-    """A file of the job's output folder exists and another job (or no job) wrote it."""
-
-
-def write_owned(s3: Any, bucket: str, key: str, owner: str, write: Callable[..., Any]) -> None:
-    """``write(**condition)`` puts ``key`` only where no object is, or over one ``owner`` wrote (an
-    earlier try of this job's aggregation, which died); anything else raises :class:`OutputTaken`
-    and stays as it is. The owner is in the object's metadata (see :class:`S3StreamWriter`)."""
-    try:
-        write(IfNoneMatch="*")
-        return
-    except s3.exceptions.ClientError as error:
-        if error.response["Error"]["Code"] != "PreconditionFailed":
-            raise
-    found = s3.head_object(Bucket=bucket, Key=key)
-    if found.get("Metadata", {}).get(OWNER_METADATA) != owner:
-        raise OutputTaken(f"s3://{bucket}/{key} already exists and job {owner} did not write it: it was left as it "
-                          "is (give each job an output_path of its own)")
-    write(IfMatch=found["ETag"])  # the file this job wrote, unless it changed since it was looked at
-
-
-class S3StreamWriter:
-    """Write an S3 object of any size in bounded memory: a multipart upload once it outgrows one
-    part. With an ``owner`` (a job id), the object is written as :func:`write_owned` says."""
-
-    def __init__(self, bucket: str, key: str, part_size: int = PART_SIZE, owner: str = "") -> None:
-        self.bucket, self.key, self.part_size, self.owner = bucket, key, part_size, owner
-        self.s3 = aws.client("s3")
-        self.buffer = bytearray()
-        self.upload_id: str | None = None
-        self.parts: list[dict[str, Any]] = []
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        self.buffer += data
-        self.size += len(data)
-        if len(self.buffer) >= self.part_size:
-            self._upload_part()
-
-    def _upload_part(self) -> None:
-        if self.upload_id is None:
-            self.upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.key,
-                                                             **self._metadata())["UploadId"]
-        number = len(self.parts) + 1
-        etag = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
-                                   Body=bytes(self.buffer))["ETag"]
-        self.parts.append({"PartNumber": number, "ETag": etag})
-        self.buffer.clear()
-
-    def _metadata(self) -> dict[str, Any]:
-        return {"Metadata": {OWNER_METADATA: self.owner}} if self.owner else {}
-
-    def close(self) -> None:
-        if self.upload_id is None:
-            write = functools.partial(self.s3.put_object, Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer),
-                                      **self._metadata())
-        else:
-            if self.buffer:
-                self._upload_part()
-            write = functools.partial(self.s3.complete_multipart_upload, Bucket=self.bucket, Key=self.key,
-                                      UploadId=self.upload_id, MultipartUpload={"Parts": self.parts})
-        if self.owner:
-            write_owned(self.s3, self.bucket, self.key, self.owner, write)
-        else:
-            write()
-        self.upload_id = None  # completed: nothing is left for abort() to discard
-
-    def abort(self) -> None:
-        if self.upload_id is not None:
-            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
-
-
-def crossed_mid_job(job: jobs.JobRecord) -> str:
-    """The threshold a running job has already crossed, as a reason; "" if none. (The percent
-    of failed mini-batches is only known once all are done.)"""
-    s = job.settings
-    if s.error_threshold != -1 and job.items_failed > s.error_threshold:
-        return f"error_threshold: {job.items_failed} inputs failed, more than the {s.error_threshold} allowed"
-    if s.allowed_failed_count != -1 and job.batches_failed > s.allowed_failed_count:
-        return (f"allowed_failed_count: {job.batches_failed} mini-batches failed, "
-                f"more than the {s.allowed_failed_count} allowed")
-    return ""
-
-
-def judge(job: jobs.JobRecord) -> tuple[str, str]:
-    """The job's final state and the reason: how it was stopped, else its counts and thresholds."""
-    if job.outcome:
-        return job.outcome, job.reason
-    crossed = crossed_mid_job(job)
-    if crossed:
-        return jobs.FAILED, crossed
-    total = job.total_batches or 0
-    if total and 100.0 * job.batches_failed / total > job.settings.allowed_failed_percent:
-        return jobs.FAILED, (f"allowed_failed_percent: {100.0 * job.batches_failed / total:.1f}% of mini-batches "
-                             f"failed, more than the {job.settings.allowed_failed_percent:g}% allowed")
-    return jobs.SUCCEEDED, ""
-
-
-def stop(cfg: StackConfig, job_id: str, outcome: str, reason: str) -> bool:
-    """End a job before it completes (a threshold crossed, or canceled): nothing more is sent
-    or run, and the aggregator collates what succeeded. False if the job had already ended."""
-    stopped = jobs.transition(cfg, job_id, jobs.FINALIZING, (jobs.QUEUED, jobs.PLANNING, jobs.RUNNING),
-                              outcome=outcome, reason=reason, finalize_until=0)
-    if stopped:
-        log.warning("job stopped", extra={"fields": {"outcome": outcome, "reason": reason}})
-        request(cfg, job_id)
-    return stopped
+def handle_record(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> None:
+    job_id = sqs.AggregationRequest.parse(record["body"]).job_id
+    with logs.context(job_id):
+        finalize(cfg, job_id)
 
 
 def finalize(cfg: StackConfig, job_id: str) -> None:
     """Collate the job's output, failures and summary, then set its final state."""
-    job = jobs.get(cfg, job_id)
-    if job.state == jobs.RUNNING and not job.complete:
-        return  # a stray request: the counters are not complete
-    if job.state in jobs.TERMINAL and job.schedule:
-        scheduling.run_ended(cfg, job)  # a redelivery after a crash past the final state: finish handing over
+    job = lifecycle.aggregation_claimed(cfg, job_id)
+    if job is None:
         return
-    if job.state not in (jobs.RUNNING, jobs.FINALIZING) or not jobs.claim_finalize(cfg, job_id, LEASE_SECONDS):
-        return
-    job = jobs.get(cfg, job_id)
     started = time.time()
     spent = usage.Tally()
     try:
         rows, errors, reusable, unwritten = collate(cfg, job, spent)
-    except OutputTaken as taken:  # nothing of it is reused, and the job cannot succeed
+    except s3.OutputTaken as taken:  # nothing of it is reused, and the job cannot succeed
         rows, errors, reusable, unwritten = 0, collections.Counter(), 0, str(taken)
-    state, reason = judge(job)
-    if unwritten:  # rows the script returned are missing from the output: never a success
-        state, reason = (jobs.FAILED, unwritten) if state == jobs.SUCCEEDED else (state, f"{reason}; {unwritten}")
+    state, reason = lifecycle.end_state(job, errors, unwritten)
     if state == jobs.SUCCEEDED and reusable:
         # A second pass over the records: a list of a million mini-batches would grow with the job.
         reuse.remember(cfg, job_id, (entry for record in batches.iter_batches(cfg, job_id)
@@ -219,24 +66,17 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
             reuse.remember_job(cfg, job.fingerprint, job_id, job.output_uri)
     if state == jobs.SUCCEEDED and job.schedule:
         schedules.mark_scored(cfg, job)  # before the state says so: the schedule's next run may follow at once
-    if state == jobs.FAILED and errors:
-        error_type, count = errors.most_common(1)[0]
-        reason += f"; most common error: {error_type} ({count} inputs)"
     ended = time.time()
     summary = build_summary(job, state, reason, rows, dict(errors), ended, ended - started)
     summary["cost"] = job_cost(cfg, job_id, spent)
     bucket, prefix = aws.split_s3_uri(job.output_uri)
-    s3 = aws.client("s3")
     try:
-        write_owned(s3, bucket, prefix + "summary.json", job_id, functools.partial(
-            s3.put_object, Bucket=bucket, Key=prefix + "summary.json", Body=json.dumps(summary, indent=2).encode(),
-            ContentType="application/json", Metadata={OWNER_METADATA: job_id}))
-    except OutputTaken as taken:
+        s3.put_owned(bucket, prefix + "summary.json", json.dumps(summary, indent=2).encode(), job_id,
+                     ContentType="application/json")
+    except s3.OutputTaken as taken:
         state, reason = jobs.FAILED, f"{reason}; {taken}" if reason else str(taken)
-    jobs.transition(cfg, job_id, state, (jobs.FINALIZING,), ended_at=ended, reason=reason, rows=rows)
+    lifecycle.aggregated(cfg, job, state, reason, rows, ended)
     logs.event(log, "job finished", state=state, rows=rows, aggregate_seconds=round(ended - started, 3))
-    if job.schedule:
-        scheduling.run_ended(cfg, job)
 
 
 def job_cost(cfg: StackConfig, job_id: str, spent: usage.Tally) -> dict[str, Any]:
@@ -249,23 +89,22 @@ def job_cost(cfg: StackConfig, job_id: str, spent: usage.Tally) -> dict[str, Any
 
 
 def collate(cfg: StackConfig, job: jobs.JobRecord, spent: usage.Tally | None = None,
-            part_size: int = PART_SIZE) -> tuple[int, collections.Counter[str], int, str]:
+            upload_part_size: int = s3.UPLOAD_PART_SIZE) -> tuple[int, collections.Counter[str], int, str]:
     """Stream the parts, in mini-batch order, into the output file and the failure lines into
     ``failures.jsonl``; return the row count, the failed inputs by error type, how many wholly
     successful mini-batches a later job may reuse, and why rows were left out of the output
     ("" if none were). Each record's usage is added to ``spent``."""
     bucket, prefix = aws.split_s3_uri(job.output_uri)
-    s3 = aws.client("s3")
     rows = 0
-    output = S3StreamWriter(bucket, prefix + job.settings.output_file_name, part_size, job.job_id)
-    failures = S3StreamWriter(bucket, prefix + "failures.jsonl", part_size, job.job_id)
+    output = s3.S3StreamWriter(bucket, prefix + job.settings.output_file_name, upload_part_size, job.job_id)
+    failures = s3.S3StreamWriter(bucket, prefix + "failures.jsonl", upload_part_size, job.job_id)
     table = results.ParquetCollator(output) if job.settings.output_format == "parquet" else None  # written only for append_row
     errors: collections.Counter[str] = collections.Counter()
     reusable, unwritten = 0, []
     appended = job.settings.output_action == "append_row"
 
     def get(key: str | None) -> bytes | None:
-        return s3.get_object(Bucket=cfg.artifacts_bucket, Key=key)["Body"].read() if key else None
+        return s3.get(cfg.artifacts_bucket, key) if key else None
 
     def objects(record: batches.BatchRecord) -> tuple[bytes | None, bytes | None]:
         return get(record.part_key if appended else None), get(record.failures_key)

@@ -11,18 +11,16 @@ planner's on-failure destination queue, which this function reads too.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
-from parallelrun import aws
+from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, usage
-from parallelrun.core.datasets import item_from_json
 from parallelrun.core.errors import ConflictError
-from parallelrun.pipeline import aggregator, markers, scheduling, worker
-from parallelrun.scoring.child import Failure
+from parallelrun.core.failures import Failure, failure_line
+from parallelrun.pipeline import lifecycle, markers
 from parallelrun.store import batches, jobs, keys, schedules
 
 log = logging.getLogger("parallelrun.pipeline.failure_recorder")
@@ -30,29 +28,24 @@ ERROR_MESSAGE_CHARS = 1000  # of the planner's error kept in a job's reason (Lam
 
 
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    cfg = StackConfig.from_env()
-    logs.setup()
-    failures = []
-    with usage.invocation(usage.FAILURE_RECORDER, context, event):
-        for record in event.get("Records", []):
-            try:
-                body = json.loads(record["body"])
-                if "requestContext" in body:  # Lambda's record of a failed asynchronous invocation
-                    record_failed_invocation(cfg, body)
-                elif "batch" in body:
-                    record_dead_letter(cfg, body)
-                else:
-                    give_up(cfg, body)
-            except Exception:
-                log.exception("could not record a dead-lettered mini-batch; it will be retried")
-                failures.append({"itemIdentifier": record["messageId"]})
-    return {"batchItemFailures": failures}
+    """Dead letters: only those that could not be recorded come back (ReportBatchItemFailures)."""
+    return sqs.handle_records(event, context, usage.FAILURE_RECORDER, handle_record, report_failures=True,
+                              failed="could not record a dead-lettered mini-batch; it will be retried")
 
 
-def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
+def handle_record(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> None:
+    message = sqs.dead_letter(record["body"])
+    if isinstance(message, sqs.FailedInvocation):  # Lambda's record of a failed asynchronous invocation
+        record_failed_invocation(cfg, message.record)
+    elif isinstance(message, sqs.MiniBatch):
+        record_dead_letter(cfg, message)
+    else:
+        give_up(cfg, message)
+
+
+def record_dead_letter(cfg: StackConfig, message: sqs.MiniBatch) -> None:
     started = time.time()
-    job_id, index = message["job_id"], int(message["batch"])
-    items = [item_from_json(item) for item in message["items"]]
+    job_id, index, items = message.job_id, message.batch, message.items
     attempts = cfg.limits.max_receive_count
     with logs.context(job_id, index):
         if batches.get_batch(cfg, job_id, index) is None:
@@ -60,8 +53,8 @@ def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
             reason = (f"the worker died or timed out on all {attempts} deliveries of this mini-batch "
                       "(killed, out of memory, or past the function timeout)")
             failure = Failure("WorkerLost", reason)
-            lines = [worker.failure_line(item, index, attempts, failure, "dead-letter queue") for item in items]
-            aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=key, Body="".join(lines).encode())
+            lines = [failure_line(item, index, attempts, failure, "dead-letter queue") for item in items]
+            s3.put(cfg.artifacts_bucket, key, "".join(lines).encode())
             spent = usage.take(including=[batches.COMMIT_CALL])
             record = batches.BatchRecord(index=index, status=jobs.FAILED, items=len(items), items_succeeded=0,
                                       items_failed=len(items), attempt=attempts, part_key=None, failures_key=key,
@@ -69,32 +62,26 @@ def record_dead_letter(cfg: StackConfig, message: dict[str, Any]) -> None:
                                       usage=spent.to_dict() if spent else None)
             if batches.commit_batch(cfg, job_id, record):
                 logs.event(log, "dead-lettered mini-batch recorded as failed", level=logging.WARNING, items=len(items))
-        aggregator.check(cfg, job_id)
+        lifecycle.check_job(cfg, job_id)
 
 
-def give_up(cfg: StackConfig, message: dict[str, Any]) -> None:
+def give_up(cfg: StackConfig, message: sqs.PlannerMessage | sqs.AggregationRequest) -> None:
     """A planner (start, tick, schedule) or aggregator message failed every delivery: end the job FAILED."""
-    if message.get("action") == "schedule":  # a run's job, if it was created, holds its schedule's lock
-        job_id = schedules.run_job_id(message["schedule"], message["time"])
+    if isinstance(message, sqs.ScheduleRun):  # a run's job, if it was created, holds its schedule's lock
+        job_id = schedules.run_job_id(message.schedule, message.time)
         if jobs.find(cfg, job_id) is None:
             log.error("a schedule's run failed to start on every try; the next run scores what it would have",
-                      extra={"fields": {"schedule": message["schedule"], "run_time": message["time"]}})
+                      extra={"fields": {"schedule": message.schedule, "run_time": message.time}})
             return
     else:
-        job_id = message["job_id"]
+        job_id = message.job_id
     with logs.context(job_id):
-        if "action" in message:
+        if not isinstance(message, sqs.AggregationRequest):
             reason = ("the planner failed on every delivery of this job's message; its logs say why. "
                       "What ran is kept: `parallelrun redrive` continues the job")
-            aggregator.stop(cfg, job_id, jobs.FAILED, reason)
+            lifecycle.stop(cfg, job_id, jobs.FAILED, reason)
         else:
-            reason = "collating the output failed on every try; the aggregator's logs say why"
-            if jobs.transition(cfg, job_id, jobs.FAILED, (jobs.RUNNING, jobs.FINALIZING), reason=reason,
-                               ended_at=time.time()):
-                logs.event(log, "job failed: its aggregation gave up", level=logging.ERROR)
-                job = jobs.get(cfg, job_id)
-                if job.schedule:  # its schedule's next run need not wait for a takeover
-                    scheduling.run_ended(cfg, job)
+            lifecycle.aggregation_gave_up(cfg, job_id)
 
 
 def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:
@@ -135,4 +122,4 @@ def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:
                     continue
                 except ConflictError:
                     pass  # a late try of the planner created it meanwhile: end it below
-            aggregator.stop(cfg, job_id, jobs.FAILED, reason)  # a job that already ended keeps its end
+            lifecycle.stop(cfg, job_id, jobs.FAILED, reason)  # a job that already ended keeps its end

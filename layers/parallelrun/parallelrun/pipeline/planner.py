@@ -10,8 +10,7 @@ message (mini-batch ids are deterministic, so re-sent batches are harmless dupli
 
 from __future__ import annotations
 
-import contextlib
-import json
+import functools
 import logging
 import secrets
 import time
@@ -19,130 +18,58 @@ from collections.abc import Iterator
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import datasets, logs, partitions, usage
-from parallelrun.core.datasets import InputFile, InputSpec, TablePiece
-from parallelrun.core.errors import ConflictError, InputError, ParallelRunError, SettingsError
-from parallelrun.pipeline import aggregator, markers, scheduling, submit
-from parallelrun.scoring import selection
+from parallelrun.core import logs, planning, usage
+from parallelrun.core.datasets import InputFile, InputSpec
+from parallelrun.core.errors import ConflictError, ParallelRunError
+from parallelrun.pipeline import aggregator, lifecycle, markers, scheduling, submit
 from parallelrun.store import batches, endpoints, inputs, jobs, plan, reuse, scored
+from parallelrun.scoring import selection
 
 log = logging.getLogger("parallelrun.pipeline.planner")
-MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
-MAX_MARKER_NESTING = 2  # the settings object, and a list or object as one setting's value
-SEND_BATCH = 10  # SQS SendMessageBatch's limit
-# ... and the most its messages may hold together, whatever their count
-# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html).
-SEND_BYTES = 256 * 1024
 # A continuation seen before its sender recorded the cursor waits; after this long the sender
 # is taken for dead and the continuation takes its tick over.
 TAKEOVER_SECONDS = 120
 
 
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """S3 ``_READY`` notifications and planner-queue messages (start, tick)."""
-    cfg = StackConfig.from_env()
-    logs.setup()
-    with usage.invocation(usage.PLANNER, context, event):
-        for record in event.get("Records", []):
-            if record.get("eventSource") == "aws:s3":
-                job_id = on_marker(cfg, *markers.marker_of(record))
+    """S3 ``_READY`` notifications and planner-queue messages (start, tick, schedule); a failure
+    raises, so that the message (or the S3 event) comes back."""
+    return sqs.handle_records(event, context, usage.PLANNER, handle_record, report_failures=False)
+
+
+def handle_record(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> None:
+    if record.get("eventSource") == "aws:s3":
+        job_id = on_marker(cfg, *markers.marker_of(record))
+    else:
+        message = sqs.planner_message(record["body"])
+        job_id = getattr(message, "job_id", None)
+        with logs.context(job_id):
+            if isinstance(message, sqs.Start):
+                start_job(cfg, message.job_id)
+            elif isinstance(message, sqs.Tick):
+                tick(cfg, message)
+            elif isinstance(message, sqs.ScheduleRun):  # an EventBridge rule fired, or a waiting run's turn came
+                fired = scheduling.fire(cfg, message.schedule, message.time, message.trigger)
+                job_id = fired.job_id
+                if fired.outcome == scheduling.STARTED and fired.job_id:
+                    start_job(cfg, fired.job_id)
             else:
-                body = json.loads(record["body"])
-                job_id = body.get("job_id")
-                with logs.context(job_id):
-                    if body.get("action") == "start":
-                        start_job(cfg, body["job_id"])
-                    elif body.get("action") == "tick":
-                        tick(cfg, body)
-                    elif body.get("action") == "schedule":  # an EventBridge rule fired, or a waiting run's turn came
-                        fired = scheduling.fire(cfg, body["schedule"], body["time"], body.get("trigger", "rule"))
-                        job_id = fired.job_id
-                        if fired.outcome == scheduling.STARTED and fired.job_id:
-                            start_job(cfg, fired.job_id)
-                    else:
-                        log.warning("ignored a planner message with no known action", extra={"fields": {"body": body}})
-            if job_id:
-                jobs.keep_usage(cfg, job_id)
-    return {}
+                log.warning("ignored a planner message with no known action",
+                            extra={"fields": {"body": record["body"]}})
+    if job_id:
+        jobs.keep_usage(cfg, job_id)
 
 
 def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> str | None:
-    """A ``_READY`` marker landed: start a job on its folder, with the marker's JSON overrides.
+    """A ``_READY`` marker landed: start the job it names (see :func:`markers.drop_job`).
     Returns the job's id (None for a marker that starts no job)."""
-    target = markers.marker_job(bucket, key, version)
-    if target is None:
-        log.warning("ignored a marker outside <endpoint>/<folder>/", extra={"fields": {"key": key}})
-        return None
-    job_id, endpoint, input_uri = target
-    with logs.context(job_id):
-        if jobs.find(cfg, job_id) is None:
-            try:
-                overrides = _marker_overrides(bucket, key)
-                deployment = overrides.pop("deployment", None)
-                if deployment is not None and not (isinstance(deployment, str) and len(deployment) <= 63):
-                    raise SettingsError("deployment", deployment, "the name of one of the endpoint's deployments")
-                job = submit.prepare(cfg, endpoint, input_uri, overrides, deployment, job_id, "drop")
-            except ParallelRunError as error:
-                job = markers.failed_drop_job(job_id, endpoint, input_uri, str(error))
-            try:
-                jobs.create(cfg, job)
-            except ConflictError:
-                pass  # a retried notification: the job exists, carry on with it
-            log.info("job from drop folder", extra={"fields": {"folder": input_uri}})
-        start_job(cfg, job_id)
+    job_id = markers.drop_job(cfg, bucket, key, version)
+    if job_id is not None:
+        with logs.context(job_id):
+            start_job(cfg, job_id)
     return job_id
-
-
-def _marker_overrides(bucket: str, key: str) -> dict[str, Any]:
-    """The settings in a marker's body; anyone who can write to the input bucket writes it, so
-    each way it can be wrong is an InputError (the job's FAILED reason), never a crash that
-    would lose the drop."""
-    where = f"marker s3://{bucket}/{key}"
-    s3 = aws.client("s3")
-    try:
-        response = s3.get_object(Bucket=bucket, Key=key)
-    except s3.exceptions.ClientError as error:
-        code = error.response["Error"]["Code"]
-        if code not in ("NoSuchKey", "AccessDenied"):
-            raise  # transient: S3 invokes the planner again
-        raise InputError(f"{where} cannot be read ({code})") from None
-    with contextlib.closing(response["Body"]) as stream:
-        # Never read whole: the size comes first, and the read stops one byte past the limit.
-        body = b"" if response["ContentLength"] > MAX_MARKER_BYTES else stream.read(MAX_MARKER_BYTES + 1)
-    if response["ContentLength"] > MAX_MARKER_BYTES or len(body) > MAX_MARKER_BYTES:
-        raise InputError(f"{where} has {response['ContentLength']} bytes: a marker's body is a JSON object of "
-                         f"settings of at most {MAX_MARKER_BYTES} bytes (64 KiB)")
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise InputError(f"{where} is not UTF-8 text (byte {error.start} is {body[error.start:error.start + 1]!r}): "
-                         "write its settings as a UTF-8 JSON object") from None
-    if not text.strip():
-        return {}
-    try:
-        overrides = json.loads(text)
-    except RecursionError:
-        overrides = None  # nested past the interpreter's limit: refused as too deep below
-    except ValueError as error:
-        raise InputError(f"{where} is not a JSON object of settings: {error}") from None
-    if overrides is None or _nesting(overrides) > MAX_MARKER_NESTING:
-        raise InputError(f"{where} nests JSON too deeply: a setting's value is a string, number, boolean, null, or "
-                         "a list or object of those")
-    if not isinstance(overrides, dict):
-        raise InputError(f"{where} must hold a JSON object of settings, not a JSON {type(overrides).__name__}")
-    return overrides
-
-
-def _nesting(value: Any) -> int:
-    """How deeply lists and objects nest in ``value`` (a scalar: 0); no recursion, whatever the depth."""
-    deepest, pending = 0, [(value, 1)]
-    while pending:
-        item, level = pending.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, level)
-            pending.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def start_job(cfg: StackConfig, job_id: str) -> None:
@@ -155,11 +82,11 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
         started = time.time()
         try:
             total_batches, total_items, fingerprint = write_plan(cfg, job)
-        except aws.client("s3").exceptions.ClientError as error:
-            code = error.response["Error"]["Code"]
+        except s3.ClientError as error:
+            code = s3.error_code(error)
             if code not in ("NoSuchBucket", "AccessDenied", "AllAccessDisabled"):
                 raise  # transient: the message comes back and planning starts over
-            aggregator.stop(cfg, job_id, jobs.FAILED, f"cannot list the inputs at {job.input_uri} ({code})")
+            lifecycle.stop(cfg, job_id, jobs.FAILED, f"cannot list the inputs at {job.input_uri} ({code})")
             return
         if total_batches and _reuse_whole_job(cfg, job, fingerprint, total_batches):
             return
@@ -175,7 +102,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
             return
         job = jobs.get(cfg, job_id)
     if job.state == jobs.RUNNING and (job.planner_tick, job.planner_token) == (0, "start"):
-        tick(cfg, {"job_id": job_id, "tick": 0, "token": "start", "since": time.time()})
+        tick(cfg, sqs.Tick(job_id, 0, "start"))
 
 
 def _reuse_whole_job(cfg: StackConfig, job: jobs.JobRecord, fingerprint: str, batches: int) -> bool:
@@ -204,7 +131,8 @@ def write_plan(cfg: StackConfig, job: jobs.JobRecord) -> tuple[int, int, str]:
     total_batches = total_items = 0
     chunk: list[list[list]] = []
     prints = []
-    for batch, partition in plan_batches(cfg, job, spec):
+    for batch, partition in planning.plan_batches(_unscored_inputs(cfg, job, spec), spec.prefix, job.settings,
+                                                  functools.partial(aws.range_reader, spec.bucket)):
         prints.append(reuse.fingerprint(job.deployment, job.settings, batch))
         chunk.append(plan.entry(batch, partition, bool(job.settings.partition_keys)))
         total_batches += 1
@@ -217,75 +145,44 @@ def write_plan(cfg: StackConfig, job: jobs.JobRecord) -> tuple[int, int, str]:
     return total_batches, total_items, reuse.job_fingerprint(prints)
 
 
-Planned = tuple[list[InputFile] | list[TablePiece], dict[str, str] | None]
-
-
-def plan_batches(cfg: StackConfig, job: jobs.JobRecord, spec: InputSpec) -> Iterator[Planned]:
-    """The job's mini-batches and their partitions: files by count (one partition each when
-    ``partition_format`` is set), or tables by byte size (a mini-batch never crosses a file; a
-    big file is split into pieces; column partitions are found by the worker, which reads them).
-    A schedule's run plans only the inputs its earlier runs have not scored."""
+def _unscored_inputs(cfg: StackConfig, job: jobs.JobRecord, spec: InputSpec) -> Iterator[InputFile]:
+    """The job's inputs, listed; a schedule's run plans only those its earlier runs have not scored."""
     files = inputs.list_files(spec)
-    if job.schedule:
-        files = scored.unscored(cfg, job.schedule, files)
-    s = job.settings
-    if s.input_type != "tabular":
-        if s.partition_format:
-            yield from partitions.file_batches(files, spec.prefix, partitions.PathPattern(s.partition_format),
-                                               s.partition_keys, s.files_per_batch)
-        else:
-            yield from ((batch, None) for batch in datasets.batches(files, s.files_per_batch))
-        return
-    from parallelrun.core import tabular  # pyarrow: only a tabular job pays for importing it
-
-    for item in files:
-        for piece in tabular.plan_file(aws.range_reader(spec.bucket, item.key), item, s.input_format,
-                                       s.bytes_per_batch, s.csv_options):
-            yield [piece], None
+    return scored.unscored(cfg, job.schedule, files) if job.schedule else files
 
 
-def window_end(job: jobs.JobRecord, window: int) -> int:
-    """How far the cursor may move now: in-flight mini-batches stay within the window."""
-    in_flight = job.cursor - job.batches_done
-    return min(job.total_batches or 0, job.cursor + max(0, window - in_flight))
-
-
-def tick(cfg: StackConfig, message: dict[str, Any]) -> None:
+def tick(cfg: StackConfig, message: sqs.Tick) -> None:
     """Top the job's window up, schedule the next tick, then record the cursor (see module doc)."""
-    job = jobs.get(cfg, message["job_id"])
+    job = jobs.get(cfg, message.job_id)
     if job.state != jobs.RUNNING:
         return  # finished, failed or canceled: nothing more is sent
-    number, token = message["tick"], message["token"]
+    number, token = message.tick, message.token
     if number > job.planner_tick:
-        if time.time() - message["since"] < TAKEOVER_SECONDS:
+        if time.time() - message.since < TAKEOVER_SECONDS:
             _send_tick(cfg, message)  # its sender has not recorded the cursor yet: look again later
             return
         number, token = job.planner_tick, job.planner_token
     elif (number, token) != (job.planner_tick, job.planner_token):
         return  # an old or duplicate continuation
-    end = window_end(job, job.settings.window(cfg.limits))
+    end = planning.window_end(job.cursor, job.batches_done, job.total_batches or 0, job.settings.window(cfg.limits))
     if end > job.cursor:
         # Kept before the mini-batches go out: the job may be over before this invocation is.
         jobs.keep_usage(cfg, job.job_id)
         send_batches(cfg, job, job.cursor, end)
     next_token = secrets.token_hex(8)
     if end < (job.total_batches or 0):
-        _send_tick(cfg, {"action": "tick", "job_id": job.job_id, "tick": number + 1, "token": next_token,
-                         "since": time.time()})
+        _send_tick(cfg, sqs.Tick(job.job_id, number + 1, next_token))
     if jobs.advance_planner(cfg, job.job_id, number, token, end, next_token):
         logs.event(log, "sent mini-batches", level=logging.DEBUG, cursor=end, tick=number)
 
 
-def _send_tick(cfg: StackConfig, message: dict[str, Any]) -> None:
-    aws.client("sqs").send_message(
-        QueueUrl=cfg.planner_queue_url, MessageBody=json.dumps(message), DelaySeconds=cfg.planner_interval
-    )
+def _send_tick(cfg: StackConfig, message: sqs.Tick) -> None:
+    sqs.send(cfg.planner_queue_url, message, delay_seconds=cfg.planner_interval)
 
 
 def batch_message(job: jobs.JobRecord, index: int, items: list[InputFile],
-                  partition: dict[str, str] | None = None) -> dict[str, Any]:
-    message = {"job_id": job.job_id, "batch": index, "items": [item.to_json() for item in items]}
-    return message | ({"partition": partition} if job.settings.partition_keys else {})
+                  partition: dict[str, str] | None = None) -> sqs.MiniBatch:
+    return sqs.MiniBatch(job.job_id, index, items, partition, bool(job.settings.partition_keys))
 
 
 def send_batches(cfg: StackConfig, job: jobs.JobRecord, start: int, end: int) -> None:
@@ -294,24 +191,15 @@ def send_batches(cfg: StackConfig, job: jobs.JobRecord, start: int, end: int) ->
     entries = list(plan.read(cfg, job.job_id, start, end))
     if job.settings.allow_reuse and not selection.is_per_partition(job.deployment["model_name"]):
         entries = _reuse(cfg, job, entries)
-    sqs = aws.client("sqs")
-    for group in _send_groups(job, entries):
-        _send_ten(sqs, cfg, job, group)
+    _send(cfg, job, entries)
 
 
-def _send_groups(job: jobs.JobRecord, entries: list[plan.Entry]) -> Iterator[list[plan.Entry]]:
-    """The entries in consecutive groups one SendMessageBatch takes (SEND_BATCH, SEND_BYTES)."""
-    group: list[plan.Entry] = []
-    size = 0
-    for entry in entries:
-        length = len(json.dumps(batch_message(job, *entry)).encode())
-        if group and (len(group) == SEND_BATCH or size + length > SEND_BYTES):
-            yield group
-            group, size = [], 0
-        group.append(entry)
-        size += length
-    if group:
-        yield group
+def _send(cfg: StackConfig, job: jobs.JobRecord, entries: list[plan.Entry]) -> None:
+    """Send the entries' mini-batches, ten per SendMessageBatch (as many as fit its size limit)."""
+    refused = sqs.send_in_tens(cfg.batch_queue_url, [(str(entry[0]), batch_message(job, *entry).body())
+                                                     for entry in entries])
+    if refused:
+        raise ParallelRunError(f"SQS refused mini-batches {refused} of job {job.job_id} five times")
 
 
 def _reuse(cfg: StackConfig, job: jobs.JobRecord, entries: list[plan.Entry]) -> list[plan.Entry]:
@@ -329,21 +217,8 @@ def _reuse(cfg: StackConfig, job: jobs.JobRecord, entries: list[plan.Entry]) -> 
                 fingerprint=prints[index], reused_from=earlier["job_id"], header=earlier.get("header")))
     if any(prints[entry[0]] in found for entry in entries):
         logs.event(log, "reused mini-batches scored before", reused=sum(prints[e[0]] in found for e in entries))
-        aggregator.check(cfg, job.job_id)
+        lifecycle.check_job(cfg, job.job_id)
     return [entry for entry in entries if prints[entry[0]] not in found]
-
-
-def _send_ten(sqs: Any, cfg: StackConfig, job: jobs.JobRecord, batch: list[plan.Entry]) -> None:
-    entries = {str(i): json.dumps(batch_message(job, i, items, partition)) for i, items, partition in batch}
-    for _ in range(5):
-        response = sqs.send_message_batch(
-            QueueUrl=cfg.batch_queue_url, Entries=[{"Id": k, "MessageBody": v} for k, v in entries.items()]
-        )
-        entries = {f["Id"]: entries[f["Id"]] for f in response.get("Failed", [])}
-        if not entries:
-            return
-        time.sleep(0.2)
-    raise ParallelRunError(f"SQS refused mini-batches {sorted(entries)} of job {job.job_id} five times")
 
 
 def redrive(cfg: StackConfig, job_id: str) -> list[int]:
@@ -372,12 +247,10 @@ def redrive(cfg: StackConfig, job_id: str) -> list[int]:
     if not jobs.reopen(cfg, job_id, deployment, token):
         raise ConflictError(f"job {job_id} changed state during the redrive: look at it and try again")
     job = jobs.get(cfg, job_id)
-    sqs = aws.client("sqs")
     wanted = set(again)
     pending = [entry for entry in plan.read(cfg, job_id, min(again), max(again) + 1) if entry[0] in wanted] if again else []
-    for group in _send_groups(job, pending):
-        _send_ten(sqs, cfg, job, group)
+    _send(cfg, job, pending)
     if job.cursor < job.total_batches:
-        tick(cfg, {"action": "tick", "job_id": job_id, "tick": job.planner_tick, "token": token, "since": time.time()})
+        tick(cfg, sqs.Tick(job_id, job.planner_tick, token))
     logs.event(log, "redrive", batches=len(again), unsent=job.total_batches - job.cursor)
     return again

@@ -14,14 +14,13 @@ between) is taken over.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from parallelrun import aws
+from parallelrun.aws import sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs
 from parallelrun.core.errors import ConflictError, ParallelRunError
@@ -155,8 +154,7 @@ def run_ended(cfg: StackConfig, job: jobs.JobRecord) -> None:
     if current is None or current.running_job != job.job_id:
         return  # given back already, or taken over
     if current.waiting:
-        aws.client("sqs").send_message(QueueUrl=cfg.planner_queue_url, MessageBody=json.dumps(
-            {"action": "schedule", "schedule": job.schedule, "time": current.waiting, "trigger": "waited"}))
+        sqs.send(cfg.planner_queue_url, sqs.ScheduleRun(job.schedule, current.waiting, "waited"))
     schedules.release(cfg, job.schedule, job.job_id)
 
 

@@ -8,13 +8,13 @@ checked so that a bad one is refused with its name, value and what is allowed.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import settings
 from parallelrun.core.datasets import InputSpec
@@ -102,11 +102,10 @@ def snapshot(cfg: StackConfig, deployment: endpoints.Deployment) -> dict[str, An
 
 def _refuse_unreadable_input(spec: InputSpec) -> None:
     """An input folder that cannot be listed is refused now, not found out by the planner."""
-    s3 = aws.client("s3")
     try:
-        s3.list_objects_v2(Bucket=spec.bucket, Prefix=spec.prefix, MaxKeys=1)
-    except s3.exceptions.ClientError as error:
-        code = error.response["Error"]["Code"]
+        s3.first_key(spec.bucket, spec.prefix)
+    except s3.ClientError as error:
+        code = s3.error_code(error)
         raise InputError(f"--input {spec.uri}: cannot list it ({code}): check the bucket's name and access") from None
 
 
@@ -129,9 +128,9 @@ def _refuse_used_output(uri: str) -> None:
     in EntryScript().output_dir and log_dir) goes below ``uri``: a folder holding anything already
     could lose an earlier job's files."""
     bucket, prefix = aws.split_s3_uri(uri)
-    listed = aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("Contents", [])
-    if listed:
-        raise ConflictError(f"output folder {uri} already exists, holding s3://{bucket}/{listed[0]['Key']}: a job "
+    found = s3.first_key(bucket, prefix)
+    if found is not None:
+        raise ConflictError(f"output folder {uri} already exists, holding s3://{bucket}/{found}: a job "
                             "writes only into a folder that holds nothing yet; choose another output_path or "
                             "remove what is there first")
 
@@ -143,6 +142,4 @@ def start(cfg: StackConfig, job: jobs.JobRecord) -> None:
 
 
 def send_start(cfg: StackConfig, job_id: str) -> None:
-    aws.client("sqs").send_message(
-        QueueUrl=cfg.planner_queue_url, MessageBody=json.dumps({"action": "start", "job_id": job_id})
-    )
+    sqs.send(cfg.planner_queue_url, sqs.Start(job_id))

@@ -15,27 +15,26 @@ that fail by themselves are failed and the rest of the mini-batch still succeeds
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import faults, logs, metrics, results, safepath, usage
-from parallelrun.core.datasets import InputFile, InputSpec, TablePiece, item_from_json, relative_name
-from parallelrun.core.errors import IntegrityError, NotFoundError, UnsafeKey
-from parallelrun.core.partitions import frame_groups
-from parallelrun.pipeline import aggregator
-from parallelrun.scoring import modelfiles, selection
-from parallelrun.scoring.child import Failure, LogCapture, MiniBatchContext
+from parallelrun.core.datasets import InputFile, InputSpec, TablePiece, relative_name
+from parallelrun.core.errors import UnsafeKey
+from parallelrun.core.failures import Failure, failure_line
+from parallelrun.pipeline import isolation, lifecycle
 from parallelrun.scoring.host import AttemptFailed, ScoringHost, host_for
 from parallelrun.store import batches, jobs, keys, reuse
+from parallelrun.scoring.child import LogCapture, MiniBatchContext
 
 log = logging.getLogger("parallelrun.pipeline.worker")
 FETCH_THREADS = 16
@@ -49,19 +48,8 @@ class Retry(Exception):
 
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Lambda's SQS batch: report only the messages to retry (ReportBatchItemFailures)."""
-    cfg = StackConfig.from_env()
-    logs.setup()
-    failures = []
-    with usage.invocation(usage.WORKER, context, event):
-        for record in event.get("Records", []):
-            try:
-                process(cfg, record, context)
-            except Retry:
-                failures.append({"itemIdentifier": record["messageId"]})
-            except Exception:
-                log.exception("mini-batch attempt failed; SQS will deliver it again")
-                failures.append({"itemIdentifier": record["messageId"]})
-    return {"batchItemFailures": failures}
+    return sqs.handle_records(event, context, usage.WORKER, process, report_failures=True, expected=(Retry,),
+                              failed="mini-batch attempt failed; SQS will deliver it again")
 
 
 def worker_name(context: Any) -> str:
@@ -77,11 +65,9 @@ def deadline_of(context: Any) -> float:
 def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> None:
     """Handle one mini-batch message; raise to have it delivered again."""
     started = time.time()
-    message = json.loads(record["body"])
-    job_id, index = message["job_id"], int(message["batch"])
+    message = sqs.MiniBatch.parse(record["body"])
+    job_id, index, items, partition = message.job_id, message.batch, message.items, message.partition
     attempt = int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
-    items = [item_from_json(item) for item in message["items"]]
-    partition = message.get("partition")
     with logs.context(job_id, index):
         job = jobs.get(cfg, job_id, counted=False)  # its settings and total: counters are not needed here
         if job.state != jobs.RUNNING:
@@ -114,17 +100,14 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
                 logs.event(log, "another delivery recorded this mini-batch first", attempt=attempt)
                 jobs.put_usage(cfg, job_id, spent)
             faults.point("after_commit")
-        aggregator.check_shard(cfg, job, index)
+        lifecycle.batch_recorded(cfg, job, index)
 
 
 def _retry_soon(cfg: StackConfig, record: dict[str, Any], attempt: int) -> None:
     """Bring the message back after a short back-off instead of the whole visibility timeout."""
     if record.get("receiptHandle"):
         try:
-            aws.client("sqs").change_message_visibility(
-                QueueUrl=cfg.batch_queue_url, ReceiptHandle=record["receiptHandle"],
-                VisibilityTimeout=min(60, 2 * attempt),
-            )
+            sqs.change_visibility(cfg.batch_queue_url, record["receiptHandle"], min(60, 2 * attempt))
         except Exception:  # the default visibility timeout still brings it back
             log.warning("could not shorten the retry delay", exc_info=True)
 
@@ -136,9 +119,20 @@ def run_batch(cfg: StackConfig, job: jobs.JobRecord, index: int, items: list[Inp
     spec = InputSpec.from_uri(job.input_uri)
     planned = items
     items, unsafe = refuse_unsafe(spec, items)
-    if not items:  # nothing left to fetch or run
-        record = write_results(cfg, job.job_id, index, len(unsafe), attempt, [], unsafe, len(unsafe), worker, started)
-        return dataclasses.replace(record, fingerprint=reuse.fingerprint(job.deployment, job.settings, planned))
+    scored, read = isolation.Scored(), 0
+    if items:  # else nothing is left to fetch or run
+        scored, read = score(cfg, job, index, items, attempt, deadline, partition, spec)
+    return write_results(cfg, AttemptResults(
+        job_id=job.job_id, index=index, attempt=attempt, worker=worker, started=started,
+        inputs=max(read, scored.unscored) + len(unsafe), rows=scored.rows, failed=scored.failed + unsafe,
+        failed_count=scored.unscored + len(unsafe), header=scored.header,
+        fingerprint=reuse.fingerprint(job.deployment, job.settings, planned)))
+
+
+def score(cfg: StackConfig, job: jobs.JobRecord, index: int, items: list, attempt: int, deadline: float,
+          partition: dict[str, str] | None, spec: InputSpec) -> tuple[isolation.Scored, int]:
+    """Run the script over the mini-batch's inputs; what it scored, and how many inputs were read
+    (a table's in records). Raises :class:`Retry` while attempts remain."""
     folder = safepath.inside(safepath.INPUTS, f"{job.job_id}/{index}.{attempt}", "job")
     capture = LogCapture()
     logging.getLogger().addHandler(capture)
@@ -146,45 +140,32 @@ def run_batch(cfg: StackConfig, job: jobs.JobRecord, index: int, items: list[Inp
     try:
         context = MiniBatchContext(job_id=job.job_id, minibatch_index=index, attempt=attempt,
                                            input_files=[f"s3://{spec.bucket}/{item.key}" for item in items])
-        timeout = job.settings.run_invocation_timeout
-        mini_batch, readable, unreadable, header, parts = None, len(items), [], None, []
+        mini_batch, readable, unreadable, slices = None, len(items), [], []
         try:
             mini_batch, readable, unreadable = load_inputs(spec, items, folder, job.settings.csv_options)
             faults.point("before_run")
             faults.point("during_run")
-            parts = partitions_of(job, items, mini_batch, partition)
-            scored = score_partitions(cfg, job, host, parts, context, deadline)
-            capture.lines += scored.log_lines
-            rows, header = scored.rows, scored.header
-            failed = short_results(items, readable - scored.unscored, len(rows), spec) + unreadable + scored.failed
-            failed_count = len(failed) - len(scored.failed) + scored.unscored
+            slices = isolation.slices_of(job, items, mini_batch, partition)
+            scored = isolation.score_partitions(cfg, job, host, slices, context, deadline)
+            short = isolation.short_results(items, readable - scored.unscored, len(scored.rows), spec)
+            scored.failed, scored.unscored = short + unreadable + scored.failed, scored.unscored + len(short)
         except AttemptFailed as error:
             capture.lines += error.log_lines
             logs.event(log, "attempt failed", level=logging.WARNING, attempt=attempt,
                        error_type=error.failure.error_type, error=error.failure.message)
             if attempt < job.settings.run_max_try:
                 raise Retry() from error
-            if job.settings.isolate_failures and len(items) > 1:
-                rows, failed = isolate(host, items, mini_batch, context, timeout, deadline, error.failure, capture)
-                failed_count = len(failed)
-            elif job.settings.isolate_failures and len(parts) > 1:
-                scored = isolate_partitions(cfg, job, host, parts, context, deadline)
-                capture.lines += scored.log_lines
-                rows, header, failed = scored.rows, scored.header, scored.failed + unreadable
-                failed_count = scored.unscored + len(unreadable)
-            else:
-                rows, failed = [], [(item, error.failure) for item in items] + unreadable
-                failed_count = (readable if job.settings.input_type == "tabular" else len(items)) + len(unreadable)
+            scored = isolation.last_attempt(cfg, job, host, items, mini_batch, slices, context, deadline,
+                                            error.failure, readable, capture.lines)
+            scored.failed += unreadable
+        scored.unscored += len(unreadable)
+        capture.lines += scored.log_lines
     finally:
         collect_entry_dirs(cfg, job, host)
         logging.getLogger().removeHandler(capture)
         shutil.rmtree(folder, ignore_errors=True)  # /tmp is small on Lambda
         _write_log(cfg, job.job_id, index, attempt, capture.lines)
-    inputs = max(readable + len(unreadable), failed_count) + len(unsafe)
-    record = write_results(cfg, job.job_id, index, inputs, attempt, rows, failed + unsafe, failed_count + len(unsafe),
-                           worker, started)
-    return dataclasses.replace(record, header=header,
-                               fingerprint=reuse.fingerprint(job.deployment, job.settings, planned))
+    return scored, readable + len(unreadable)
 
 
 def refuse_unsafe(spec: InputSpec, items: list) -> tuple[list, list[tuple[Any, Failure]]]:
@@ -202,113 +183,6 @@ def refuse_unsafe(spec: InputSpec, items: list) -> tuple[list, list[tuple[Any, F
         except UnsafeKey as error:
             refused.append((item, Failure("UnsafeKey", str(error))))
     return safe, refused
-
-
-@dataclass
-class Part:
-    """The inputs of one partition within a mini-batch: one run() call."""
-
-    partition: dict[str, Any] | None
-    mini_batch: Any  # local paths, or a DataFrame
-    items: list  # the files (or the one table piece) these inputs come from
-    count: int  # inputs: files, or records
-    positions: list[int] | None = None  # a table's rows: where each sits in the piece
-
-
-@dataclass
-class Scored:
-    rows: results.Rows = field(default_factory=list)
-    header: str | None = None
-    failed: list[tuple[Any, Failure]] = field(default_factory=list)  # inputs no run() was given
-    unscored: int = 0  # how many inputs those failure lines stand for (a table's lines stand for rows)
-    log_lines: list[str] = field(default_factory=list)
-
-
-def partitions_of(job: jobs.JobRecord, items: list, mini_batch: Any, partition: dict[str, str] | None) -> list[Part]:
-    """The mini-batch's run() calls: one, or with ``partition_keys`` on a table one per distinct
-    value of the key columns (a file mini-batch was planned as one partition already)."""
-    keys = job.settings.partition_keys
-    if job.settings.input_type != "tabular" or not keys:
-        count = len(mini_batch) if job.settings.input_type == "tabular" else len(items)
-        return [Part(partition if keys else {}, mini_batch, items, count)]
-    try:
-        groups = frame_groups(mini_batch, keys)
-    except KeyError as error:
-        raise AttemptFailed(Failure("PartitionKeyMissing", str(error.args[0]))) from error
-    return [Part(value, rows.reset_index(drop=True), items, len(rows), list(rows.index)) for value, rows in groups]
-
-
-def score_partitions(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost, parts: list[Part],
-                     context: MiniBatchContext, deadline: float) -> Scored:
-    """run() once per partition, with that partition's model when the deployment picks one per
-    partition. A partition with no model (or a file outside ``partition_format``) fails its own
-    inputs at once, not the mini-batch; any run() that fails fails the attempt."""
-    scored, placed = Scored(), []
-    selector = selection.ModelSelector(job.deployment["model_name"]) if selection.is_per_partition(
-        job.deployment["model_name"]) else None
-    for part in parts:
-        if job.settings.partition_keys and part.partition is None:
-            reason = f"its path does not match partition_format {job.settings.partition_format}"
-            scored.failed += [(item, Failure("PartitionMismatch", reason)) for item in part.items]
-            scored.unscored += part.count
-            continue
-        context.partition_key_value = dict(part.partition or {})
-        if selector is not None:
-            try:
-                model = selector.resolve(cfg, part.partition)
-            except NotFoundError as error:
-                scored.failed += [(item, Failure("NoModelForPartition", str(error))) for item in part.items]
-                scored.unscored += part.count
-                continue
-            context.model_name, context.model_version = model.name, model.version
-            try:
-                context.model_path = modelfiles.partition_model_path(cfg, model, job.settings.model_cache_bytes)
-            except IntegrityError as error:  # a changed copy on disk: this attempt fails, the next fetches it again
-                raise AttemptFailed(Failure.from_exception(error)) from error
-        outcome = host.run(part.mini_batch, context, job.settings.run_invocation_timeout, deadline)
-        scored.log_lines += outcome.log_lines
-        scored.header = scored.header or outcome.header
-        placed.append((part, outcome.rows))
-    scored.rows = in_input_order(placed)
-    return scored
-
-
-def isolate_partitions(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost, parts: list[Part],
-                       context: MiniBatchContext, deadline: float) -> Scored:
-    """After a table's last attempt: each partition alone, so only the partitions whose run()
-    fails lose their rows."""
-    isolated, placed, spec = Scored(), [], InputSpec.from_uri(job.input_uri)
-    for part in parts:
-        try:
-            scored = score_partitions(cfg, job, host, [part], context, deadline)
-        except AttemptFailed as error:
-            isolated.log_lines += error.log_lines
-            failure = dataclasses.replace(error.failure, message=f"partition {part.partition}: {error.failure.message}")
-            isolated.failed += [(item, failure) for item in part.items]
-            isolated.unscored += part.count
-            continue
-        isolated.log_lines += scored.log_lines
-        isolated.header = isolated.header or scored.header
-        isolated.failed += scored.failed
-        isolated.unscored += scored.unscored
-        short = short_results(part.items, part.count - scored.unscored, len(scored.rows), spec)
-        isolated.failed += short
-        isolated.unscored += len(short)
-        placed.append((part, scored.rows))
-    isolated.rows = in_input_order(placed)
-    logs.event(log, "isolated the failed mini-batch's partitions", partitions=len(parts),
-               failed=len(parts) - len(placed))
-    return isolated
-
-
-def in_input_order(placed: list[tuple[Part, results.Rows]]) -> results.Rows:
-    """Rows back in the order of the inputs they came from when every partition returned one
-    row per input; otherwise partition by partition (which row belongs where is unknown)."""
-    joined = results.concat([rows for _, rows in placed])
-    if all(part.positions is not None and len(rows) == len(part.positions) for part, rows in placed) and placed:
-        positions = [position for part, _ in placed for position in part.positions]
-        return results.take(joined, sorted(range(len(positions)), key=positions.__getitem__))
-    return joined
 
 
 def load_inputs(spec: InputSpec, items: list, folder: Path,
@@ -329,89 +203,52 @@ def load_inputs(spec: InputSpec, items: list, folder: Path,
     return frame, len(frame), [(piece, Failure("MalformedRow", f"{piece.describe()}, {text}")) for text in bad]
 
 
-def short_results(items: list, inputs: int, returned: int, spec: InputSpec) -> list[tuple[Any, Failure]]:
-    """``run()`` returned fewer results than inputs: that many inputs failed, which ones unknown."""
-    missing = inputs - returned
-    if missing <= 0:
-        return []
-    failure = Failure("MissingResults", f"run() returned {returned} results for {inputs} inputs "
-                                        f"({relative_name(items[0].key, spec.prefix)} .. "
-                                        f"{relative_name(items[-1].key, spec.prefix)}): return one per input")
-    return [(None, failure)] * missing
+@dataclass
+class AttemptResults:
+    """What one attempt at a mini-batch produced, to write and record."""
+
+    job_id: str
+    index: int
+    attempt: int
+    worker: str
+    started: float
+    inputs: int  # files, or a table's records
+    rows: results.Rows
+    failed: list[tuple[Any, Failure]]  # the failure lines' inputs and why
+    failed_count: int  # the inputs those lines stand for
+    header: str | None = None
+    fingerprint: str | None = None
 
 
-def isolate(host: ScoringHost, items: list[InputFile], paths: list[str], context: MiniBatchContext,
-            timeout: float, deadline: float, batch_failure: Failure,
-            capture: LogCapture) -> tuple[results.Rows, list[tuple[InputFile | None, Failure]]]:
-    """Run each input alone: keep the rows of those that succeed, fail only those that fail alone."""
-    rows: results.Rows = []
-    failed: list[tuple[InputFile | None, Failure]] = []
-    for item, path in zip(items, paths):
-        if time.time() + timeout > deadline:
-            failed.append((item, Failure(batch_failure.error_type, "not run alone: the invocation ran out of time; "
-                                         f"the mini-batch failed with: {batch_failure.message}",
-                                         batch_failure.traceback)))
-            continue
-        try:
-            outcome = host.run([path], context, timeout, deadline)
-        except AttemptFailed as error:
-            capture.lines += error.log_lines
-            failed.append((item, error.failure))
-            continue
-        capture.lines += outcome.log_lines
-        rows = results.concat([rows, outcome.rows])
-        if not len(outcome.rows):
-            failed.append((item, Failure("MissingResults", "run() returned no result for this input alone")))
-    logs.event(log, "isolated the failed mini-batch's inputs", inputs=len(items), failed=len(failed))
-    return rows, failed
-
-
-def write_results(cfg: StackConfig, job_id: str, index: int, inputs: int, attempt: int, rows: results.Rows,
-                  failed: list[tuple[Any, Failure]], failed_count: int, worker: str,
-                  started: float) -> batches.BatchRecord:
+def write_results(cfg: StackConfig, done: AttemptResults, client: Any = None) -> batches.BatchRecord:
     """Write the part and the failure lines under keys naming the attempt; the batch's record."""
-    s3 = aws.client("s3")
     part = failures = None
-    if len(rows):
-        part = keys.part_key(job_id, index, attempt, results.suffix(rows))
-        s3.put_object(Bucket=cfg.artifacts_bucket, Key=part, Body=results.encode(rows))
-    if failed:
-        failures = keys.failures_key(job_id, index, attempt)
-        lines = [failure_line(item, index, attempt, failure, worker) for item, failure in failed]
-        s3.put_object(Bucket=cfg.artifacts_bucket, Key=failures, Body="".join(lines).encode())
-    items_failed = min(failed_count, inputs)
+    if len(done.rows):
+        part = keys.part_key(done.job_id, done.index, done.attempt, results.suffix(done.rows))
+        s3.put(cfg.artifacts_bucket, part, results.encode(done.rows), client)
+    if done.failed:
+        failures = keys.failures_key(done.job_id, done.index, done.attempt)
+        lines = [failure_line(item, done.index, done.attempt, failure, done.worker) for item, failure in done.failed]
+        s3.put(cfg.artifacts_bucket, failures, "".join(lines).encode(), client)
+    inputs, items_failed = done.inputs, min(done.failed_count, done.inputs)
     return batches.BatchRecord(
-        index=index, status=jobs.FAILED if items_failed == inputs and inputs else jobs.SUCCEEDED, items=inputs,
-        items_succeeded=inputs - items_failed, items_failed=items_failed, attempt=attempt, part_key=part,
-        failures_key=failures, rows=len(rows), worker=worker, duration=time.time() - started,
+        index=done.index, status=jobs.FAILED if items_failed == inputs and inputs else jobs.SUCCEEDED, items=inputs,
+        items_succeeded=inputs - items_failed, items_failed=items_failed, attempt=done.attempt, part_key=part,
+        failures_key=failures, rows=len(done.rows), worker=done.worker, duration=time.time() - done.started,
+        header=done.header, fingerprint=done.fingerprint,
     )
-
-
-def failure_line(item: InputFile | TablePiece | None, index: int, attempts: int, failure: Failure, worker: str) -> str:
-    """One line of ``failures.jsonl``: what failed (a file, or a table's range), where, how often, and why."""
-    where = {"range": item.describe()} if isinstance(item, TablePiece) else {}
-    return json.dumps({
-        "input": item.key if item is not None else None, **where, "minibatch": index, "attempts": attempts,
-        "error_type": failure.error_type, "message": failure.message, "traceback": list(failure.traceback),
-        "worker": worker,
-    }) + "\n"
 
 
 def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
     """Download the inputs concurrently (on AWS each GET waits on the network); keep their
     names below the input folder, so rows can name the file as the user knows it."""
-    s3 = aws.client("s3")
     paths = [safepath.inside(folder, relative_name(item.key, spec.prefix), f"input s3://{spec.bucket}/{item.key}: the name")
              for item in items]
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def get(pair: tuple[InputFile, Path]) -> None:
-        # One GetObject per input: download_file would add a HeadObject to each.
-        body = s3.get_object(Bucket=spec.bucket, Key=pair[0].key)["Body"]
-        with open(pair[1], "wb") as handle:
-            for chunk in body.iter_chunks(1024 * 1024):
-                handle.write(chunk)
+        s3.download(spec.bucket, pair[0].key, pair[1])
 
     with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, max(1, len(items)))) as pool:
         list(pool.map(usage.bind(get), zip(items, paths)))
@@ -421,9 +258,8 @@ def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
 def collect_entry_dirs(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost) -> None:
     """Move what the script wrote to ``EntryScript().output_dir`` (and ``log_dir``) into the
     job's output folder (and its ``logs/``), as ParallelRunStep collects them; never over a file
-    another job wrote there (:func:`aggregator.write_owned`)."""
+    another job wrote there (:func:`parallelrun.aws.s3.write_owned`)."""
     bucket, prefix = aws.split_s3_uri(job.output_uri)
-    s3 = aws.client("s3")
     for name, folder in host.entry_dirs.items():
         root = folder.resolve()
         for path in sorted(folder.rglob("*")):
@@ -431,15 +267,9 @@ def collect_entry_dirs(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost)
                 path.unlink()
             elif path.is_file() and path.resolve().is_relative_to(root):
                 key = prefix + ("logs/" if name == "logs" else "") + path.relative_to(folder).as_posix()
-
-                def put(file: Path = path, key: str = key, **condition: str) -> None:
-                    with open(file, "rb") as body:
-                        s3.put_object(Bucket=bucket, Key=key, Body=body,
-                                      Metadata={aggregator.OWNER_METADATA: job.job_id}, **condition)
-
                 try:
-                    aggregator.write_owned(s3, bucket, key, job.job_id, put)
-                except aggregator.OutputTaken as error:
+                    s3.put_owned(bucket, key, path, job.job_id)
+                except s3.OutputTaken as error:
                     logs.event(log, "a file the script wrote was not collected", level=logging.ERROR, error=str(error))
                 path.unlink()
 
@@ -447,7 +277,7 @@ def collect_entry_dirs(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost)
 def _write_log(cfg: StackConfig, job_id: str, index: int, attempt: int, lines: list[str]) -> None:
     """Keep the attempt's log lines (the script's own included) where `parallelrun logs` reads them."""
     try:
-        aws.client("s3").put_object(Bucket=cfg.artifacts_bucket, Key=keys.log_key(job_id, index, attempt),
-                                    Body="".join(line + "\n" for line in lines).encode())
+        s3.put(cfg.artifacts_bucket, keys.log_key(job_id, index, attempt),
+               "".join(line + "\n" for line in lines).encode())
     except Exception:  # logs are for reading, never a reason to fail a mini-batch
         log.warning("could not store the mini-batch's log", exc_info=True)

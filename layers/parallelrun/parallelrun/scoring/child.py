@@ -17,7 +17,6 @@ import io
 import logging
 import os
 import sys
-import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from parallelrun.core import logs, results
 from parallelrun.core.errors import ScoringScriptError
+from parallelrun.core.failures import Failure
 from parallelrun.core.settings import RunSettings
 from parallelrun.scoring import azure, loaded, modelfiles
 
@@ -48,20 +48,6 @@ class MiniBatchContext:
 
     def __getitem__(self, name: str) -> Any:
         return getattr(self, name)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why an attempt failed, as ``failures.jsonl`` reports it."""
-
-    error_type: str
-    message: str
-    traceback: tuple[str, ...] = ()
-
-    @classmethod
-    def from_exception(cls, error: BaseException) -> Failure:
-        lines = "".join(traceback.format_exception(error)).rstrip().splitlines()
-        return cls(type(error).__name__, str(error), tuple(lines[-TRACEBACK_LINES:]))
 
 
 class LogCapture(logging.Handler):

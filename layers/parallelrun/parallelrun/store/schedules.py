@@ -26,7 +26,7 @@ from itertools import groupby
 from typing import Any
 
 from parallelrun import aws
-from parallelrun.aws import dynamo
+from parallelrun.aws import dynamo, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import cron, logs
 from parallelrun.core.datasets import InputFile, TablePiece
@@ -85,12 +85,6 @@ def run_job_id(name: str, fire_time: str) -> str:
     return f"{name}-{run_stamp(fire_time)}"
 
 
-def rule_input(name: str) -> dict[str, Any]:
-    """The rule target's input transformer: the planner's message, carrying the event's time."""
-    body = json.dumps({"action": "schedule", "schedule": name, "trigger": "rule"})
-    return {"InputPathsMap": {"time": "$.time"}, "InputTemplate": body[:-1] + ', "time": <time>}'}
-
-
 # --- create, read, delete
 
 
@@ -125,14 +119,13 @@ def put(cfg: StackConfig, schedule: Schedule) -> None:
 
 
 def _put_rule(cfg: StackConfig, schedule: Schedule) -> None:
-    queue_arn = aws.client("sqs").get_queue_attributes(
-        QueueUrl=cfg.planner_queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    queue_arn = sqs.queue_arn(cfg.planner_queue_url)
     events = aws.client("events")
     events.put_rule(Name=schedule.rule_name, ScheduleExpression=schedule.expression, State="ENABLED",
                     Description=f"parallelrun schedule {schedule.name}: endpoint {schedule.endpoint} "
                                 f"over {schedule.input_uri}"[:512])
     events.put_targets(Rule=schedule.rule_name, Targets=[
-        {"Id": TARGET_ID, "Arn": queue_arn, "InputTransformer": rule_input(schedule.name)}])
+        {"Id": TARGET_ID, "Arn": queue_arn, "InputTransformer": sqs.schedule_rule_input(schedule.name)}])
 
 
 def get(cfg: StackConfig, name: str) -> Schedule:
