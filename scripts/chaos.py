@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from parallelrun.local import chaos
+from parallelrun.client import chaos
 
 
 def main() -> int:

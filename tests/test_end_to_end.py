@@ -15,7 +15,7 @@ from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.client.api import Client
 from parallelrun.client.demo import EXAMPLES, load_example
-from parallelrun.local import chaos
+from parallelrun.client import chaos
 from parallelrun.local.runtime import LocalStack
 from parallelrun.store import jobs
 

@@ -9,6 +9,7 @@ from parallelrun.core.errors import InputError, NotFoundError
 from parallelrun.scoring import selection
 from parallelrun.store import registry
 from parallelrun.store.registry import ModelVersion
+from parallelrun.core import model_refs
 
 
 def version(name: str, number: int, archived: bool = False, **tags: str) -> ModelVersion:
@@ -39,35 +40,35 @@ def models(monkeypatch):
 
 
 def test_templates_and_tags_choose_per_partition_and_plain_names_do_not():
-    assert selection.is_per_partition("sales-{store}")
-    assert selection.is_per_partition("tags:store={store}")
-    assert not selection.is_per_partition("digits")
-    assert not selection.is_per_partition("digits:3")
+    assert model_refs.is_per_partition("sales-{store}")
+    assert model_refs.is_per_partition("tags:store={store}")
+    assert not model_refs.is_per_partition("digits")
+    assert not model_refs.is_per_partition("digits:3")
 
 
 def test_model_selectors_are_checked_for_their_form():
-    assert selection.parse_selector("sales-{store}").fields == ("store",)
-    assert selection.parse_selector("  sales-{store}-{day} ").ref == "sales-{store}-{day}"
-    assert selection.parse_selector("tags:store={store},kind=forecast").tags == {"store": "{store}",
+    assert model_refs.parse_selector("sales-{store}").fields == ("store",)
+    assert model_refs.parse_selector("  sales-{store}-{day} ").ref == "sales-{store}-{day}"
+    assert model_refs.parse_selector("tags:store={store},kind=forecast").tags == {"store": "{store}",
                                                                                  "kind": "forecast"}
-    assert selection.parse_selector("sales-{store}").tags is None
+    assert model_refs.parse_selector("sales-{store}").tags is None
     for bad in ("sales-{store", "tags:store", "tags:={store}", "sales {store}", "sales", "tags:k={a}}"):
         with pytest.raises(InputError, match="name template"):
-            selection.parse_selector(bad)
+            model_refs.parse_selector(bad)
 
 
 def test_a_name_template_resolves_to_the_latest_version_of_the_named_model(models):
     held, calls = models
     held += [version("sales-a", 1), version("sales-a", 2), version("sales-b", 1)]
-    selector = selection.ModelSelector("sales-{store}")
-    first, again = selector.resolve(None, {"store": "a"}), selector.resolve(None, {"store": "a"})
+    selector = model_refs.ModelSelector("sales-{store}")
+    first, again = selection.resolve(None, selector, {"store": "a"}), selection.resolve(None, selector, {"store": "a"})
     assert (first.name, first.version) == ("sales-a", 2) and again == first
     assert calls == ["sales-a"]  # the second lookup came from the cache
-    assert selector.resolve(None, {"store": "b"}).name == "sales-b"
+    assert selection.resolve(None, selector, {"store": "b"}).name == "sales-b"
     with pytest.raises(NotFoundError, match="register one named 'sales-c'"):
-        selector.resolve(None, {"store": "c"})
+        selection.resolve(None, selector, {"store": "c"})
     with pytest.raises(NotFoundError, match="does not match partition_format"):
-        selector.resolve(None, None)
+        selection.resolve(None, selector, None)
 
 
 def test_a_resolved_model_is_asked_for_again_after_its_time(models, monkeypatch):
@@ -75,13 +76,13 @@ def test_a_resolved_model_is_asked_for_again_after_its_time(models, monkeypatch)
     held.append(version("sales-a", 1))
     now = [1000.0]
     monkeypatch.setattr(selection.time, "time", lambda: now[0])
-    selector = selection.ModelSelector("sales-{store}")
-    selector.resolve(None, {"store": "a"})
+    selector = model_refs.ModelSelector("sales-{store}")
+    selection.resolve(None, selector, {"store": "a"})
     held.append(version("sales-a", 2))
     now[0] += selection._RESOLVE_TTL - 1
-    assert selector.resolve(None, {"store": "a"}).version == 1
+    assert selection.resolve(None, selector, {"store": "a"}).version == 1
     now[0] += 2
-    assert selector.resolve(None, {"store": "a"}).version == 2
+    assert selection.resolve(None, selector, {"store": "a"}).version == 2
     assert calls == ["sales-a", "sales-a"]
 
 
@@ -89,11 +90,11 @@ def test_tags_resolve_to_the_one_model_that_carries_them(models):
     held, _ = models
     held += [version("north", 1, store="n", kind="forecast"), version("north", 3, store="n", kind="forecast"),
              version("north", 4, archived=True, store="n", kind="forecast"), version("other", 1, store="n")]
-    selector = selection.parse_selector("tags:store={store},kind=forecast")
-    chosen = selector.resolve(None, {"store": "n"})
+    selector = model_refs.parse_selector("tags:store={store},kind=forecast")
+    chosen = selection.resolve(None, selector, {"store": "n"})
     assert (chosen.name, chosen.version) == ("north", 3)  # the latest not archived
     with pytest.raises(NotFoundError, match="register one tagged store=s,kind=forecast"):
-        selector.resolve(None, {"store": "s"})
+        selection.resolve(None, selector, {"store": "s"})
     held.append(version("rival", 1, store="n", kind="forecast"))
     with pytest.raises(NotFoundError, match=r"models \['north', 'rival'\] all carry tags"):
-        selection.ModelSelector("tags:kind=forecast,store={store}").resolve(None, {"store": "n"})
+        selection.resolve(None, model_refs.ModelSelector("tags:kind=forecast,store={store}"), {"store": "n"})

@@ -19,6 +19,7 @@ from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunErr
 from parallelrun.local import state
 from parallelrun.pipeline import lifecycle, planner, scheduling, submit
 from parallelrun.store import batches, endpoints, jobs, keys, registry, schedules
+from parallelrun.core import model_refs
 
 
 class Client:
@@ -60,10 +61,10 @@ class Client:
         return registry.list_models(self.cfg, tags)
 
     def model(self, ref: str) -> registry.ModelVersion:
-        return registry.get(self.cfg, *registry.parse_ref(ref))
+        return registry.get(self.cfg, *model_refs.parse_ref(ref))
 
     def archive_model(self, ref: str) -> registry.ModelVersion:
-        name, version = registry.parse_ref(ref)
+        name, version = model_refs.parse_ref(ref)
         if version is None:
             raise ParallelRunError(f"archive which version of {name}? write {name}:VERSION")
         return registry.archive(self.cfg, name, version)

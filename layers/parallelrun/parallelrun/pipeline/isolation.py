@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import logs, results
+from parallelrun.core import logs, model_refs, results
 from parallelrun.core.datasets import InputFile, InputSpec, relative_name
 from parallelrun.core.errors import IntegrityError, NotFoundError
 from parallelrun.core.failures import Failure
@@ -72,7 +72,7 @@ def score_partitions(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost, s
     partition. A partition with no model (or a file outside ``partition_format``) fails its own
     inputs at once, not the mini-batch; any run() that fails fails the attempt."""
     scored, placed = Scored(), []
-    selector = selection.ModelSelector(job.deployment["model_name"]) if selection.is_per_partition(
+    selector = model_refs.ModelSelector(job.deployment["model_name"]) if model_refs.is_per_partition(
         job.deployment["model_name"]) else None
     for part_slice in slices:
         if job.settings.partition_keys and part_slice.partition is None:
@@ -83,7 +83,7 @@ def score_partitions(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost, s
         context.partition_key_value = dict(part_slice.partition or {})
         if selector is not None:
             try:
-                model = selector.resolve(cfg, part_slice.partition)
+                model = selection.resolve(cfg, selector, part_slice.partition)
             except NotFoundError as error:
                 scored.failed += [(item, Failure("NoModelForPartition", str(error))) for item in part_slice.items]
                 scored.unscored += part_slice.count

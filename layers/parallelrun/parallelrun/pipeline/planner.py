@@ -20,12 +20,11 @@ from typing import Any
 from parallelrun import aws
 from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import logs, planning, usage
+from parallelrun.core import logs, model_refs, planning, usage
 from parallelrun.core.datasets import InputFile, InputSpec
 from parallelrun.core.errors import ConflictError, ParallelRunError
 from parallelrun.pipeline import aggregator, lifecycle, markers, scheduling, submit
 from parallelrun.store import batches, endpoints, inputs, jobs, plan, reuse, scored
-from parallelrun.scoring import selection
 
 log = logging.getLogger("parallelrun.pipeline.planner")
 # A continuation seen before its sender recorded the cursor waits; after this long the sender
@@ -108,7 +107,7 @@ def start_job(cfg: StackConfig, job_id: str) -> None:
 def _reuse_whole_job(cfg: StackConfig, job: jobs.JobRecord, fingerprint: str, batches: int) -> bool:
     """With allow_reuse and no output_path of its own, a job identical to a succeeded one takes
     that job's output at once."""
-    if not job.settings.allow_reuse or job.settings.output_path or selection.is_per_partition(job.deployment["model_name"]):
+    if not job.settings.allow_reuse or job.settings.output_path or model_refs.is_per_partition(job.deployment["model_name"]):
         return False
     earlier = reuse.find_job(cfg, fingerprint)
     if earlier is None:
@@ -189,7 +188,7 @@ def send_batches(cfg: StackConfig, job: jobs.JobRecord, start: int, end: int) ->
     """Send mini-batches ``start``..``end-1``, ten per SendMessageBatch; with ``allow_reuse``, a
     mini-batch a succeeded job already scored is recorded done with that job's part instead."""
     entries = list(plan.read(cfg, job.job_id, start, end))
-    if job.settings.allow_reuse and not selection.is_per_partition(job.deployment["model_name"]):
+    if job.settings.allow_reuse and not model_refs.is_per_partition(job.deployment["model_name"]):
         entries = _reuse(cfg, job, entries)
     _send(cfg, job, entries)
 

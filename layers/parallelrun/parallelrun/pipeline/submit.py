@@ -16,10 +16,9 @@ from typing import Any
 from parallelrun import aws
 from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import settings
+from parallelrun.core import model_refs, settings
 from parallelrun.core.datasets import InputSpec
 from parallelrun.core.errors import ConflictError, InputError, SettingsError
-from parallelrun.scoring import selection
 from parallelrun.store import endpoints, jobs, keys, registry
 
 # The artifacts bucket's own folders: jobs' plans, parts and outputs; scoring code; models.
@@ -76,9 +75,9 @@ def prepare(
 
 def _check_partition_model(deployment: endpoints.Deployment, run_settings: settings.RunSettings) -> None:
     """A model chosen per partition needs partitions that carry every field it names."""
-    if not selection.is_per_partition(deployment.model_name):
+    if not model_refs.is_per_partition(deployment.model_name):
         return
-    fields = selection.parse_selector(deployment.model_name).fields
+    fields = model_refs.parse_selector(deployment.model_name).fields
     missing = [name for name in fields if name not in run_settings.partition_keys]
     if missing:
         raise SettingsError("partition_keys", ",".join(run_settings.partition_keys) or None,
@@ -89,7 +88,7 @@ def _check_partition_model(deployment: endpoints.Deployment, run_settings: setti
 def snapshot(cfg: StackConfig, deployment: endpoints.Deployment) -> dict[str, Any]:
     """What a job keeps of its deployment, the model version resolved (a model per partition is
     resolved when each mini-batch runs): later changes to the endpoint never reach it."""
-    if selection.is_per_partition(deployment.model_name):
+    if model_refs.is_per_partition(deployment.model_name):
         name, version = deployment.model_name, None
     else:
         model = registry.get(cfg, deployment.model_name, deployment.model_version)

@@ -22,11 +22,11 @@ from typing import Any
 
 from parallelrun import aws
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import results, safepath
+from parallelrun.core import model_refs, results, safepath
 from parallelrun.core import settings as settings_module
 from parallelrun.core.errors import ScoringScriptError
 from parallelrun.core.settings import RunSettings
-from parallelrun.scoring import child, credentials, modelfiles, selection
+from parallelrun.scoring import child, credentials, modelfiles
 from parallelrun.scoring.child import Failure, MiniBatchContext
 from parallelrun.scoring.code import code_dir, fetch_side_inputs
 from parallelrun.store import registry
@@ -73,7 +73,7 @@ class ScoringHost:
         root = code_dir(self.cfg, self.deployment["code_sha"])  # verified here, before any import
         # What the script may read itself, through the SDK (the worker fetches all of it anyway).
         reads = list(settings_module.side_input_uris(self.settings).values())
-        if selection.is_per_partition(self.deployment["model_name"]):
+        if model_refs.is_per_partition(self.deployment["model_name"]):
             model_path, single_file = "", False  # each mini-batch brings its partition's model
         else:
             model = registry.get(self.cfg, self.deployment["model_name"], self.deployment["model_version"])

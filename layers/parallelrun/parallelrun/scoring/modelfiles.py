@@ -79,7 +79,7 @@ def _mismatch(model: ModelVersion, root: Path) -> str | None:
     try:
         present = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
         if present == sorted(model.files):
-            actual = registry._content(root / model.files[0] if model.single_file else root)[1]
+            actual = registry.content(root / model.files[0] if model.single_file else root)[1]
             return None if actual == model.sha256 else f"has SHA-256 {actual}"
     except OSError:  # a file removed while it was read
         return _GONE

@@ -19,9 +19,8 @@ from typing import Any
 from parallelrun import aws
 from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import settings
+from parallelrun.core import model_refs, settings
 from parallelrun.core.errors import ConflictError, InputError, NotFoundError
-from parallelrun.scoring import selection
 from parallelrun.store import keys, registry
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{0,62}$")
@@ -47,7 +46,7 @@ class Deployment:
     @property
     def model_label(self) -> str:
         """How listings show the model: ``digits:3``, ``digits:latest`` or ``sales-{store} (per partition)``."""
-        if selection.is_per_partition(self.model_name):
+        if model_refs.is_per_partition(self.model_name):
             return f"{self.model_name} (per partition)"
         return f"{self.model_name}:{self.model_version or 'latest'}"
 
@@ -123,9 +122,9 @@ def check_model(cfg: StackConfig, model_ref: str) -> tuple[str, int | None]:
     """The model a deployment names, refused now if unknown rather than at the first job. A
     model per partition (``sales-{store}``, ``tags:store={store}``) is checked for its form
     only: its models are resolved when each mini-batch runs."""
-    if selection.is_per_partition(model_ref):
-        return selection.parse_selector(model_ref).ref, None
-    model_name, model_version = registry.parse_ref(model_ref)
+    if model_refs.is_per_partition(model_ref):
+        return model_refs.parse_selector(model_ref).ref, None
+    model_name, model_version = model_refs.parse_ref(model_ref)
     registry.get(cfg, model_name, model_version)
     return model_name, model_version
 

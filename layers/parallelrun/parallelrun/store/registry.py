@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import safepath
 from parallelrun.core.errors import InputError, NotFoundError
 from parallelrun.store import keys
+from parallelrun.core.model_refs import MODEL_NAME
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -60,15 +59,7 @@ class ModelVersion:
         )
 
 
-def parse_ref(ref: str) -> tuple[str, int | None]:
-    """``digits`` → (digits, None = latest); ``digits:3`` → (digits, 3)."""
-    name, _, version = ref.partition(":")
-    if not _NAME.match(name) or (version and not version.isdigit()):
-        raise InputError(f"model {ref!r}: write NAME or NAME:VERSION, e.g. digits or digits:2")
-    return name, int(version) if version else None
-
-
-def _content(path: Path) -> tuple[list[str], str]:
+def content(path: Path) -> tuple[list[str], str]:
     """The model's files (relative, sorted) and one SHA-256 over names and contents."""
     if path.is_file():
         return [path.name], hashlib.sha256(path.read_bytes()).hexdigest()
@@ -90,11 +81,11 @@ def register(
         with tempfile.TemporaryDirectory() as tmp:
             return register(cfg, _download(str(path), Path(tmp)), name, tags, description)
     path = Path(path)
-    if not _NAME.match(name):
+    if not MODEL_NAME.match(name):
         raise InputError(f"model name {name!r}: use letters, digits, '_', '.', '-' (at most 64, starting alphanumeric)")
     if not path.exists():
         raise InputError(f"model path {path} does not exist")
-    files, sha = _content(path)
+    files, sha = content(path)
     counter = dynamo.update(cfg.table, keys.model_counter_key(name), "ADD latest :one", {":one": 1},
                             returns="UPDATED_NEW")
     model = ModelVersion(

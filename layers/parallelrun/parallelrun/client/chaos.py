@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.client.api import Client
 from parallelrun.local.runtime import LocalStack
@@ -62,12 +61,14 @@ def run(runs: int, files: int = 24, workers: int = 2, chance: float = 0.05, time
         (Path(tmp) / "model.pkl").write_bytes(pickle.dumps(None))
         client.register_model(Path(tmp) / "model.pkl", "chaos")
         client.create_endpoint("chaos", code, "score.py", "chaos", SETTINGS)
-        s3 = aws.client("s3")
         started = time.time()
         for number in range(runs):
             names = [f"{number:04d}-{i:03d}.txt" for i in range(files)]
+            inputs = Path(tmp) / f"run{number}"
+            inputs.mkdir()
             for name in names:
-                s3.put_object(Bucket=client.cfg.input_bucket, Key=f"chaos/run{number}/{name}", Body=name.encode())
+                (inputs / name).write_text(name)
+            client.upload_folder(inputs, f"s3://{client.cfg.input_bucket}/chaos/run{number}/")
             job = client.submit("chaos", f"s3://{client.cfg.input_bucket}/chaos/run{number}/")
             job = client.wait(job.job_id, poll_seconds=0.3, timeout=timeout)
             rows = b"".join(client.read_output(job.job_id)).decode().splitlines()
