@@ -68,14 +68,6 @@ def reset_clients() -> None:
         _clients.clear()
 
 
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/key`` → ``("bucket", "some/key")``."""
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
-
-
 def download_prefix(bucket: str, prefix: str, folder: Path) -> int:
     """Every object under ``prefix`` into ``folder``, keeping the layout below the prefix; how
     many objects there were. A key whose name below the prefix is not a safe file name (an

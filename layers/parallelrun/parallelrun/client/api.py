@@ -14,7 +14,7 @@ from typing import Any
 from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.client import report, sdk
-from parallelrun.core.datasets import READY_MARKER
+from parallelrun.core.datasets import READY_MARKER, split_s3_uri
 from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
 from parallelrun.local import state
 from parallelrun.pipeline import lifecycle, planner, scheduling, submit
@@ -252,7 +252,7 @@ class Client:
         return self._output(self.job(job_id), name)
 
     def _output(self, job: jobs.JobRecord, name: str | None) -> Iterator[bytes]:
-        bucket, key = aws.split_s3_uri(self.output_uri(job, name))
+        bucket, key = split_s3_uri(self.output_uri(job, name))
         s3 = aws.client("s3")
         try:
             body = s3.get_object(Bucket=bucket, Key=key)["Body"]
@@ -263,7 +263,7 @@ class Client:
     def upload_folder(self, folder: str | Path, uri: str, threads: int = 16) -> int:
         """Upload every file below ``folder`` to the ``uri`` prefix, concurrently; returns the count."""
         folder = Path(folder)
-        bucket, prefix = aws.split_s3_uri(uri if uri.endswith("/") else uri + "/")
+        bucket, prefix = split_s3_uri(uri if uri.endswith("/") else uri + "/")
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         s3 = aws.client("s3")
         with ThreadPoolExecutor(threads) as pool:
@@ -273,7 +273,7 @@ class Client:
     def mark_ready(self, uri: str) -> None:
         """Write the ``_READY`` marker into the drop folder ``uri``: the files there are complete,
         and the planner starts a job on them."""
-        bucket, prefix = aws.split_s3_uri(uri if uri.endswith("/") else uri + "/")
+        bucket, prefix = split_s3_uri(uri if uri.endswith("/") else uri + "/")
         aws.client("s3").put_object(Bucket=bucket, Key=prefix + READY_MARKER, Body=b"")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import safepath
+from parallelrun.core.datasets import split_s3_uri
 from parallelrun.core.errors import IntegrityError
 from parallelrun.store import keys
 
@@ -28,7 +29,7 @@ def fetch_side_inputs(uris: dict[str, str]) -> dict[str, str]:
     (ending in '/') → a folder of its objects."""
     paths = {}
     for name, uri in uris.items():
-        bucket, key = aws.split_s3_uri(uri)
+        bucket, key = split_s3_uri(uri)
         folder = safepath.SIDE_INPUTS / hashlib.sha256(uri.encode()).hexdigest()[:16]
         target = safepath.inside(folder, name, f"side input {uri}: the name")
         done = folder / ".complete"

@@ -20,6 +20,7 @@ from parallelrun import aws
 from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import safepath
+from parallelrun.core.datasets import split_s3_uri
 from parallelrun.core.errors import InputError, NotFoundError
 from parallelrun.store import keys
 
@@ -111,7 +112,7 @@ def register(
 
 def _download(uri: str, folder: Path) -> Path:
     """An S3 object (→ that file) or prefix (→ a folder of its objects) on local disk."""
-    bucket, key = aws.split_s3_uri(uri)
+    bucket, key = split_s3_uri(uri)
     s3 = aws.client("s3")
     if key and not key.endswith("/"):
         try:
