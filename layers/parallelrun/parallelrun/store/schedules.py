@@ -26,7 +26,7 @@ from itertools import groupby
 from typing import Any
 
 from parallelrun import aws
-from parallelrun.aws import dynamo, sqs
+from parallelrun.aws import dynamo, s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import cron, logs
 from parallelrun.core.datasets import InputFile, TablePiece
@@ -227,7 +227,7 @@ def _scored_inputs(cfg: StackConfig, job: jobs.JobRecord,
 def _failed_inputs(cfg: StackConfig, record: batches.BatchRecord) -> Iterable[str]:
     if not record.failures_key:
         return []
-    body = aws.client("s3").get_object(Bucket=cfg.artifacts_bucket, Key=record.failures_key)["Body"].read()
+    body = s3.get(cfg.artifacts_bucket, record.failures_key)
     return [json.loads(line)["input"] for line in body.splitlines() if line.strip()]
 
 
