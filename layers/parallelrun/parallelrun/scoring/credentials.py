@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from parallelrun.aws import control
 from parallelrun.core.errors import StackError
 
 ROLE_VARIABLE = "PARALLELRUN_SCORING_ROLE_ARN"
@@ -81,11 +82,11 @@ def role_arn() -> str:
     return found
 
 
-def assume(sts: Any, policy: dict[str, Any], session_name: str) -> dict[str, Any]:
+def assume(policy: dict[str, Any], session_name: str, sts: Any = None) -> dict[str, Any]:
     """Credentials of the scoring role narrowed by ``policy``, in credential_process's format
     (https://docs.aws.amazon.com/sdkref/latest/guide/feature-process-credentials.html)."""
-    found = sts.assume_role(RoleArn=role_arn(), RoleSessionName=session_name[:64], DurationSeconds=DURATION,
-                            Policy=json.dumps(policy, separators=(",", ":")))["Credentials"]
+    found = control.assume_role(role_arn(), session_name[:64], DURATION, json.dumps(policy, separators=(",", ":")),
+                                sts)
     expiration = found["Expiration"]
     if isinstance(expiration, datetime):
         expiration = expiration.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -96,7 +97,7 @@ def assume(sts: Any, policy: dict[str, Any], session_name: str) -> dict[str, Any
 class ScopedCredentials:
     """The scoring process's credentials on disk, in a folder of its own, renewed while it runs."""
 
-    def __init__(self, sts: Any, policy: dict[str, Any], session_name: str, folder: Path) -> None:
+    def __init__(self, policy: dict[str, Any], session_name: str, folder: Path, sts: Any = None) -> None:
         self.sts, self.policy, self.session_name = sts, policy, session_name
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = folder / "credentials.json"
@@ -107,7 +108,7 @@ class ScopedCredentials:
         self.config.write_text(f"[default]\ncredential_process = {command}\n")
 
     def renew(self) -> None:
-        found = assume(self.sts, self.policy, self.session_name)
+        found = assume(self.policy, self.session_name, self.sts)
         self.expires = datetime.strptime(found["Expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
         staging = self.path.with_suffix(".tmp")
         staging.write_text(json.dumps(found))
