@@ -1,5 +1,6 @@
-"""Every SQS message the stack sends, built and parsed here; the SQS calls that send them; and
-the one loop the four functions run over the records Lambda hands them.
+"""Every SQS message the stack sends, built and parsed here; the SQS calls that send them (and
+those that receive them, for the local stack's event sources); and the one loop the four
+functions run over the records Lambda hands them.
 
 The queues and their messages:
 
