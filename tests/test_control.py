@@ -1,8 +1,10 @@
-"""The control-plane calls (:mod:`parallelrun.aws.control`) with stand-in clients, and a client
-made with other credentials (:func:`parallelrun.aws.client_as`)."""
+"""The control-plane calls (:mod:`parallelrun.aws.control`) with stand-in clients, the scoring
+credentials built on AssumeRole's answer, and a client made with other credentials
+(:func:`parallelrun.aws.client_as`)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ from botocore.exceptions import ClientError
 
 from parallelrun import aws
 from parallelrun.aws import control
+from parallelrun.scoring import credentials
 
 
 class Fake:
@@ -50,7 +53,8 @@ def test_a_missing_stack_is_none_and_other_errors_raise() -> None:
 def test_stack_resources_are_physical_ids_by_logical_id() -> None:
     fake = Fake(describe_stack_resources={"StackResources": [
         {"LogicalResourceId": "WorkerFunction", "PhysicalResourceId": "s-Worker-1"},
-        {"LogicalResourceId": "Table", "PhysicalResourceId": "s-Table-2"}]})
+        {"LogicalResourceId": "Table", "PhysicalResourceId": "s-Table-2"},
+        {"LogicalResourceId": "NotCreated", "ResourceStatus": "CREATE_FAILED"}]})
     assert control.stack_resources("s", fake) == {"WorkerFunction": "s-Worker-1", "Table": "s-Table-2"}
     assert fake.calls == [("describe_stack_resources", {"StackName": "s"})]
 
@@ -112,3 +116,20 @@ def test_a_client_with_other_credentials_is_its_own_in_the_process_s_region() ->
     assert made._request_signer._credentials.access_key == "AKOTHER"
     assert made is not aws.client("sqs") and made is not aws.client_as("sqs", "AKOTHER", "secret")
     assert made._request_signer._credentials.access_key != aws.client("sqs")._request_signer._credentials.access_key
+
+
+def test_the_scoring_credentials_are_assumed_narrowed_in_credential_process_format(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(credentials.ROLE_VARIABLE, "arn:aws:iam::1:role/scoring")
+    asked = []
+
+    def assume_role(role_arn: str, session_name: str, duration: int, policy: str) -> dict[str, Any]:
+        asked.append((role_arn, session_name, duration, policy))
+        return {"AccessKeyId": "AK", "SecretAccessKey": "SK", "SessionToken": "T",
+                "Expiration": datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)}
+
+    found = credentials.assume(assume_role, {"Version": "2012-10-17", "Statement": []}, "s" * 70)
+    assert found == {"Version": 1, "AccessKeyId": "AK", "SecretAccessKey": "SK", "SessionToken": "T",
+                     "Expiration": "2030-01-02T03:04:05Z"}
+    assert asked == [("arn:aws:iam::1:role/scoring", "s" * 64, credentials.DURATION,
+                      '{"Version":"2012-10-17","Statement":[]}')]

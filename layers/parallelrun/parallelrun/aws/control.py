@@ -30,9 +30,11 @@ def describe_stack(name: str, client: Any = None) -> dict[str, Any] | None:
 
 
 def stack_resources(name: str, client: Any = None) -> dict[str, str]:
-    """The stack's resources: physical id by logical id."""
+    """The stack's resources that exist: physical id by logical id (one not created, such as a
+    resource of a false condition on moto, has no physical id)."""
     resources = (client or aws.client("cloudformation")).describe_stack_resources(StackName=name)["StackResources"]
-    return {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources if r.get("LogicalResourceId")}
+    return {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources
+            if r.get("LogicalResourceId") and r.get("PhysicalResourceId")}
 
 
 # --- Lambda
