@@ -27,6 +27,7 @@ from moto import mock_aws  # noqa: E402
 
 from parallelrun import aws  # noqa: E402
 from parallelrun.aws.config import StackConfig  # noqa: E402
+from parallelrun.core.datasets import split_s3_uri
 from parallelrun.local import functions, lambdas, provision  # noqa: E402
 from parallelrun.store import endpoints, jobs, registry  # noqa: E402
 
@@ -165,7 +166,7 @@ def put_files(cfg: StackConfig, prefix: str, names: list[str], body: Callable[[s
 
 
 def read_output(cfg: StackConfig, job: jobs.JobRecord, name: str | None = None) -> str:
-    bucket, key = aws.split_s3_uri(job.output_uri + (name or job.settings.output_file_name))
+    bucket, key = split_s3_uri(job.output_uri + (name or job.settings.output_file_name))
     return aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
 
 

@@ -11,6 +11,7 @@ import pytest
 from parallelrun import aws
 from parallelrun.client.api import Client
 from parallelrun.client.demo import EXAMPLES, load_example
+from parallelrun.core.datasets import split_s3_uri
 from parallelrun.scoring import azure
 from parallelrun.store import endpoints, jobs, registry
 from tests.conftest import read_output
@@ -54,7 +55,7 @@ def test_an_azure_entry_script_runs_unchanged(stack, tmp_path: Path):
     rows = read_output(stack.cfg, job).splitlines()
     assert [row.split(" ")[0] for row in rows] == sorted(labels)  # DataFrame rows, space-separated
     assert sum(int(row.split(" ")[1]) == labels[row.split(" ")[0]] for row in rows) >= 9
-    bucket, prefix = aws.split_s3_uri(job.output_uri)
+    bucket, prefix = split_s3_uri(job.output_uri)
     listed = {o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
     assert {"minibatch-0000.csv", "minibatch-0001.csv", "minibatch-0002.csv"} <= listed  # EntryScript().output_dir
     lines = list(Client(stack.cfg).logs(job.job_id))

@@ -11,9 +11,18 @@ from parallelrun.core.datasets import (
     batches,
     is_input,
     relative_name,
+    split_s3_uri,
 )
 
 PREFIX = "ep/run1/"
+
+
+def test_an_s3_uri_splits_into_bucket_and_key() -> None:
+    assert split_s3_uri("s3://bucket/some/key") == ("bucket", "some/key")
+    assert split_s3_uri("s3://bucket") == ("bucket", "")
+    with pytest.raises(ValueError, match="not an s3:// URI"):
+        split_s3_uri("/local/path")
+
 
 # --- is_input -------------------------------------------------------------------------------
 

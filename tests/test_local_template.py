@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boto3
 import pytest
 
 from parallelrun.core.errors import StackError
@@ -75,7 +74,7 @@ def test_code_folders_become_objects_of_the_bootstrap_bucket(template_path: Path
 def test_the_translation_is_plain_cloudformation_without_what_moto_cannot_create(template_path: Path) -> None:
     read = template.read_template(template_path, {})
     template.point_code_at_bucket(read, template_path.parent, "boot")
-    translated = template.translate(read, {}, boto3.session.Session(region_name="us-east-1"))
+    translated = template.translate(read, {}, "us-east-1")
     types = {logical_id: r["Type"] for logical_id, r in translated["Resources"].items()}
     assert types["Echo"] == "AWS::Lambda::Function" and types["InboxPolicy"] == "AWS::SQS::QueuePolicy"
     creatable = template.locally_creatable(translated)

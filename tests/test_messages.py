@@ -174,3 +174,53 @@ def test_without_reported_failures_a_failure_raises(handled):
     with pytest.raises(RuntimeError, match="broken"):  # every message of the event comes back
         sqs.handle_records(_records("a", "b", "c"), None, "planner", handle, report_failures=False)
     assert handled == ["a", "a", "b"]
+
+
+class Calls:
+    """A stand-in SQS client that records each call and answers it from ``answers``."""
+
+    def __init__(self, **answers: Any) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.answers = answers
+
+    def __getattr__(self, name: str) -> Any:
+        def call(**kwargs: Any) -> Any:
+            self.calls.append((name, kwargs))
+            return self.answers.get(name)
+        return call
+
+
+def test_a_built_body_is_sent_as_it_is_with_a_delay_only_when_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = Calls()
+    monkeypatch.setattr(sqs.aws, "client", lambda service: fake)
+    sqs.send_body("q", '{"raw": 1}')
+    sqs.send("q", sqs.Start("j1"), delay_seconds=5)
+    assert fake.calls == [("send_message", {"QueueUrl": "q", "MessageBody": '{"raw": 1}'}),
+                          ("send_message", {"QueueUrl": "q", "MessageBody": sqs.Start("j1").body(), "DelaySeconds": 5})]
+
+
+def test_queues_are_created_and_found_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = Calls(create_queue={"QueueUrl": "http://q/local-x"}, get_queue_url={"QueueUrl": "http://q/planner"},
+                 get_queue_attributes={"Attributes": {"QueueArn": "arn:aws:sqs:us-east-1:1:local-x"}})
+    monkeypatch.setattr(sqs.aws, "client", lambda service: fake)
+    assert sqs.create_queue("local-x") == "http://q/local-x"
+    assert sqs.queue_url("planner", "123456789012") == "http://q/planner"
+    assert sqs.queue_arn("http://q/local-x") == "arn:aws:sqs:us-east-1:1:local-x"
+    assert fake.calls[1] == ("get_queue_url", {"QueueName": "planner", "QueueOwnerAWSAccountId": "123456789012"})
+    assert fake.calls[2] == ("get_queue_attributes", {"QueueUrl": "http://q/local-x", "AttributeNames": ["QueueArn"]})
+
+
+def test_received_messages_carry_every_attribute_and_are_deleted_ten_at_a_time() -> None:
+    messages = [{"MessageId": str(i), "ReceiptHandle": f"r{i}"} for i in range(23)]
+    fake = Calls(receive_message={"Messages": messages})
+    assert sqs.receive("q", 10, 1, fake) == messages
+    assert fake.calls[0] == ("receive_message", {"QueueUrl": "q", "MaxNumberOfMessages": 10, "WaitTimeSeconds": 1,
+                                                 "AttributeNames": ["All"], "MessageAttributeNames": ["All"]})
+    assert sqs.receive("q", 10, 1, Calls(receive_message={})) == []
+    sqs.delete_received("q", messages, fake)
+    deletes = [kwargs["Entries"] for name, kwargs in fake.calls if name == "delete_message_batch"]
+    assert [len(entries) for entries in deletes] == [10, 10, 3]
+    assert deletes[2] == [{"Id": "0", "ReceiptHandle": "r20"}, {"Id": "1", "ReceiptHandle": "r21"},
+                          {"Id": "2", "ReceiptHandle": "r22"}]
+    sqs.delete_received("q", [], fake)
+    assert len(fake.calls) == 4  # nothing to delete: no call

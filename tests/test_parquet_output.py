@@ -15,6 +15,7 @@ from parallelrun import aws
 from parallelrun.client import sdk
 from parallelrun.client.api import Client
 from parallelrun.core import results
+from parallelrun.core.datasets import split_s3_uri
 from parallelrun.core.errors import ScoringScriptError
 from parallelrun.core.settings import RunSettings, resolve
 from parallelrun.pipeline import aggregator
@@ -25,7 +26,7 @@ from tests.test_pipeline import start
 
 
 def read_bytes(cfg, job: jobs.JobRecord, name: str | None = None) -> bytes:
-    bucket, key = aws.split_s3_uri(job.output_uri + (name or job.settings.output_file_name))
+    bucket, key = split_s3_uri(job.output_uri + (name or job.settings.output_file_name))
     return aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
@@ -124,7 +125,7 @@ def test_parts_larger_than_an_upload_part_make_one_valid_parquet_file(stack):
     job = _job_with_parts(stack, "pq-big", frames)
     rows, _, _, unwritten = aggregator.collate(stack.cfg, job, upload_part_size=size)
     assert (rows, unwritten) == (240, "")
-    bucket, key = aws.split_s3_uri(job.output_uri + "parallel_run_step.parquet")
+    bucket, key = split_s3_uri(job.output_uri + "parallel_run_step.parquet")
     assert aws.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > size
     assert aws.client("s3").head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith("-2")  # multipart
     back = pd.read_parquet(io.BytesIO(read_bytes(stack.cfg, job)))

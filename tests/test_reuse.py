@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from parallelrun import aws
+from parallelrun.core.datasets import split_s3_uri
 from parallelrun.store import jobs
 from tests.conftest import put_files, read_output
 from tests.test_pipeline import echo, parts, start
@@ -54,6 +55,6 @@ def test_failed_inputs_are_never_reused(stack, make_endpoint):
     assert (first.items_failed, first.items_succeeded) == (1, 1)
     again = run(stack, endpoint, "noreuse/r/", mini_batch_size="1", run_max_try="1")
     assert (again.batches_reused, again.items_failed) == (1, 1)  # a.txt reused, bad.txt tried again
-    summary = aws.client("s3").get_object(Bucket=aws.split_s3_uri(again.output_uri)[0],
-                                          Key=aws.split_s3_uri(again.output_uri)[1] + "summary.json")["Body"].read()
+    summary = aws.client("s3").get_object(Bucket=split_s3_uri(again.output_uri)[0],
+                                          Key=split_s3_uri(again.output_uri)[1] + "summary.json")["Body"].read()
     assert b'"reused_batches": 1' in summary

@@ -152,3 +152,64 @@ def test_stream_writer_small_output_is_one_put(stack):
     writer.close()
     assert writer.upload_id is None
     assert aws.client("s3").get_object(Bucket=stack.cfg.artifacts_bucket, Key="bench/small.txt")["Body"].read() == b"a\nb\n"
+
+
+class Recorder:
+    """A stand-in client that records each call's name and arguments."""
+
+    def __init__(self, **answers: Any) -> None:
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self.answers = answers
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args, kwargs))
+            answer = self.answers.get(name)
+            return answer(*args, **kwargs) if callable(answer) else answer
+        return call
+
+
+def test_under_lists_every_page_of_a_prefix():
+    pages = [{"Contents": [{"Key": "p/a"}, {"Key": "p/b"}]}, {}, {"Contents": [{"Key": "p/c"}]}]
+    paginator = Recorder(paginate=lambda **kwargs: iter(pages))
+    fake = Recorder(get_paginator=lambda name: paginator)
+    assert [o["Key"] for o in s3.under("b", "p/", fake)] == ["p/a", "p/b", "p/c"]
+    assert fake.calls[0][1] == ("list_objects_v2",) and paginator.calls[0][2] == {"Bucket": "b", "Prefix": "p/"}
+
+
+def test_put_new_writes_only_where_nothing_is():
+    fake = FakeS3()
+    assert s3.put_new("b", "code/abc.zip", b"zip", fake)
+    assert not s3.put_new("b", "code/abc.zip", b"zip", fake)  # already there: not an error
+
+    def denied(**kwargs: Any) -> None:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "PutObject")
+
+    with pytest.raises(ClientError, match="AccessDenied"):
+        s3.put_new("b", "code/abc.zip", b"zip", Recorder(put_object=denied))
+
+
+def test_open_existing_is_none_for_a_missing_key(stack):
+    bucket = stack.cfg.artifacts_bucket
+    s3.put(bucket, "bench/here.txt", b"here")
+    assert s3.open_existing(bucket, "bench/here.txt").read() == b"here"
+    assert s3.open_existing(bucket, "bench/not-here.txt") is None
+
+
+def test_transfers_take_paths_as_strings(tmp_path: Path):
+    fake = Recorder()
+    s3.upload_file(tmp_path / "a.bin", "b", "k/a.bin", fake)
+    s3.download_file("b", "k/a.bin", tmp_path / "b.bin", fake)
+    assert fake.calls == [("upload_file", (str(tmp_path / "a.bin"), "b", "k/a.bin"), {}),
+                          ("download_file", ("b", "k/a.bin", str(tmp_path / "b.bin")), {})]
+
+
+def test_a_bucket_notifies_a_queue_with_only_the_filters_given():
+    fake = Recorder()
+    s3.notify_queue("b", "arn:q", ["s3:ObjectCreated:*"], suffix="_READY", client=fake)
+    s3.notify_queue("b", "arn:q", ["s3:ObjectCreated:*"], client=fake)
+    (_, _, filtered), (_, _, plain) = fake.calls
+    assert filtered["NotificationConfiguration"] == {"QueueConfigurations": [{
+        "QueueArn": "arn:q", "Events": ["s3:ObjectCreated:*"],
+        "Filter": {"Key": {"FilterRules": [{"Name": "suffix", "Value": "_READY"}]}}}]}
+    assert "Filter" not in plain["NotificationConfiguration"]["QueueConfigurations"][0]

@@ -16,6 +16,7 @@ from parallelrun.aws import s3, sqs
 from parallelrun.client.api import Client
 from parallelrun.client.cli import main
 from parallelrun.client.progress import status_lines
+from parallelrun.core.datasets import split_s3_uri
 from parallelrun.core.errors import ConflictError, SettingsError
 from parallelrun.pipeline import aggregator, markers, submit
 from parallelrun.store import jobs
@@ -240,13 +241,13 @@ def test_an_aggregation_tried_again_overwrites_its_own_files(stack, endpoint):
     rows = read_output(stack.cfg, done, done.settings.output_file_name)
     # As an aggregator that died after writing its files and came back would do.
     assert aggregator.collate(stack.cfg, done)[0] == 2
-    writer = s3.S3StreamWriter(*aws.split_s3_uri(done.output_uri + "failures.jsonl"), upload_part_size=5 * 1024**2,
+    writer = s3.S3StreamWriter(*split_s3_uri(done.output_uri + "failures.jsonl"), upload_part_size=5 * 1024**2,
                                owner=done.job_id)
     writer.write(b"x" * (6 * 1024**2))  # a multipart upload, completed over its own earlier file
     writer.close()
     assert read_output(stack.cfg, done, done.settings.output_file_name) == rows
     with pytest.raises(s3.OutputTaken, match="did not write it"):
-        other = s3.S3StreamWriter(*aws.split_s3_uri(done.output_uri + "failures.jsonl"),
+        other = s3.S3StreamWriter(*split_s3_uri(done.output_uri + "failures.jsonl"),
                                   upload_part_size=5 * 1024**2, owner="another-job")
         other.write(b"y" * (6 * 1024**2))
         other.close()

@@ -14,6 +14,7 @@ import pytest
 
 from parallelrun import aws
 from parallelrun.core import safepath
+from parallelrun.core.datasets import split_s3_uri
 from parallelrun.core.errors import IntegrityError, NotFoundError, UnsafeKey
 from parallelrun.scoring import code, host, modelfiles
 from parallelrun.store import jobs, keys, registry
@@ -190,7 +191,7 @@ def test_collected_script_files_never_overwrite_another_jobs_nor_follow_links(st
     endpoint = make_endpoint(ENTRY_WRITER, name="entrywriter")
     put_files(stack.cfg, "entrywriter/r/", ["a.txt"])
     job = start(stack, endpoint, "entrywriter/r/")
-    bucket, prefix = aws.split_s3_uri(job.output_uri)
+    bucket, prefix = split_s3_uri(job.output_uri)
     s3 = aws.client("s3")
     # Another job's file landed in this job's folder after submit (two jobs raced for one folder).
     s3.put_object(Bucket=bucket, Key=prefix + "stats.txt", Body=b"theirs", Metadata={"parallelrun-job": "other"})

@@ -15,6 +15,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from parallelrun import aws
+from parallelrun.core.datasets import split_s3_uri
 from parallelrun.store import endpoints, jobs, registry
 from tests.conftest import read_output
 from tests.test_pipeline import start
@@ -73,7 +74,7 @@ def test_an_iris_csv_scored_by_a_model_returning_a_dataframe(stack, tmp_path: Pa
     as_parquet = stack.run_until_done(start(stack, "iris", "iris/csv/", {
         "input_type": "tabular", "mini_batch_size": "512", "output_format": "parquet"}).job_id)
     assert as_parquet.state == jobs.SUCCEEDED and as_parquet.total_batches > 5
-    bucket, key = aws.split_s3_uri(as_parquet.output_uri + "parallel_run_step.parquet")
+    bucket, key = split_s3_uri(as_parquet.output_uri + "parallel_run_step.parquet")
     read_back = pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))  # one line, typed
     assert read_back.dtypes.astype(str).to_dict() == {"id": "int64", "predicted": "int64"}
     assert list(read_back["id"]) == list(range(150)) and list(read_back["predicted"]) == [

@@ -37,6 +37,15 @@ def client(service: str) -> Any:
     return found
 
 
+def client_as(service: str, access_key_id: str, secret_access_key: str) -> Any:
+    """A client of ``service`` with other credentials than the process's, in its region: made
+    anew (never shared) and not metered, since its requests are no function's (a local
+    function's process polls its S3 notification queues as the stack, not as its own role)."""
+    session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+                                    region_name=region())
+    return session.client(service, config=RETRIES)
+
+
 def table(name: str) -> Any:
     """A DynamoDB Table resource: plain Python values in and out, for everything but transactions."""
     key = f"dynamodb.Table:{name}"
@@ -66,14 +75,6 @@ def reset_clients() -> None:
     """Forget cached clients (tests switch endpoints; a forked process must not share sockets)."""
     with _lock:
         _clients.clear()
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/key`` → ``("bucket", "some/key")``."""
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
 
 
 def download_prefix(bucket: str, prefix: str, folder: Path) -> int:

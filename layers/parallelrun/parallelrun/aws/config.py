@@ -6,9 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from botocore.exceptions import ClientError
-
 from parallelrun import aws
+from parallelrun.aws import control
 from parallelrun.core.errors import StackError
 from parallelrun.core.setting_rules import StackLimits
 
@@ -96,16 +95,12 @@ def stack_outputs(stack_name: str) -> dict[str, str]:
 
     The same call reads a stack deployed with ``sam deploy`` and the local stack on moto.
     """
-    cfn = aws.client("cloudformation")
-    try:
-        (stack,) = cfn.describe_stacks(StackName=stack_name)["Stacks"]
-    except ClientError as error:
-        if "does not exist" not in str(error):
-            raise
+    stack = control.describe_stack(stack_name)
+    if stack is None:
         raise StackError(
-            f"stack {stack_name!r} does not exist in region {cfn.meta.region_name}: check --stack "
+            f"stack {stack_name!r} does not exist in region {aws.region()}: check --stack "
             "(or PARALLELRUN_STACK) and AWS_REGION, or deploy it (README: Deploy to AWS)"
-        ) from None
+        )
     if stack["StackStatus"] in _UNUSABLE:
         raise StackError(f"stack {stack_name!r} is {stack['StackStatus']}: it cannot be used")
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}

@@ -10,7 +10,7 @@ where nothing is, or over what the same job wrote (:func:`write_owned`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -54,12 +54,64 @@ def first_key(bucket: str, prefix: str, client: Any = None) -> str | None:
     return listed[0]["Key"] if listed else None
 
 
+def open_existing(bucket: str, key: str, client: Any = None) -> BinaryIO | None:
+    """The unread body of an object, None if there is no such key (any other error raises)."""
+    s3 = client or aws.client("s3")
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"]
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def put_new(bucket: str, key: str, body: bytes, client: Any = None) -> bool:
+    """Put ``key`` only where no object is; False if one was there (or a concurrent put of the
+    same key won: content-addressed keys hold the same bytes whoever wrote them)."""
+    try:
+        put(bucket, key, body, client, IfNoneMatch="*")
+    except ClientError as error:
+        if error_code(error) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise
+        return False
+    return True
+
+
+def under(bucket: str, prefix: str, client: Any = None) -> Iterator[dict[str, Any]]:
+    """Every object under ``prefix`` as ListObjectsV2 describes it (Key, Size, ETag...), in S3's
+    (UTF-8 byte, so ``str``) order, streamed page by page."""
+    paginator = (client or aws.client("s3")).get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        yield from page.get("Contents", [])
+
+
 def download(bucket: str, key: str, path: Path, client: Any = None) -> None:
     """One object into a local file, streamed: one GetObject (download_file would add a HeadObject)."""
     body = (client or aws.client("s3")).get_object(Bucket=bucket, Key=key)["Body"]
     with open(path, "wb") as handle:
         for chunk in body.iter_chunks(DOWNLOAD_CHUNK):
             handle.write(chunk)
+
+
+def download_file(bucket: str, key: str, path: Path | str, client: Any = None) -> None:
+    """One object into a local file by boto3's transfer manager (a HeadObject, then ranged GETs
+    in parallel for a large object): for models and side inputs, which may be big."""
+    (client or aws.client("s3")).download_file(bucket, key, str(path))
+
+
+def upload_file(path: Path | str, bucket: str, key: str, client: Any = None) -> None:
+    """A local file into ``key`` by boto3's transfer manager (a multipart upload for a large file)."""
+    (client or aws.client("s3")).upload_file(str(path), bucket, key)
+
+
+def notify_queue(bucket: str, queue_arn: str, events: list[str], prefix: str = "", suffix: str = "",
+                 client: Any = None) -> None:
+    """Send the bucket's ``events`` (for keys with that prefix and suffix) to an SQS queue; this
+    replaces the bucket's whole notification configuration."""
+    rules = [{"Name": n, "Value": v} for n, v in (("prefix", prefix), ("suffix", suffix)) if v]
+    config: dict[str, Any] = {"QueueArn": queue_arn, "Events": events}
+    if rules:
+        config["Filter"] = {"Key": {"FilterRules": rules}}
+    (client or aws.client("s3")).put_bucket_notification_configuration(
+        Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [config]})
 
 
 class OutputTaken(ConflictError):

@@ -1,5 +1,6 @@
-"""Every SQS message the stack sends, built and parsed here; the SQS calls that send them; and
-the one loop the four functions run over the records Lambda hands them.
+"""Every SQS message the stack sends, built and parsed here; the SQS calls that send them (and
+those that receive them, for the local stack's event sources); and the one loop the four
+functions run over the records Lambda hands them.
 
 The queues and their messages:
 
@@ -182,8 +183,13 @@ Message = Union[Start, Tick, ScheduleRun, MiniBatch, AggregationRequest]
 
 
 def send(queue_url: str, message: Message, delay_seconds: int | None = None) -> None:
+    send_body(queue_url, message.body(), delay_seconds)
+
+
+def send_body(queue_url: str, body: str, delay_seconds: int | None = None) -> None:
+    """A message built elsewhere: Lambda's invocation record, an EventBridge target's input."""
     delay = {} if delay_seconds is None else {"DelaySeconds": delay_seconds}
-    aws.client("sqs").send_message(QueueUrl=queue_url, MessageBody=message.body(), **delay)
+    aws.client("sqs").send_message(QueueUrl=queue_url, MessageBody=body, **delay)
 
 
 def groups_of_ten(bodies: Sequence[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
@@ -232,8 +238,42 @@ def change_visibility(queue_url: str, receipt_handle: str, seconds: int) -> None
 
 
 def queue_arn(queue_url: str) -> str:
-    return aws.client("sqs").get_queue_attributes(
-        QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return queue_attributes(queue_url, ["QueueArn"])["QueueArn"]
+
+
+def queue_attributes(queue_url: str, names: list[str], client: Any = None) -> dict[str, str]:
+    return (client or aws.client("sqs")).get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)["Attributes"]
+
+
+def create_queue(name: str) -> str:
+    """A standard queue of SQS's defaults (or the one of that name already there); its URL."""
+    return aws.client("sqs").create_queue(QueueName=name)["QueueUrl"]
+
+
+def queue_url(name: str, owner: str) -> str:
+    """The URL of queue ``name`` of account ``owner`` (what an ARN names)."""
+    return aws.client("sqs").get_queue_url(QueueName=name, QueueOwnerAWSAccountId=owner)["QueueUrl"]
+
+
+# --- receiving, as Lambda's event source does (the local stack plays it)
+
+
+def receive(queue_url: str, max_messages: int, wait_seconds: int, client: Any = None) -> list[dict[str, Any]]:
+    """Up to ``max_messages`` messages, with every system and message attribute (what an SQS
+    event record carries), waiting up to ``wait_seconds`` for the first."""
+    return (client or aws.client("sqs")).receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=max_messages, WaitTimeSeconds=wait_seconds,
+        AttributeNames=["All"], MessageAttributeNames=["All"],
+    ).get("Messages", [])
+
+
+def delete_received(queue_url: str, messages: Sequence[dict[str, Any]], client: Any = None) -> None:
+    """Delete received messages, ten per DeleteMessageBatch (its limit, as SendMessageBatch's)."""
+    sqs = client or aws.client("sqs")
+    for start in range(0, len(messages), SEND_BATCH):
+        group = messages[start:start + SEND_BATCH]
+        sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(group)])
 
 
 # --- the loop

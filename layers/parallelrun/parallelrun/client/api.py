@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import s3
 from parallelrun.aws.config import StackConfig
 from parallelrun.client import report, sdk
-from parallelrun.core.datasets import READY_MARKER
+from parallelrun.core.datasets import READY_MARKER, split_s3_uri
 from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
 from parallelrun.local import state
 from parallelrun.pipeline import lifecycle, planner, scheduling, submit
@@ -193,11 +194,8 @@ class Client:
         """The stored log lines of a job's mini-batch attempts (the script's own included)."""
         self.job(job_id)  # a clear error for an unknown job
         prefix = keys.logs_prefix(job_id, minibatch)
-        s3 = aws.client("s3")
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.artifacts_bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                body = s3.get_object(Bucket=self.cfg.artifacts_bucket, Key=obj["Key"])["Body"].read()
-                yield from body.decode().splitlines()
+        for obj in s3.under(self.cfg.artifacts_bucket, prefix):
+            yield from s3.get(self.cfg.artifacts_bucket, obj["Key"]).decode().splitlines()
 
     def report(self, job_id: str, path: str | Path | None = None) -> str:
         """The job's self-contained HTML report (timeline, throughput, slowest mini-batches,
@@ -253,29 +251,26 @@ class Client:
         return self._output(self.job(job_id), name)
 
     def _output(self, job: jobs.JobRecord, name: str | None) -> Iterator[bytes]:
-        bucket, key = aws.split_s3_uri(self.output_uri(job, name))
-        s3 = aws.client("s3")
-        try:
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-        except s3.exceptions.NoSuchKey:
-            raise NotFoundError(f"job {job.job_id} has no {key.rsplit('/', 1)[-1]} (state {job.state})") from None
+        bucket, key = split_s3_uri(self.output_uri(job, name))
+        body = s3.open_existing(bucket, key)
+        if body is None:
+            raise NotFoundError(f"job {job.job_id} has no {key.rsplit('/', 1)[-1]} (state {job.state})")
         yield from body.iter_chunks(1024 * 1024)
 
     def upload_folder(self, folder: str | Path, uri: str, threads: int = 16) -> int:
         """Upload every file below ``folder`` to the ``uri`` prefix, concurrently; returns the count."""
         folder = Path(folder)
-        bucket, prefix = aws.split_s3_uri(uri if uri.endswith("/") else uri + "/")
+        bucket, prefix = split_s3_uri(uri if uri.endswith("/") else uri + "/")
         files = sorted(p for p in folder.rglob("*") if p.is_file())
-        s3 = aws.client("s3")
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda p: s3.upload_file(str(p), bucket, prefix + p.relative_to(folder).as_posix()), files))
+        with ThreadPoolExecutor(threads) as pool:  # the threads share the process's client
+            list(pool.map(lambda p: s3.upload_file(p, bucket, prefix + p.relative_to(folder).as_posix()), files))
         return len(files)
 
     def mark_ready(self, uri: str) -> None:
         """Write the ``_READY`` marker into the drop folder ``uri``: the files there are complete,
         and the planner starts a job on them."""
-        bucket, prefix = aws.split_s3_uri(uri if uri.endswith("/") else uri + "/")
-        aws.client("s3").put_object(Bucket=bucket, Key=prefix + READY_MARKER, Body=b"")
+        bucket, prefix = split_s3_uri(uri if uri.endswith("/") else uri + "/")
+        s3.put(bucket, prefix + READY_MARKER, b"")
 
 
 def use_endpoint(endpoint_url: str, region: str) -> None:

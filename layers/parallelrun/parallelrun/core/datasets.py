@@ -9,9 +9,15 @@ import posixpath
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from parallelrun import aws
-
 READY_MARKER = "_READY"
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` → ``("bucket", "some/key")``."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,7 @@ class InputSpec:
 
     @classmethod
     def from_uri(cls, uri: str) -> InputSpec:
-        bucket, key = aws.split_s3_uri(uri)
+        bucket, key = split_s3_uri(uri)
         if not bucket:
             raise ValueError(f"no bucket in {uri!r}")
         # A folder: 's3://b/run1' must not also pick up 's3://b/run10/...'.

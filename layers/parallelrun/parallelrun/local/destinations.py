@@ -24,7 +24,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from parallelrun import aws
+from parallelrun.aws import sqs
 from parallelrun.local import functions, lambdas
 
 log = logging.getLogger("parallelrun.local")
@@ -56,7 +56,7 @@ def invoke_async(spec: functions.FunctionSpec, handler: lambdas.Handler, event: 
         log.error("%s failed on every try and has no on-failure destination: event discarded", spec.logical_id,
                   extra={"fields": {"record": record}})
         return False
-    aws.client("sqs").send_message(QueueUrl=spec.async_invoke.on_failure_queue_url, MessageBody=json.dumps(record))
+    sqs.send_body(spec.async_invoke.on_failure_queue_url, json.dumps(record))
     return False
 
 

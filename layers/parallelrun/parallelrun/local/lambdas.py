@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from parallelrun import aws
+from parallelrun.aws import sqs as queues
 
 log = logging.getLogger("parallelrun.local")
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -103,11 +103,7 @@ def poll_once(queue_url: str, queue_arn: str, region: str, batch_size: int, repo
     ``sqs`` is the client of the event source (by default this process's, with the function's
     credentials: Lambda's SQS event source polls with the function's execution role).
     """
-    sqs = sqs or aws.client("sqs")
-    messages = sqs.receive_message(
-        QueueUrl=queue_url, MaxNumberOfMessages=batch_size, WaitTimeSeconds=wait_seconds,
-        AttributeNames=["All"], MessageAttributeNames=["All"],
-    ).get("Messages", [])
+    messages = queues.receive(queue_url, batch_size, wait_seconds, sqs)
     if not messages:
         return 0
     event = {"Records": [sqs_record(m, queue_arn, region) for m in messages]}
@@ -119,11 +115,7 @@ def poll_once(queue_url: str, queue_arn: str, region: str, batch_size: int, repo
     failed: set[str] = set()
     if report_failures and isinstance(response, dict):
         failed = {f["itemIdentifier"] for f in response.get("batchItemFailures") or []}
-    done = [m for m in messages if m["MessageId"] not in failed]
-    for start in range(0, len(done), 10):
-        sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[start:start + 10])
-        ])
+    queues.delete_received(queue_url, [m for m in messages if m["MessageId"] not in failed], sqs)
     return len(messages)
 
 
@@ -134,8 +126,7 @@ def poll_forever(stop: threading.Event, **kwargs: Any) -> None:
     an SQS event source (it refuses a role without sqs:GetQueueAttributes): a role that lacks it
     fails here too.
     """
-    (kwargs.get("sqs") or aws.client("sqs")).get_queue_attributes(QueueUrl=kwargs["queue_url"],
-                                                                   AttributeNames=["VisibilityTimeout"])
+    queues.queue_attributes(kwargs["queue_url"], ["VisibilityTimeout"], kwargs.get("sqs"))
     while not stop.is_set():
         try:
             poll_once(**kwargs)

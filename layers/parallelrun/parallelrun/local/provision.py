@@ -74,7 +74,7 @@ def provision(
     session = _session(region)
     bootstrap_bucket = f"{stack_name}-local-code"
     code_dirs = template.point_code_at_bucket(source, path.parent, bootstrap_bucket)
-    translated = template.translate(source, overrides, session)
+    translated = template.translate(source, overrides, region)
 
     cfn = session.client("cloudformation", endpoint_url=endpoint_url)
     existing = _existing_stack(cfn, stack_name)

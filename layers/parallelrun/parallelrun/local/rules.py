@@ -17,7 +17,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from parallelrun import aws
+from parallelrun.aws import control, sqs
 from parallelrun.core import cron
 from parallelrun.core.errors import ExpressionError
 
@@ -36,7 +36,7 @@ class RuleClock:
         """Deliver every rule due at ``now``; the names of those fired."""
         fired = []
         seen = set()
-        for rule in _schedule_rules():
+        for rule in control.schedule_rules():
             name, text = rule["Name"], rule["ScheduleExpression"]
             seen.add(name)
             known = self.due.get(name)
@@ -57,13 +57,6 @@ class RuleClock:
         return fired
 
 
-def _schedule_rules() -> list[dict[str, Any]]:
-    rules = []
-    for page in aws.client("events").get_paginator("list_rules").paginate():
-        rules += [r for r in page.get("Rules", []) if r.get("ScheduleExpression") and r.get("State") == "ENABLED"]
-    return rules
-
-
 def deliver(rule: dict[str, Any], when: datetime) -> None:
     """Send the rule's scheduled event, as its targets want it, to each SQS target."""
     arn = rule["Arn"]
@@ -71,14 +64,12 @@ def deliver(rule: dict[str, Any], when: datetime) -> None:
     event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
              "account": account, "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "region": region,
              "resources": [arn], "detail": {}}
-    sqs = aws.client("sqs")
-    for target in aws.client("events").list_targets_by_rule(Rule=rule["Name"])["Targets"]:
+    for target in control.rule_targets(rule["Name"]):
         _, _, service, _, owner, queue = target["Arn"].split(":", 5)
         if service != "sqs":
             log.warning("rule %s: only SQS targets are delivered locally, not %s", rule["Name"], target["Arn"])
             continue
-        url = sqs.get_queue_url(QueueName=queue, QueueOwnerAWSAccountId=owner)["QueueUrl"]
-        sqs.send_message(QueueUrl=url, MessageBody=target_input(target, event))
+        sqs.send_body(sqs.queue_url(queue, owner), target_input(target, event))
 
 
 def target_input(target: dict[str, Any], event: dict[str, Any]) -> str:

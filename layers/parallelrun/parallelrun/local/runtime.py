@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from parallelrun import aws
+from parallelrun.aws import control, s3, sqs
 from parallelrun.core import logs
 from parallelrun.core.errors import StackError
 from parallelrun.local import functions, iam, lambdas, provision, rules, server, state
@@ -132,12 +133,9 @@ class LocalStack:
     def _roles(self) -> dict[str, str]:
         """Each function's execution role ARN, by function logical id."""
         assert self.stack is not None
-        cfn, lam = aws.client("cloudformation"), aws.client("lambda")
-        names = {r["LogicalResourceId"]: r["PhysicalResourceId"]
-                 for r in cfn.describe_stack_resources(StackName=self.stack.stack_name)["StackResources"]
-                 if r.get("LogicalResourceId") in self.stack.functions}
-        return {logical_id: lam.get_function_configuration(FunctionName=name)["Role"]
-                for logical_id, name in names.items()}
+        names = {logical_id: name for logical_id, name in control.stack_resources(self.stack.stack_name).items()
+                 if logical_id in self.stack.functions}
+        return {logical_id: control.function_role(name) for logical_id, name in names.items()}
 
     def state(self) -> dict[str, Any]:
         assert self.stack is not None
@@ -162,15 +160,9 @@ class LocalStack:
 
     def _notification_queue(self, function: str, number: int, source: functions.BucketSource) -> tuple[str, str]:
         """A queue that receives the bucket's notifications in place of the function moto can't call."""
-        sqs, s3 = aws.client("sqs"), aws.client("s3")
-        url = sqs.create_queue(QueueName=f"local-{function}-s3-{number}")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        rules = [{"Name": n, "Value": v} for n, v in (("prefix", source.prefix), ("suffix", source.suffix)) if v]
-        config: dict[str, Any] = {"QueueArn": arn, "Events": source.events}
-        if rules:
-            config["Filter"] = {"Key": {"FilterRules": rules}}
-        s3.put_bucket_notification_configuration(Bucket=source.bucket,
-                                                 NotificationConfiguration={"QueueConfigurations": [config]})
+        url = sqs.create_queue(f"local-{function}-s3-{number}")
+        arn = sqs.queue_arn(url)
+        s3.notify_queue(source.bucket, arn, source.events, source.prefix, source.suffix)
         return url, arn
 
     def _spawn(self, process: FunctionProcess) -> subprocess.Popen:

@@ -7,10 +7,10 @@ No AWS call here: :mod:`parallelrun.local.provision` creates the stack from what
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import yaml
 from samtranslator.metrics.metrics import DummyMetricsPublisher, Metrics
 from samtranslator.parser.parser import Parser
@@ -81,10 +81,16 @@ def point_code_at_bucket(template: dict[str, Any], base: Path, bucket: str) -> d
     return folders
 
 
-def translate(
-    template: dict[str, Any], overrides: dict[str, str], session: boto3.session.Session
-) -> dict[str, Any]:
-    """The SAM template as plain CloudFormation, translated offline (the session gives the region).
+@dataclass(frozen=True)
+class _Region:
+    """What the translator reads of the boto3 session it is given: only its region (for
+    ``AWS::Region``, ``AWS::Partition`` and ARNs); no session, so nothing here could call AWS."""
+
+    region_name: str
+
+
+def translate(template: dict[str, Any], overrides: dict[str, str], region: str) -> dict[str, Any]:
+    """The SAM template as plain CloudFormation, translated offline for ``region``.
 
     Policy templates ship with samtranslator; the managed-policy map (names to ARNs, normally
     read from IAM) is only needed for policies named by bare name, which the template avoids:
@@ -93,7 +99,7 @@ def translate(
     # The translator records usage metrics; publishing them to the dummy publisher (a no-op)
     # keeps its destructor from warning about unpublished metrics on stderr.
     metrics = Metrics("ServerlessTransform", DummyMetricsPublisher())
-    translator = Translator(None, Parser(), boto_session=session, metrics=metrics)
+    translator = Translator(None, Parser(), boto_session=_Region(region), metrics=metrics)  # type: ignore[arg-type]
     translated = translator.translate(
         template, parameter_values=dict(overrides), get_managed_policy_map=dict
     )

@@ -18,8 +18,6 @@ import signal
 import sys
 import threading
 
-import boto3
-
 from parallelrun import aws
 from parallelrun.local import destinations, lambdas
 
@@ -39,9 +37,7 @@ def main(raw: str) -> None:
     threading.Thread(target=_watch_parent, args=(parent, stop), daemon=True).start()
     pollers = [dict(queue_url=s.queue_url, queue_arn=s.queue_arn, batch_size=s.batch_size,
                     report_failures=s.report_batch_item_failures, invoke=invoke) for s in spec.queue_sources]
-    notifier = boto3.session.Session(aws_access_key_id=args["notifier"]["AWS_ACCESS_KEY_ID"],
-                                     aws_secret_access_key=args["notifier"]["AWS_SECRET_ACCESS_KEY"],
-                                     region_name=aws.region()).client("sqs", config=aws.RETRIES)
+    notifier = aws.client_as("sqs", args["notifier"]["AWS_ACCESS_KEY_ID"], args["notifier"]["AWS_SECRET_ACCESS_KEY"])
 
     def notified(event: dict) -> None:
         # S3 invokes a function asynchronously, once per event record: Lambda's retries and

@@ -24,6 +24,7 @@ from parallelrun import aws
 from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, pricing, results, usage
+from parallelrun.core.datasets import split_s3_uri
 from parallelrun.pipeline import lifecycle
 from parallelrun.store import batches, jobs, reuse, schedules
 
@@ -69,7 +70,7 @@ def finalize(cfg: StackConfig, job_id: str) -> None:
     ended = time.time()
     summary = build_summary(job, state, reason, rows, dict(errors), ended, ended - started)
     summary["cost"] = job_cost(cfg, job_id, spent)
-    bucket, prefix = aws.split_s3_uri(job.output_uri)
+    bucket, prefix = split_s3_uri(job.output_uri)
     try:
         s3.put_owned(bucket, prefix + "summary.json", json.dumps(summary, indent=2).encode(), job_id,
                      ContentType="application/json")
@@ -94,7 +95,7 @@ def collate(cfg: StackConfig, job: jobs.JobRecord, spent: usage.Tally | None = N
     ``failures.jsonl``; return the row count, the failed inputs by error type, how many wholly
     successful mini-batches a later job may reuse, and why rows were left out of the output
     ("" if none were). Each record's usage is added to ``spent``."""
-    bucket, prefix = aws.split_s3_uri(job.output_uri)
+    bucket, prefix = split_s3_uri(job.output_uri)
     rows = 0
     output = s3.S3StreamWriter(bucket, prefix + job.settings.output_file_name, upload_part_size, job.job_id)
     failures = s3.S3StreamWriter(bucket, prefix + "failures.jsonl", upload_part_size, job.job_id)

@@ -13,11 +13,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from parallelrun import aws
 from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import model_refs, settings
-from parallelrun.core.datasets import InputSpec
+from parallelrun.core.datasets import InputSpec, split_s3_uri
 from parallelrun.core.errors import ConflictError, InputError, SettingsError
 from parallelrun.store import endpoints, jobs, keys, registry
 
@@ -113,7 +112,7 @@ def _check_output_place(cfg: StackConfig, output_path: str, source: str) -> None
     no other: the input bucket is a drop zone, where a collected file named _READY would start a
     job), and never among what they keep there: other jobs' folders, scoring code, models, or
     (but for a schedule's run) the schedules' runs."""
-    bucket, key = aws.split_s3_uri(output_path)
+    bucket, key = split_s3_uri(output_path)
     reserved = _RESERVED_PREFIXES + (() if source == "schedule" else (_SCHEDULES_PREFIX,))
     if bucket == cfg.artifacts_bucket and not (key + "/").startswith(reserved):
         return
@@ -126,7 +125,7 @@ def _refuse_used_output(uri: str) -> None:
     """Every file a job writes (its output, summary.json, failures.jsonl and what its script leaves
     in EntryScript().output_dir and log_dir) goes below ``uri``: a folder holding anything already
     could lose an earlier job's files."""
-    bucket, prefix = aws.split_s3_uri(uri)
+    bucket, prefix = split_s3_uri(uri)
     found = s3.first_key(bucket, prefix)
     if found is not None:
         raise ConflictError(f"output folder {uri} already exists, holding s3://{bucket}/{found}: a job "

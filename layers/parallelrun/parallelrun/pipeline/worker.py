@@ -28,7 +28,7 @@ from parallelrun import aws
 from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import faults, logs, metrics, results, safepath, usage
-from parallelrun.core.datasets import InputFile, InputSpec, TablePiece, relative_name
+from parallelrun.core.datasets import InputFile, InputSpec, TablePiece, relative_name, split_s3_uri
 from parallelrun.core.errors import UnsafeKey
 from parallelrun.core.failures import Failure, failure_line
 from parallelrun.pipeline import isolation, lifecycle
@@ -259,7 +259,7 @@ def collect_entry_dirs(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost)
     """Move what the script wrote to ``EntryScript().output_dir`` (and ``log_dir``) into the
     job's output folder (and its ``logs/``), as ParallelRunStep collects them; never over a file
     another job wrote there (:func:`parallelrun.aws.s3.write_owned`)."""
-    bucket, prefix = aws.split_s3_uri(job.output_uri)
+    bucket, prefix = split_s3_uri(job.output_uri)
     for name, folder in host.entry_dirs.items():
         root = folder.resolve()
         for path in sorted(folder.rglob("*")):

@@ -17,8 +17,10 @@ import zipfile
 from pathlib import Path
 
 from parallelrun import aws
+from parallelrun.aws import s3
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import safepath
+from parallelrun.core.datasets import split_s3_uri
 from parallelrun.core.errors import IntegrityError
 from parallelrun.store import keys
 
@@ -28,7 +30,7 @@ def fetch_side_inputs(uris: dict[str, str]) -> dict[str, str]:
     (ending in '/') → a folder of its objects."""
     paths = {}
     for name, uri in uris.items():
-        bucket, key = aws.split_s3_uri(uri)
+        bucket, key = split_s3_uri(uri)
         folder = safepath.SIDE_INPUTS / hashlib.sha256(uri.encode()).hexdigest()[:16]
         target = safepath.inside(folder, name, f"side input {uri}: the name")
         done = folder / ".complete"
@@ -38,7 +40,7 @@ def fetch_side_inputs(uris: dict[str, str]) -> dict[str, str]:
                 target.mkdir(parents=True, exist_ok=True)
             else:
                 folder.mkdir(parents=True, exist_ok=True)
-                aws.client("s3").download_file(bucket, key, str(target))
+                s3.download_file(bucket, key, target)
             done.touch()
         paths[name] = str(target)
     return paths
@@ -58,7 +60,7 @@ def code_dir(cfg: StackConfig, sha: str) -> Path:
         raise IntegrityError(f"scoring code {sha!r} is not named by a SHA-256")
     target = safepath.CODE / sha
     if sha not in _manifests or not target.exists():
-        data = aws.client("s3").get_object(Bucket=cfg.artifacts_bucket, Key=keys.code_key(sha))["Body"].read()
+        data = s3.get(cfg.artifacts_bucket, keys.code_key(sha))
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha:
             raise IntegrityError(f"scoring code {keys.code_key(sha)} has SHA-256 {actual}: refusing to import it")

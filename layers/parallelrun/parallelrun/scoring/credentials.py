@@ -33,7 +33,7 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -81,11 +81,16 @@ def role_arn() -> str:
     return found
 
 
-def assume(sts: Any, policy: dict[str, Any], session_name: str) -> dict[str, Any]:
+# STS AssumeRole (role ARN, session name, duration, session policy) → its Credentials: the
+# worker passes :func:`parallelrun.aws.control.assume_role`. Passed in, so this module imports no
+# AWS client: it is also the credential_process the SDK runs, which should start fast.
+AssumeRole = Callable[[str, str, int, str], dict[str, Any]]
+
+
+def assume(assume_role: AssumeRole, policy: dict[str, Any], session_name: str) -> dict[str, Any]:
     """Credentials of the scoring role narrowed by ``policy``, in credential_process's format
     (https://docs.aws.amazon.com/sdkref/latest/guide/feature-process-credentials.html)."""
-    found = sts.assume_role(RoleArn=role_arn(), RoleSessionName=session_name[:64], DurationSeconds=DURATION,
-                            Policy=json.dumps(policy, separators=(",", ":")))["Credentials"]
+    found = assume_role(role_arn(), session_name[:64], DURATION, json.dumps(policy, separators=(",", ":")))
     expiration = found["Expiration"]
     if isinstance(expiration, datetime):
         expiration = expiration.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -96,8 +101,8 @@ def assume(sts: Any, policy: dict[str, Any], session_name: str) -> dict[str, Any
 class ScopedCredentials:
     """The scoring process's credentials on disk, in a folder of its own, renewed while it runs."""
 
-    def __init__(self, sts: Any, policy: dict[str, Any], session_name: str, folder: Path) -> None:
-        self.sts, self.policy, self.session_name = sts, policy, session_name
+    def __init__(self, assume_role: AssumeRole, policy: dict[str, Any], session_name: str, folder: Path) -> None:
+        self.assume_role, self.policy, self.session_name = assume_role, policy, session_name
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = folder / "credentials.json"
         self.config = folder / "config"
@@ -107,7 +112,7 @@ class ScopedCredentials:
         self.config.write_text(f"[default]\ncredential_process = {command}\n")
 
     def renew(self) -> None:
-        found = assume(self.sts, self.policy, self.session_name)
+        found = assume(self.assume_role, self.policy, self.session_name)
         self.expires = datetime.strptime(found["Expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
         staging = self.path.with_suffix(".tmp")
         staging.write_text(json.dumps(found))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from parallelrun import aws
+from parallelrun.aws import control
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import model_refs, results, safepath
 from parallelrun.core import settings as settings_module
@@ -81,7 +81,7 @@ class ScoringHost:
             reads.append(f"s3://{self.cfg.artifacts_bucket}/{model.prefix}")
         credentials.protect_from_children()
         policy = credentials.read_policy(reads, credentials.role_arn().split(":")[1])
-        scoped = credentials.ScopedCredentials(aws.client("sts"), policy, f"scoring-{os.getpid()}",
+        scoped = credentials.ScopedCredentials(control.assume_role, policy, f"scoring-{os.getpid()}",
                                                safepath.CACHE_ROOT / "credentials" / f"{os.getpid()}-{id(self)}")
         context = multiprocessing.get_context("spawn")  # never fork a process that holds client threads
         parent, child_end = context.Pipe()

@@ -13,7 +13,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from parallelrun import aws
+from parallelrun.aws import s3
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import safepath
 from parallelrun.core.errors import IntegrityError
@@ -48,11 +48,10 @@ def local_path(cfg: StackConfig, model: ModelVersion) -> str:
     with _download_lock:
         for last in (False, True):
             if not done.exists():
-                s3 = aws.client("s3")
                 for rel in model.files:
                     target = safepath.inside(root, rel, f"model {model.name}:{model.version}: the file")
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    s3.download_file(cfg.artifacts_bucket, model.prefix + rel, str(target))
+                    s3.download_file(cfg.artifacts_bucket, model.prefix + rel, target)
                 safepath.make_read_only(root)
                 done.touch()
             found = _mismatch(model, root)

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parallelrun import aws
-from parallelrun.aws import dynamo
+from parallelrun.aws import dynamo, s3
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import model_refs, settings
 from parallelrun.core.errors import ConflictError, InputError, NotFoundError
@@ -89,12 +88,7 @@ def upload_code(cfg: StackConfig, code_dir: Path) -> str:
     """Store the code bundle under its SHA-256 (once: the same code is never stored twice)."""
     data = bundle(code_dir)
     sha = hashlib.sha256(data).hexdigest()
-    s3 = aws.client("s3")
-    try:
-        s3.put_object(Bucket=cfg.artifacts_bucket, Key=keys.code_key(sha), Body=data, IfNoneMatch="*")
-    except s3.exceptions.ClientError as error:
-        if error.response["Error"]["Code"] not in ("PreconditionFailed", "ConditionalRequestConflict"):
-            raise
+    s3.put_new(cfg.artifacts_bucket, keys.code_key(sha), data)
     return sha
 
 

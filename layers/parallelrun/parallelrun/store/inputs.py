@@ -10,14 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from parallelrun import aws
+from parallelrun.aws import s3 as objects
 from parallelrun.core.datasets import InputFile, InputSpec, is_input
 
 
 def list_files(spec: InputSpec, *, s3: Any = None) -> Iterator[InputFile]:
     """The inputs under ``spec``, in S3's (sorted) order, streamed page by page."""
-    paginator = (s3 or aws.client("s3")).get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=spec.bucket, Prefix=spec.prefix):
-        for obj in page.get("Contents", []):
-            if is_input(obj["Key"], spec.prefix):
-                yield InputFile(obj["Key"], obj["Size"], obj.get("ETag", "").strip('"'))
+    for obj in objects.under(spec.bucket, spec.prefix, s3):
+        if is_input(obj["Key"], spec.prefix):
+            yield InputFile(obj["Key"], obj["Size"], obj.get("ETag", "").strip('"'))

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from parallelrun import aws
+from parallelrun.aws import s3 as objects
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import datasets
 from parallelrun.core.datasets import InputFile, TablePiece
@@ -32,16 +32,14 @@ def entry(items: list[InputFile] | list[TablePiece], partition: dict[str, str] |
 
 def put_chunk(cfg: StackConfig, job_id: str, number: int, chunk: list, *, s3: Any = None) -> None:
     """Store chunk ``number``: mini-batches ``number * CHUNK`` on, as :func:`entry` made them."""
-    (s3 or aws.client("s3")).put_object(Bucket=cfg.artifacts_bucket, Key=keys.plan_chunk_key(job_id, number),
-                                        Body=json.dumps(chunk).encode())
+    objects.put(cfg.artifacts_bucket, keys.plan_chunk_key(job_id, number), json.dumps(chunk).encode(), s3)
 
 
 def read(cfg: StackConfig, job_id: str, start: int, end: int, *, s3: Any = None) -> Iterator[Entry]:
     """Mini-batches ``start`` ≤ index < ``end`` of a job's plan (index, items, partition),
     reading only the chunks needed."""
-    s3 = s3 or aws.client("s3")
     for number in range(start // CHUNK, (end - 1) // CHUNK + 1):
-        body = s3.get_object(Bucket=cfg.artifacts_bucket, Key=keys.plan_chunk_key(job_id, number))["Body"].read()
+        body = objects.get(cfg.artifacts_bucket, keys.plan_chunk_key(job_id, number), s3)
         for offset, batch in enumerate(json.loads(body)):
             index = number * CHUNK + offset
             if start <= index < end:

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from parallelrun import aws
-from parallelrun.aws import dynamo
+from parallelrun.aws import dynamo, s3
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import safepath
+from parallelrun.core.datasets import split_s3_uri
 from parallelrun.core.errors import InputError, NotFoundError
 from parallelrun.store import keys
 from parallelrun.core.model_refs import MODEL_NAME
@@ -92,25 +95,22 @@ def register(
         name=name, version=int(counter["latest"]), sha256=sha, files=tuple(files),
         single_file=path.is_file(), tags=dict(tags or {}), description=description, created_at=time.time(),
     )
-    s3 = aws.client("s3")
     for rel in files:
-        source = path if path.is_file() else path / rel
-        s3.upload_file(str(source), cfg.artifacts_bucket, model.prefix + rel)
+        s3.upload_file(path if path.is_file() else path / rel, cfg.artifacts_bucket, model.prefix + rel)
     dynamo.put(cfg.table, model.to_item())
     return model
 
 
 def _download(uri: str, folder: Path) -> Path:
     """An S3 object (→ that file) or prefix (→ a folder of its objects) on local disk."""
-    bucket, key = aws.split_s3_uri(uri)
-    s3 = aws.client("s3")
+    bucket, key = split_s3_uri(uri)
     if key and not key.endswith("/"):
         try:
-            s3.head_object(Bucket=bucket, Key=key)
+            s3.head(bucket, key)
             target = safepath.inside(folder, posixpath.basename(key), f"model {uri}: the name")
-            s3.download_file(bucket, key, str(target))
+            s3.download_file(bucket, key, target)
             return target
-        except s3.exceptions.ClientError:
+        except ClientError:
             key += "/"
     root = folder / "model"
     if not aws.download_prefix(bucket, key, root):

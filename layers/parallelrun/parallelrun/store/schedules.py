@@ -25,8 +25,7 @@ from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
-from parallelrun import aws
-from parallelrun.aws import dynamo, sqs
+from parallelrun.aws import control, dynamo, s3, sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import cron, logs
 from parallelrun.core.datasets import InputFile, TablePiece
@@ -120,12 +119,10 @@ def put(cfg: StackConfig, schedule: Schedule) -> None:
 
 def _put_rule(cfg: StackConfig, schedule: Schedule) -> None:
     queue_arn = sqs.queue_arn(cfg.planner_queue_url)
-    events = aws.client("events")
-    events.put_rule(Name=schedule.rule_name, ScheduleExpression=schedule.expression, State="ENABLED",
-                    Description=f"parallelrun schedule {schedule.name}: endpoint {schedule.endpoint} "
-                                f"over {schedule.input_uri}"[:512])
-    events.put_targets(Rule=schedule.rule_name, Targets=[
-        {"Id": TARGET_ID, "Arn": queue_arn, "InputTransformer": sqs.schedule_rule_input(schedule.name)}])
+    control.put_rule(schedule.rule_name, schedule.expression,
+                     f"parallelrun schedule {schedule.name}: endpoint {schedule.endpoint} "
+                     f"over {schedule.input_uri}"[:512],
+                     [{"Id": TARGET_ID, "Arn": queue_arn, "InputTransformer": sqs.schedule_rule_input(schedule.name)}])
 
 
 def get(cfg: StackConfig, name: str) -> Schedule:
@@ -150,12 +147,7 @@ def list_schedules(cfg: StackConfig) -> list[Schedule]:
 def delete(cfg: StackConfig, name: str) -> None:
     """Delete the rule, the schedule and what its runs scored; a run in progress finishes."""
     schedule = get(cfg, name)
-    events = aws.client("events")
-    try:
-        events.remove_targets(Rule=schedule.rule_name, Ids=[TARGET_ID])
-        events.delete_rule(Name=schedule.rule_name)
-    except events.exceptions.ResourceNotFoundException:
-        pass  # a delete that stopped half-way: the rule is already gone
+    control.delete_rule(schedule.rule_name, [TARGET_ID])  # False after a delete that stopped half-way
     # What was scored goes first: a delete that stops half-way is repeated while the schedule
     # still exists, and a later schedule of the same name never inherits its records.
     forgotten = scored.forget(cfg, name)
@@ -227,7 +219,7 @@ def _scored_inputs(cfg: StackConfig, job: jobs.JobRecord,
 def _failed_inputs(cfg: StackConfig, record: batches.BatchRecord) -> Iterable[str]:
     if not record.failures_key:
         return []
-    body = aws.client("s3").get_object(Bucket=cfg.artifacts_bucket, Key=record.failures_key)["Body"].read()
+    body = s3.get(cfg.artifacts_bucket, record.failures_key)
     return [json.loads(line)["input"] for line in body.splitlines() if line.strip()]
 
 
