@@ -28,7 +28,10 @@ from moto import mock_aws  # noqa: E402
 from parallelrun import aws  # noqa: E402
 from parallelrun.aws.config import StackConfig  # noqa: E402
 from parallelrun.core.datasets import split_s3_uri
-from parallelrun.local import functions, lambdas, provision  # noqa: E402
+from parallelrun.local import functions, lambdas, provision, transactions  # noqa: E402
+
+# Commits cost what their items do, as on DynamoDB, not what the table holds (local.transactions).
+transactions.install()
 from parallelrun.store import endpoints, jobs, registry  # noqa: E402
 
 _names = itertools.count()

@@ -22,7 +22,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from parallelrun.local import conflicts
+from parallelrun.local import conflicts, transactions
 from parallelrun.local.latency import LATENCY, latency_of
 
 _SERVICE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
@@ -88,6 +88,7 @@ class CountingMotoServer(ThreadedMotoServer):
         self._server.serve_forever()
 
     def start(self) -> None:
+        transactions.install()
         self._undo_conflicts = conflicts.install(self.conflicts)
         super().start()
 
