@@ -109,7 +109,7 @@ def cmd_endpoints_set_default(args: argparse.Namespace) -> int:
 
 def cmd_deployments_create(args: argparse.Namespace) -> int:
     d = Client.connect(args.stack).add_deployment(args.endpoint, args.name, args.code, args.entry_script, args.model,
-                                      parse_assignments(args.set), args.default)
+                                                  parse_assignments(args.set), args.default)
     print(f"created deployment {d.name} of endpoint {d.endpoint}" + (" (now the default)" if args.default else ""))
     return 0
 
@@ -136,7 +136,7 @@ def cmd_deployments_delete(args: argparse.Namespace) -> int:
 
 def cmd_endpoints_create(args: argparse.Namespace) -> int:
     deployment = Client.connect(args.stack).create_endpoint(args.name, args.code, args.entry_script, args.model,
-                                                parse_assignments(args.set))
+                                                            parse_assignments(args.set))
     print(f"created endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script}, "
           f"model {deployment.model_label}, code {deployment.code_sha[:12]})")
     return 0
@@ -144,7 +144,7 @@ def cmd_endpoints_create(args: argparse.Namespace) -> int:
 
 def cmd_endpoints_update(args: argparse.Namespace) -> int:
     deployment = Client.connect(args.stack).update_endpoint(args.name, args.code, args.entry_script, args.model,
-                                                parse_assignments(args.set))
+                                                            parse_assignments(args.set))
     print(f"updated endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script}, "
           f"code {deployment.code_sha[:12]}); running jobs keep what they started with")
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-
 from parallelrun.core import datasets, partitions
 from parallelrun.core.datasets import InputFile, TablePiece
 from parallelrun.core.settings import RunSettings
