@@ -11,12 +11,11 @@ import sys
 import time
 from typing import Any
 
-from parallelrun.client import demo
 from parallelrun.client.api import Client
 from parallelrun.client.progress import progress_bar, status_lines
 from parallelrun.core.errors import NotFoundError, ParallelRunError
 from parallelrun.core.settings import parse_assignments
-from parallelrun.local import runtime, state
+from parallelrun.local import state
 from parallelrun.pipeline import scheduling
 from parallelrun.store import jobs
 
@@ -26,8 +25,12 @@ def _job_dict(job: jobs.JobRecord) -> dict[str, Any]:
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
+    # The local stack (moto and the SAM translator, most of a second to import) is loaded by
+    # the commands that run one, so every other command starts without it.
+    from parallelrun.local import runtime
+
     stack = runtime.LocalStack(workers=args.workers, port=args.port, parameters=parse_assignments(args.param),
-                       latency=args.latency)
+                               latency=args.latency)
     # `kill` (SIGTERM) stops the stack as Ctrl-C does, worker processes included.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     stack.start()
@@ -297,4 +300,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from parallelrun.client import demo  # it runs a local stack: loaded only here, as above
+
     return demo.run(workers=args.workers, count=args.count)
