@@ -4,6 +4,7 @@ cancelled one still leaves every item as it was (in-process moto)."""
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Iterator
 
 import boto3
@@ -15,30 +16,36 @@ from moto.dynamodb.models.table import Table
 from parallelrun.local import transactions
 
 
+TABLE = f"transactions-{uuid.uuid4().hex[:8]}"  # its own table, whichever mock is active around it
+
+
 @pytest.fixture
 def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(TableName="t", BillingMode="PAY_PER_REQUEST",
+        client.create_table(TableName=TABLE, BillingMode="PAY_PER_REQUEST",
                             AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
                                                   {"AttributeName": "sk", "AttributeType": "S"}],
                             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
                                        {"AttributeName": "sk", "KeyType": "RANGE"}])
         transactions.install()
-        yield client
+        try:
+            yield client
+        finally:
+            client.delete_table(TableName=TABLE)
 
 
 def _put(pk: str, sk: str, n: int) -> dict:
-    return {"Put": {"TableName": "t", "Item": {"pk": {"S": pk}, "sk": {"S": sk}, "n": {"N": str(n)}}}}
+    return {"Put": {"TableName": TABLE, "Item": {"pk": {"S": pk}, "sk": {"S": sk}, "n": {"N": str(n)}}}}
 
 
 def _items(client) -> dict[tuple[str, str], str]:
-    return {(i["pk"]["S"], i["sk"]["S"]): i["n"]["N"] for i in client.scan(TableName="t")["Items"]}
+    return {(i["pk"]["S"], i["sk"]["S"]): i["n"]["N"] for i in client.scan(TableName=TABLE)["Items"]}
 
 
 def test_a_transaction_copies_no_table(dynamodb, monkeypatch: pytest.MonkeyPatch):
-    dynamodb.batch_write_item(RequestItems={"t": [{"PutRequest": {"Item": {"pk": {"S": "job"}, "sk": {"S": f"{i:04d}"},
+    dynamodb.batch_write_item(RequestItems={TABLE: [{"PutRequest": {"Item": {"pk": {"S": "job"}, "sk": {"S": f"{i:04d}"},
                                                                            "n": {"N": "0"}}}} for i in range(25)]})
     copied: list[object] = []
     real = copy.deepcopy
@@ -61,7 +68,7 @@ def test_a_cancelled_transaction_leaves_every_item_as_it_was(dynamodb):
         dynamodb.transact_write_items(TransactItems=[
             _put("job", "a", 2),  # applied, then undone
             _put("job", "fresh", 2),  # created, then removed
-            {"Update": {"TableName": "t", "Key": {"pk": {"S": "job"}, "sk": {"S": "b"}},
+            {"Update": {"TableName": TABLE, "Key": {"pk": {"S": "job"}, "sk": {"S": "b"}},
                         "UpdateExpression": "SET n = :two", "ConditionExpression": "n = :zero",
                         "ExpressionAttributeValues": {":two": {"N": "2"}, ":zero": {"N": "0"}}}},  # fails
         ])
