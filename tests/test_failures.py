@@ -144,10 +144,12 @@ logging.getLogger('mine').warning('a warning from the script')
 
 @pytest.mark.parametrize("queue, message", [
     ("PlannerDeadLetterQueue", {"action": "tick", "tick": 1, "token": "x", "since": 0}),
+    ("PlannerDeadLetterQueue", {"action": "tick"}),  # unreadable: it failed in the planner for that
     ("FinalizeDeadLetterQueue", {}),
 ])
 def test_a_planner_or_aggregator_that_gives_up_still_ends_the_job(stack, make_endpoint, queue, message):
-    endpoint = make_endpoint(echo(f"gives{len(queue)}"), name=f"gives{len(queue)}")
+    name = f"gives{len(queue)}{len(message)}"
+    endpoint = make_endpoint(echo(name), name=name)
     put_files(stack.cfg, f"{endpoint}/r/", ["a.txt", "b.txt", "c.txt"])
     job = start(stack, endpoint, f"{endpoint}/r/", {"mini_batch_size": "1", "max_inflight_batches": "1"})
     stack.plan(job.job_id)

@@ -42,10 +42,12 @@ def test_a_mini_batch_names_its_partition_only_in_a_partitioned_job():
     assert json.loads(sqs.MiniBatch("j", 0, [FILE], None, partitioned=True).body())["partition"] is None
 
 
-def test_the_planner_ignores_an_unknown_action_and_the_recorder_refuses_it():
+def test_the_planner_ignores_an_unknown_action_and_the_recorder_still_ends_its_job():
     assert sqs.planner_message('{"action": "dance", "job_id": "j"}') is None
-    with pytest.raises(ValueError, match="no known action"):
-        sqs.dead_letter('{"action": "dance", "job_id": "j"}')
+    assert sqs.dead_letter('{"action": "dance", "job_id": "j"}') == sqs.UnreadablePlannerMessage("j")
+    # a known action missing a field (it failed in the planner for that reason) is no different
+    assert sqs.dead_letter('{"action": "tick", "job_id": "j"}') == sqs.UnreadablePlannerMessage("j")
+    assert sqs.dead_letter('{"action": "dance"}') == sqs.UnreadablePlannerMessage(None)
 
 
 def test_dead_letters_are_told_apart_by_shape():

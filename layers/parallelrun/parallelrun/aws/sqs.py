@@ -158,7 +158,16 @@ class FailedInvocation:
     record: dict[str, Any]
 
 
-DeadLetter = Union[MiniBatch, Start, Tick, ScheduleRun, AggregationRequest, FailedInvocation]
+@dataclass(frozen=True)
+class UnreadablePlannerMessage:
+    """A dead-lettered planner message with no known action or a missing field: its job, if it
+    names one, still ends (invariant 2), rather than the message coming back for ever."""
+
+    job_id: str | None
+
+
+DeadLetter = Union[MiniBatch, Start, Tick, ScheduleRun, AggregationRequest, FailedInvocation,
+                   UnreadablePlannerMessage]
 
 
 def dead_letter(body: str) -> DeadLetter:
@@ -169,10 +178,12 @@ def dead_letter(body: str) -> DeadLetter:
     if "batch" in message:
         return MiniBatch.parse(message)
     if "action" in message:
-        found = planner_message(message)
-        if found is None:
-            raise ValueError(f"a planner message with no known action: {body[:200]}")
-        return found
+        try:
+            found = planner_message(message)
+        except (KeyError, TypeError, ValueError):
+            found = None
+        job_id = message.get("job_id")
+        return found or UnreadablePlannerMessage(job_id if isinstance(job_id, str) else None)
     return AggregationRequest.parse(message)
 
 

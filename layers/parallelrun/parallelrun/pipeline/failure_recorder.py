@@ -65,8 +65,12 @@ def record_dead_letter(cfg: StackConfig, message: sqs.MiniBatch) -> None:
         lifecycle.check_job(cfg, job_id)
 
 
-def give_up(cfg: StackConfig, message: sqs.PlannerMessage | sqs.AggregationRequest) -> None:
+def give_up(cfg: StackConfig,
+            message: sqs.PlannerMessage | sqs.AggregationRequest | sqs.UnreadablePlannerMessage) -> None:
     """A planner (start, tick, schedule) or aggregator message failed every delivery: end the job FAILED."""
+    if isinstance(message, sqs.UnreadablePlannerMessage) and message.job_id is None:
+        log.error("a planner message that names no job failed on every delivery; it is dropped")
+        return
     if isinstance(message, sqs.ScheduleRun):  # a run's job, if it was created, holds its schedule's lock
         job_id = schedules.run_job_id(message.schedule, message.time)
         if jobs.find(cfg, job_id) is None:
