@@ -12,6 +12,7 @@ process down, not the worker, which reports it as that attempt's failure. The pr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import os
 import re
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from parallelrun import aws
 from parallelrun.aws import control
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import model_refs, results, safepath
@@ -81,7 +83,10 @@ class ScoringHost:
             reads.append(f"s3://{self.cfg.artifacts_bucket}/{model.prefix}")
         credentials.protect_from_children()
         policy = credentials.read_policy(reads, credentials.role_arn().split(":")[1])
-        scoped = credentials.ScopedCredentials(control.assume_role, policy, f"scoring-{os.getpid()}",
+        # The worker's own STS client, bound now: renewals run on a thread later, when the shared
+        # client cache may have been reset and a new client would see the narrowed environment.
+        assume_role = functools.partial(control.assume_role, client=aws.client("sts"))
+        scoped = credentials.ScopedCredentials(assume_role, policy, f"scoring-{os.getpid()}",
                                                safepath.CACHE_ROOT / "credentials" / f"{os.getpid()}-{id(self)}")
         context = multiprocessing.get_context("spawn")  # never fork a process that holds client threads
         parent, child_end = context.Pipe()
