@@ -71,6 +71,15 @@ def test_a_name_template_resolves_to_the_latest_version_of_the_named_model(model
         selection.resolve(None, selector, None)
 
 
+def test_no_partition_is_refused_even_after_an_empty_partition_was_resolved(models):
+    held, _ = models
+    held.append(version("north", 1, kind="forecast"))
+    selector = model_refs.ModelSelector("tags:kind=forecast")  # needs no field of the partition
+    assert selection.resolve(None, selector, {}).name == "north"  # an empty partition: cached under no fields
+    with pytest.raises(NotFoundError, match="does not match partition_format"):
+        selection.resolve(None, selector, None)  # no partition at all is another thing
+
+
 def test_a_resolved_model_is_asked_for_again_after_its_time(models, monkeypatch):
     held, calls = models
     held.append(version("sales-a", 1))

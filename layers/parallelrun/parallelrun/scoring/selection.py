@@ -19,13 +19,13 @@ _resolved: dict[tuple[str, tuple], tuple[float, ModelVersion]] = {}
 
 def resolve(cfg: StackConfig, selector: ModelSelector, partition: dict[str, Any] | None) -> ModelVersion:
     """The partition's model; :class:`NotFoundError` says which model it looked for."""
-    key = (selector.ref, tuple(sorted((partition or {}).items())))
-    cached = _resolved.get(key)
-    if cached and time.time() - cached[0] < _RESOLVE_TTL:
-        return cached[1]
     if partition is None:
         raise NotFoundError(f"no partition: the input does not match partition_format, so no model "
                             f"can be chosen by {selector.ref!r}")
+    key = (selector.ref, tuple(sorted(partition.items())))
+    cached = _resolved.get(key)
+    if cached and time.time() - cached[0] < _RESOLVE_TTL:
+        return cached[1]
     tags = selector.tags
     if tags is None:
         name = fill(selector.ref, partition)
