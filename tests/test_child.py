@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from parallelrun.core.errors import ScoringScriptError
+from parallelrun.core.failures import TRACEBACK_LINES
 from parallelrun.scoring import child
 
 
@@ -60,7 +61,7 @@ def test_a_failure_keeps_the_last_lines_of_its_traceback():
     except ValueError as error:
         failure = child.Failure.from_exception(error)
     assert (failure.error_type, failure.message) == ("ValueError", "bad input")
-    assert len(failure.traceback) == child.TRACEBACK_LINES and failure.traceback[-1] == "ValueError: bad input"
+    assert len(failure.traceback) == TRACEBACK_LINES and failure.traceback[-1] == "ValueError: bad input"
 
 
 def test_a_context_reads_as_attributes_and_as_keys():

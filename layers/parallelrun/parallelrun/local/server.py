@@ -52,11 +52,11 @@ class CountingMotoServer(ThreadedMotoServer):
         self.conflicts = conflicts.Conflicts(hold_seconds=conflicts.AWS_HOLD_SECONDS)
         self._undo_conflicts: Any = None
         self._count_lock = threading.Lock()
-        # moto's TransactWriteItems deep-copies the tables it touches for rollback, and the copy
-        # breaks ("dictionary changed size during iteration", a 500) when another thread touches
-        # the table meanwhile, reads included; on AWS a transaction is atomic. One DynamoDB request
-        # at a time keeps it so (measured: locking writes alone left the 500s, and their retries
-        # made a 20,000-file job slower than this).
+        # moto's tables are plain dicts with no locking: a query iterating a partition while
+        # another thread writes to it fails ("dictionary changed size during iteration", a 500),
+        # and a transaction another request sees half-applied is not atomic as on AWS. One
+        # DynamoDB request at a time keeps both (measured when moto still copied whole tables:
+        # locking writes alone left the 500s).
         self._dynamodb_lock = threading.Lock()
 
     def _server_entry(self) -> None:

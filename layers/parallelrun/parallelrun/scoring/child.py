@@ -28,7 +28,6 @@ from parallelrun.core.failures import Failure
 from parallelrun.core.settings import RunSettings
 from parallelrun.scoring import azure, loaded, modelfiles
 
-TRACEBACK_LINES = 12
 
 
 @dataclass

@@ -22,7 +22,6 @@ from parallelrun.store.registry import ModelVersion
 
 
 _download_lock = threading.Lock()
-_downloaded: dict[tuple[str, int], str] = {}
 # The deployment's model, already downloaded by the worker: inside a job, get_model_path(name)
 # means the job's version (registering a newer one mid-job changes nothing) and costs no call.
 pinned: dict[str, tuple[int, str]] = {}
@@ -42,7 +41,6 @@ def local_path(cfg: StackConfig, model: ModelVersion) -> str:
     """Download ``model`` once per process and check its files against its SHA-256 on every
     call (:class:`IntegrityError` naming both hashes; the copy is dropped, so the next attempt
     downloads it again); a file path for a single-file model, else its folder."""
-    key = (model.name, model.version)
     root = _root(model.name, model.version)
     done = _complete(root)
     with _download_lock:
@@ -57,7 +55,6 @@ def local_path(cfg: StackConfig, model: ModelVersion) -> str:
             found = _mismatch(model, root)
             if found is None:
                 break
-            _downloaded.pop(key, None)
             done.unlink(missing_ok=True)
             if found == _GONE and not last:
                 continue  # evicted meanwhile by another local worker sharing this disk: fetch it again
@@ -66,8 +63,7 @@ def local_path(cfg: StackConfig, model: ModelVersion) -> str:
                 f"model {model.name}:{model.version} on local disk ({root}) {found} {model.sha256}, the SHA-256 "
                 f"s3://{model.prefix} was registered with: refusing to load it (the copy is removed; the next "
                 "attempt downloads it again)")
-        _downloaded[key] = str(root / model.files[0]) if model.single_file else str(root)
-    return _downloaded[key]
+    return str(root / model.files[0]) if model.single_file else str(root)
 
 
 _GONE = "lacks some of its files, so not SHA-256"
@@ -107,7 +103,6 @@ def partition_model_path(cfg: StackConfig, model: ModelVersion, limit_bytes: int
     while len(_on_disk) > 1 and sum(_on_disk.values()) > limit_bytes:
         (name, version), _ = _on_disk.popitem(last=False)
         with _download_lock:
-            _downloaded.pop((name, version), None)
             root = _root(name, version)
             _complete(root).unlink(missing_ok=True)  # first: nobody takes a half-deleted model for whole
             shutil.rmtree(root, ignore_errors=True)
