@@ -3,8 +3,9 @@
 
 Both run the same scoring script (examples/digits/score.py) over the same PNG files, in the same
 run, with the same number of processes. Prints one JSON object: per size, items/s of each and
-their ratio, AWS requests per mini-batch (counted at the moto server), planner seconds and the
-aggregator's peak memory while it collates (which must not grow with the output).
+their ratio, AWS requests per mini-batch (counted at the moto server), planner seconds, the longest
+invocation of each function on the job, and the aggregator's peak memory while it collates (which
+must not grow with the output).
 
     .venv/bin/python scripts/bench.py                 # 2,000 and 20,000 files, 2 workers
     .venv/bin/python scripts/bench.py --sizes 500     # a quick look
@@ -75,6 +76,18 @@ def planner_seconds(log_dir: Path, job_id: str) -> float | None:
     return None
 
 
+def longest_invocations(client: Client, job_id: str) -> dict[str, float]:
+    """Per function, the longest one invocation spent on this job, which must stay well inside
+    Lambda's 15 minutes however large the job: the planner's longest message (its usage
+    records), the worker's longest mini-batch (the batch records' usage), and the aggregator's
+    time over its invocations (the summary's cost section; one invocation unless one died)."""
+    planner = max((span.ms for span in jobs.iter_usage(client.cfg, job_id) if span.function == "planner"), default=0)
+    worker = max(((record.usage or {}).get("ms", 0) for record in client.batches(job_id)), default=0)
+    aggregator = json.loads(b"".join(client.read_output(job_id, "summary.json")))["cost"]["functions"]["aggregator"]
+    return {"planner": round(planner / 1000.0, 3), "worker": round(worker / 1000.0, 3),
+            "aggregator": aggregator["seconds"], "aggregator_invocations": aggregator["invocations"]}
+
+
 def aggregator_peak(job_id: str) -> int:
     """Peak Python memory of collating the finished job again (into a scratch prefix), measured
     in a process of its own: this one also hosts the moto server, whose allocations would count."""
@@ -128,6 +141,7 @@ def run_size(stack: LocalStack, client: Client, workdir: Path, count: int, model
         "overhead_seconds_per_minibatch": round((seconds - floor["seconds"]) / job.total_batches * workers, 4),
         "aws_requests_per_minibatch": {k: round(v / job.total_batches, 2) for k, v in sorted(requests.items())},
         "planner_seconds": planner_seconds(stack.log_dir, job.job_id),
+        "longest_invocation_seconds": longest_invocations(client, job.job_id),
         "aggregator_peak_bytes": aggregator_peak(job.job_id),
     }
 
