@@ -33,7 +33,7 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.client.api import Client
 from parallelrun.client.demo import EXAMPLES, load_example
 from parallelrun.local.runtime import LocalStack
-from parallelrun.pipeline import aggregator
+from parallelrun.pipeline import collation
 from parallelrun.store import batches, jobs
 
 _script = None
@@ -102,7 +102,7 @@ def _collate(job_id: str) -> None:
     list(batches.iter_batches(cfg, job_id))  # load the clients' service models before measuring
     aws.client("s3").list_objects_v2(Bucket=cfg.artifacts_bucket, MaxKeys=1)
     tracemalloc.start()
-    aggregator.collate(cfg, scratch)
+    collation.collate_range(cfg, scratch, 0, 0, scratch.total_batches, collation.job_files(scratch))
     print(tracemalloc.get_traced_memory()[1])
 
 

@@ -7,7 +7,7 @@ def test_parts_are_fetched_ahead_in_order_and_bounded():
     import threading
     import time
 
-    from parallelrun.pipeline.aggregator import fetched_in_order
+    from parallelrun.pipeline.collation import fetched_in_order
 
     running, most, read = [0], [0], []
     lock = threading.Lock()

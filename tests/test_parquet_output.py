@@ -18,7 +18,7 @@ from parallelrun.core import results
 from parallelrun.core.datasets import split_s3_uri
 from parallelrun.core.errors import ScoringScriptError
 from parallelrun.core.settings import RunSettings, resolve
-from parallelrun.pipeline import aggregator
+from parallelrun.pipeline import aggregator, collation
 from parallelrun.pipeline.isolation import PartitionSlice, in_input_order
 from parallelrun.scoring.child import to_rows
 from parallelrun.store import batches, jobs, keys
@@ -123,8 +123,9 @@ def test_parts_larger_than_an_upload_part_make_one_valid_parquet_file(stack):
               for i in range(7)]
     frames[3] = None  # a failed mini-batch: its rows are simply absent
     job = _job_with_parts(stack, "pq-big", frames)
-    rows, _, _, unwritten = aggregator.collate(stack.cfg, job, upload_part_size=size)
-    assert (rows, unwritten) == (240, "")
+    summary = collation.collate_range(stack.cfg, job, 0, 0, job.total_batches, collation.job_files(job),
+                                      upload_part_size=size)
+    assert (summary.rows, summary.unwritten) == (240, [])
     bucket, key = split_s3_uri(job.output_uri + "parallel_run_step.parquet")
     assert aws.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > size
     assert aws.client("s3").head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith("-2")  # multipart
@@ -142,7 +143,7 @@ def test_a_part_that_cannot_be_cast_fails_the_job_naming_its_mini_batch(stack):
     assert "mini-batch 1 returned columns of other types" in job.reason
     assert list(pd.read_parquet(io.BytesIO(read_bytes(stack.cfg, job)))["id"]) == [0, 1, 3]
     [failure] = [json.loads(line) for line in read_bytes(stack.cfg, job, "failures.jsonl").splitlines()]
-    assert (failure["minibatch"], failure["error_type"]) == (1, aggregator.UNWRITTEN)
+    assert (failure["minibatch"], failure["error_type"]) == (1, collation.UNWRITTEN)
     summary = json.loads(read_bytes(stack.cfg, job, "summary.json"))
     assert summary["counts"]["rows"] == 3 and summary["output"].endswith("/parallel_run_step.parquet")
 

@@ -18,7 +18,7 @@ from parallelrun.client.cli import main
 from parallelrun.client.progress import status_lines
 from parallelrun.core.datasets import split_s3_uri
 from parallelrun.core.errors import ConflictError, SettingsError
-from parallelrun.pipeline import aggregator, markers, submit
+from parallelrun.pipeline import collation, markers, submit
 from parallelrun.store import jobs
 from tests.conftest import marker_event, put_files, read_output
 from tests.test_pipeline import echo
@@ -240,7 +240,7 @@ def test_an_aggregation_tried_again_overwrites_its_own_files(stack, endpoint):
                                                                              f"again-{endpoint}/"})
     rows = read_output(stack.cfg, done, done.settings.output_file_name)
     # As an aggregator that died after writing its files and came back would do.
-    assert aggregator.collate(stack.cfg, done)[0] == 2
+    assert collation.collate_range(stack.cfg, done, 0, 0, done.total_batches, collation.job_files(done)).rows == 2
     writer = s3.S3StreamWriter(*split_s3_uri(done.output_uri + "failures.jsonl"), upload_part_size=5 * 1024**2,
                                owner=done.job_id)
     writer.write(b"x" * (6 * 1024**2))  # a multipart upload, completed over its own earlier file

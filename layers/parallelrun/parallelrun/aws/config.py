@@ -35,6 +35,7 @@ _LIMIT_OUTPUTS = {
     "max_receive_count": "MaxReceiveCount",
     "max_inflight_batches": "MaxInflightBatches",
     "worker_max_concurrency": "WorkerMaxConcurrency",
+    "aggregate_batches_per_invocation": "AggregateBatchesPerInvocation",
 }
 
 # A stack in one of these states has no resources to use (a failed create rolls everything back).

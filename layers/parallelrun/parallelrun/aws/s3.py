@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Union
 
 from botocore.exceptions import ClientError
 
 from parallelrun import aws
+from parallelrun.core import joins, usage
 from parallelrun.core.errors import ConflictError
 
 # S3 multipart upload parts must be >= 5 MiB but the last; the stream writer holds one.
 UPLOAD_PART_SIZE = 8 * 1024 * 1024
 OWNER_METADATA = "parallelrun-job"  # an output file's S3 metadata: the job that wrote it
 DOWNLOAD_CHUNK = 1024 * 1024
+# Upload parts sent at once by a join: each holds at most one least part (5 MiB) in memory.
+JOIN_THREADS = 8
 
 
 def error_code(error: ClientError) -> str:
@@ -200,3 +205,63 @@ class S3StreamWriter:
     def abort(self) -> None:
         if self.upload_id is not None:
             self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An object to be joined, and its size."""
+
+    bucket: str
+    key: str
+    size: int
+
+
+Source = Union[bytes, Stored]
+
+
+def join(bucket: str, key: str, sources: list[Source], owner: str, client: Any = None,
+         min_part: int = joins.MIN_PART) -> None:
+    """Write ``key`` as the sources one after another (bytes given here, or stored objects),
+    copying the stored ones server-side where S3 allows (:func:`parallelrun.core.joins.plan_join`),
+    as :func:`write_owned` allows. Memory holds at most :data:`JOIN_THREADS` least parts."""
+    s3 = client or aws.client("s3")
+    parts = joins.plan_join([len(s) if isinstance(s, bytes) else s.size for s in sources], min_part)
+
+    def read(piece: joins.Piece) -> bytes:
+        source = sources[piece.source]
+        if isinstance(source, bytes):
+            return source[piece.start:piece.end]
+        return s3.get_object(Bucket=source.bucket, Key=source.key,
+                             Range=f"bytes={piece.start}-{piece.end - 1}")["Body"].read()
+
+    metadata = {OWNER_METADATA: owner}
+    if not parts or (len(parts) == 1 and not parts[0].copied):
+        body = b"".join(read(piece) for piece in parts[0].pieces) if parts else b""
+        write_owned(s3, bucket, key, owner, functools.partial(s3.put_object, Bucket=bucket, Key=key, Body=body,
+                                                              Metadata=metadata))
+        return
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata)["UploadId"]
+
+    def send(numbered: tuple[int, joins.Part]) -> dict[str, Any]:
+        number, part = numbered
+        if part.copied:
+            piece = part.pieces[0]
+            source = sources[piece.source]
+            assert isinstance(source, Stored)
+            etag = s3.upload_part_copy(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                       CopySource={"Bucket": source.bucket, "Key": source.key},
+                                       CopySourceRange=f"bytes={piece.start}-{piece.end - 1}")["CopyPartResult"]["ETag"]
+        else:
+            etag = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                  Body=b"".join(read(piece) for piece in part.pieces))["ETag"]
+        return {"PartNumber": number, "ETag": etag}
+
+    try:
+        with ThreadPoolExecutor(max_workers=JOIN_THREADS) as pool:
+            uploaded = list(pool.map(usage.bind(send), enumerate(parts, 1)))
+        write_owned(s3, bucket, key, owner, functools.partial(
+            s3.complete_multipart_upload, Bucket=bucket, Key=key, UploadId=upload_id,
+            MultipartUpload={"Parts": uploaded}))
+    except BaseException:
+        s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        raise

@@ -8,7 +8,8 @@ The queues and their messages:
   continuation), :class:`ScheduleRun` (an EventBridge rule, through :func:`schedule_rule_input`,
   or a waiting run's turn);
 - batch queue: :class:`MiniBatch` (the planner; the worker runs it);
-- finalize queue: :class:`AggregationRequest` (whoever sees a job complete or stopped);
+- finalize queue: :class:`AggregationRequest` (whoever sees a job complete or stopped),
+  :class:`CollateRange` (the aggregator, to itself: one range of a large job's mini-batches);
 - the dead-letter queues, read by the failure recorder: any of the above, after its last
   delivery, and Lambda's record of a failed asynchronous invocation (:class:`FailedInvocation`).
 
@@ -147,6 +148,27 @@ class AggregationRequest:
         return cls(message["job_id"])
 
 
+@dataclass(frozen=True)
+class CollateRange:
+    """Collate range ``number`` of the job's aggregation ``aggregation`` (a duplicate is harmless:
+    a range is recorded once)."""
+
+    job_id: str
+    aggregation: str
+    number: int
+
+    def body(self) -> str:
+        return json.dumps({"job_id": self.job_id, "aggregation": self.aggregation, "range": self.number})
+
+
+def finalize_message(body: str | dict[str, Any]) -> AggregationRequest | CollateRange:
+    """A finalize-queue message, by its shape."""
+    message = json.loads(body) if isinstance(body, str) else body
+    if "range" in message:
+        return CollateRange(message["job_id"], message["aggregation"], int(message["range"]))
+    return AggregationRequest.parse(message)
+
+
 # --- the dead-letter queues
 
 
@@ -166,7 +188,7 @@ class UnreadablePlannerMessage:
     job_id: str | None
 
 
-DeadLetter = Union[MiniBatch, Start, Tick, ScheduleRun, AggregationRequest, FailedInvocation,
+DeadLetter = Union[MiniBatch, Start, Tick, ScheduleRun, AggregationRequest, CollateRange, FailedInvocation,
                    UnreadablePlannerMessage]
 
 
@@ -184,13 +206,13 @@ def dead_letter(body: str) -> DeadLetter:
             found = None
         job_id = message.get("job_id")
         return found or UnreadablePlannerMessage(job_id if isinstance(job_id, str) else None)
-    return AggregationRequest.parse(message)
+    return finalize_message(message)
 
 
 # --- the calls
 
 
-Message = Union[Start, Tick, ScheduleRun, MiniBatch, AggregationRequest]
+Message = Union[Start, Tick, ScheduleRun, MiniBatch, AggregationRequest, CollateRange]
 
 
 def send(queue_url: str, message: Message, delay_seconds: int | None = None) -> None:

@@ -119,10 +119,14 @@ class ParquetCollator:
 
     def add(self, index: int, body: bytes) -> int:
         """Mini-batch ``index``'s part; returns its row count."""
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(io.BytesIO(body))
+        return self.add_table(index, pq.read_table(io.BytesIO(body)))
+
+    def add_table(self, index: int, table: pa.Table) -> int:
+        """Rows from mini-batch ``index`` on (a part, or a row group of collated parts); returns their count."""
+        import pyarrow.parquet as pq
+
         if self.writer is None:
             self.writer, self.first = pq.ParquetWriter(self.stream, table.schema), index
         else:

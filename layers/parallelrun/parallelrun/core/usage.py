@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import json
 import math
 import os
 import threading
@@ -192,6 +193,26 @@ class Tally:
         row["memory_mb"] = max(row["memory_mb"], spent.memory_mb)
         row["gb_seconds"] += spent.gb_seconds
         self.requests.update(spent.requests)
+
+    def merge(self, other: Tally) -> None:
+        """Add another tally's sums (a collated range's, say) to this one."""
+        for name, row in other.functions.items():
+            mine = self.functions.setdefault(name, {"invocations": 0, "ms": 0, "memory_mb": 0, "gb_seconds": 0.0})
+            for counted in ("invocations", "ms", "gb_seconds"):
+                mine[counted] += row[counted]
+            mine["memory_mb"] = max(mine["memory_mb"], row["memory_mb"])
+        self.requests.update(other.requests)
+
+    def to_json(self) -> str:
+        """The sums as they are, to be read back by :meth:`from_json`."""
+        return json.dumps({"functions": self.functions, "requests": dict(self.requests)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Tally:
+        raw = json.loads(text)
+        tally = cls()
+        tally.functions, tally.requests = raw["functions"], collections.Counter(raw["requests"])
+        return tally
 
     def to_dict(self) -> dict[str, Any]:
         """Per function: invocations, measured seconds, configured memory and GB-seconds; the

@@ -1,12 +1,18 @@
-"""The aggregator: once a job's counters are complete, collate its parts into one file.
+"""The aggregator: once a job's counters are complete, collate its parts into the job's files.
 
 It runs once per job: a conditional state change (RUNNING → FINALIZING,
 :func:`parallelrun.pipeline.lifecycle.aggregation_claimed`) picks the winner among duplicate
-requests (DESIGN invariant 3). A winner that dies keeps its request message, which
-comes back and takes over once the lease has run out; the output's key is fixed, so the retry
-writes the same file. Parts are streamed into a multipart upload, so memory holds one upload
-part (about 8 MiB) whatever the size of the output; for parquet output, also one row group
-of parts being written (see :mod:`parallelrun.core.results`).
+requests (DESIGN invariant 3). A winner that dies keeps its request message, which comes back
+and takes over once the lease has run out; the output's key is fixed, so the retry writes the
+same file.
+
+No invocation's work grows with the job (invariant 7): the mini-batches are collated in ranges
+of the stack's ``aggregate_batches_per_invocation`` (:mod:`parallelrun.pipeline.collation`). A
+job of one range writes its files at once. A larger job's ranges are collated in parallel, one
+message each on the finalize queue, each into objects of its own, recorded when written
+(:mod:`parallelrun.store.collated`), so a range that dies is collated again by its message's
+next delivery and a range done is never done twice; whoever records the last range joins them
+server-side (:func:`parallelrun.aws.s3.join`) into the job's files and sets the final state.
 """
 
 from __future__ import annotations
@@ -16,68 +22,154 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from parallelrun import aws
 from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import logs, pricing, results, usage
+from parallelrun.core import logs, pricing, usage
 from parallelrun.core.datasets import split_s3_uri
-from parallelrun.pipeline import lifecycle
-from parallelrun.store import batches, jobs, reuse, schedules
+from parallelrun.core.errors import ParallelRunError
+from parallelrun.pipeline import collation, lifecycle
+from parallelrun.store import collated, jobs, keys, reuse, schedules
 
 log = logging.getLogger("parallelrun.pipeline.aggregator")
-UNWRITTEN = "OutputSchemaMismatch"  # parquet output: a part whose columns differ from the first part's
-# Mini-batches whose objects are fetched at once, ahead of the one being written. A small GET
-# from Lambda waits 15-30 ms (DESIGN §6): one after another, 100,000 parts take 25-50 minutes,
-# past Lambda's 15; sixteen at a time take a sixteenth, holding at most sixteen parts in memory.
-FETCH_AHEAD = 16
+FAILURES_FILE = collation.FAILURES_FILE
 
 
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Aggregation requests; a failure raises, so that the request comes back."""
+    """Aggregation requests and ranges to collate; a failure raises, so that the message comes back."""
     return sqs.handle_records(event, context, usage.AGGREGATOR, handle_record, report_failures=False)
 
 
 def handle_record(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> None:
-    job_id = sqs.AggregationRequest.parse(record["body"]).job_id
-    with logs.context(job_id):
-        finalize(cfg, job_id)
+    message = sqs.finalize_message(record["body"])
+    with logs.context(message.job_id):
+        if isinstance(message, sqs.CollateRange):
+            collate_one(cfg, message)
+        else:
+            finalize(cfg, message.job_id)
+
+
+def ranges(job: jobs.JobRecord) -> list[tuple[int, int]]:
+    """The mini-batch ranges ``[start, end)`` of the job's aggregation (one, for no mini-batch)."""
+    total, size = job.total_batches or 0, job.range_batches or max(1, job.total_batches or 1)
+    return [(start, min(start + size, total)) for start in range(0, total, size)] or [(0, 0)]
 
 
 def finalize(cfg: StackConfig, job_id: str) -> None:
-    """Collate the job's output, failures and summary, then set its final state."""
+    """Collate the job's output, failures and summary (or start its ranges), then set its final state."""
     job = lifecycle.aggregation_claimed(cfg, job_id)
     if job is None:
         return
+    spans = ranges(job)
+    if len(spans) == 1:
+        started = time.time()
+        try:
+            summary = collation.collate_range(cfg, job, 0, *spans[0], collation.job_files(job))
+        except s3.OutputTaken as taken:  # the job cannot succeed
+            finish(cfg, job, [], started, taken=str(taken))
+            return
+        finish(cfg, job, [summary], started)
+        return
+    assert job.aggregation is not None
+    refused = sqs.send_in_tens(cfg.finalize_queue_url, [
+        (str(number), sqs.CollateRange(job_id, job.aggregation, number).body()) for number in range(1, len(spans))])
+    if refused:
+        raise ParallelRunError(f"SQS refused ranges {refused} of job {job_id}'s aggregation five times")
+    logs.event(log, "collating in ranges", ranges=len(spans), range_batches=job.range_batches)
+    collate_one(cfg, sqs.CollateRange(job_id, job.aggregation, 0), job)
+
+
+def collate_one(cfg: StackConfig, message: sqs.CollateRange, job: jobs.JobRecord | None = None) -> None:
+    """Collate one range of a large job into objects of its own, once; whoever finds every
+    range recorded joins them."""
+    job = job or jobs.get(cfg, message.job_id)
+    if job.state != jobs.FINALIZING or job.aggregation != message.aggregation:
+        return  # the job ended, or a redrive started another aggregation: this one is over
+    spans = ranges(job)
+    recorded = {summary.number for summary in collated.summaries(cfg, job.job_id, message.aggregation)}
+    if message.number not in recorded:
+        start, end = spans[message.number]
+        objects = collation.Destination(
+            cfg.artifacts_bucket, keys.range_object_key(job.job_id, message.aggregation, message.number, "output"),
+            keys.range_object_key(job.job_id, message.aggregation, message.number, FAILURES_FILE), with_header=False)
+        summary = collation.collate_range(cfg, job, message.number, start, end, objects)
+        collated.record(cfg, job.job_id, message.aggregation, summary)
+        logs.event(log, "collated a range", level=logging.DEBUG, range=message.number, rows=summary.rows)
+    done = collated.summaries(cfg, job.job_id, message.aggregation)
+    if len(done) == len(spans) and jobs.claim_join(cfg, job.job_id, message.aggregation, lifecycle.LEASE_SECONDS):
+        join(cfg, job, done)
+
+
+def join(cfg: StackConfig, job: jobs.JobRecord, summaries: list[collated.RangeSummary]) -> None:
+    """The ranges' objects into the job's files, server-side, then its final state."""
     started = time.time()
-    spent = usage.Tally()
+    bucket, prefix = split_s3_uri(job.output_uri)
+
+    def stored(summary: collated.RangeSummary, name: str, size: int) -> s3.Stored:
+        return s3.Stored(cfg.artifacts_bucket, keys.range_object_key(job.job_id, str(job.aggregation),
+                                                                     summary.number, name), size)
+
+    late = b""  # parquet: failure lines for ranges whose columns differ from the first range's
     try:
-        rows, errors, reusable, unwritten = collate(cfg, job, spent)
-    except s3.OutputTaken as taken:  # nothing of it is reused, and the job cannot succeed
-        rows, errors, reusable, unwritten = 0, collections.Counter(), 0, str(taken)
-    state, reason = lifecycle.end_state(job, errors, unwritten)
-    if state == jobs.SUCCEEDED and reusable:
-        # A second pass over the records: a list of a million mini-batches would grow with the job.
-        reuse.remember(cfg, job_id, (entry for record in batches.iter_batches(cfg, job_id)
-                                     if (entry := reusable_entry(record)) is not None))
-        if job.fingerprint and reusable == job.total_batches:
-            reuse.remember_job(cfg, job.fingerprint, job_id, job.output_uri)
+        if job.settings.output_action == "append_row":
+            output_key = prefix + job.settings.output_file_name
+            if job.settings.output_format == "parquet":
+                late = collation.join_parquet(bucket, output_key, job.job_id,
+                                              [(s, stored(s, "output", s.output_bytes)) for s in summaries])
+            else:
+                header = next((s.header for s in summaries if s.header), None)
+                head: list[s3.Source] = [header.encode() + b"\n"] if header else []
+                s3.join(bucket, output_key, head + [stored(s, "output", s.output_bytes)
+                                                   for s in summaries if s.output_bytes], job.job_id)
+        s3.join(bucket, prefix + FAILURES_FILE, [stored(s, FAILURES_FILE, s.failures_bytes)
+                                                 for s in summaries if s.failures_bytes] + ([late] if late else []),
+                job.job_id)
+    except s3.OutputTaken as taken:
+        finish(cfg, job, [], started, taken=str(taken))
+        return
+    finish(cfg, job, summaries, started)
+
+
+def finish(cfg: StackConfig, job: jobs.JobRecord, summaries: list[collated.RangeSummary], started: float,
+           taken: str = "") -> None:
+    """The collated ranges' sums: the job's summary, what a later identical job may reuse, and its
+    final state; ``taken`` says why the job's files could not be written, if they could not."""
+    rows = sum(s.rows for s in summaries)
+    errors: collections.Counter[str] = collections.Counter()
+    spent = usage.Tally()
+    for summary in summaries:
+        errors.update(summary.errors)
+        spent.merge(summary.usage)
+    state, reason = lifecycle.end_state(job, errors, taken or unwritten_reason(summaries))
+    if state == jobs.SUCCEEDED and job.fingerprint and sum(s.reusable for s in summaries) == job.total_batches:
+        reuse.remember_job(cfg, job.fingerprint, job.job_id, job.output_uri)
     if state == jobs.SUCCEEDED and job.schedule:
         schedules.mark_scored(cfg, job)  # before the state says so: the schedule's next run may follow at once
     ended = time.time()
     summary = build_summary(job, state, reason, rows, dict(errors), ended, ended - started)
-    summary["cost"] = job_cost(cfg, job_id, spent)
+    summary["cost"] = job_cost(cfg, job.job_id, spent)
     bucket, prefix = split_s3_uri(job.output_uri)
     try:
-        s3.put_owned(bucket, prefix + "summary.json", json.dumps(summary, indent=2).encode(), job_id,
+        s3.put_owned(bucket, prefix + "summary.json", json.dumps(summary, indent=2).encode(), job.job_id,
                      ContentType="application/json")
     except s3.OutputTaken as taken:
         state, reason = jobs.FAILED, f"{reason}; {taken}" if reason else str(taken)
     lifecycle.aggregated(cfg, job, state, reason, rows, ended)
     logs.event(log, "job finished", state=state, rows=rows, aggregate_seconds=round(ended - started, 3))
+
+
+def unwritten_reason(summaries: list[collated.RangeSummary]) -> str:
+    """Why rows are missing from the output ("" if none are): parquet parts whose columns differ
+    from the first part's."""
+    count = sum(s.unwritten_count for s in summaries)
+    if not count:
+        return ""
+    first = next(reason for s in summaries for reason in s.unwritten)
+    return (f"output_format=parquet: the rows of {count} mini-batch(es) are not in the output, "
+            f"their columns differing from the first part's (first: {first}); return the same "
+            "columns and types from every run()")
 
 
 def job_cost(cfg: StackConfig, job_id: str, spent: usage.Tally) -> dict[str, Any]:
@@ -87,101 +179,6 @@ def job_cost(cfg: StackConfig, job_id: str, spent: usage.Tally) -> dict[str, Any
         spent.add(item)
     spent.add(usage.take(including=[("s3", "PutObject", {}), ("dynamodb", "UpdateItem", {})]))
     return pricing.cost_section(spent.to_dict(), aws.region())
-
-
-def collate(cfg: StackConfig, job: jobs.JobRecord, spent: usage.Tally | None = None,
-            upload_part_size: int = s3.UPLOAD_PART_SIZE) -> tuple[int, collections.Counter[str], int, str]:
-    """Stream the parts, in mini-batch order, into the output file and the failure lines into
-    ``failures.jsonl``; return the row count, the failed inputs by error type, how many wholly
-    successful mini-batches a later job may reuse, and why rows were left out of the output
-    ("" if none were). Each record's usage is added to ``spent``."""
-    bucket, prefix = split_s3_uri(job.output_uri)
-    rows = 0
-    output = s3.S3StreamWriter(bucket, prefix + job.settings.output_file_name, upload_part_size, job.job_id)
-    failures = s3.S3StreamWriter(bucket, prefix + "failures.jsonl", upload_part_size, job.job_id)
-    table = results.ParquetCollator(output) if job.settings.output_format == "parquet" else None  # written only for append_row
-    errors: collections.Counter[str] = collections.Counter()
-    reusable, unwritten = 0, []
-    appended = job.settings.output_action == "append_row"
-
-    def get(key: str | None) -> bytes | None:
-        return s3.get(cfg.artifacts_bucket, key) if key else None
-
-    def objects(record: batches.BatchRecord) -> tuple[bytes | None, bytes | None]:
-        return get(record.part_key if appended else None), get(record.failures_key)
-
-    try:
-        header_written = job.settings.output_format != "csv"
-        for record, (body, failed) in fetched_in_order(batches.iter_batches(cfg, job.job_id), objects, FETCH_AHEAD):
-            if spent is not None:
-                spent.add(record.usage)
-            reusable += reusable_entry(record) is not None
-            if body is not None:
-                if not header_written and record.header:
-                    output.write(record.header.encode() + b"\n")  # csv: the header once, at the top
-                    header_written = True
-                if table is None:
-                    output.write(body)
-                    rows += record.rows
-                else:
-                    try:
-                        rows += table.add(record.index, body)
-                    except results.SchemaMismatch as mismatch:
-                        unwritten.append(str(mismatch))
-                        failures.write(_unwritten_line(record, str(mismatch)).encode())
-                        errors[UNWRITTEN] += record.items_succeeded
-            if failed is not None:
-                failures.write(failed)
-                errors.update(json.loads(line)["error_type"] for line in failed.splitlines() if line)
-        if job.settings.output_action == "append_row":
-            if table is not None:
-                table.close()
-            output.close()
-        failures.close()
-    except BaseException:
-        output.abort()
-        failures.abort()
-        raise
-    reason = ""
-    if unwritten:
-        reason = (f"output_format=parquet: the rows of {len(unwritten)} mini-batch(es) are not in the output, "
-                  f"their columns differing from the first part's (first: {unwritten[0]}); return the same "
-                  "columns and types from every run()")
-    return rows, errors, reusable, reason
-
-
-Item = TypeVar("Item")
-Fetched = TypeVar("Fetched")
-
-
-def fetched_in_order(items: Iterable[Item], fetch: Callable[[Item], Fetched],
-                     ahead: int) -> Iterator[tuple[Item, Fetched]]:
-    """Each item with ``fetch(item)``, in the items' order, with up to ``ahead`` fetches running
-    at once: the items are read at most ``ahead`` beyond the one yielded, so memory is bounded
-    by ``ahead`` fetched results whatever the count of items."""
-    pending: collections.deque[tuple[Item, Any]] = collections.deque()
-    with ThreadPoolExecutor(max_workers=ahead) as pool:
-        for item in items:
-            pending.append((item, pool.submit(usage.bind(fetch), item)))
-            if len(pending) >= ahead:
-                first, future = pending.popleft()
-                yield first, future.result()
-        while pending:
-            first, future = pending.popleft()
-            yield first, future.result()
-
-
-def reusable_entry(record: batches.BatchRecord) -> tuple[str, str, int, int, str | None] | None:
-    """What a later job may take of a wholly successful mini-batch (see :mod:`parallelrun.store.reuse`)."""
-    if record.part_key and record.fingerprint and not record.items_failed:
-        return record.fingerprint, record.part_key, record.rows, record.items, record.header
-    return None
-
-
-def _unwritten_line(record: batches.BatchRecord, message: str) -> str:
-    """A ``failures.jsonl`` line for a mini-batch whose rows could not join the output."""
-    return json.dumps({"input": None, "minibatch": record.index, "attempts": record.attempt,
-                       "error_type": UNWRITTEN, "message": message, "traceback": [], "worker": "aggregator"}) + "\n"
 
 
 def build_summary(job: jobs.JobRecord, state: str, reason: str, rows: int, errors: dict[str, int],

@@ -66,7 +66,7 @@ def record_dead_letter(cfg: StackConfig, message: sqs.MiniBatch) -> None:
 
 
 def give_up(cfg: StackConfig,
-            message: sqs.PlannerMessage | sqs.AggregationRequest | sqs.UnreadablePlannerMessage) -> None:
+            message: sqs.PlannerMessage | sqs.AggregationRequest | sqs.CollateRange | sqs.UnreadablePlannerMessage) -> None:
     """A planner (start, tick, schedule) or aggregator message failed every delivery: end the job FAILED."""
     if isinstance(message, sqs.UnreadablePlannerMessage) and message.job_id is None:
         log.error("a planner message that names no job failed on every delivery; it is dropped")
@@ -80,7 +80,7 @@ def give_up(cfg: StackConfig,
     else:
         job_id = message.job_id
     with logs.context(job_id):
-        if not isinstance(message, sqs.AggregationRequest):
+        if not isinstance(message, (sqs.AggregationRequest, sqs.CollateRange)):
             reason = ("the planner failed on every delivery of this job's message; its logs say why. "
                       "What ran is kept: `parallelrun redrive` continues the job")
             lifecycle.stop(cfg, job_id, jobs.FAILED, reason)

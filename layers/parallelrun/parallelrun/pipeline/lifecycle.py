@@ -89,7 +89,8 @@ def aggregation_claimed(cfg: StackConfig, job_id: str) -> jobs.JobRecord | None:
     if job.state in jobs.TERMINAL:
         job_ended(cfg, job)  # a redelivery after a crash past the final state: finish handing over
         return None
-    if job.state not in (jobs.RUNNING, jobs.FINALIZING) or not jobs.claim_finalize(cfg, job_id, LEASE_SECONDS):
+    if job.state not in (jobs.RUNNING, jobs.FINALIZING) or not jobs.claim_finalize(
+            cfg, job_id, LEASE_SECONDS, cfg.limits.aggregate_batches_per_invocation):
         return None
     return jobs.get(cfg, job_id)
 

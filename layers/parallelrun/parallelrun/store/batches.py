@@ -118,13 +118,20 @@ def get_batch(cfg: StackConfig, job_id: str, index: int) -> BatchRecord | None:
     return BatchRecord.from_item(item) if item else None
 
 
-def iter_batches(cfg: StackConfig, job_id: str) -> Iterator[BatchRecord]:
-    """Every recorded mini-batch of a job, in mini-batch order: the shards' queries (each in
-    order, the sort key being zero-padded) merged lazily, one page per shard in memory."""
+def iter_batches(cfg: StackConfig, job_id: str, start: int = 0, end: int | None = None) -> Iterator[BatchRecord]:
+    """The recorded mini-batches ``start`` ≤ index < ``end`` (all by default) of a job, in
+    mini-batch order: the queries of the shards holding them (each in order, the sort key being
+    zero-padded) merged lazily, one page per shard in memory."""
     job = jobs.find(cfg, job_id, counted=False)
-    shards = shards_of(job.total_batches) if job else range(0)
-    merged = heapq.merge(*(dynamo.query_prefix(cfg.table, keys.batch_pk(job_id, shard), keys.BATCH_PREFIX,
-                                               consistent=True, limit=SHARD_PAGE)
+    end = min(end if end is not None else job.total_batches or 0, job.total_batches or 0) if job else 0
+    if end <= start:
+        return iter(())
+    shards = sorted({keys.shard_of(index) for index in range(start, min(end, start + keys.SHARDS))})
+    low, high = keys.batch_key(job_id, start)["sk"], keys.batch_key(job_id, end - 1)["sk"]
+    merged = heapq.merge(*(dynamo.query(cfg.table, KeyConditionExpression="pk = :pk AND sk BETWEEN :low AND :high",
+                                        ExpressionAttributeValues={":pk": keys.batch_pk(job_id, shard), ":low": low,
+                                                                   ":high": high},
+                                        ConsistentRead=True, Limit=SHARD_PAGE)
                            for shard in shards), key=lambda item: item["sk"])
     return (BatchRecord.from_item(item) for item in merged)
 

@@ -63,6 +63,10 @@ class JobRecord:
     reused_from: str | None = None  # the succeeded job whose output this one took whole
     outcome: str | None = None  # FAILED or CANCELED when the job was stopped before it completed
     schedule: str | None = None  # the schedule this job is a run of (see parallelrun.pipeline.scheduling)
+    # The aggregation under way: its id (a redrive's aggregation gets a new one) and how many
+    # mini-batches each of its ranges collates (fixed when it is first claimed).
+    aggregation: str | None = None
+    range_batches: int | None = None
 
     @property
     def batches_done(self) -> int:
@@ -127,15 +131,31 @@ def transition(cfg: StackConfig, job_id: str, to: str, expected: tuple[str, ...]
                             names=names)
 
 
-def claim_finalize(cfg: StackConfig, job_id: str, lease_seconds: float) -> bool:
+def claim_finalize(cfg: StackConfig, job_id: str, lease_seconds: float, range_batches: int) -> bool:
     """Become the job's one aggregator: a running job, or a finalizing one whose holder's lease
-    ran out (a stopped job starts with no lease). False if someone else holds it."""
+    ran out (a stopped job starts with no lease). False if someone else holds it. The first claim
+    names the aggregation and its ranges; a successor's claim keeps them, and what was collated."""
     now = time.time()
     return dynamo.update_if(
-        cfg.table, keys.job_key(job_id), "SET #state = :finalizing, finalize_until = :until",
+        cfg.table, keys.job_key(job_id),
+        "SET #state = :finalizing, finalize_until = :until, aggregation = if_not_exists(aggregation, :aggregation), "
+        "range_batches = if_not_exists(range_batches, :range)",
         "#state = :running OR (#state = :finalizing AND "
         "(attribute_not_exists(finalize_until) OR finalize_until < :now))",
         {":finalizing": FINALIZING, ":running": RUNNING, ":until": dynamo.decimal(now + lease_seconds),
+         ":now": dynamo.decimal(now), ":aggregation": secrets.token_hex(6), ":range": range_batches},
+        names={"#state": "state"})
+
+
+def claim_join(cfg: StackConfig, job_id: str, aggregation: str, lease_seconds: float) -> bool:
+    """Become the one to join the collated ranges of ``aggregation`` into the job's files; a
+    joiner that died is succeeded once its lease ran out. False if someone else holds it."""
+    now = time.time()
+    return dynamo.update_if(
+        cfg.table, keys.job_key(job_id), "SET join_until = :until",
+        "#state = :finalizing AND aggregation = :aggregation AND "
+        "(attribute_not_exists(join_until) OR join_until < :now)",
+        {":finalizing": FINALIZING, ":aggregation": aggregation, ":until": dynamo.decimal(now + lease_seconds),
          ":now": dynamo.decimal(now)},
         names={"#state": "state"})
 
@@ -145,7 +165,7 @@ def reopen(cfg: StackConfig, job_id: str, deployment: dict[str, Any], token: str
     return dynamo.update_if(
         cfg.table, keys.job_key(job_id),
         "SET #state = :running, deployment = :deployment, planner_token = :token, "
-        "reason = :empty REMOVE outcome, ended_at, finalize_until",
+        "reason = :empty REMOVE outcome, ended_at, finalize_until, aggregation, range_batches, join_until",
         "#state IN (:s, :f, :c)",
         {":running": RUNNING, ":deployment": json.dumps(deployment, sort_keys=True), ":token": token, ":empty": "",
          ":s": SUCCEEDED, ":f": FAILED, ":c": CANCELED},

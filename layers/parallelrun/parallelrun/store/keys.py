@@ -66,6 +66,7 @@ JOB_SK = "JOB"
 BATCH_PREFIX = "BATCH#"
 COUNTS_PREFIX = "COUNTS#"
 USAGE_PREFIX = "USAGE#"
+COLLATED_PREFIX = "COLLATED#"
 
 
 def job_pk(job_id: str) -> str:
@@ -93,6 +94,15 @@ def counts_key(job_id: str, shard: int) -> dict[str, str]:
 def usage_key(job_id: str, at_ns: int, nonce: str) -> dict[str, str]:
     """One usage item of a job: by time, with a nonce so that two invocations never collide."""
     return {"pk": job_pk(job_id), "sk": f"{USAGE_PREFIX}{at_ns:020d}#{nonce}"}
+
+
+def collated_key(job_id: str, aggregation: str, number: int) -> dict[str, str]:
+    """What one collated range of an aggregation holds (see parallelrun.store.collated)."""
+    return {"pk": job_pk(job_id), "sk": f"{collated_prefix(aggregation)}{number:06d}"}
+
+
+def collated_prefix(aggregation: str) -> str:
+    return f"{COLLATED_PREFIX}{aggregation}#"
 
 
 # --- DynamoDB: models, endpoints, schedules
@@ -196,6 +206,12 @@ def part_key(job_id: str, index: int, attempt: int, suffix: str = "txt") -> str:
 
 def failures_key(job_id: str, index: int, attempt: int) -> str:
     return f"{job_prefix(job_id)}failures/{index:09d}.{attempt}.jsonl"
+
+
+def range_object_key(job_id: str, aggregation: str, number: int, name: str) -> str:
+    """A collated range's output or failure lines (``name``), joined into the job's files at the
+    end. The aggregation is in the key: a redrive's aggregation never reads an earlier one's."""
+    return f"{job_prefix(job_id)}collated/{aggregation}/{number:06d}/{name}"
 
 
 def logs_prefix(job_id: str, index: int | None = None) -> str:
