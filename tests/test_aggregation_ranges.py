@@ -164,6 +164,9 @@ def test_ranges_killed_at_every_step_still_give_exact_files(stack, ranges_of_fou
     assert summary["counts"]["rows"] == sum(p is not None for p in parts)
     assert summary["errors"] == {"ValueError": parts.count(None)}
     assert [s.number for s in collated.summaries(stack.cfg, job.job_id, job.aggregation)] == list(range(6))
+    leftover = aws.client("s3").list_objects_v2(Bucket=stack.cfg.artifacts_bucket,
+                                                Prefix=keys.job_prefix(job.job_id) + "collated/")
+    assert leftover["KeyCount"] == 0  # the ranges' objects are deleted once joined
 
 
 def test_a_csv_output_in_ranges_has_its_header_once(stack, ranges_of_four):

@@ -88,6 +88,15 @@ def under(bucket: str, prefix: str, client: Any = None) -> Iterator[dict[str, An
         yield from page.get("Contents", [])
 
 
+def delete_keys(bucket: str, keys: list[str], client: Any = None) -> None:
+    """Delete ``keys``, a thousand a request (DeleteObjects' most,
+    https://docs.aws.amazon.com/AmazonS3/latest/API/API_DeleteObjects.html)."""
+    s3 = client or aws.client("s3")
+    for start in range(0, len(keys), 1000):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys[start:start + 1000]],
+                                                 "Quiet": True})
+
+
 def download(bucket: str, key: str, path: Path, client: Any = None) -> None:
     """One object into a local file, streamed: one GetObject (download_file would add a HeadObject)."""
     body = (client or aws.client("s3")).get_object(Bucket=bucket, Key=key)["Body"]
