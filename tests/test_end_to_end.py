@@ -44,8 +44,11 @@ def init_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def local_stack(tmp_path_factory: pytest.TempPathFactory, init_dir: Path):
     patch = pytest.MonkeyPatch()
     patch.setenv("PARALLELRUN_HOME", str(tmp_path_factory.mktemp("home")))
-    with LocalStack(workers=2, worker_env={"INIT_LOG_DIR": str(init_dir),
-                                           "PARALLELRUN_CACHE": str(tmp_path_factory.mktemp("cache"))}) as stack:
+    # Two mini-batches an aggregator invocation: every job of more than two is collated in
+    # ranges by concurrent aggregator processes, and joined, under the functions' own roles.
+    with LocalStack(workers=2, parameters={"AggregateBatchesPerInvocation": "2"},
+                    worker_env={"INIT_LOG_DIR": str(init_dir),
+                                "PARALLELRUN_CACHE": str(tmp_path_factory.mktemp("cache"))}) as stack:
         yield stack
     patch.undo()
 
@@ -84,6 +87,8 @@ def test_drop_folder_to_collated_output(client: Client, init_dir: Path, tmp_path
 
     job = client.wait(drop(client, files, "e2e/batch1/").job_id, poll_seconds=0.3, timeout=120)
     assert job.state == jobs.SUCCEEDED, job.reason
+    record = jobs.get(client.cfg, job.job_id)
+    assert (record.total_batches, record.range_batches) == (20, 2)  # collated in ten ranges, then joined
     rows = b"".join(client.read_output(job.job_id)).decode().splitlines()
     assert [row.split(": ")[0] for row in rows] == names  # one row per file, in input order
     assert all(row.split(": ")[1].startswith(name.upper()) for row, name in zip(rows, names))
