@@ -163,6 +163,8 @@ def test_ranges_killed_at_every_step_still_give_exact_files(stack, ranges_of_fou
     summary = json.loads(read_output(stack.cfg, job, "summary.json"))
     assert summary["counts"]["rows"] == sum(p is not None for p in parts)
     assert summary["errors"] == {"ValueError": parts.count(None)}
+    # Every aggregator invocation is in the job's cost: at least one per range, and the join's.
+    assert summary["cost"]["functions"]["aggregator"]["invocations"] >= 6
     assert [s.number for s in collated.summaries(stack.cfg, job.job_id, job.aggregation)] == list(range(6))
     leftover = aws.client("s3").list_objects_v2(Bucket=stack.cfg.artifacts_bucket,
                                                 Prefix=keys.job_prefix(job.job_id) + "collated/")

@@ -95,6 +95,8 @@ def collate_one(cfg: StackConfig, message: sqs.CollateRange, job: jobs.JobRecord
             cfg.artifacts_bucket, keys.range_object_key(job.job_id, message.aggregation, message.number, "output"),
             keys.range_object_key(job.job_id, message.aggregation, message.number, FAILURES_FILE), with_header=False)
         summary = collation.collate_range(cfg, job, message.number, start, end, objects)
+        # Kept before the range is recorded: once it is, the join may read the job's usage.
+        jobs.keep_usage(cfg, job.job_id)
         collated.record(cfg, job.job_id, message.aggregation, summary)
         logs.event(log, "collated a range", level=logging.DEBUG, range=message.number, rows=summary.rows)
     done = collated.summaries(cfg, job.job_id, message.aggregation)
