@@ -47,6 +47,7 @@ OUTPUTS = {
     "MaxReceiveCount",
     "MaxInflightBatches",
     "PlannerInterval",
+    "PlannerInputsPerInvocation",
     "WorkerMaxConcurrency",
     "PlannerFunctionName",
     "WorkerFunctionName",
@@ -67,6 +68,7 @@ ENVIRONMENT = {
     "PARALLELRUN_MAX_RECEIVE_COUNT",
     "PARALLELRUN_MAX_INFLIGHT_BATCHES",
     "PARALLELRUN_PLANNER_INTERVAL",
+    "PARALLELRUN_PLANNER_INPUTS_PER_INVOCATION",
 }
 # Handler folder -> the core module its app.handler must delegate to.
 HANDLERS = {

@@ -35,6 +35,7 @@ _LIMIT_OUTPUTS = {
     "max_receive_count": "MaxReceiveCount",
     "max_inflight_batches": "MaxInflightBatches",
     "worker_max_concurrency": "WorkerMaxConcurrency",
+    "planner_inputs_per_invocation": "PlannerInputsPerInvocation",
 }
 
 # A stack in one of these states has no resources to use (a failed create rolls everything back).

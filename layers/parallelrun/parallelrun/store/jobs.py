@@ -20,6 +20,7 @@ from typing import Any
 from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import usage
+from parallelrun.core.planning import Checkpoint
 from parallelrun.core.errors import ConflictError, NotFoundError
 from parallelrun.core.settings import RunSettings
 from parallelrun.store import keys
@@ -63,6 +64,7 @@ class JobRecord:
     reused_from: str | None = None  # the succeeded job whose output this one took whole
     outcome: str | None = None  # FAILED or CANCELED when the job was stopped before it completed
     schedule: str | None = None  # the schedule this job is a run of (see parallelrun.pipeline.scheduling)
+    planning: Checkpoint = field(default_factory=Checkpoint)  # how far its listing has gone (PLANNING)
 
     @property
     def batches_done(self) -> int:
@@ -76,6 +78,7 @@ class JobRecord:
         item = {k: dynamo.decimal(v) for k, v in self.__dict__.items() if v is not None}
         item["deployment"] = json.dumps(self.deployment, sort_keys=True)
         item["settings"] = self.settings.to_json()
+        item["planning"] = self.planning.to_item()
         return {**keys.job_key(self.job_id), **item}
 
     @classmethod
@@ -83,6 +86,7 @@ class JobRecord:
         raw = {k: dynamo.plain(v) for k, v in item.items() if k in cls.__dataclass_fields__}
         raw["deployment"] = json.loads(raw["deployment"])
         raw["settings"] = RunSettings.from_json(raw["settings"])
+        raw["planning"] = Checkpoint.from_item(raw["planning"]) if "planning" in raw else Checkpoint()
         return cls(**raw)
 
 
@@ -159,6 +163,20 @@ def advance_planner(cfg: StackConfig, job_id: str, tick: int, token: str, cursor
         "planner_tick = :tick AND planner_token = :token AND #cursor <= :cursor",
         {":cursor": cursor, ":next": tick + 1, ":next_token": next_token, ":tick": tick, ":token": token},
         names={"#cursor": "cursor"})
+
+
+def advance_listing(cfg: StackConfig, job_id: str, held: Checkpoint, new: Checkpoint) -> bool:
+    """Move a planning job's checkpoint from ``held`` to ``new``; False if the job is no longer
+    planning or its checkpoint is another's (a duplicate or the loser of a race: see
+    planner.continue_planning). Only the token is compared, so that marking a checkpoint sent never fails its successor's
+    write. A job queued before checkpoints were kept has none: the first one counts as held."""
+    condition = "#state = :planning AND #planning.#token = :held"
+    if held.token == Checkpoint().token:
+        condition = "#state = :planning AND (attribute_not_exists(#planning) OR #planning.#token = :held)"
+    return dynamo.update_if(
+        cfg.table, keys.job_key(job_id), "SET #planning = :new", condition,
+        {":planning": PLANNING, ":held": held.token, ":new": new.to_item()},
+        names={"#state": "state", "#planning": "planning", "#token": "token"})
 
 
 def put_usage(cfg: StackConfig, job_id: str, spent: usage.Usage | None) -> None:
