@@ -70,7 +70,8 @@ def group_of(partition: Partition | None) -> tuple[str, ...] | None:
 
 
 def file_batches(files: Iterable[InputFile], prefix: str, pattern: PathPattern | None, keys: tuple[str, ...],
-                 size: int, open_batches: OpenBatches | None = None) -> Iterator[tuple[list[InputFile], Partition | None]]:
+                 size: int, open_batches: OpenBatches | None = None,
+                 ) -> Iterator[tuple[list[InputFile], Partition | None]]:
     """Mini-batches of at most ``size`` files of one partition each (without a pattern, all of
     the partition ``None``), in the order they fill up, so memory holds one open mini-batch per
     partition, never the listing. Files the pattern does not match gather under the partition

@@ -127,9 +127,10 @@ def _plan_slice(cfg: StackConfig, job: jobs.JobRecord, held: planning.Checkpoint
         return False
     tabular_job = job.settings.input_type == "tabular"  # its inputs are counted in records, once read
     batches.open_shards(cfg, job.job_id, total_batches)
-    jobs.transition(cfg, job.job_id, jobs.RUNNING, (jobs.PLANNING,), total_batches=total_batches,
-                    total_items=None if tabular_job else total_items, cursor=0, planner_tick=0, planner_token="start",
-                    fingerprint=fingerprint)
+    if not jobs.advance_listing(cfg, job.job_id, held, made, state=jobs.RUNNING, total_batches=total_batches,
+                                total_items=None if tabular_job else total_items, cursor=0, planner_tick=0,
+                                planner_token="start", fingerprint=fingerprint):
+        return True  # lost: a twin from this checkpoint set the totals (then tick as it does), or the job moved on
     logs.event(log, "planned", total_batches=total_batches, total_items=total_items, invocations=made.step,
                planner_seconds=round(time.time() - (job.started_at or time.time()), 3))
     if total_batches == 0:
@@ -173,7 +174,7 @@ def list_slice(cfg: StackConfig, job: jobs.JobRecord,
     spec = InputSpec.from_uri(job.input_uri)
     carry = plan.read_carry(cfg, job.job_id, held.token) if held.step else plan.Carry()
     listed = planning.Slice(inputs.list_files(spec, after=held.after), cfg.limits.planner_inputs_per_invocation)
-    files: Iterator[InputFile] = scored.unscored(cfg, job.schedule, listed, held.after) if job.schedule else iter(listed)
+    files = scored.unscored(cfg, job.schedule, listed, held.after) if job.schedule else iter(listed)
     cut = planning.plan_batches(files, spec.prefix, job.settings, functools.partial(aws.range_reader, spec.bucket),
                                 carry.open_batches)
 

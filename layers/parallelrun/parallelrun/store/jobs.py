@@ -165,18 +165,21 @@ def advance_planner(cfg: StackConfig, job_id: str, tick: int, token: str, cursor
         names={"#cursor": "cursor"})
 
 
-def advance_listing(cfg: StackConfig, job_id: str, held: Checkpoint, new: Checkpoint) -> bool:
-    """Move a planning job's checkpoint from ``held`` to ``new``; False if the job is no longer
-    planning or its checkpoint is another's (a duplicate or the loser of a race: see
-    planner.continue_planning). Only the token is compared, so that marking a checkpoint sent never fails its successor's
-    write. A job queued before checkpoints were kept has none: the first one counts as held."""
+def advance_listing(cfg: StackConfig, job_id: str, held: Checkpoint, new: Checkpoint, **values: Any) -> bool:
+    """Move a planning job's checkpoint from ``held`` to ``new`` (and set ``values`` with it: the
+    totals and RUNNING once the listing is complete); False if the job is no longer planning or
+    its checkpoint is another's (a duplicate or the loser of a race: see
+    planner.continue_planning). Only the token is compared, so that marking a checkpoint sent
+    never fails its successor's write. A job queued before checkpoints were kept has none: the
+    first one counts as held."""
     condition = "#state = :planning AND #planning.#token = :held"
     if held.token == Checkpoint().token:
         condition = "#state = :planning AND (attribute_not_exists(#planning) OR #planning.#token = :held)"
-    return dynamo.update_if(
-        cfg.table, keys.job_key(job_id), "SET #planning = :new", condition,
-        {":planning": PLANNING, ":held": held.token, ":new": new.to_item()},
-        names={"#state": "state", "#planning": "planning", "#token": "token"})
+    values = {"planning": new.to_item(), **values}
+    names = {"#state": "state", "#token": "token", **{f"#{k}": k for k in values}}
+    attrs = {":planning": PLANNING, ":held": held.token, **{f":v_{k}": dynamo.decimal(v) for k, v in values.items()}}
+    return dynamo.update_if(cfg.table, keys.job_key(job_id), "SET " + ", ".join(f"#{k} = :v_{k}" for k in values),
+                            condition, attrs, names=names)
 
 
 def put_usage(cfg: StackConfig, job_id: str, spent: usage.Usage | None) -> None:

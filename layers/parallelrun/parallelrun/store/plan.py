@@ -67,5 +67,6 @@ def put_carry(cfg: StackConfig, job_id: str, token: str, carry: Carry, *, s3: An
 
 def read_carry(cfg: StackConfig, job_id: str, token: str, *, s3: Any = None) -> Carry:
     stored = json.loads(objects.get(cfg.artifacts_bucket, keys.plan_carry_key(job_id, token), s3))
-    return Carry(stored["chunk"], {partitions.group_of(partition): ([InputFile.from_json(item) for item in items], partition)
-                                   for partition, items in stored["open"]})
+    filling = {partitions.group_of(partition): ([InputFile.from_json(item) for item in items], partition)
+               for partition, items in stored["open"]}
+    return Carry(stored["chunk"], filling)
