@@ -172,6 +172,8 @@ def advance_listing(cfg: StackConfig, job_id: str, held: Checkpoint, new: Checkp
     planner.continue_planning). Only the token is compared, so that marking a checkpoint sent
     never fails its successor's write. A job queued before checkpoints were kept has none: the
     first one counts as held."""
+    # A condition may name a map's element by its document path, here the checkpoint's token
+    # (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.Attributes.html).
     condition = "#state = :planning AND #planning.#token = :held"
     if held.token == Checkpoint().token:
         condition = "#state = :planning AND (attribute_not_exists(#planning) OR #planning.#token = :held)"

@@ -62,7 +62,8 @@ def _all_scored(cfg: StackConfig, schedule: str, after: str = "") -> Iterator[tu
 
 def _query(cfg: StackConfig, pk: str, after: str = "") -> Iterator[tuple[str, str]]:
     condition, values = "pk = :pk", {":pk": pk}
-    if after:
+    if after:  # sort keys compare in UTF-8 byte order, S3's order for keys: the records after where the listing resumes
+        # (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Query.KeyConditionExpressions.html)
         condition, values = "pk = :pk AND sk > :after", {":pk": pk, ":after": after}
     found = dynamo.query(cfg.table, KeyConditionExpression=condition, ExpressionAttributeValues=values,
                          ConsistentRead=True)
