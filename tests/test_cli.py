@@ -86,7 +86,8 @@ def test_a_user_session(running, tmp_path, capsys):
     assert "state:      SUCCEEDED" in out and "5/5 done" in out
 
     assert main(["status", job_id, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["items_succeeded"] == 5
+    status = json.loads(capsys.readouterr().out)
+    assert status["items_succeeded"] == 5 and status["planning"]["items"] == 5  # its planning, as data
     assert main(["wait", job_id]) == 0
     capsys.readouterr()
     assert main(["results", job_id, "-o", str(tmp_path / "out.txt")]) == 0

@@ -8,7 +8,6 @@ from parallelrun.core.datasets import (
     READY_MARKER,
     InputFile,
     InputSpec,
-    batches,
     is_input,
     relative_name,
     split_s3_uri,
@@ -61,53 +60,6 @@ def test_is_input_with_empty_prefix():
     assert is_input("_READY", "") is False
     assert is_input(".hidden/a.jpg", "") is False
     assert is_input("x/", "") is False
-
-
-# --- batches --------------------------------------------------------------------------------
-
-
-def _files(n: int) -> list[InputFile]:
-    return [InputFile(f"p/{i:05d}.jpg", i) for i in range(n)]
-
-
-@pytest.mark.parametrize(
-    ("count", "size", "expected_sizes"),
-    [
-        (0, 10, []),
-        (1, 10, [1]),
-        (10, 10, [10]),
-        (20, 10, [10, 10]),
-        (21, 10, [10, 10, 1]),
-        (29, 10, [10, 10, 9]),
-        (3, 1, [1, 1, 1]),
-        (5, 100, [5]),
-    ],
-)
-def test_batches_sizes(count, size, expected_sizes):
-    files = _files(count)
-    result = list(batches(files, size))
-    assert [len(b) for b in result] == expected_sizes
-    # every file exactly once, in order
-    assert [f for b in result for f in b] == files
-
-
-def test_batches_preserves_order_of_unsorted_input():
-    files = [InputFile(k, 1) for k in ["z", "a", "m", "b", "y"]]
-    assert [[f.key for f in b] for b in batches(files, 2)] == [["z", "a"], ["m", "b"], ["y"]]
-
-
-def test_batches_streams_from_an_iterator():
-    gen = (f for f in _files(25))
-    result = batches(gen, 10)
-    first = next(result)
-    assert [f.key for f in first] == [f"p/{i:05d}.jpg" for i in range(10)]
-    assert [len(b) for b in result] == [10, 5]
-
-
-@pytest.mark.parametrize("size", [0, -1])
-def test_batches_refuses_size_below_one(size):
-    with pytest.raises(ValueError):
-        list(batches(_files(3), size))
 
 
 def test_input_file_json_round_trip():

@@ -144,6 +144,7 @@ logging.getLogger('mine').warning('a warning from the script')
 
 @pytest.mark.parametrize("queue, message", [
     ("PlannerDeadLetterQueue", {"action": "tick", "tick": 1, "token": "x", "since": 0}),
+    ("PlannerDeadLetterQueue", {"action": "listing", "token": "x"}),  # a continuation of the listing
     ("PlannerDeadLetterQueue", {"action": "tick"}),  # unreadable: it failed in the planner for that
     ("FinalizeDeadLetterQueue", {}),
 ])

@@ -30,7 +30,8 @@ def test_a_queue_message_parses_back_to_itself(message):
     assert type(message).parse(json.loads(message.body())) == message
 
 
-@pytest.mark.parametrize("message", [sqs.Start("job-1"), sqs.Tick("job-1", 4, "ab12", 1700000000.5),
+@pytest.mark.parametrize("message", [sqs.Start("job-1"), sqs.Listing("job-1", "cd34"),
+                                     sqs.Tick("job-1", 4, "ab12", 1700000000.5),
                                      sqs.ScheduleRun("nightly", "2026-11-22T22:00:00Z", "waited")])
 def test_a_planner_message_parses_back_to_itself(message):
     assert sqs.planner_message(message.body()) == message

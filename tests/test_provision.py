@@ -70,6 +70,7 @@ def test_outputs_name_real_resources(stack: ProvisionedStack, aws: Any) -> None:
     assert outputs["WorkerBatchSize"] == "1"
     assert outputs["MaxInflightBatches"] == "200"
     assert outputs["WorkerMaxConcurrency"] == "100"
+    assert outputs["PlannerInputsPerInvocation"] == "2000"
     for key in ("PlannerFunctionName", "WorkerFunctionName", "AggregatorFunctionName", "FailureRecorderFunctionName"):
         aws("lambda").get_function_configuration(FunctionName=outputs[key])
 
@@ -110,6 +111,7 @@ def test_functions_have_resolved_environment(stack: ProvisionedStack, aws: Any) 
         assert env["PARALLELRUN_WORKER_MAX_CONCURRENCY"] == "100"
         assert env["PARALLELRUN_MAX_INFLIGHT_BATCHES"] == "200"
         assert env["PARALLELRUN_PLANNER_INTERVAL"] == "2"
+        assert env["PARALLELRUN_PLANNER_INPUTS_PER_INVOCATION"] == "2000"
         assert spec.handler == "app.handler"
         assert (Path(spec.code_dir) / "app.py").is_file()
 

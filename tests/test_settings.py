@@ -390,11 +390,13 @@ def test_stack_limits_from_env():
         "PARALLELRUN_MAX_RECEIVE_COUNT": "5",
         "PARALLELRUN_MAX_INFLIGHT_BATCHES": "40",
         "PARALLELRUN_WORKER_MAX_CONCURRENCY": "8",
+        "PARALLELRUN_PLANNER_INPUTS_PER_INVOCATION": "3",
         "UNRELATED": "1",
     }
     limits = StackLimits.from_env(env)
     assert limits == StackLimits(
-        worker_timeout=300, worker_batch_size=2, max_receive_count=5, max_inflight_batches=40, worker_max_concurrency=8
+        worker_timeout=300, worker_batch_size=2, max_receive_count=5, max_inflight_batches=40, worker_max_concurrency=8,
+        planner_inputs_per_invocation=3,
     )
     assert limits.max_run_invocation_timeout == 135
     # unset or empty variables keep the defaults

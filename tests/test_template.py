@@ -47,6 +47,7 @@ OUTPUTS = {
     "MaxReceiveCount",
     "MaxInflightBatches",
     "PlannerInterval",
+    "PlannerInputsPerInvocation",
     "WorkerMaxConcurrency",
     "PlannerFunctionName",
     "WorkerFunctionName",
@@ -68,6 +69,7 @@ ENVIRONMENT = {
     "PARALLELRUN_MAX_INFLIGHT_BATCHES",
     "PARALLELRUN_AGGREGATE_BATCHES_PER_INVOCATION",
     "PARALLELRUN_PLANNER_INTERVAL",
+    "PARALLELRUN_PLANNER_INPUTS_PER_INVOCATION",
 }
 # Handler folder -> the core module its app.handler must delegate to.
 HANDLERS = {

@@ -36,6 +36,7 @@ _LIMIT_OUTPUTS = {
     "max_inflight_batches": "MaxInflightBatches",
     "worker_max_concurrency": "WorkerMaxConcurrency",
     "aggregate_batches_per_invocation": "AggregateBatchesPerInvocation",
+    "planner_inputs_per_invocation": "PlannerInputsPerInvocation",
 }
 
 # A stack in one of these states has no resources to use (a failed create rolls everything back).

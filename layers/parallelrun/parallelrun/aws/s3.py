@@ -80,11 +80,13 @@ def put_new(bucket: str, key: str, body: bytes, client: Any = None) -> bool:
     return True
 
 
-def under(bucket: str, prefix: str, client: Any = None) -> Iterator[dict[str, Any]]:
+def under(bucket: str, prefix: str, client: Any = None, after: str = "") -> Iterator[dict[str, Any]]:
     """Every object under ``prefix`` as ListObjectsV2 describes it (Key, Size, ETag...), in S3's
-    (UTF-8 byte, so ``str``) order, streamed page by page."""
+    (UTF-8 byte, so ``str``) order, streamed page by page; given ``after``, only the keys after it
+    (StartAfter, which S3 takes as any key, listed or not, so a listing resumes exactly where it
+    stopped: https://docs.aws.amazon.com/AmazonS3/latest/API/API_ListObjectsV2.html)."""
     paginator = (client or aws.client("s3")).get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, **({"StartAfter": after} if after else {})):
         yield from page.get("Contents", [])
 
 

@@ -4,8 +4,9 @@ functions run over the records Lambda hands them.
 
 The queues and their messages:
 
-- planner queue: :class:`Start` (submit, run-now), :class:`Tick` (the planner's own delayed
-  continuation), :class:`ScheduleRun` (an EventBridge rule, through :func:`schedule_rule_input`,
+- planner queue: :class:`Start` (submit, run-now), :class:`Listing` (the planner's own
+  continuation while it lists), :class:`Tick` (its delayed continuation while it sends),
+  :class:`ScheduleRun` (an EventBridge rule, through :func:`schedule_rule_input`,
   or a waiting run's turn);
 - batch queue: :class:`MiniBatch` (the planner; the worker runs it);
 - finalize queue: :class:`AggregationRequest` (whoever sees a job complete or stopped),
@@ -55,6 +56,18 @@ class Start:
 
 
 @dataclass(frozen=True)
+class Listing:
+    """List the job's next slice of inputs: valid only while the job's planning checkpoint has
+    ``token`` (see planner.continue_planning)."""
+
+    job_id: str
+    token: str
+
+    def body(self) -> str:
+        return json.dumps({"action": "listing", "job_id": self.job_id, "token": self.token})
+
+
+@dataclass(frozen=True)
 class Tick:
     """Top the job's window up: valid only while the job's (planner_tick, planner_token) is its
     own (``since``: when it was sent, to tell a late sender from a dead one)."""
@@ -82,7 +95,7 @@ class ScheduleRun:
                            "trigger": self.trigger})
 
 
-PlannerMessage = Union[Start, Tick, ScheduleRun]
+PlannerMessage = Union[Start, Listing, Tick, ScheduleRun]
 
 
 def planner_message(body: str | dict[str, Any]) -> PlannerMessage | None:
@@ -91,6 +104,8 @@ def planner_message(body: str | dict[str, Any]) -> PlannerMessage | None:
     action = message.get("action")
     if action == "start":
         return Start(message["job_id"])
+    if action == "listing":
+        return Listing(message["job_id"], message["token"])
     if action == "tick":
         return Tick(message["job_id"], int(message["tick"]), message["token"], float(message["since"]))
     if action == "schedule":
@@ -188,8 +203,8 @@ class UnreadablePlannerMessage:
     job_id: str | None
 
 
-DeadLetter = Union[MiniBatch, Start, Tick, ScheduleRun, AggregationRequest, CollateRange, FailedInvocation,
-                   UnreadablePlannerMessage]
+DeadLetter = Union[MiniBatch, Start, Listing, Tick, ScheduleRun, AggregationRequest, CollateRange,
+                   FailedInvocation, UnreadablePlannerMessage]
 
 
 def dead_letter(body: str) -> DeadLetter:
@@ -212,7 +227,7 @@ def dead_letter(body: str) -> DeadLetter:
 # --- the calls
 
 
-Message = Union[Start, Tick, ScheduleRun, MiniBatch, AggregationRequest, CollateRange]
+Message = Union[Start, Listing, Tick, ScheduleRun, MiniBatch, AggregationRequest, CollateRange]
 
 
 def send(queue_url: str, message: Message, delay_seconds: int | None = None) -> None:

@@ -21,7 +21,8 @@ from parallelrun.store import jobs
 
 
 def _job_dict(job: jobs.JobRecord) -> dict[str, Any]:
-    return {k: v for k, v in job.__dict__.items() if k != "settings"} | {"settings": json.loads(job.settings.to_json())}
+    return ({k: v for k, v in job.__dict__.items() if k not in ("settings", "planning")}
+            | {"settings": json.loads(job.settings.to_json()), "planning": job.planning.to_item()})
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:

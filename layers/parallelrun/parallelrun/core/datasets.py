@@ -1,4 +1,4 @@
-"""Inputs: which objects under a prefix are inputs, and how they split into mini-batches.
+"""Inputs: which objects under a prefix are inputs, and what a mini-batch holds.
 
 Nothing here talks to S3: the listing of a folder's inputs is :mod:`parallelrun.store.inputs`'.
 """
@@ -6,7 +6,6 @@ Nothing here talks to S3: the listing of a folder's inputs is :mod:`parallelrun.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 READY_MARKER = "_READY"
@@ -95,20 +94,6 @@ def is_input(key: str, prefix: str) -> bool:
     if posixpath.basename(relative) == READY_MARKER:
         return False
     return not any(part.startswith(".") and part not in (".", "..") for part in relative.split("/"))
-
-
-def batches(files: Iterable[InputFile], size: int) -> Iterator[list[InputFile]]:
-    """Consecutive mini-batches of ``size`` files; the last may be smaller; none is empty."""
-    if size < 1:
-        raise ValueError("a mini-batch holds at least one file")
-    batch: list[InputFile] = []
-    for item in files:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def relative_name(key: str, prefix: str) -> str:

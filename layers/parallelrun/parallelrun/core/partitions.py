@@ -60,23 +60,47 @@ def check_pattern(text: str) -> PathPattern:
     return pattern
 
 
-def file_batches(files: Iterable[InputFile], prefix: str, pattern: PathPattern, keys: tuple[str, ...],
-                 size: int) -> Iterator[tuple[list[InputFile], Partition | None]]:
-    """Mini-batches of at most ``size`` files of one partition each, in the order they fill up
-    (so memory holds one open mini-batch per partition, never the listing); the last of each
-    partition follows in the order partitions were first seen. Files the pattern does not match
-    gather under the partition ``None``: the worker fails them, saying why."""
-    open_batches: dict[tuple[str, ...] | None, tuple[list[InputFile], Partition | None]] = {}
+# The mini-batches still filling, by partition (see file_batches), in the order they were opened.
+OpenBatches = dict[tuple[str, ...] | None, tuple[list[InputFile], Partition | None]]
+
+
+def group_of(partition: Partition | None) -> tuple[str, ...] | None:
+    """The key :data:`OpenBatches` holds a partition's open mini-batch under."""
+    return tuple(partition.values()) if partition is not None else None
+
+
+def file_batches(files: Iterable[InputFile], prefix: str, pattern: PathPattern | None, keys: tuple[str, ...],
+                 size: int, open_batches: OpenBatches | None = None,
+                 ) -> Iterator[tuple[list[InputFile], Partition | None]]:
+    """Mini-batches of at most ``size`` files of one partition each (without a pattern, all of
+    the partition ``None``), in the order they fill up, so memory holds one open mini-batch per
+    partition, never the listing. Files the pattern does not match gather under the partition
+    ``None``: the worker fails them, saying why.
+
+    When ``files`` ends, the mini-batches still filling follow in the order they were opened;
+    given ``open_batches``, they stay there instead, for more files to join: the planner hands
+    them from one invocation to the next, and :func:`remainder` ends them once the listing is
+    complete, which gives the very mini-batches one pass over the whole listing gives."""
+    filling: OpenBatches = {} if open_batches is None else open_batches
     for item in files:
-        found = pattern.match(relative_name(item.key, prefix))
-        partition = {key: found[key] for key in keys} if found is not None else None
-        group = tuple(partition.values()) if partition is not None else None
-        entry = open_batches.setdefault(group, ([], partition))
+        partition = None
+        if pattern is not None:
+            found = pattern.match(relative_name(item.key, prefix))
+            partition = {key: found[key] for key in keys} if found is not None else None
+        group = group_of(partition)
+        entry = filling.setdefault(group, ([], partition))
         entry[0].append(item)
         if len(entry[0]) == size:
             yield entry
-            del open_batches[group]
-    yield from open_batches.values()
+            del filling[group]
+    if open_batches is None:
+        yield from remainder(filling)
+
+
+def remainder(open_batches: OpenBatches) -> Iterator[tuple[list[InputFile], Partition | None]]:
+    """The mini-batches still filling, in the order they were opened; they leave ``open_batches``."""
+    while open_batches:
+        yield open_batches.pop(next(iter(open_batches)))
 
 
 def frame_groups(frame: Any, keys: tuple[str, ...]) -> list[tuple[Partition, Any]]:

@@ -87,6 +87,13 @@ class StackLimits:
     # collated in ranges of this many, in parallel, and joined. 20,000 parts fetched 16 at a
     # time at S3's 15-30 ms a GET take 20-40 s, far inside the aggregator's 900 s.
     aggregate_batches_per_invocation: int = 20_000
+    # Inputs one planner invocation lists before it hands on to the next (DESIGN invariant 7).
+    # A file input costs the planner a 1,000th of a ListObjectsV2 request (S3 returns up to
+    # 1,000 keys a page: https://docs.aws.amazon.com/AmazonS3/latest/API/API_ListObjectsV2.html);
+    # a table costs one or two ranged GETs (its first 256 KiB or its Parquet footer), tens of
+    # milliseconds each, so 2,000 of them take a few minutes at worst, far inside the planner's
+    # 900 s, while a 10,000,000-file job plans in 5,000 invocations.
+    planner_inputs_per_invocation: int = 2000
 
     @property
     def max_run_invocation_timeout(self) -> int:
@@ -104,6 +111,7 @@ class StackLimits:
             "max_inflight_batches": "PARALLELRUN_MAX_INFLIGHT_BATCHES",
             "worker_max_concurrency": "PARALLELRUN_WORKER_MAX_CONCURRENCY",
             "aggregate_batches_per_invocation": "PARALLELRUN_AGGREGATE_BATCHES_PER_INVOCATION",
+            "planner_inputs_per_invocation": "PARALLELRUN_PLANNER_INPUTS_PER_INVOCATION",
         }
         return cls(**{attr: int(env[var]) for attr, var in names.items() if env.get(var)})
 

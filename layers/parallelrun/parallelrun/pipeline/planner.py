@@ -1,15 +1,24 @@
 """The planner: lists a job's inputs, writes the plan, and feeds the queue a window at a time.
 
-DESIGN invariant 6: the plan (S3 chunks) and the totals (DynamoDB) are written before any
-message is sent; then each *tick* tops the job's in-flight mini-batches up to its window and
-sends itself a delayed continuation carrying the cursor. A tick message is valid only while the
-job's ``(planner_tick, planner_token)`` equals its own, so a duplicate delivery ends at once,
-and a planner that dies mid-tick resumes from the recorded cursor when SQS redelivers its
-message (mini-batch ids are deterministic, so re-sent batches are harmless duplicates).
+DESIGN invariants 6 and 7: the listing is planned a bounded slice per invocation (the stack's
+``planner_inputs_per_invocation``), each continuing from the job's planning checkpoint (where
+the listing stopped, what is planned, the job's fingerprint so far, and, in S3 under the
+checkpoint's token, the plan chunk not yet full and the mini-batches still filling). A slice's
+continuation is valid only while the job's checkpoint is the one it names, so a duplicate
+delivery or the loser of a race ends at once; the checkpoint moves by a conditional write, and
+the continuation is sent once it is recorded (a redelivery of the message that recorded it sends
+it, if its sender died first). Only once the listing is complete are the totals set and the job
+RUNNING, before any message is sent; then each *tick* tops the job's in-flight mini-batches up
+to its window and sends itself a delayed continuation carrying the cursor. A tick message is
+valid only while the job's ``(planner_tick, planner_token)`` equals its own, so a duplicate
+delivery ends at once, and a planner that dies mid-tick resumes from the recorded cursor when
+SQS redelivers its message (mini-batch ids are deterministic, so re-sent batches are harmless
+duplicates).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import secrets
@@ -20,7 +29,7 @@ from typing import Any
 from parallelrun import aws
 from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import logs, model_refs, planning, usage
+from parallelrun.core import logs, model_refs, partitions, planning, usage
 from parallelrun.core.datasets import InputFile, InputSpec
 from parallelrun.core.errors import ConflictError, ParallelRunError
 from parallelrun.pipeline import aggregator, lifecycle, markers, scheduling, submit
@@ -47,6 +56,8 @@ def handle_record(cfg: StackConfig, record: dict[str, Any], context: Any = None)
         with logs.context(job_id):
             if isinstance(message, sqs.Start):
                 start_job(cfg, message.job_id)
+            elif isinstance(message, sqs.Listing):
+                continue_planning(cfg, message)
             elif isinstance(message, sqs.Tick):
                 tick(cfg, message)
             elif isinstance(message, sqs.ScheduleRun):  # an EventBridge rule fired, or a waiting run's turn came
@@ -73,35 +84,65 @@ def on_marker(cfg: StackConfig, bucket: str, key: str, version: str) -> str | No
 
 def start_job(cfg: StackConfig, job_id: str) -> None:
     """Plan a queued job and send its first window; safe to repeat at any point."""
-    job = jobs.get(cfg, job_id)
-    if job.state == jobs.QUEUED:
-        jobs.transition(cfg, job_id, jobs.PLANNING, (jobs.QUEUED,), started_at=time.time())
-        job.state = jobs.PLANNING
+    continue_planning(cfg, sqs.Listing(job_id, planning.START))
+
+
+def continue_planning(cfg: StackConfig, message: sqs.Listing) -> None:
+    """List the slice of the job's inputs after the checkpoint ``message`` names and hand on to
+    the next invocation; once the listing is complete, set the totals and send the first window
+    (see the module doc)."""
+    job = jobs.get(cfg, message.job_id)
+    if job.state == jobs.QUEUED and message.token == planning.START:
+        jobs.transition(cfg, job.job_id, jobs.PLANNING, (jobs.QUEUED,), started_at=time.time())
+        job = jobs.get(cfg, job.job_id)
     if job.state == jobs.PLANNING:
-        started = time.time()
-        try:
-            total_batches, total_items, fingerprint = write_plan(cfg, job)
-        except s3.ClientError as error:
-            code = s3.error_code(error)
-            if code not in ("NoSuchBucket", "AccessDenied", "AllAccessDisabled"):
-                raise  # transient: the message comes back and planning starts over
-            lifecycle.stop(cfg, job_id, jobs.FAILED, f"cannot list the inputs at {job.input_uri} ({code})")
+        held = job.planning
+        if held.previous == message.token and not held.sent:
+            _hand_on(cfg, job.job_id, held)  # its sender recorded it, then died before sending it on
             return
-        if total_batches and _reuse_whole_job(cfg, job, fingerprint, total_batches):
-            return
-        tabular_job = job.settings.input_type == "tabular"  # its inputs are counted in records, once read
-        batches.open_shards(cfg, job_id, total_batches)
-        jobs.transition(cfg, job_id, jobs.RUNNING, (jobs.PLANNING,), total_batches=total_batches,
-                        total_items=None if tabular_job else total_items, cursor=0, planner_tick=0, planner_token="start",
-                        fingerprint=fingerprint)
-        logs.event(log, "planned", total_batches=total_batches, total_items=total_items,
-                   planner_seconds=round(time.time() - started, 3))
-        if total_batches == 0:
-            aggregator.finalize(cfg, job_id)  # nothing to wait for: end it now, not one message later
-            return
-        job = jobs.get(cfg, job_id)
+        if held.token != message.token or not _plan_slice(cfg, job, held):
+            return  # an old or duplicate continuation; or the listing goes on, or the job ended
+        job = jobs.get(cfg, job.job_id)
     if job.state == jobs.RUNNING and (job.planner_tick, job.planner_token) == (0, "start"):
-        tick(cfg, sqs.Tick(job_id, 0, "start"))
+        tick(cfg, sqs.Tick(job.job_id, 0, "start"))
+
+
+def _plan_slice(cfg: StackConfig, job: jobs.JobRecord, held: planning.Checkpoint) -> bool:
+    """Plan one slice from ``held``; True once the listing is complete and the job is RUNNING
+    with its totals (invariant 4: before any mini-batch is sent)."""
+    try:
+        made, complete = list_slice(cfg, job, held)
+    except s3.ClientError as error:
+        code = s3.error_code(error)
+        if code not in ("NoSuchBucket", "AccessDenied", "AllAccessDisabled"):
+            raise  # transient: the message comes back and the slice is listed again
+        lifecycle.stop(cfg, job.job_id, jobs.FAILED, f"cannot list the inputs at {job.input_uri} ({code})")
+        return False
+    if not complete:
+        if jobs.advance_listing(cfg, job.job_id, held, made):
+            _hand_on(cfg, job.job_id, made)
+        return False
+    total_batches, total_items, fingerprint = made.batches, made.items, made.fingerprint
+    if total_batches and _reuse_whole_job(cfg, job, fingerprint, total_batches):
+        return False
+    tabular_job = job.settings.input_type == "tabular"  # its inputs are counted in records, once read
+    batches.open_shards(cfg, job.job_id, total_batches)
+    if not jobs.advance_listing(cfg, job.job_id, held, made, state=jobs.RUNNING, total_batches=total_batches,
+                                total_items=None if tabular_job else total_items, cursor=0, planner_tick=0,
+                                planner_token="start", fingerprint=fingerprint):
+        return True  # lost: a twin from this checkpoint set the totals (then tick as it does), or the job moved on
+    logs.event(log, "planned", total_batches=total_batches, total_items=total_items, invocations=made.step,
+               planner_seconds=round(time.time() - (job.started_at or time.time()), 3))
+    if total_batches == 0:
+        aggregator.finalize(cfg, job.job_id)  # nothing to wait for: end it now, not one message later
+        return False
+    return True
+
+
+def _hand_on(cfg: StackConfig, job_id: str, made: planning.Checkpoint) -> None:
+    """Send the continuation of the recorded checkpoint ``made``, then mark it sent."""
+    sqs.send(cfg.planner_queue_url, sqs.Listing(job_id, made.token))
+    jobs.advance_listing(cfg, job_id, made, dataclasses.replace(made, sent=True))
 
 
 def _reuse_whole_job(cfg: StackConfig, job: jobs.JobRecord, fingerprint: str, batches: int) -> bool:
@@ -123,31 +164,41 @@ def _reuse_whole_job(cfg: StackConfig, job: jobs.JobRecord, fingerprint: str, ba
     return done
 
 
-def write_plan(cfg: StackConfig, job: jobs.JobRecord) -> tuple[int, int, str]:
-    """Write the job's mini-batches to S3 in chunks; return (batches, items, the job's
-    fingerprint). Deterministic."""
+def list_slice(cfg: StackConfig, job: jobs.JobRecord,
+               held: planning.Checkpoint) -> tuple[planning.Checkpoint, bool]:
+    """List the job's inputs after ``held`` (at most the stack's planner_inputs_per_invocation),
+    cut them into mini-batches and write the plan chunks that filled. Returns the checkpoint
+    after them and whether the listing is complete: then the last chunk is written too, else
+    what is still filling is carried under the new checkpoint's token. Deterministic: the same
+    checkpoint over the same inputs gives the same plan, however the listing was sliced."""
     spec = InputSpec.from_uri(job.input_uri)
-    total_batches = total_items = 0
-    chunk: list[list[list]] = []
-    prints = []
-    for batch, partition in planning.plan_batches(_unscored_inputs(cfg, job, spec), spec.prefix, job.settings,
-                                                  functools.partial(aws.range_reader, spec.bucket)):
-        prints.append(reuse.fingerprint(job.deployment, job.settings, batch))
-        chunk.append(plan.entry(batch, partition, bool(job.settings.partition_keys)))
+    carry = plan.read_carry(cfg, job.job_id, held.token) if held.step else plan.Carry()
+    listed = planning.Slice(inputs.list_files(spec, after=held.after), cfg.limits.planner_inputs_per_invocation)
+    files = scored.unscored(cfg, job.schedule, listed, held.after) if job.schedule else iter(listed)
+    cut = planning.plan_batches(files, spec.prefix, job.settings, functools.partial(aws.range_reader, spec.bucket),
+                                carry.open_batches)
+
+    def planned() -> Iterator[planning.Planned]:
+        yield from cut
+        if listed.complete:  # known once the slice is consumed
+            yield from partitions.remainder(carry.open_batches)
+
+    total_batches, total_items, fingerprint = held.batches, held.items, held.fingerprint
+    for batch, partition in planned():
+        fingerprint = reuse.job_fingerprint([reuse.fingerprint(job.deployment, job.settings, batch)], fingerprint)
+        carry.chunk.append(plan.entry(batch, partition, bool(job.settings.partition_keys)))
         total_batches += 1
         total_items += len(batch)
-        if len(chunk) == plan.CHUNK:
-            plan.put_chunk(cfg, job.job_id, total_batches // plan.CHUNK - 1, chunk)
-            chunk = []
-    if chunk:
-        plan.put_chunk(cfg, job.job_id, total_batches // plan.CHUNK, chunk)
-    return total_batches, total_items, reuse.job_fingerprint(prints)
-
-
-def _unscored_inputs(cfg: StackConfig, job: jobs.JobRecord, spec: InputSpec) -> Iterator[InputFile]:
-    """The job's inputs, listed; a schedule's run plans only those its earlier runs have not scored."""
-    files = inputs.list_files(spec)
-    return scored.unscored(cfg, job.schedule, files) if job.schedule else files
+        if len(carry.chunk) == plan.CHUNK:
+            plan.put_chunk(cfg, job.job_id, total_batches // plan.CHUNK - 1, carry.chunk)
+            carry.chunk = []
+    made = planning.Checkpoint(secrets.token_hex(8), held.token, False, held.step + 1, listed.last_key or held.after,
+                               total_batches, total_items, fingerprint)
+    if not listed.complete:
+        plan.put_carry(cfg, job.job_id, made.token, carry)
+    elif carry.chunk:
+        plan.put_chunk(cfg, job.job_id, total_batches // plan.CHUNK, carry.chunk)
+    return made, listed.complete
 
 
 def tick(cfg: StackConfig, message: sqs.Tick) -> None:

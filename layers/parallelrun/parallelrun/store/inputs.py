@@ -14,8 +14,9 @@ from parallelrun.aws import s3 as objects
 from parallelrun.core.datasets import InputFile, InputSpec, is_input
 
 
-def list_files(spec: InputSpec, *, s3: Any = None) -> Iterator[InputFile]:
-    """The inputs under ``spec``, in S3's (sorted) order, streamed page by page."""
-    for obj in objects.under(spec.bucket, spec.prefix, s3):
+def list_files(spec: InputSpec, *, after: str = "", s3: Any = None) -> Iterator[InputFile]:
+    """The inputs under ``spec``, in S3's (sorted) order, streamed page by page; given
+    ``after``, those whose keys sort after it (where an earlier listing stopped)."""
+    for obj in objects.under(spec.bucket, spec.prefix, s3, after):
         if is_input(obj["Key"], spec.prefix):
             yield InputFile(obj["Key"], obj["Size"], obj.get("ETag", "").strip('"'))

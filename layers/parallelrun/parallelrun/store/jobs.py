@@ -20,6 +20,7 @@ from typing import Any
 from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import usage
+from parallelrun.core.planning import Checkpoint
 from parallelrun.core.errors import ConflictError, NotFoundError
 from parallelrun.core.settings import RunSettings
 from parallelrun.store import keys
@@ -67,6 +68,7 @@ class JobRecord:
     # mini-batches each of its ranges collates (fixed when it is first claimed).
     aggregation: str | None = None
     range_batches: int | None = None
+    planning: Checkpoint = field(default_factory=Checkpoint)  # how far its listing has gone (PLANNING)
 
     @property
     def batches_done(self) -> int:
@@ -80,6 +82,7 @@ class JobRecord:
         item = {k: dynamo.decimal(v) for k, v in self.__dict__.items() if v is not None}
         item["deployment"] = json.dumps(self.deployment, sort_keys=True)
         item["settings"] = self.settings.to_json()
+        item["planning"] = self.planning.to_item()
         return {**keys.job_key(self.job_id), **item}
 
     @classmethod
@@ -87,6 +90,7 @@ class JobRecord:
         raw = {k: dynamo.plain(v) for k, v in item.items() if k in cls.__dataclass_fields__}
         raw["deployment"] = json.loads(raw["deployment"])
         raw["settings"] = RunSettings.from_json(raw["settings"])
+        raw["planning"] = Checkpoint.from_item(raw["planning"]) if "planning" in raw else Checkpoint()
         return cls(**raw)
 
 
@@ -179,6 +183,25 @@ def advance_planner(cfg: StackConfig, job_id: str, tick: int, token: str, cursor
         "planner_tick = :tick AND planner_token = :token AND #cursor <= :cursor",
         {":cursor": cursor, ":next": tick + 1, ":next_token": next_token, ":tick": tick, ":token": token},
         names={"#cursor": "cursor"})
+
+
+def advance_listing(cfg: StackConfig, job_id: str, held: Checkpoint, new: Checkpoint, **values: Any) -> bool:
+    """Move a planning job's checkpoint from ``held`` to ``new`` (and set ``values`` with it: the
+    totals and RUNNING once the listing is complete); False if the job is no longer planning or
+    its checkpoint is another's (a duplicate or the loser of a race: see
+    planner.continue_planning). Only the token is compared, so that marking a checkpoint sent
+    never fails its successor's write. A job queued before checkpoints were kept has none: the
+    first one counts as held."""
+    # A condition may name a map's element by its document path, here the checkpoint's token
+    # (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.Attributes.html).
+    condition = "#state = :planning AND #planning.#token = :held"
+    if held.token == Checkpoint().token:
+        condition = "#state = :planning AND (attribute_not_exists(#planning) OR #planning.#token = :held)"
+    values = {"planning": new.to_item(), **values}
+    names = {"#state": "state", "#token": "token", **{f"#{k}": k for k in values}}
+    attrs = {":planning": PLANNING, ":held": held.token, **{f":v_{k}": dynamo.decimal(v) for k, v in values.items()}}
+    return dynamo.update_if(cfg.table, keys.job_key(job_id), "SET " + ", ".join(f"#{k} = :v_{k}" for k in values),
+                            condition, attrs, names=names)
 
 
 def put_usage(cfg: StackConfig, job_id: str, spent: usage.Usage | None) -> None:

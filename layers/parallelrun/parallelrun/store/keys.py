@@ -198,6 +198,12 @@ def plan_chunk_key(job_id: str, chunk: int) -> str:
     return f"{job_prefix(job_id)}plan/{chunk:06d}.json"
 
 
+def plan_carry_key(job_id: str, token: str) -> str:
+    """What a planner invocation hands the next (see plan.Carry), under its checkpoint's token:
+    an invocation that lost the race to a checkpoint writes its own, never the winner's."""
+    return f"{job_prefix(job_id)}plan/carry-{token}.json"
+
+
 def part_key(job_id: str, index: int, attempt: int, suffix: str = "txt") -> str:
     """A mini-batch attempt's result part. The attempt is in the key: a late duplicate can never
     overwrite the committed part."""

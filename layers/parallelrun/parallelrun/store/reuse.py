@@ -45,12 +45,14 @@ def lookup(cfg: StackConfig, fingerprints: Iterable[str]) -> dict[str, dict[str,
     return {keys.reuse_fingerprint(item["pk"]): item for item in found}
 
 
-def job_fingerprint(batch_fingerprints: Iterable[str]) -> str:
-    """A whole job's fingerprint: its mini-batches', in order."""
-    digest = hashlib.sha256()
+def job_fingerprint(batch_fingerprints: Iterable[str], running: str = "") -> str:
+    """A whole job's fingerprint: its mini-batches', in order, folded one at a time into
+    ``running`` (the value so far; "" before the first). A fold, not one digest over them all,
+    because a digest's state cannot be stored: each planner invocation folds its own mini-batches
+    into the value the last one left, and the result does not depend on where the listing was cut."""
     for fp in batch_fingerprints:
-        digest.update(fp.encode())
-    return digest.hexdigest()
+        running = hashlib.sha256(f"{running}{fp}".encode()).hexdigest()
+    return running
 
 
 def find_job(cfg: StackConfig, fp: str) -> dict[str, Any] | None:

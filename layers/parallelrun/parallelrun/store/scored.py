@@ -19,10 +19,11 @@ from parallelrun.core.datasets import InputFile
 from parallelrun.store import keys
 
 
-def unscored(cfg: StackConfig, schedule: str, files: Iterable[InputFile]) -> Iterator[InputFile]:
-    """``files`` (in S3's sorted order) less those an earlier run of ``schedule`` scored with
-    the same ETag: new files and changed ones."""
-    scored = _all_scored(cfg, schedule)
+def unscored(cfg: StackConfig, schedule: str, files: Iterable[InputFile], after: str = "") -> Iterator[InputFile]:
+    """``files`` (in S3's sorted order, all after the key ``after``) less those an earlier run of
+    ``schedule`` scored with the same ETag: new files and changed ones. The records are read
+    from ``after`` on, so a planner invocation that resumes a listing reads only its own part."""
+    scored = _all_scored(cfg, schedule, after)
     current = next(scored, None)
     for item in files:
         while current is not None and current[0] < item.key:
@@ -54,12 +55,16 @@ def forget(cfg: StackConfig, schedule: str) -> int:
     return count
 
 
-def _all_scored(cfg: StackConfig, schedule: str) -> Iterator[tuple[str, str]]:
-    """Every (key, ETag) of the schedule, in key order: the shards' queries merged."""
-    return heapq.merge(*(_query(cfg, keys.scored_pk(schedule, shard)) for shard in range(keys.SCORED_SHARDS)))
+def _all_scored(cfg: StackConfig, schedule: str, after: str = "") -> Iterator[tuple[str, str]]:
+    """Every (key, ETag) of the schedule after ``after``, in key order: the shards' queries merged."""
+    return heapq.merge(*(_query(cfg, keys.scored_pk(schedule, shard), after) for shard in range(keys.SCORED_SHARDS)))
 
 
-def _query(cfg: StackConfig, pk: str) -> Iterator[tuple[str, str]]:
-    found = dynamo.query(cfg.table, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": pk},
+def _query(cfg: StackConfig, pk: str, after: str = "") -> Iterator[tuple[str, str]]:
+    condition, values = "pk = :pk", {":pk": pk}
+    if after:  # sort keys compare in UTF-8 byte order, S3's order for keys: the records after where the listing resumes
+        # (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Query.KeyConditionExpressions.html)
+        condition, values = "pk = :pk AND sk > :after", {":pk": pk, ":after": after}
+    found = dynamo.query(cfg.table, KeyConditionExpression=condition, ExpressionAttributeValues=values,
                          ConsistentRead=True)
     return ((item["sk"], item.get("etag", "")) for item in found)
