@@ -116,7 +116,8 @@ def test_no_two_concurrent_commits_touch_one_item(stack):
     """As many commits as there are shards, as one job's workers would make them at once."""
     job = _planned_job(stack, "spread", keys.SHARDS * keys.SHARD_RUN)
     with conflicts.injected(conflicts.Conflicts()) as seen:
-        for index in range(0, keys.SHARDS * keys.SHARD_RUN, keys.SHARD_RUN):  # the first of each shard's run
+        firsts = {keys.shard_of(index): index for index in reversed(range(keys.SHARDS * keys.SHARD_RUN))}
+        for index in sorted(firsts.values()):  # each shard's first mini-batch
             assert batches.commit_batch(stack.cfg, job.job_id, _record(index)).recorded
     assert len(seen.seen) == keys.SHARDS
     touched = [key for transaction in seen.seen for key in transaction]
@@ -129,7 +130,7 @@ def test_no_two_concurrent_commits_touch_one_item(stack):
 
 def test_a_conflict_is_retried_inside_the_commit_and_a_condition_is_not(stack, monkeypatch):
     monkeypatch.setattr(dynamo, "TRANSACT_BACKOFF", 0.001)
-    job = _planned_job(stack, "retried", 4)
+    job = _planned_job(stack, "retried", 100)  # no commit below fills its shard: one transaction each
     with conflicts.injected(conflicts.Conflicts(every=2)) as injected:
         assert batches.commit_batch(stack.cfg, job.job_id, _record(0)).recorded  # served at once
         assert batches.commit_batch(stack.cfg, job.job_id, _record(1)).recorded  # cancelled, then served
