@@ -82,7 +82,9 @@ def counted(tmp_path_factory: pytest.TempPathFactory) -> list[Counted]:
     tmp = tmp_path_factory.mktemp("requests")
     patch = pytest.MonkeyPatch()
     patch.setenv("PARALLELRUN_HOME", str(tmp_path_factory.mktemp("home")))
-    with LocalStack(workers=2, write_state=False, parameters={"WorkerBatchSize": str(INVOCATION)},
+    # A stack of its own name: moto's state is the process's, and other tests' stacks keep the default.
+    with LocalStack(workers=2, write_state=False, stack_name="counted",
+                    parameters={"WorkerBatchSize": str(INVOCATION)},
                     worker_env={"PARALLELRUN_CACHE": str(tmp_path_factory.mktemp("cache"))}) as stack:
         client = Client(StackConfig.from_outputs(stack.outputs))
         (tmp / "code").mkdir()
