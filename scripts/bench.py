@@ -139,7 +139,7 @@ def run_size(stack: LocalStack, client: Client, workdir: Path, count: int, model
         "multiprocessing_pool": floor,
         "ratio_items_per_second": round(ours / floor["items_per_second"], 4),
         "overhead_seconds_per_minibatch": round((seconds - floor["seconds"]) / job.total_batches * workers, 4),
-        "aws_requests_per_minibatch": {k: round(v / job.total_batches, 2) for k, v in sorted(requests.items())},
+        "requests_per_minibatch": {k: round(v / job.total_batches, 2) for k, v in sorted(requests.items())},
         "planner_seconds": planner_seconds(stack.log_dir, job.job_id),
         "longest_invocation_seconds": longest_invocations(client, job.job_id),
         "aggregator_peak_bytes": aggregator_peak(job.job_id),

@@ -36,8 +36,9 @@ if {fail_bad!r} and any(open(path).read().startswith("bad") for path in mini_bat
 
 @pytest.fixture
 def few_shards(monkeypatch: pytest.MonkeyPatch) -> int:
-    """Three shards: a job of a few mini-batches puts several records under each key."""
+    """Three shards taken in turn: a job of a few mini-batches puts several records under each key."""
     monkeypatch.setattr(keys, "SHARDS", 3)
+    monkeypatch.setattr(keys, "SHARD_RUN", 1)
     monkeypatch.setattr(dynamo, "TRANSACT_BACKOFF", 0.001)  # keep the retries' back-off short
     return 3
 
@@ -98,8 +99,10 @@ def test_commits_under_conflicts_on_every_other_transaction_spend_no_attempt(sta
         job = stack.run_until_done(start(stack, endpoint, "conflicted/r/", {"mini_batch_size": "2"}).job_id)
 
     assert job.state == jobs.SUCCEEDED, job.reason
-    # Every other transaction: each of the 7 commits but the first is cancelled once, then served.
-    assert (len(injected.seen), injected.cancelled) == (13, 6)
+    # 10 transactions: the 7 commits, and again the 3 that fill their shard (0, 3, 6 | 1, 4 | 2, 5), whose
+    # first is cancelled by its batches_left condition. Every other transaction: each but the first
+    # is cancelled once by a conflict, then served.
+    assert (len(injected.seen), injected.cancelled) == (19, 9)
     assert (job.batches_succeeded, job.items_succeeded, job.batches_failed, job.items_failed) == (7, 14, 0, 0)
     assert job.retries == 0 and {r.attempt for r in batches.iter_batches(stack.cfg, job.job_id)} == {1}
     assert sorted(_calls(calls)) == [f"{i:02d}.txt {i + 1:02d}.txt" for i in range(0, 14, 2)]  # each run once
@@ -111,10 +114,11 @@ def test_commits_under_conflicts_on_every_other_transaction_spend_no_attempt(sta
 
 def test_no_two_concurrent_commits_touch_one_item(stack):
     """As many commits as there are shards, as one job's workers would make them at once."""
-    job = _planned_job(stack, "spread", keys.SHARDS)
+    job = _planned_job(stack, "spread", keys.SHARDS * keys.SHARD_RUN)
     with conflicts.injected(conflicts.Conflicts()) as seen:
-        for index in range(keys.SHARDS):
-            assert batches.commit_batch(stack.cfg, job.job_id, _record(index))
+        firsts = {keys.shard_of(index): index for index in reversed(range(keys.SHARDS * keys.SHARD_RUN))}
+        for index in sorted(firsts.values()):  # each shard's first mini-batch
+            assert batches.commit_batch(stack.cfg, job.job_id, _record(index)).recorded
     assert len(seen.seen) == keys.SHARDS
     touched = [key for transaction in seen.seen for key in transaction]
     assert len(set(touched)) == len(touched) == 2 * keys.SHARDS  # no item in two of them
@@ -126,13 +130,13 @@ def test_no_two_concurrent_commits_touch_one_item(stack):
 
 def test_a_conflict_is_retried_inside_the_commit_and_a_condition_is_not(stack, monkeypatch):
     monkeypatch.setattr(dynamo, "TRANSACT_BACKOFF", 0.001)
-    job = _planned_job(stack, "retried", 4)
+    job = _planned_job(stack, "retried", 100)  # no commit below fills its shard: one transaction each
     with conflicts.injected(conflicts.Conflicts(every=2)) as injected:
-        assert batches.commit_batch(stack.cfg, job.job_id, _record(0))  # served at once
-        assert batches.commit_batch(stack.cfg, job.job_id, _record(1))  # cancelled, then served
+        assert batches.commit_batch(stack.cfg, job.job_id, _record(0)).recorded  # served at once
+        assert batches.commit_batch(stack.cfg, job.job_id, _record(1)).recorded  # cancelled, then served
         assert len(injected.seen) == 3 and injected.cancelled == 1
     with conflicts.injected(conflicts.Conflicts()) as injected:
-        assert not batches.commit_batch(stack.cfg, job.job_id, _record(1))  # another delivery recorded it first
+        assert not batches.commit_batch(stack.cfg, job.job_id, _record(1)).recorded  # another delivery recorded it first
         assert len(injected.seen) == 1  # a failed condition is never tried again
     assert jobs.get(stack.cfg, job.job_id).batches_succeeded == 2
 
@@ -172,36 +176,66 @@ def test_transactions_overlapping_on_an_item_conflict_until_it_is_released(stack
     assert injector.cancelled == 1
 
     with conflicts.injected(conflicts.Conflicts(hold_seconds=60)) as held:  # through moto, as AWS answers it
-        assert batches.commit_batch(stack.cfg, job.job_id, _record(0))
+        assert batches.commit_batch(stack.cfg, job.job_id, _record(0)).recorded
         with pytest.raises(ClientError) as raised:
             aws.client("dynamodb").transact_write_items(TransactItems=[_add_a_retry(stack, job.job_id)])
     assert dynamo.is_transaction_conflict(raised.value) and held.cancelled == 1
 
 
-def test_a_shard_not_yet_complete_costs_one_read(stack, calls_of, few_shards):
-    job = _planned_job(stack, "one-read", 6)  # shards 0, 1, 2 hold mini-batches (0, 3), (1, 4), (2, 5)
+def _commit(stack: Any, job: jobs.JobRecord, index: int, items_failed: int = 0) -> batches.Commit:
+    """Commit mini-batch ``index`` and check the job as the worker does after its commit."""
+    record = _record(index, items_failed)
+    commit = batches.commit_batch(stack.cfg, job.job_id, record)
+    lifecycle.batch_committed(stack.cfg, job, record, commit.filled)
+    return commit
+
+
+def test_a_commit_that_leaves_its_shard_incomplete_reads_nothing(stack, calls_of, few_shards):
+    job = _planned_job(stack, "no-read", 6)  # shards 0, 1, 2 hold mini-batches (0, 3), (1, 4), (2, 5)
     gets, queries = calls_of("GetItem"), calls_of("Query")
-    batches.commit_batch(stack.cfg, job.job_id, _record(0))
-    lifecycle.batch_recorded(stack.cfg, job, 0)
-    assert (len(gets), len(queries)) == (1, 0)  # shard 0 is not complete: nothing else is read
-    batches.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
-    lifecycle.batch_recorded(stack.cfg, job, 1)
-    assert len(queries) == 0  # a failure, but the job has no threshold to cross
-    for index in (2, 3, 4, 5):
-        batches.commit_batch(stack.cfg, job.job_id, _record(index))
-        lifecycle.batch_recorded(stack.cfg, job, index)
-    assert len(queries) == 3  # each shard's last mini-batch read the job; the last one found it complete
+    with conflicts.injected(conflicts.Conflicts()) as transactions:  # conflicting none: it sees them all
+        assert not _commit(stack, job, 0).filled
+        assert not _commit(stack, job, 1, items_failed=1).filled  # a failure, but no threshold to cross
+        assert (len(gets), len(queries), len(transactions.seen)) == (0, 0, 2)  # nothing read, one transaction each
+        assert [_commit(stack, job, index).filled for index in (2, 3, 4, 5)] == [False, True, True, True]
+        assert len(gets) == 0 and len(queries) == 3  # each shard's last mini-batch read the job
+        assert len(transactions.seen) == 2 + 4 + 3  # ... after a second transaction, its first cancelled by batches_left
     assert jobs.get(stack.cfg, job.job_id).complete
+    assert not batches.commit_batch(stack.cfg, job.job_id, _record(5)).recorded  # a duplicate counts nothing
+    assert jobs.get(stack.cfg, job.job_id).batches_succeeded == 6
+
+
+def test_a_delivery_that_finds_its_mini_batch_recorded_reads_the_shard(stack, calls_of, few_shards, monkeypatch):
+    """The delivery that recorded it may have died before its check: the duplicate checks instead."""
+    job = _planned_job(stack, "found", 2, RunSettings())
+    asked: list[str] = []
+    monkeypatch.setattr(lifecycle, "job_complete", lambda cfg, job_id: asked.append(job_id))
+    gets, queries = calls_of("GetItem"), calls_of("Query")
+    batches.commit_batch(stack.cfg, job.job_id, _record(0))  # filled shard 0, then died before its check
+    lifecycle.batch_recorded(stack.cfg, job, 0)
+    assert (len(gets), len(queries), asked) == (1, 1, [])  # shard 0 is full: the job read, not complete
+    batches.commit_batch(stack.cfg, job.job_id, _record(1))  # the job's last, and died before its check
+    lifecycle.batch_recorded(stack.cfg, job, 1)
+    assert asked == [job.job_id]  # the redelivery asks for the aggregation
+
+
+def test_a_shard_opened_before_batches_left_still_completes(stack, few_shards):
+    """A shard item without batches_left (opened by an earlier version) takes every commit for a
+    filling one: one more transaction and a look at the job, never a job left running."""
+    job = _planned_job(stack, "older", 1)
+    dynamo.update(stack.cfg.table, keys.counts_key(job.job_id, 0), "REMOVE batches_left")
+    assert _commit(stack, job, 0).filled
+    assert jobs.get(stack.cfg, job.job_id).state == jobs.RUNNING and jobs.get(stack.cfg, job.job_id).complete
 
 
 def test_a_failure_in_a_job_with_a_threshold_checks_the_job(stack, calls_of, few_shards):
     job = _planned_job(stack, "threshold", 9, RunSettings(error_threshold=1))
     queries = calls_of("Query")
-    batches.commit_batch(stack.cfg, job.job_id, _record(0, items_failed=1))
-    lifecycle.batch_recorded(stack.cfg, job, 0)
+    _commit(stack, job, 0, items_failed=1)
     assert len(queries) == 1 and jobs.get(stack.cfg, job.job_id).state == jobs.RUNNING  # 1 failed: allowed
-    batches.commit_batch(stack.cfg, job.job_id, _record(1, items_failed=1))
-    lifecycle.batch_recorded(stack.cfg, job, 1)
+    _commit(stack, job, 1)
+    assert len(queries) == 2  # a commit with no failure, in a shard still incomplete, reads nothing
+    _commit(stack, job, 2, items_failed=1)
     assert jobs.get(stack.cfg, job.job_id).state == jobs.FINALIZING  # 2 failed, over the threshold: stopped
 
 

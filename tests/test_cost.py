@@ -151,7 +151,7 @@ def test_the_hook_counts_real_requests_into_the_invocation_in_force(stack):
         first = usage.take(including=[batches.COMMIT_CALL])
         record = batches.BatchRecord(index=0, status=jobs.SUCCEEDED, items=1, items_succeeded=1, items_failed=0,
                                   attempt=1)
-        assert not batches.commit_batch(stack.cfg, "no-such-job", record)  # the call ``including`` stood for
+        assert not batches.commit_batch(stack.cfg, "no-such-job", record).recorded  # the call ``including`` stood for
         aws.client("dynamodb").describe_limits()
         second = meter.take()
     assert first is not None and first.invocations == 1 and first.memory_mb == 512

@@ -3,9 +3,11 @@ share a key, numbers sort as numbers, shards spread, and what is parsed back com
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 
-from parallelrun.store import keys
+from parallelrun.store import batches, keys
 
 
 def _all_table_keys() -> dict[str, dict[str, str]]:
@@ -49,11 +51,22 @@ def test_numbers_in_keys_sort_as_numbers():
 
 
 def test_a_jobs_mini_batches_spread_over_every_shard_evenly():
-    pks = [keys.batch_key("j", index)["pk"] for index in range(10 * keys.SHARDS)]
+    pks = [keys.batch_key("j", index)["pk"] for index in range(3 * keys.SHARD_RUN * keys.SHARDS)]
     assert len(set(pks)) == keys.SHARDS
-    assert {pks.count(pk) for pk in set(pks)} == {10}
+    assert {pks.count(pk) for pk in set(pks)} == {3 * keys.SHARD_RUN}
     assert keys.batch_key("j", 7)["pk"] == keys.batch_pk("j", keys.shard_of(7))
-    assert keys.batch_key("j", 7)["pk"] == keys.batch_key("j", 7 + keys.SHARDS)["pk"]
+    # in runs of SHARD_RUN consecutive mini-batches, the shards taken in turn
+    assert len({keys.shard_of(index) for index in range(keys.SHARD_RUN)}) == 1
+    assert keys.shard_of(keys.SHARD_RUN) == keys.shard_of(0) + 1
+    assert keys.shard_of(7) == keys.shard_of(7 + keys.SHARD_RUN * keys.SHARDS)
+
+
+def test_a_small_job_uses_few_shards_and_each_knows_its_size():
+    for total in (1, keys.SHARD_RUN, keys.SHARD_RUN + 1, 55, keys.SHARD_RUN * keys.SHARDS + 3, 123_457):
+        held = collections.Counter(keys.shard_of(index) for index in range(total))
+        assert sorted(held) == list(batches.shards_of(total))  # every shard used, none opened for nothing
+        assert all(held[shard] == batches.shard_size(total, shard) for shard in held)
+    assert len(batches.shards_of(55)) == 6
 
 
 def test_a_schedules_scored_inputs_spread_by_hash_whatever_their_prefix():

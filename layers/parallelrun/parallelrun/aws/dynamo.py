@@ -173,13 +173,17 @@ def scan(name: str, *, table: Any = None, **kwargs: Any) -> Iterator[dict[str, A
     return pages(_table(name, table).scan, **kwargs)
 
 
-def batch_get(name: str, keys: Iterable[dict[str, Any]], *, table: Any = None) -> Iterator[dict[str, Any]]:
+def batch_get(name: str, keys: Iterable[dict[str, Any]], consistent: bool = False, *,
+              table: Any = None) -> Iterator[dict[str, Any]]:
     """The items found at ``keys`` (absent ones are left out), BATCH_GET_LIMIT keys a request,
-    asking again for any DynamoDB left unprocessed."""
+    asking again for any DynamoDB left unprocessed; strongly consistent reads if ``consistent``
+    (BatchGetItem takes ConsistentRead per table,
+    https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchGetItem.html)."""
     client = _table(name, table).meta.client  # the resource's client speaks plain Python values
     wanted = list(keys)
+    read = {"ConsistentRead": True} if consistent else {}
     for start in range(0, len(wanted), BATCH_GET_LIMIT):
-        request: dict[str, Any] | None = {name: {"Keys": wanted[start:start + BATCH_GET_LIMIT]}}
+        request: dict[str, Any] | None = {name: {"Keys": wanted[start:start + BATCH_GET_LIMIT], **read}}
         while request:
             response = client.batch_get_item(RequestItems=request)
             yield from response.get("Responses", {}).get(name, [])

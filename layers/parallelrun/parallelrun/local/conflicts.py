@@ -81,6 +81,14 @@ class Conflicts:
                 self._held.update((key, now + self.hold_seconds) for key in keys)
             return found
 
+    def release(self, keys: list[ItemKey]) -> None:
+        """A transaction moto cancelled (a failed condition) wrote nothing and holds nothing:
+        its caller's next try (batches.commit_batch's second, when its first found the shard's
+        last mini-batch) comes after it ended, as on DynamoDB."""
+        with self._lock:
+            for key in keys:
+                self._held.pop(key, None)
+
 
 def install(conflicts: Conflicts) -> Callable[[], None]:
     """Make moto's DynamoDB cancel transactions as ``conflicts`` says, in this process (the
@@ -92,7 +100,11 @@ def install(conflicts: Conflicts) -> Callable[[], None]:
         found = conflicts.conflicting(keys, time.monotonic())
         if found:
             raise TransactionCanceledException([CONFLICT if i in found else NO_REASON for i in range(len(keys))])
-        original(backend, transact_items)
+        try:
+            original(backend, transact_items)
+        except TransactionCanceledException:
+            conflicts.release(keys)
+            raise
 
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 

@@ -47,6 +47,7 @@ class CountingMotoServer(ThreadedMotoServer):
             raise ValueError(f"latency profile {latency!r}: use one of {sorted(LATENCY)}")
         self.latency = LATENCY[latency] if latency else {}
         self.counts: collections.Counter[str] = collections.Counter()
+        self.actions: collections.Counter[tuple[str, str]] = collections.Counter()  # (service, action)
         self.throttled: collections.Counter[str] = collections.Counter()
         self.throttle_every: dict[str, int] = {}  # service → throttle one request in N
         self.conflicts = conflicts.Conflicts(hold_seconds=conflicts.AWS_HOLD_SECONDS)
@@ -67,6 +68,7 @@ class CountingMotoServer(ThreadedMotoServer):
             service = match.group(1) if match else "other"
             with self._count_lock:
                 self.counts[service] += 1
+                self.actions[service, action_of(service, environ)] += 1
                 every = self.throttle_every.get(service)
                 throttle = bool(every) and self.counts[service] % every == 0
                 if throttle:
@@ -100,6 +102,27 @@ class CountingMotoServer(ThreadedMotoServer):
     def snapshot(self) -> dict[str, int]:
         with self._count_lock:
             return dict(self.counts)
+
+    def snapshot_actions(self) -> dict[tuple[str, str], int]:
+        """The requests served so far by (service, action), to say which a job's cost is made of."""
+        with self._count_lock:
+            return dict(self.actions)
+
+
+def action_of(service: str, environ: dict[str, Any]) -> str:
+    """The request's operation: DynamoDB's and SQS's X-Amz-Target (the JSON protocols botocore
+    speaks to both), else, for S3's REST API, the HTTP method with the sub-resource that names
+    the operation (``GET ?list-type`` is a listing, ``POST ?uploads`` starts a multipart upload)."""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        return target.rpartition(".")[2]
+    method = environ.get("REQUEST_METHOD", "")
+    query = environ.get("QUERY_STRING", "")
+    names = [pair.partition("=")[0] for pair in query.split("&") if pair]
+    marker = next((n for n in names if n in ("list-type", "uploads", "uploadId", "partNumber", "delete", "tagging")), "")
+    if service == "s3" and method == "PUT" and environ.get("HTTP_X_AMZ_COPY_SOURCE"):
+        marker = marker or "copy"
+    return f"{method} ?{marker}" if marker else method
 
 
 def start(port: int | None = None, latency: str | None = None) -> tuple[CountingMotoServer, str]:

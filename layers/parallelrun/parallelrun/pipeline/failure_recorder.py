@@ -60,7 +60,7 @@ def record_dead_letter(cfg: StackConfig, message: sqs.MiniBatch) -> None:
                                       items_failed=len(items), attempt=attempts, part_key=None, failures_key=key,
                                       worker="dead-letter queue", finished_at=time.time(), started_at=started,
                                       usage=spent.to_dict() if spent else None)
-            if batches.commit_batch(cfg, job_id, record):
+            if batches.commit_batch(cfg, job_id, record).recorded:
                 logs.event(log, "dead-lettered mini-batch recorded as failed", level=logging.WARNING, items=len(items))
         lifecycle.check_job(cfg, job_id)
 

@@ -1,8 +1,9 @@
 """A job's lifecycle after planning, one function per event, called by whoever sees the event.
 
-- :func:`batch_recorded`: a worker recorded a mini-batch (or found it recorded);
+- :func:`batch_committed`: a worker recorded a mini-batch; :func:`batch_recorded`: it found
+  one recorded by another delivery;
   :func:`check_job`: mini-batches were recorded some other way (reused, dead-lettered).
-  Either may find a threshold crossed (the job is stopped FAILED) or the job complete.
+  Each may find a threshold crossed (the job is stopped FAILED) or the job complete.
 - :func:`job_complete`: every mini-batch is recorded: the aggregation is requested.
 - :func:`stop` / :func:`cancel`: the job ends before it completes; the aggregator collates
   what succeeded.
@@ -30,13 +31,22 @@ log = logging.getLogger("parallelrun.pipeline.lifecycle")
 LEASE_SECONDS = 900  # the aggregator function's timeout: past it, a FINALIZING holder is dead
 
 
+def batch_committed(cfg: StackConfig, job: jobs.JobRecord, record: batches.BatchRecord, filled: bool) -> None:
+    """This delivery's commit recorded ``record``: :func:`check_job`, when it can find something,
+    with no read otherwise. The job can be complete only if the commit ``filled`` its shard (see
+    :func:`batches.commit_batch`), and a threshold can be crossed only by a commit that counted a
+    failure. Whoever fills a shard (or counts a failure) checks the whole job after its own
+    commit, so the last commit of all always sees the job complete, and the last failure counted
+    sees every failure before it."""
+    if filled or (thresholds.watched(job.settings) and (record.items_failed or record.status == jobs.FAILED)):
+        check_job(cfg, job.job_id)
+
+
 def batch_recorded(cfg: StackConfig, job: jobs.JobRecord, index: int) -> None:
-    """Mini-batch ``index`` of ``job`` is recorded (by this delivery or an earlier one):
-    :func:`check_job`, when it can find something. Every worker makes this call for every
-    mini-batch, so it reads one shard's counters, not the job's: the job is complete only if
-    this shard is, and a threshold can be crossed only where a failure was counted. Whoever
-    records a shard's last mini-batch (or a failure) checks the whole job after its own commit,
-    so the last commit of all always sees the job complete."""
+    """Mini-batch ``index`` of ``job`` was found recorded by another delivery, which may have
+    died before its own check (:func:`batch_committed`): read the shard's counters to know
+    whether :func:`check_job` can find something. The job is complete only if this shard is,
+    and a threshold can be crossed only where a failure was counted."""
     shard = keys.shard_of(index)
     counts = batches.shard_counts(cfg, job.job_id, shard)
     full = counts["batches_succeeded"] + counts["batches_failed"] >= batches.shard_size(job.total_batches or 0, shard)

@@ -15,12 +15,13 @@ that fail by themselves are failed and the rest of the mini-batch still succeeds
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,38 @@ class Retry(Exception):
 
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Lambda's SQS batch: report only the messages to retry (ReportBatchItemFailures)."""
-    return sqs.handle_records(event, context, usage.WORKER, process, report_failures=True, expected=(Retry,),
+    known = Known(event.get("Records", []))
+    return sqs.handle_records(event, context, usage.WORKER, functools.partial(process, known=known),
+                              report_failures=True, expected=(Retry,),
                               failed="mini-batch attempt failed; SQS will deliver it again")
+
+
+@dataclass
+class Known:
+    """What an invocation's messages need before they run: their jobs, and which of their
+    mini-batches are recorded already. Read once, for all of them, by the first message that
+    asks (one BatchGetItem), so a mini-batch costs no read of its own; a cancel is seen by the
+    job's next invocations, and what this one still runs is recorded and counted as usual."""
+
+    records: list[dict[str, Any]]
+    found: dict[str, jobs.JobRecord] | None = None
+    recorded: set[tuple[str, int]] = field(default_factory=set)
+
+    def job(self, cfg: StackConfig, job_id: str) -> jobs.JobRecord:
+        if self.found is None:
+            self.found, self.recorded = batches.lookup(cfg, [(m.job_id, m.batch) for m in self._messages()])
+        if job_id not in self.found:
+            raise jobs.missing(job_id)
+        return self.found[job_id]
+
+    def _messages(self) -> list[sqs.MiniBatch]:
+        messages = []
+        for record in self.records:
+            try:
+                messages.append(sqs.MiniBatch.parse(record["body"]))
+            except (KeyError, TypeError, ValueError):  # it fails in its own turn, not the others'
+                continue
+        return messages
 
 
 def worker_name(context: Any) -> str:
@@ -62,21 +93,23 @@ def deadline_of(context: Any) -> float:
     return time.time() + remaining() / 1000.0 - COMMIT_MARGIN if remaining else float("inf")
 
 
-def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> None:
+def process(cfg: StackConfig, record: dict[str, Any], context: Any = None, known: Known | None = None) -> None:
     """Handle one mini-batch message; raise to have it delivered again."""
     started = time.time()
     message = sqs.MiniBatch.parse(record["body"])
     job_id, index, items, partition = message.job_id, message.batch, message.items, message.partition
     attempt = int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
+    known = known or Known([record])
     with logs.context(job_id, index):
-        job = jobs.get(cfg, job_id, counted=False)  # its settings and total: counters are not needed here
+        job = known.job(cfg, job_id)  # its settings and total: counters are not needed here
         if job.state != jobs.RUNNING:
             logs.event(log, "dropped: the job is not running", state=job.state)
             return
         queue_wait = metrics.queue_wait_ms(record, started)
-        if batches.get_batch(cfg, job_id, index) is not None:
+        if (job_id, index) in known.recorded:
             logs.event(log, "dropped: a duplicate of a recorded mini-batch", attempt=attempt)
             jobs.keep_usage(cfg, job_id)  # a duplicate delivery is paid for too
+            lifecycle.batch_recorded(cfg, job, index)
         else:
             try:
                 batch = run_batch(cfg, job, index, items, attempt, worker_name(context), deadline_of(context),
@@ -90,7 +123,9 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
             # The record carries what its invocation used up to and including its own commit.
             spent = usage.take(including=[batches.COMMIT_CALL])
             batch = dataclasses.replace(batch, started_at=started, usage=spent.to_dict() if spent else None)
-            if batches.commit_batch(cfg, job_id, batch):
+            commit = batches.commit_batch(cfg, job_id, batch)
+            known.recorded.add((job_id, index))  # a second copy in this invocation is a duplicate
+            if commit.recorded:
                 logs.event(log, "mini-batch recorded", status=batch.status, items=batch.items,
                            failed=batch.items_failed, attempt=attempt, seconds=round(batch.duration, 3))
                 metrics.mini_batch_done(job.endpoint, batch.items_succeeded, batch.items_failed,
@@ -100,7 +135,10 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None) -> No
                 logs.event(log, "another delivery recorded this mini-batch first", attempt=attempt)
                 jobs.put_usage(cfg, job_id, spent)
             faults.point("after_commit")
-        lifecycle.batch_recorded(cfg, job, index)
+            if commit.recorded:
+                lifecycle.batch_committed(cfg, job, batch, commit.filled)
+            else:
+                lifecycle.batch_recorded(cfg, job, index)
 
 
 def _retry_soon(cfg: StackConfig, record: dict[str, Any], attempt: int) -> None:
@@ -275,7 +313,10 @@ def collect_entry_dirs(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost)
 
 
 def _write_log(cfg: StackConfig, job_id: str, index: int, attempt: int, lines: list[str]) -> None:
-    """Keep the attempt's log lines (the script's own included) where `parallelrun logs` reads them."""
+    """Keep the attempt's log lines (the script's own included) where `parallelrun logs` reads
+    them; an attempt that logged nothing has nothing to read, and costs no PutObject."""
+    if not lines:
+        return
     try:
         s3.put(cfg.artifacts_bucket, keys.log_key(job_id, index, attempt),
                "".join(line + "\n" for line in lines).encode())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,12 +28,15 @@ SHARD_PAGE = 50
 def shards_of(total_batches: int | None) -> range:
     """The shards a job of ``total_batches`` mini-batches uses (none before it is planned:
     nothing can be recorded before the total is set, DESIGN invariant 4)."""
-    return range(min(keys.SHARDS, total_batches or 0))
+    return range(min(keys.SHARDS, -(-(total_batches or 0) // keys.SHARD_RUN)))
 
 
 def shard_size(total_batches: int, shard: int) -> int:
-    """How many of a job's mini-batches ``shard`` holds once all are recorded."""
-    return total_batches // keys.SHARDS + (shard < total_batches % keys.SHARDS)
+    """How many of a job's mini-batches ``shard`` holds once all are recorded (see
+    :func:`keys.shard_of`: runs of SHARD_RUN indexes, dealt to the shards in turn)."""
+    cycle = keys.SHARD_RUN * keys.SHARDS
+    rest = total_batches % cycle - shard * keys.SHARD_RUN
+    return total_batches // cycle * keys.SHARD_RUN + min(keys.SHARD_RUN, max(0, rest))
 
 
 def shard_counts(cfg: StackConfig, job_id: str, shard: int) -> dict[str, int]:
@@ -45,10 +48,14 @@ def shard_counts(cfg: StackConfig, job_id: str, shard: int) -> dict[str, int]:
 def open_shards(cfg: StackConfig, job_id: str, total_batches: int) -> None:
     """Create the counter items of a planned job's shards, before any mini-batch is sent: a
     commit adds to its shard's item only if it exists, so nothing is ever counted for a job that
-    does not exist. ADD of zero creates the counters and never resets them (a repeated planning)."""
+    does not exist. ADD of zero creates the counters and never resets them (a repeated planning),
+    nor does ``if_not_exists`` reset ``batches_left``, the shard's mini-batches not yet recorded
+    (see :func:`commit_batch`)."""
     for shard in shards_of(total_batches):
         dynamo.update(cfg.table, keys.counts_key(job_id, shard),
-                      "ADD " + ", ".join(f"{name} :zero" for name in jobs.COUNTERS), {":zero": 0})
+                      "SET batches_left = if_not_exists(batches_left, :size) ADD "
+                      + ", ".join(f"{name} :zero" for name in jobs.COUNTERS),
+                      {":zero": 0, ":size": shard_size(total_batches, shard)})
 
 
 @dataclass(frozen=True)
@@ -86,17 +93,42 @@ class BatchRecord:
 COMMIT_CALL = ("dynamodb", "TransactWriteItems", {"TransactItems": [{"Put": {}}, {"Update": {}}]})
 
 
-def commit_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
-    """Record a finished mini-batch and add its counts to its shard, atomically; False if it was
-    already recorded (or the job has no such shard: it does not exist)."""
-    return dynamo.succeeds(lambda: dynamo.transact([
-        {"Put": {
-            "TableName": cfg.table,
-            "Item": dynamo.serialize(record.to_item(job_id)),
-            "ConditionExpression": "attribute_not_exists(pk)",
-        }},
-        _counts(cfg, job_id, record, +1),
-    ]))
+@dataclass(frozen=True)
+class Commit:
+    """What :func:`commit_batch` did."""
+
+    recorded: bool  # False: another delivery recorded the mini-batch first, or the job has no such shard
+    filled: bool = False  # it recorded its shard's last unrecorded mini-batch: the job may be complete
+
+
+def commit_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> Commit:
+    """Record a finished mini-batch and add its counts to its shard, atomically.
+
+    The counter half also takes one from the shard's ``batches_left`` on condition that it is
+    not the shard's last (``batches_left > 1``), so the usual commit knows with no read that its
+    shard, hence the job, is not complete. When that condition fails on an existing shard item
+    (DynamoDB returns the item with the cancellation reason, ReturnValuesOnConditionCheckFailure,
+    https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_CancellationReason.html),
+    the mini-batch is its shard's last (or the shard predates ``batches_left``): the same
+    transaction is made without that condition and says ``filled``. Nothing of a cancelled
+    transaction is written, so one conditional transaction records it either way, and a job
+    pays one extra transaction per shard."""
+    put = {"Put": {
+        "TableName": cfg.table,
+        "Item": dynamo.serialize(record.to_item(job_id)),
+        "ConditionExpression": "attribute_not_exists(pk)",
+    }}
+    try:
+        dynamo.transact([put, _counts(cfg, job_id, record, +1, not_last=True)])
+        return Commit(recorded=True)
+    except Exception as error:
+        if not dynamo.is_conditional_failure(error):
+            raise
+        recorded_first, shard = error.response["CancellationReasons"][:2]
+        if recorded_first.get("Code") == "ConditionalCheckFailed" or "Item" not in shard:
+            return Commit(recorded=False)  # recorded by another delivery, or no shard item: no such job
+    recorded = dynamo.succeeds(lambda: dynamo.transact([put, _counts(cfg, job_id, record, +1)]))
+    return Commit(recorded=recorded, filled=recorded)
 
 
 def reopen_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
@@ -111,6 +143,25 @@ def reopen_batch(cfg: StackConfig, job_id: str, record: BatchRecord) -> bool:
         }},
         _counts(cfg, job_id, record, -1),
     ]))
+
+
+def lookup(cfg: StackConfig, wanted: Iterable[tuple[str, int]]) -> tuple[dict[str, jobs.JobRecord], set[tuple[str, int]]]:
+    """For mini-batches ``(job id, index)``: their jobs (each its own item, counters as that item
+    holds them, as ``jobs.get(counted=False)``) and which of them are recorded, in one strongly
+    consistent read (BatchGetItem) for all."""
+    places: dict[tuple[str, str], tuple[str, int | None]] = {}
+    for job_id, index in wanted:
+        for key, index_or_job in ((keys.job_key(job_id), None), (keys.batch_key(job_id, index), index)):
+            places[key["pk"], key["sk"]] = (job_id, index_or_job)
+    found: dict[str, jobs.JobRecord] = {}
+    recorded: set[tuple[str, int]] = set()
+    for item in dynamo.batch_get(cfg.table, [{"pk": pk, "sk": sk} for pk, sk in places], consistent=True):
+        job_id, index = places[item["pk"], item["sk"]]
+        if index is None:
+            found[job_id] = jobs.JobRecord.from_item(item)
+        else:
+            recorded.add((job_id, index))
+    return found, recorded
 
 
 def get_batch(cfg: StackConfig, job_id: str, index: int) -> BatchRecord | None:
@@ -138,18 +189,23 @@ def iter_batches(cfg: StackConfig, job_id: str, start: int = 0, end: int | None 
 
 # --- a batch's transaction
 
-def _counts(cfg: StackConfig, job_id: str, record: BatchRecord, sign: int) -> dict[str, Any]:
-    """The counter half of a batch's transaction: add (+1) or take back (-1) its counts in its shard."""
+def _counts(cfg: StackConfig, job_id: str, record: BatchRecord, sign: int, not_last: bool = False) -> dict[str, Any]:
+    """The counter half of a batch's transaction: add (+1) or take back (-1) its counts in its
+    shard, and take it from (or give it back to) the shard's ``batches_left``; with
+    ``not_last``, only if some other mini-batch of the shard is still unrecorded."""
     succeeded = record.status == jobs.SUCCEEDED
+    values = {
+        ":bs": sign * int(succeeded), ":bf": sign * int(not succeeded), ":is": sign * record.items_succeeded,
+        ":if": sign * record.items_failed, ":r": sign * (record.attempt - 1),
+        ":ru": sign * int(record.reused_from is not None), ":left": -sign,
+    }
+    guard = {"ReturnValuesOnConditionCheckFailure": "ALL_OLD"} if not_last else {}
     return {"Update": {
         "TableName": cfg.table,
         "Key": dynamo.serialize(keys.counts_key(job_id, keys.shard_of(record.index))),
         "UpdateExpression": "ADD batches_succeeded :bs, batches_failed :bf, items_succeeded :is, "
-                            "items_failed :if, retries :r, batches_reused :ru",
-        "ConditionExpression": "attribute_exists(pk)",
-        "ExpressionAttributeValues": dynamo.serialize({
-            ":bs": sign * int(succeeded), ":bf": sign * int(not succeeded), ":is": sign * record.items_succeeded,
-            ":if": sign * record.items_failed, ":r": sign * (record.attempt - 1),
-            ":ru": sign * int(record.reused_from is not None),
-        }),
+                            "items_failed :if, retries :r, batches_reused :ru, batches_left :left",
+        "ConditionExpression": "attribute_exists(pk)" + (" AND batches_left > :one" if not_last else ""),
+        "ExpressionAttributeValues": dynamo.serialize(values | ({":one": 1} if not_last else {})),
+        **guard,
     }}

@@ -111,10 +111,14 @@ def get(cfg: StackConfig, job_id: str, counted: bool = True) -> JobRecord:
     else:
         found = [item] if (item := dynamo.get(cfg.table, keys.job_key(job_id), consistent=True)) else []
     if not found or found[-1]["sk"] != keys.JOB_SK:
-        raise NotFoundError(f"no job {job_id!r}: `parallelrun jobs` lists the jobs of this stack")
+        raise missing(job_id)
     job, shards = JobRecord.from_item(found[-1]), found[:-1]
     return dataclasses.replace(job, **{name: getattr(job, name) + sum(dynamo.plain(s.get(name, 0)) for s in shards)
                                        for name in COUNTERS})
+
+
+def missing(job_id: str) -> NotFoundError:
+    return NotFoundError(f"no job {job_id!r}: `parallelrun jobs` lists the jobs of this stack")
 
 
 def find(cfg: StackConfig, job_id: str, counted: bool = True) -> JobRecord | None:

@@ -42,8 +42,16 @@ import hashlib
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/bp-partition-key-design.html
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/burst-adaptive-capacity.html
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html (capacity)
-# The keys of a job still running depend on it: change it only on a stack with no job running.
+# A job's mini-batches go to the shards in runs of SHARD_RUN consecutive indexes, so a job of a
+# few hundred mini-batches uses a few shards rather than a hundred: what is paid per shard
+# (creating its counters, the completion check when it fills, the aggregator's query of its
+# records) stays a small part of each mini-batch's requests. The planner keeps a window of
+# consecutive mini-batches in flight, so about max(SHARD_RUN, window / SHARDS) of a job's commits
+# are ever in flight on one counter item: at most ~10 a second each while a mini-batch takes a
+# second or more, the rate the sizing above allows.
+# The keys of a job still running depend on both: change them only on a stack with no job running.
 SHARDS = 100
+SHARD_RUN = 10
 # How many partition keys one schedule's scored inputs are spread over (a single key takes
 # about 1,000 writes a second; see parallelrun.store.scored).
 SCORED_SHARDS = 16
@@ -51,7 +59,7 @@ SCORED_SHARDS = 16
 
 def shard_of(index: int) -> int:
     """The shard (partition key) mini-batch ``index`` is recorded and counted in."""
-    return index % SHARDS
+    return index // SHARD_RUN % SHARDS
 
 
 def scored_shard(input_key: str) -> int:
