@@ -107,3 +107,9 @@ def test_the_buckets_own_folders_are_distinct():
     assert keys.model_prefix("digits", 3) == "models/digits/3/"
     assert not keys.model_prefix("digits", 30).startswith(keys.model_prefix("digits", 3))
     assert keys.schedule_run_folder("nightly", "20261122T220000Z") == "nightly/20261122T220000Z/"
+
+
+def test_the_shards_of_a_range_of_mini_batches_are_those_holding_them():
+    for start, end in [(0, 1), (0, 10), (5, 15), (9, 11), (0, 999), (3, 1003), (995, 1010), (0, 1000), (12, 2500),
+                       (1234, 1999)]:
+        assert keys.shards_between(start, end) == sorted({keys.shard_of(i) for i in range(start, end)}), (start, end)

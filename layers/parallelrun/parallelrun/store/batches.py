@@ -177,7 +177,7 @@ def iter_batches(cfg: StackConfig, job_id: str, start: int = 0, end: int | None 
     end = min(end if end is not None else job.total_batches or 0, job.total_batches or 0) if job else 0
     if end <= start:
         return iter(())
-    shards = sorted({keys.shard_of(index) for index in range(start, min(end, start + keys.SHARDS))})
+    shards = keys.shards_between(start, end)
     low, high = keys.batch_key(job_id, start)["sk"], keys.batch_key(job_id, end - 1)["sk"]
     merged = heapq.merge(*(dynamo.query(cfg.table, KeyConditionExpression="pk = :pk AND sk BETWEEN :low AND :high",
                                         ExpressionAttributeValues={":pk": keys.batch_pk(job_id, shard), ":low": low,

@@ -62,6 +62,13 @@ def shard_of(index: int) -> int:
     return index // SHARD_RUN % SHARDS
 
 
+def shards_between(start: int, end: int) -> list[int]:
+    """The shards that hold mini-batches ``start`` ≤ index < ``end``, in order."""
+    if end - start >= SHARDS * SHARD_RUN:
+        return list(range(SHARDS))
+    return sorted({shard_of(index) for index in range(start - start % SHARD_RUN, end, SHARD_RUN)})
+
+
 def scored_shard(input_key: str) -> int:
     """The shard a scored input is recorded in: spread by a hash, since input keys share prefixes."""
     return int.from_bytes(hashlib.sha256(input_key.encode()).digest()[:4], "big") % SCORED_SHARDS
