@@ -46,7 +46,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory, init_dir: Path):
     patch.setenv("PARALLELRUN_HOME", str(tmp_path_factory.mktemp("home")))
     # Two mini-batches an aggregator invocation: every job of more than two is collated in
     # ranges by concurrent aggregator processes, and joined, under the functions' own roles.
-    with LocalStack(workers=2, parameters={"AggregateBatchesPerInvocation": "2"},
+    # A stack of its own: moto's state is shared by every stack this test process starts.
+    with LocalStack(workers=2, parameters={"AggregateBatchesPerInvocation": "2"}, stack_name="e2e",
                     worker_env={"INIT_LOG_DIR": str(init_dir),
                                 "PARALLELRUN_CACHE": str(tmp_path_factory.mktemp("cache"))}) as stack:
         yield stack

@@ -105,7 +105,10 @@ def audited(tmp_path_factory: pytest.TempPathFactory):
     victim = "jobs/some-other-job/output/parallel_run_step.txt"
     # A window of 2 mini-batches makes the planner send itself continuation messages.
     # A stack name of its own: moto's state is per process, shared with the other modules' stacks.
-    with LocalStack(workers=2, parameters={"MaxInflightBatches": "2"}, stack_name="iam-audit", write_state=False,
+    # Ranges of two mini-batches: a job of more is collated in ranges and joined, so the
+    # aggregator's grants for that (its own queue, its scratch) are used and audited too.
+    with LocalStack(workers=2, parameters={"MaxInflightBatches": "2", "AggregateBatchesPerInvocation": "2"},
+                    stack_name="iam-audit", write_state=False,
                     worker_env={"PARALLELRUN_CACHE": str(tmp_path_factory.mktemp("cache")),
                                 "VICTIM_KEY": victim}) as stack:
         yield calls, stack, victim

@@ -133,9 +133,9 @@ def join(cfg: StackConfig, job: jobs.JobRecord, summaries: list[collated.RangeSu
         return
     finish(cfg, job, summaries, started)
     # Only once the job has ended: a join tried again must still find them.
-    s3.delete_keys(cfg.artifacts_bucket, [stored(s, name, 0).key for s in summaries
-                                          for name, size in (("output", s.output_bytes), (FAILURES_FILE, s.failures_bytes))
-                                          if size])
+    scratch = [stored(s, name, 0).key for s in summaries
+               for name, size in (("output", s.output_bytes), (FAILURES_FILE, s.failures_bytes)) if size]
+    s3.delete_keys(cfg.artifacts_bucket, scratch)
 
 
 def finish(cfg: StackConfig, job: jobs.JobRecord, summaries: list[collated.RangeSummary], started: float,
