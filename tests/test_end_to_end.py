@@ -149,9 +149,10 @@ def test_throttled_requests_are_retried_across_processes(local_stack: LocalStack
 
 def test_workers_killed_at_random_points_lose_and_double_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PARALLELRUN_HOME", str(tmp_path))
-    result = chaos.run(runs=2, files=24, chance=0.08)
+    result = chaos.run(runs=1, files=32, chance=0.1)  # 64 chances to die: P(no kill) is about 0.1 %
     assert result["worker_kills"] > 0 and result["transactions_cancelled"] > 0
-    assert (result["jobs_succeeded"], result["lost"], result["duplicated"], result["out_of_order"]) == (2, 0, 0, 0)
+    assert (result["jobs_succeeded"], result["lost"], result["duplicated"], result["out_of_order"]) == (1, 0, 0, 0)
+    assert result["latency_profile"] == "aws" and result["retries"] <= result["worker_kills"]  # no attempt on a conflict
 
 
 def test_the_sdk_flow(client: Client, tmp_path: Path):

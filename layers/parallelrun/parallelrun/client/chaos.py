@@ -3,8 +3,10 @@
 Workers die before ``run()``, during it, after writing the part but before the commit, and after
 the commit but before the message is deleted; the stack replaces them as Lambda would. DynamoDB
 cancels one transaction in ``conflict_every`` with a TransactionConflict on top of the conflicts
-between transactions at once. Each run checks the output row by row: every input exactly once,
-in input order, and the job ended.
+between transactions at once, and every request waits as from Lambda on AWS (``latency``), so
+that commits overlap as they would there. Each run checks the output row by row: every input
+exactly once, in input order, and the job ended; and no attempt was spent but by a kill (a
+conflict is retried inside the commit).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ def run(mini_batch):
 # Killed messages come back after the visibility timeout, which Lambda wants at least the
 # function's timeout: both short, so a kill costs seconds (run() here is instant). Enough
 # receives that no mini-batch is dead-lettered merely for being unlucky.
-PARAMETERS = {"BatchVisibilityTimeout": "20", "MaxReceiveCount": "10", "WorkerTimeout": "20", "PlannerInterval": "1"}
+# Ranges of four mini-batches: each job is collated by several aggregator invocations and joined.
+PARAMETERS = {"BatchVisibilityTimeout": "20", "MaxReceiveCount": "10", "WorkerTimeout": "20", "PlannerInterval": "1",
+              "AggregateBatchesPerInvocation": "4"}
 SETTINGS = {"mini_batch_size": "2", "run_max_try": "10", "run_invocation_timeout": "1"}
 
 
@@ -44,14 +48,14 @@ def check(expected: list[str], rows: list[str]) -> dict[str, int]:
 
 
 def run(runs: int, files: int = 24, workers: int = 2, chance: float = 0.05, timeout: float = 300,
-        conflict_every: int = 2) -> dict[str, Any]:
-    """``runs`` jobs under chaos; totals of lost, duplicated and out-of-order rows, kills and
-    cancelled transactions."""
+        conflict_every: int = 2, latency: str | None = "aws") -> dict[str, Any]:
+    """``runs`` jobs under chaos; totals of lost, duplicated and out-of-order rows, kills,
+    cancelled transactions and attempts spent (retries)."""
     faults = ",".join(f"{point}:{chance}" for point in POINTS)
     totals = {"runs": runs, "files_per_run": files, "jobs_succeeded": 0, "lost": 0, "duplicated": 0,
-              "out_of_order": 0}
+              "out_of_order": 0, "retries": 0, "latency_profile": latency}
     with tempfile.TemporaryDirectory() as tmp, LocalStack(
-            workers=workers, write_state=False, parameters=PARAMETERS, stack_name="chaos",
+            workers=workers, write_state=False, parameters=PARAMETERS, stack_name="chaos", latency=latency,
             worker_env={"PARALLELRUN_FAULTS": faults}) as stack:
         client = Client(StackConfig.from_outputs(stack.outputs))
         stack.server.conflicts.every = conflict_every
@@ -73,6 +77,7 @@ def run(runs: int, files: int = 24, workers: int = 2, chance: float = 0.05, time
             job = client.wait(job.job_id, poll_seconds=0.3, timeout=timeout)
             rows = b"".join(client.read_output(job.job_id)).decode().splitlines()
             totals["jobs_succeeded"] += job.state == jobs.SUCCEEDED
+            totals["retries"] += job.retries
             for key, value in check(names, rows).items():
                 totals[key] += value
         totals["worker_kills"] = stack.restarts
