@@ -1,17 +1,21 @@
 #!/usr/bin/env python
-"""Benchmark: the digits job through the local stack against a plain multiprocessing.Pool.
+"""Benchmark: the digits job through the local stack against the emulator's own limit and a
+plain multiprocessing.Pool, then one job of 100,000 mini-batches through the pipeline's phases.
 
-Both run the same scoring script (examples/digits/score.py) over the same PNG files, in the same
-run, with the same number of processes. Prints one JSON object: per size, items/s of each and
-their ratio, AWS requests per mini-batch (counted at the moto server), planner seconds, the longest
-invocation of each function on the job, and the aggregator's peak memory while it collates (which
-must not grow with the output).
+Per size (``sizes``), in the same run: the job's items/s on the local stack; a bare GET loop over
+the same objects from as many processes as there are workers (the most the emulator can serve
+that job's inputs); the same scoring script (examples/digits/score.py) in a
+``multiprocessing.Pool`` over local files; the ratios; AWS requests per mini-batch by service
+(counted at the moto server); the planner's and aggregator's seconds; the longest invocation of
+each function; and the aggregator's peak memory while it collates (which must not grow with
+the output). Then ``scale`` (scripts/bench_scale.py): a synthetic job under AWS's latency,
+each phase's seconds and longest invocation, which must not grow with the job.
 
-    .venv/bin/python scripts/bench.py                 # 2,000 and 20,000 files, 2 workers
-    .venv/bin/python scripts/bench.py --sizes 500     # a quick look
+    .venv/bin/python scripts/bench.py                          # 2,000 and 20,000 files; 100,000 mini-batches
+    .venv/bin/python scripts/bench.py --sizes 500 --scale 1000 # a quick look
 
 Not a test: a tool. Locally the moto server on the same 2 cores is the bottleneck (DESIGN §6),
-so the ratio says what the local stack costs, not what Lambda does.
+so the ratios say what the local stack costs, not what Lambda does.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import bench_scale
 from parallelrun import aws
 from parallelrun.aws.config import StackConfig
 from parallelrun.client.api import Client
@@ -66,6 +71,27 @@ def baseline(files: list[str], model_path: str, processes: int, batch_size: int)
     seconds = time.perf_counter() - started
     assert len(rows) == len(files)
     return {"seconds": round(seconds, 3), "items_per_second": round(len(files) / seconds, 1)}
+
+
+def _get_all(keys: list[str]) -> int:
+    client = aws.client("s3")
+    bucket = os.environ["PARALLELRUN_INPUT_BUCKET"]
+    for key in keys:
+        client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return len(keys)
+
+
+def get_loop(client: Client, folder: str, processes: int) -> float:
+    """Items/s of a bare GET loop over the job's inputs, one share per process: what the local
+    server can give the job's inputs alone."""
+    bucket, prefix = folder[len("s3://"):].split("/", 1)
+    keys = [obj["Key"] for page in aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for obj in page.get("Contents", []) if not obj["Key"].endswith("_READY")]
+    shares = [keys[number::processes] for number in range(processes)]
+    started = time.perf_counter()
+    with multiprocessing.Pool(processes) as pool:
+        fetched = sum(pool.map(_get_all, shares))
+    return fetched / (time.perf_counter() - started)
 
 
 def planner_seconds(log_dir: Path, job_id: str) -> float | None:
@@ -130,19 +156,26 @@ def run_size(stack: LocalStack, client: Client, workdir: Path, count: int, model
     requests = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     files = sorted(str(p) for p in images.iterdir())
     floor = baseline(files, model_path, workers, job.settings.files_per_batch)
+    limit = get_loop(client, folder, workers)
     ours = count / seconds
+    longest = longest_invocations(client, job.job_id)
     return {
         "files": count,
-        "mini_batches": job.total_batches,
-        "parallelrun": {"seconds": round(seconds, 3), "items_per_second": round(ours, 1),
-                        "upload_seconds": round(upload_seconds, 1)},
-        "multiprocessing_pool": floor,
-        "ratio_items_per_second": round(ours / floor["items_per_second"], 4),
-        "overhead_seconds_per_minibatch": round((seconds - floor["seconds"]) / job.total_batches * workers, 4),
-        "requests_per_minibatch": {k: round(v / job.total_batches, 2) for k, v in sorted(requests.items())},
+        "inputs_per_minibatch": job.settings.files_per_batch,
+        "minibatches": job.total_batches,
+        "seconds": round(seconds, 3),
+        "stack_items_per_second": round(ours, 1),
+        "get_loop_items_per_second": round(limit, 1),
+        "pool_items_per_second": floor["items_per_second"],
+        "ratio_to_get_loop": round(ours / limit, 4),
+        "ratio_to_pool": round(ours / floor["items_per_second"], 4),
+        "requests_per_minibatch": {k: round(v / job.total_batches, 2) for k, v in sorted(requests.items())
+                                   if k in ("s3", "dynamodb", "sqs")},
         "planner_seconds": planner_seconds(stack.log_dir, job.job_id),
-        "longest_invocation_seconds": longest_invocations(client, job.job_id),
+        "aggregator_seconds": longest["aggregator"],
         "aggregator_peak_bytes": aggregator_peak(job.job_id),
+        "longest_invocation_seconds": longest,
+        "upload_seconds": round(upload_seconds, 1),
     }
 
 
@@ -150,6 +183,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--scale", type=int, default=100_000, metavar="MINIBATCHES",
+                        help="mini-batches of the synthetic scale job (0: none)")
     parser.add_argument("--collate", metavar="JOB", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.collate:
@@ -167,7 +202,8 @@ def main() -> int:
         for count in args.sizes:
             results.append(run_size(stack, client, workdir, count, str(workdir / "model.pkl"), args.workers))
             print(json.dumps(results[-1]), file=sys.stderr)
-    print(json.dumps({"workers": args.workers, "cpus": os.cpu_count(), "results": results}, indent=2))
+    scaled = bench_scale.run(args.scale, 10, max(1, args.scale // 20)) if args.scale else None
+    print(json.dumps({"workers": args.workers, "cpus": os.cpu_count(), "sizes": results, "scale": scaled}, indent=2))
     return 0
 
 
