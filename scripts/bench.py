@@ -181,10 +181,12 @@ def run_size(stack: LocalStack, client: Client, workdir: Path, count: int, model
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2000, 20000], help="files of each digits job")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scale", type=int, nargs="*", default=[100_000], metavar="MINIBATCHES",
                         help="mini-batches of each synthetic scale job, smallest first (none: no scale section)")
+    parser.add_argument("--range-batches", type=int, default=500,
+                        help="the scale jobs' AggregateBatchesPerInvocation: the same bound whatever their size")
     parser.add_argument("--collate", metavar="JOB", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.collate:
@@ -202,8 +204,7 @@ def main() -> int:
         for count in args.sizes:
             results.append(run_size(stack, client, workdir, count, str(workdir / "model.pkl"), args.workers))
             print(json.dumps(results[-1]), file=sys.stderr)
-    # Twenty ranges each, as a 10,000,000-input job has fifty at the default bound.
-    scaled = [bench_scale.run(count, 10, max(1, count // 20)) for count in args.scale]
+    scaled = [bench_scale.run(count, 10, args.range_batches) for count in args.scale]
     for entry in scaled:
         print(json.dumps(entry), file=sys.stderr)
     print(json.dumps({"workers": args.workers, "cpus": os.cpu_count(), "sizes": results,
