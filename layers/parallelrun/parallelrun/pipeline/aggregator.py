@@ -34,7 +34,6 @@ from parallelrun.pipeline import collation, lifecycle
 from parallelrun.store import collated, jobs, keys, reuse, schedules
 
 log = logging.getLogger("parallelrun.pipeline.aggregator")
-FAILURES_FILE = collation.FAILURES_FILE
 
 
 def handle_event(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
@@ -93,7 +92,7 @@ def collate_one(cfg: StackConfig, message: sqs.CollateRange, job: jobs.JobRecord
         start, end = spans[message.number]
         objects = collation.Destination(
             cfg.artifacts_bucket, keys.range_object_key(job.job_id, message.aggregation, message.number, "output"),
-            keys.range_object_key(job.job_id, message.aggregation, message.number, FAILURES_FILE), with_header=False)
+            keys.range_object_key(job.job_id, message.aggregation, message.number, collation.FAILURES_FILE), with_header=False)
         summary = collation.collate_range(cfg, job, message.number, start, end, objects)
         # Kept before the range is recorded: once it is, the join may read the job's usage.
         jobs.keep_usage(cfg, job.job_id)
@@ -125,7 +124,7 @@ def join(cfg: StackConfig, job: jobs.JobRecord, summaries: list[collated.RangeSu
                 head: list[s3.Source] = [header.encode() + b"\n"] if header else []
                 s3.join(bucket, output_key, head + [stored(s, "output", s.output_bytes)
                                                    for s in summaries if s.output_bytes], job.job_id)
-        s3.join(bucket, prefix + FAILURES_FILE, [stored(s, FAILURES_FILE, s.failures_bytes)
+        s3.join(bucket, prefix + collation.FAILURES_FILE, [stored(s, collation.FAILURES_FILE, s.failures_bytes)
                                                  for s in summaries if s.failures_bytes] + ([late] if late else []),
                 job.job_id)
     except s3.OutputTaken as taken:
@@ -134,7 +133,7 @@ def join(cfg: StackConfig, job: jobs.JobRecord, summaries: list[collated.RangeSu
     finish(cfg, job, summaries, started)
     # Only once the job has ended: a join tried again must still find them.
     scratch = [stored(s, name, 0).key for s in summaries
-               for name, size in (("output", s.output_bytes), (FAILURES_FILE, s.failures_bytes)) if size]
+               for name, size in (("output", s.output_bytes), (collation.FAILURES_FILE, s.failures_bytes)) if size]
     s3.delete_keys(cfg.artifacts_bucket, scratch)
 
 
