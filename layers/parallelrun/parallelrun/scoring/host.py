@@ -168,7 +168,7 @@ _hosts: dict[tuple, ScoringHost] = {}
 def host_for(cfg: StackConfig, deployment: dict[str, Any], settings: RunSettings) -> ScoringHost:
     """The scoring process for this deployment and these arguments, kept across mini-batches."""
     key = (deployment["code_sha"], deployment["entry_script"], deployment["model_name"],
-           deployment["model_version"], settings.arguments, tuple(sorted(settings.environment_variables.items())),
+           deployment["model_version"], tuple(deployment.get("requirements") or ()), settings.arguments, tuple(sorted(settings.environment_variables.items())),
            settings.side_inputs, settings.logging_level, settings.output_format, settings.append_row_separator,
            settings.model_cache_size)
     if key not in _hosts:

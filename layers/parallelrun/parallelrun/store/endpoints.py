@@ -37,6 +37,8 @@ class Deployment:
     model_version: int | None
     settings: dict[str, Any] = field(default_factory=dict)  # overrides as given; re-checked at submit
     created_at: float = 0.0
+    # pip requirement lines the scoring process needs beyond the worker's own packages.
+    requirements: tuple[str, ...] = ()
 
     @property
     def model_ref(self) -> str:
@@ -55,7 +57,7 @@ class Deployment:
             "name": self.name, "code_sha": self.code_sha, "entry_script": self.entry_script,
             "model_name": self.model_name, "model_version": self.model_version,
             "settings": json.dumps(self.settings, sort_keys=True),
-            "created_at": dynamo.decimal(self.created_at, 3),
+            "created_at": dynamo.decimal(self.created_at, 3), "requirements": list(self.requirements),
         }
 
     @classmethod
@@ -66,6 +68,7 @@ class Deployment:
             entry_script=item["entry_script"], model_name=item["model_name"],
             model_version=int(version) if version is not None else None,
             settings=json.loads(item.get("settings") or "{}"), created_at=float(item.get("created_at", 0)),
+            requirements=tuple(item.get("requirements") or ()),
         )
 
 
@@ -93,7 +96,7 @@ def upload_code(cfg: StackConfig, code_dir: Path) -> str:
 
 
 def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path, entry_script: str,
-                model_ref: str, overrides: dict[str, Any]) -> Deployment:
+                model_ref: str, overrides: dict[str, Any], requirements: tuple[str, ...] = ()) -> Deployment:
     """A deployment with every part checked (names, code, entry script, model, settings) and its
     code stored; nothing is written to the table yet."""
     for kind, value in (("endpoint", endpoint), ("deployment", name)):
@@ -109,7 +112,7 @@ def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path
     settings.resolve(overrides, limits=cfg.limits)
     return Deployment(endpoint=endpoint, name=name, code_sha=upload_code(cfg, code_dir), entry_script=entry_script,
                       model_name=model_name, model_version=model_version, settings=dict(overrides),
-                      created_at=time.time())
+                      created_at=time.time(), requirements=tuple(requirements))
 
 
 def check_model(cfg: StackConfig, model_ref: str) -> tuple[str, int | None]:
@@ -136,9 +139,10 @@ def create(
     model_ref: str,
     overrides: dict[str, Any] | None = None,
     deployment: str = DEFAULT_DEPLOYMENT,
+    requirements: tuple[str, ...] = (),
 ) -> Deployment:
     """Create endpoint ``name`` with one deployment, its default. Every part is checked first."""
-    found = _deployment(cfg, name, deployment, code_dir, entry_script, model_ref, dict(overrides or {}))
+    found = _deployment(cfg, name, deployment, code_dir, entry_script, model_ref, dict(overrides or {}), requirements)
     _put_new(cfg, {**keys.endpoint_key(name), "name": name, "default_deployment": deployment,
                    "created_at": dynamo.decimal(found.created_at, 3)}, f"endpoint {name!r}")
     dynamo.put(cfg.table, found.to_item())
@@ -146,10 +150,11 @@ def create(
 
 
 def add_deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path, entry_script: str,
-                   model_ref: str, overrides: dict[str, Any] | None = None, make_default: bool = False) -> Deployment:
+                   model_ref: str, overrides: dict[str, Any] | None = None, make_default: bool = False,
+                   requirements: tuple[str, ...] = ()) -> Deployment:
     """Add a named deployment to an existing endpoint, optionally as its new default."""
     get_endpoint(cfg, endpoint)
-    found = _deployment(cfg, endpoint, name, code_dir, entry_script, model_ref, dict(overrides or {}))
+    found = _deployment(cfg, endpoint, name, code_dir, entry_script, model_ref, dict(overrides or {}), requirements)
     _put_new(cfg, found.to_item(), f"deployment {name!r} of endpoint {endpoint!r}")
     if make_default:
         set_default(cfg, endpoint, name)
@@ -210,10 +215,11 @@ def update(
         model_name, model_version = check_model(cfg, model_ref or current.model_ref)
         changed = Deployment(endpoint=name, name=current.name, code_sha=current.code_sha,
                              entry_script=entry_script or current.entry_script, model_name=model_name,
-                             model_version=model_version, settings=merged, created_at=time.time())
+                             model_version=model_version, settings=merged, created_at=time.time(),
+                             requirements=current.requirements)
     else:
         changed = _deployment(cfg, name, current.name, code_dir, entry_script or current.entry_script,
-                              model_ref or current.model_ref, merged)
+                              model_ref or current.model_ref, merged, current.requirements)
     dynamo.put(cfg.table, changed.to_item())
     return changed
 

@@ -34,6 +34,8 @@ def fingerprint(deployment: dict[str, Any], settings: RunSettings, items: Iterab
     """What a mini-batch's rows depend on, hashed."""
     relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in OPERATIONAL}
     scored_by = {k: deployment.get(k) for k in ("code_sha", "entry_script", "model_name", "model_version")}
+    if deployment.get("requirements"):  # only then: mini-batches scored before requirements existed stay found
+        scored_by["requirements"] = deployment["requirements"]
     content = json.dumps([scored_by, relevant, [i.to_json() for i in items]], sort_keys=True, default=str)
     return hashlib.sha256(content.encode()).hexdigest()
 
