@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from parallelrun import aws
-from parallelrun.aws import sqs
+from parallelrun.aws import s3, sqs
 from parallelrun.core import partitions, planning
 from parallelrun.core.datasets import InputFile
 from parallelrun.core.settings import RunSettings
@@ -198,7 +198,7 @@ def test_duplicated_continuations_and_a_late_loser_change_nothing(stack, make_en
     assert len(sent) == before
 
     # The first slice's planner, late, redoes its work from the checkpoint it had read, after
-    # the chain went on: its carry goes under its own token, its checkpoint write loses.
+    # the chain went on: that checkpoint's carry is gone, so it stops and writes nothing.
     same_bound = dataclasses.replace(stack.cfg, limits=dataclasses.replace(stack.cfg.limits,
                                                                            planner_inputs_per_invocation=4))
     assert planner._plan_slice(same_bound, first, first.planning) is False
@@ -209,6 +209,9 @@ def test_duplicated_continuations_and_a_late_loser_change_nothing(stack, make_en
     assert (done.total_batches, done.items_succeeded) == (6, 17)
     assert len(listed) == len(set(listed)) + 1  # only the late loser listed a slice twice
     assert done.planning.step == 5
+    # Each checkpoint's carry went once its successor was recorded, so the late loser found its
+    # own gone and stopped there: the job leaves no carry behind.
+    assert list(s3.under(stack.cfg.artifacts_bucket, keys.plan_carry_key(job.job_id, ""))) == []
 
 
 def _job_key(job_id: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from parallelrun.core import logs
 log = logging.getLogger("parallelrun.core.metrics")
 log.setLevel(logging.INFO)  # metrics are not chatter: PARALLELRUN_LOG_LEVEL=WARNING keeps them
 NAMESPACE = "parallelrun"
-DIMENSIONS = ["Endpoint"]  # low cardinality; the job and mini-batch ride along as plain properties
 
 
 def envelope(metrics: dict[str, tuple[float, str]], dimensions: dict[str, str],

@@ -111,15 +111,19 @@ def _plan_slice(cfg: StackConfig, job: jobs.JobRecord, held: planning.Checkpoint
     """Plan one slice from ``held``; True once the listing is complete and the job is RUNNING
     with its totals (invariant 4: before any mini-batch is sent)."""
     try:
-        made, complete = list_slice(cfg, job, held)
+        sliced = list_slice(cfg, job, held)
     except s3.ClientError as error:
         code = s3.error_code(error)
         if code not in ("NoSuchBucket", "AccessDenied", "AllAccessDisabled"):
             raise  # transient: the message comes back and the slice is listed again
         lifecycle.stop(cfg, job.job_id, jobs.FAILED, f"cannot list the inputs at {job.input_uri} ({code})")
         return False
+    if sliced is None:
+        return False  # a late twin: the checkpoint's successor was recorded and deleted its carry
+    made, complete = sliced
     if not complete:
         if jobs.advance_listing(cfg, job.job_id, held, made):
+            _forget_carry(cfg, job.job_id, held)
             _hand_on(cfg, job.job_id, made)
         return False
     total_batches, total_items, fingerprint = made.batches, made.items, made.fingerprint
@@ -131,12 +135,20 @@ def _plan_slice(cfg: StackConfig, job: jobs.JobRecord, held: planning.Checkpoint
                                 total_items=None if tabular_job else total_items, cursor=0, planner_tick=0,
                                 planner_token="start", fingerprint=fingerprint):
         return True  # lost: a twin from this checkpoint set the totals (then tick as it does), or the job moved on
+    _forget_carry(cfg, job.job_id, held)
     logs.event(log, "planned", total_batches=total_batches, total_items=total_items, invocations=made.step,
                planner_seconds=round(time.time() - (job.started_at or time.time()), 3))
     if total_batches == 0:
         aggregator.finalize(cfg, job.job_id)  # nothing to wait for: end it now, not one message later
         return False
     return True
+
+
+def _forget_carry(cfg: StackConfig, job_id: str, held: planning.Checkpoint) -> None:
+    """Delete ``held``'s carry once the job's checkpoint has moved past it (one object per
+    invocation, so a long listing leaves nothing behind; the first slice has none)."""
+    if held.step:
+        plan.delete_carry(cfg, job_id, held.token)
 
 
 def _hand_on(cfg: StackConfig, job_id: str, made: planning.Checkpoint) -> None:
@@ -165,14 +177,17 @@ def _reuse_whole_job(cfg: StackConfig, job: jobs.JobRecord, fingerprint: str, ba
 
 
 def list_slice(cfg: StackConfig, job: jobs.JobRecord,
-               held: planning.Checkpoint) -> tuple[planning.Checkpoint, bool]:
+               held: planning.Checkpoint) -> tuple[planning.Checkpoint, bool] | None:
     """List the job's inputs after ``held`` (at most the stack's planner_inputs_per_invocation),
     cut them into mini-batches and write the plan chunks that filled. Returns the checkpoint
     after them and whether the listing is complete: then the last chunk is written too, else
     what is still filling is carried under the new checkpoint's token. Deterministic: the same
-    checkpoint over the same inputs gives the same plan, however the listing was sliced."""
+    checkpoint over the same inputs gives the same plan, however the listing was sliced. None
+    if ``held`` is already superseded (its carry is gone)."""
     spec = InputSpec.from_uri(job.input_uri)
     carry = plan.read_carry(cfg, job.job_id, held.token) if held.step else plan.Carry()
+    if carry is None:
+        return None
     listed = planning.Slice(inputs.list_files(spec, after=held.after), cfg.limits.planner_inputs_per_invocation)
     files = scored.unscored(cfg, job.schedule, listed, held.after) if job.schedule else iter(listed)
     cut = planning.plan_batches(files, spec.prefix, job.settings, functools.partial(aws.range_reader, spec.bucket),

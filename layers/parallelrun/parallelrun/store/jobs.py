@@ -28,7 +28,6 @@ from parallelrun.store import keys
 QUEUED, PLANNING, RUNNING, FINALIZING = "QUEUED", "PLANNING", "RUNNING", "FINALIZING"
 SUCCEEDED, FAILED, CANCELED = "SUCCEEDED", "FAILED", "CANCELED"
 TERMINAL = (SUCCEEDED, FAILED, CANCELED)
-ACTIVE = (QUEUED, PLANNING, RUNNING, FINALIZING)
 # A job's counters: its record's fields, summed with its shards' items of the same names.
 COUNTERS = ("batches_succeeded", "batches_failed", "items_succeeded", "items_failed", "retries", "batches_reused")
 

@@ -65,8 +65,19 @@ def put_carry(cfg: StackConfig, job_id: str, token: str, carry: Carry, *, s3: An
     objects.put(cfg.artifacts_bucket, keys.plan_carry_key(job_id, token), body.encode(), s3)
 
 
-def read_carry(cfg: StackConfig, job_id: str, token: str, *, s3: Any = None) -> Carry:
-    stored = json.loads(objects.get(cfg.artifacts_bucket, keys.plan_carry_key(job_id, token), s3))
+def delete_carry(cfg: StackConfig, job_id: str, token: str) -> None:
+    """Drop the carry of a checkpoint the job has moved past: no continuation reads it again."""
+    objects.delete_keys(cfg.artifacts_bucket, [keys.plan_carry_key(job_id, token)])
+
+
+def read_carry(cfg: StackConfig, job_id: str, token: str, *, s3: Any = None) -> Carry | None:
+    """The carry stored under ``token``; None once it is deleted (:func:`delete_carry`)."""
+    try:
+        stored = json.loads(objects.get(cfg.artifacts_bucket, keys.plan_carry_key(job_id, token), s3))
+    except objects.ClientError as error:
+        if objects.error_code(error) == "NoSuchKey":
+            return None
+        raise
     filling = {partitions.group_of(partition): ([InputFile.from_json(item) for item in items], partition)
                for partition, items in stored["open"]}
     return Carry(stored["chunk"], filling)
