@@ -107,7 +107,9 @@ def audited(tmp_path_factory: pytest.TempPathFactory):
     # A stack name of its own: moto's state is per process, shared with the other modules' stacks.
     # Ranges of two mini-batches: a job of more is collated in ranges and joined, so the
     # aggregator's grants for that (its own queue, its scratch) are used and audited too.
-    with LocalStack(workers=2, parameters={"MaxInflightBatches": "2", "AggregateBatchesPerInvocation": "2"},
+    # Listings of three inputs an invocation: the planner's continuations and carries are audited.
+    with LocalStack(workers=2, parameters={"MaxInflightBatches": "2", "AggregateBatchesPerInvocation": "2",
+                                           "PlannerInputsPerInvocation": "3"},
                     stack_name="iam-audit", write_state=False,
                     worker_env={"PARALLELRUN_CACHE": str(tmp_path_factory.mktemp("cache")),
                                 "VICTIM_KEY": victim}) as stack:

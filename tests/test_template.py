@@ -266,11 +266,13 @@ def test_each_function_runs_as_a_role_of_its_own_without_wildcards(template: dic
             for statement in policy["PolicyDocument"]["Statement"]:
                 actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
                 assert statement["Resource"] != "*" and "*" not in statement["Resource"], (name, statement)
-                # No function deletes in S3 but the aggregator, in its own scratch (collated ranges).
-                scratch = statement["Resource"] == [{"Fn::Sub": "${ArtifactsBucket.Arn}/jobs/*/collated/*"}]
-                assert not [a for a in actions if "*" in a or "Delete" in a and a.startswith("s3:") and not scratch
-                            or "Acl" in a or "Lifecycle" in a], (name, actions)
-                assert not scratch or (name, actions) == ("AggregatorRole", ["s3:DeleteObject"])
+                # No function deletes in S3 but in its own scratch: the aggregator its collated
+                # ranges, the planner its listing's carries.
+                scratch = {"AggregatorRole": "jobs/*/collated/*", "PlannerRole": "jobs/*/plan/carry-*"}
+                own = [{"Fn::Sub": "${ArtifactsBucket.Arn}/" + scratch[name]}] if name in scratch else None
+                deletes = [a for a in actions if "Delete" in a and a.startswith("s3:")]
+                assert not [a for a in actions if "*" in a or "Acl" in a or "Lifecycle" in a], (name, actions)
+                assert not deletes or (statement["Resource"] == own and actions == ["s3:DeleteObject"]), (name, statement)
 
 
 @pytest.mark.parametrize("function", sorted(HANDLERS))
