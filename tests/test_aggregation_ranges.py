@@ -171,6 +171,24 @@ def test_ranges_killed_at_every_step_still_give_exact_files(stack, ranges_of_fou
     assert leftover["KeyCount"] == 0  # the ranges' objects are deleted once joined
 
 
+def test_a_joiner_dead_past_the_final_state_leaves_its_cleanup_to_the_next_delivery(stack, ranges_of_four, monkeypatch):
+    parts = [f"row {i}\n".encode() if i % 4 else None for i in range(9)]
+    killer = Killer(monkeypatch, 0)
+    killer.dies_once(aggregator.s3, "delete_keys", "after the final state, before deleting the ranges' objects")
+    job = _aggregate(stack, _recorded_job(stack, "ranges-cleanup", RunSettings(), parts).job_id)
+    assert killer.killed and job.state == jobs.SUCCEEDED
+    stack.deliver("AggregatorFunction")  # the joiner's range message comes back: the job has ended
+    scratch = keys.job_prefix(job.job_id) + "collated/"
+    assert aws.client("s3").list_objects_v2(Bucket=stack.cfg.artifacts_bucket, Prefix=scratch)["KeyCount"] == 0
+    # A duplicate aggregation request of the ended job cleans up just as well.
+    aws.client("s3").put_object(Bucket=stack.cfg.artifacts_bucket, Body=b"x", Key=keys.range_object_key(
+        job.job_id, str(job.aggregation), 1, collated.RANGE_OUTPUT))
+    lifecycle.job_complete(stack.cfg, job.job_id)
+    stack.deliver("AggregatorFunction")
+    assert aws.client("s3").list_objects_v2(Bucket=stack.cfg.artifacts_bucket, Prefix=scratch)["KeyCount"] == 0
+    assert read_output(stack.cfg, job) == "".join(p.decode() for p in parts if p)
+
+
 def test_a_csv_output_in_ranges_has_its_header_once(stack, ranges_of_four):
     parts = [f"{i},{i * i}\n".encode() for i in range(10)]
     job = _aggregate(stack, _recorded_job(stack, "ranges-csv", RunSettings(output_format="csv"), parts,

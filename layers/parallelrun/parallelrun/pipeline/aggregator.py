@@ -84,15 +84,20 @@ def collate_one(cfg: StackConfig, message: sqs.CollateRange, job: jobs.JobRecord
     """Collate one range of a large job into objects of its own, once; whoever finds every
     range recorded joins them."""
     job = job or jobs.get(cfg, message.job_id)
-    if job.state != jobs.FINALIZING or job.aggregation != message.aggregation:
-        return  # the job ended, or a redrive started another aggregation: this one is over
+    if job.aggregation != message.aggregation:
+        return  # a redrive started another aggregation: this one is over
+    if job.state != jobs.FINALIZING:
+        if job.state in jobs.TERMINAL:  # its joiner may have died between the final state and the cleanup
+            collated.drop_objects(cfg, job.job_id, message.aggregation)
+        return
     spans = ranges(job)
     recorded = {summary.number for summary in collated.summaries(cfg, job.job_id, message.aggregation)}
     if message.number not in recorded:
         start, end = spans[message.number]
         objects = collation.Destination(
-            cfg.artifacts_bucket, keys.range_object_key(job.job_id, message.aggregation, message.number, "output"),
-            keys.range_object_key(job.job_id, message.aggregation, message.number, collation.FAILURES_FILE), with_header=False)
+            cfg.artifacts_bucket, keys.range_object_key(job.job_id, message.aggregation, message.number, collated.RANGE_OUTPUT),
+            keys.range_object_key(job.job_id, message.aggregation, message.number, collated.RANGE_FAILURES),
+            with_header=False)
         summary = collation.collate_range(cfg, job, message.number, start, end, objects)
         # Kept before the range is recorded: once it is, the join may read the job's usage.
         jobs.keep_usage(cfg, job.job_id)
@@ -118,23 +123,20 @@ def join(cfg: StackConfig, job: jobs.JobRecord, summaries: list[collated.RangeSu
             output_key = prefix + job.settings.output_file_name
             if job.settings.output_format == "parquet":
                 late = collation.join_parquet(bucket, output_key, job.job_id,
-                                              [(s, stored(s, "output", s.output_bytes)) for s in summaries])
+                                              [(s, stored(s, collated.RANGE_OUTPUT, s.output_bytes)) for s in summaries])
             else:
                 header = next((s.header for s in summaries if s.header), None)
                 head: list[s3.Source] = [header.encode() + b"\n"] if header else []
-                s3.join(bucket, output_key, head + [stored(s, "output", s.output_bytes)
+                s3.join(bucket, output_key, head + [stored(s, collated.RANGE_OUTPUT, s.output_bytes)
                                                    for s in summaries if s.output_bytes], job.job_id)
-        s3.join(bucket, prefix + collation.FAILURES_FILE, [stored(s, collation.FAILURES_FILE, s.failures_bytes)
+        s3.join(bucket, prefix + collation.FAILURES_FILE, [stored(s, collated.RANGE_FAILURES, s.failures_bytes)
                                                  for s in summaries if s.failures_bytes] + ([late] if late else []),
                 job.job_id)
     except s3.OutputTaken as taken:
         finish(cfg, job, [], started, taken=str(taken))
         return
     finish(cfg, job, summaries, started)
-    # Only once the job has ended: a join tried again must still find them.
-    scratch = [stored(s, name, 0).key for s in summaries
-               for name, size in (("output", s.output_bytes), (collation.FAILURES_FILE, s.failures_bytes)) if size]
-    s3.delete_keys(cfg.artifacts_bucket, scratch)
+    collated.drop_objects(cfg, job.job_id, str(job.aggregation), summaries)
 
 
 def finish(cfg: StackConfig, job: jobs.JobRecord, summaries: list[collated.RangeSummary], started: float,

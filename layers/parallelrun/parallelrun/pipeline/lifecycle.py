@@ -24,7 +24,7 @@ import time
 from parallelrun.aws import sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, thresholds
-from parallelrun.store import batches, jobs, keys
+from parallelrun.store import batches, collated, jobs, keys
 from parallelrun.pipeline import scheduling
 
 log = logging.getLogger("parallelrun.pipeline.lifecycle")
@@ -97,7 +97,10 @@ def aggregation_claimed(cfg: StackConfig, job_id: str) -> jobs.JobRecord | None:
     if job.state == jobs.RUNNING and not job.complete:
         return None  # a stray request: the counters are not complete
     if job.state in jobs.TERMINAL:
-        job_ended(cfg, job)  # a redelivery after a crash past the final state: finish handing over
+        # A redelivery after a crash past the final state: finish handing over and cleaning up.
+        job_ended(cfg, job)
+        if job.aggregation:
+            collated.drop_objects(cfg, job_id, job.aggregation)
         return None
     if job.state not in (jobs.RUNNING, jobs.FINALIZING) or not jobs.claim_finalize(
             cfg, job_id, LEASE_SECONDS, cfg.limits.aggregate_batches_per_invocation):

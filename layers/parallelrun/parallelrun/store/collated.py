@@ -13,10 +13,13 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
-from parallelrun.aws import dynamo
+from parallelrun.aws import dynamo, s3
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import usage
 from parallelrun.store import keys
+
+# The names of a range's two objects (keys.range_object_key): its output and its failure lines.
+RANGE_OUTPUT, RANGE_FAILURES = "output", "failures.jsonl"
 
 
 @dataclass
@@ -58,3 +61,13 @@ def summaries(cfg: StackConfig, job_id: str, aggregation: str) -> list[RangeSumm
     """The ranges recorded so far, in order."""
     return [RangeSummary.from_item(item) for item in
             dynamo.query_prefix(cfg.table, keys.job_pk(job_id), keys.collated_prefix(aggregation), consistent=True)]
+
+
+def drop_objects(cfg: StackConfig, job_id: str, aggregation: str, done: list[RangeSummary] | None = None) -> None:
+    """Delete the objects the aggregation's recorded ranges (``done``, else read) were written to.
+    Only once the job has ended: a join tried again must still find them; and again by a late
+    message, should the joiner have died in between."""
+    done = summaries(cfg, job_id, aggregation) if done is None else done
+    s3.delete_keys(cfg.artifacts_bucket, [
+        keys.range_object_key(job_id, aggregation, summary.number, name) for summary in done
+        for name, size in ((RANGE_OUTPUT, summary.output_bytes), (RANGE_FAILURES, summary.failures_bytes)) if size])
