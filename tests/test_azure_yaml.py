@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from parallelrun import aws
+from parallelrun.client import sdk
 from parallelrun.client.api import Client
 from parallelrun.client.cli import main
 from parallelrun.core import azure_yaml, settings
@@ -276,6 +276,13 @@ def test_the_cli_imports_azure_yaml_and_takes_v2_names_end_to_end(stack, tmp_pat
         2, 40, 0, 2, 4)
     assert job.output_uri == out and s.output_file_name == "predictions.csv"
     assert read_output(stack.cfg, job).splitlines() == [f"{i}.txt" for i in range(5)]
+    client = Client(stack.cfg)  # a schedule keeps its settings under one name each: its runs write below output_path
+    schedule = client.create_schedule(endpoint, f"nightly-{unique}", uri, "rate(1 day)",
+                                      {"append_row_to": f"{out}nightly/", "instance_count": 2})
+    assert schedule.settings == {"output_path": f"{out}nightly/", "node_count": 2}
+    client.delete_schedule(schedule.name)
+    again = sdk.Job(client, job.job_id).resubmit(max_concurrency_per_instance=1)  # over the kept setting
+    assert stack.run_until_done(again.job_id).settings.concurrency == 2  # 1 per instance, 2 instances
 
 
 def test_v2_names_are_one_setting_with_parallelrunconfigs(tmp_path):

@@ -67,7 +67,6 @@ AZURE_RUNTIME_PACKAGES = {
     "azureml-dataprep": "Azure mounts datasets with it; parallelrun's workers fetch inputs from S3",
 }
 _REASONS = {
-    "type": "pipeline component deployments are not supported: deploy a model with code_configuration",
     "build": "a Docker build context is not built here: list the packages under the conda file's pip:",
     "inference_config": "it configures Azure's online serving, which batch scoring here does not use",
     "variables": "set them in the deployment's settings.environment_variables",
@@ -150,7 +149,8 @@ def read_deployment(path: str | Path, limits: StackLimits | None = None) -> Depl
     legacy = "type" not in doc  # before type: (CLI 1.7) settings sat at the root; Azure reads them there
     _check_fields(doc, "", DEPLOYMENT_FIELDS + (SETTINGS_FIELDS if legacy else ()), source)
     if doc.get("type", "model") != "model":
-        raise _refuse(source, "type", doc["type"], _REASONS["type"])
+        raise _refuse(source, "type", doc["type"], "pipeline component deployments are not supported: deploy a "
+                                                   "model with code_configuration")
     base = source.parent
     notes = [f"compute {doc['compute']!r} is not used: the stack's workers run every job"] if "compute" in doc else []
     code_dir = entry_script = None
