@@ -131,8 +131,8 @@ def _check_file_or_options(args: argparse.Namespace, *names: str) -> None:
 
 
 def cmd_deployments_create(args: argparse.Namespace) -> int:
-    client = Client.connect(args.stack)
     _check_file_or_options(args, "endpoint", "name")
+    client = Client.connect(args.stack)
     if args.file is not None:
         d = client.create_deployment_from_file(args.file, args.endpoint, args.name, parse_assignments(args.set),
                                                args.default, on_note=_note)
