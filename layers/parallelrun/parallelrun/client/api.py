@@ -14,13 +14,13 @@ from typing import Any
 from parallelrun import aws
 from parallelrun.aws import s3
 from parallelrun.aws.config import StackConfig
-from parallelrun.client import report, sdk
+from parallelrun.client import azure_import, report, sdk
 from parallelrun.core.datasets import READY_MARKER, split_s3_uri
 from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
 from parallelrun.local import state
 from parallelrun.pipeline import lifecycle, planner, scheduling, submit
 from parallelrun.store import batches, endpoints, jobs, keys, registry, schedules
-from parallelrun.core import model_refs
+from parallelrun.core import model_refs, settings as run_settings
 
 
 class Client:
@@ -91,6 +91,20 @@ class Client:
                        settings: dict[str, Any] | None = None, make_default: bool = False) -> endpoints.Deployment:
         return endpoints.add_deployment(self.cfg, endpoint, name, code, entry_script, model, settings, make_default)
 
+    def create_endpoint_from_file(self, path: str | Path, name: str | None = None,
+                                  on_note: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """An endpoint from Azure ML v2 batch endpoint YAML, with no deployment yet; its first
+        deployment (or the one its defaults.deployment_name names) becomes its default."""
+        return azure_import.create_endpoint(self.cfg, path, name, on_note)
+
+    def create_deployment_from_file(self, path: str | Path, endpoint: str | None = None, name: str | None = None,
+                                    settings: dict[str, Any] | None = None, make_default: bool = False,
+                                    on_note: Callable[[str], None] | None = None) -> endpoints.Deployment:
+        """A deployment from Azure ML v2 batch deployment YAML as it is (see
+        :mod:`parallelrun.core.azure_yaml`); ``on_note`` hears what the YAML asks that works
+        otherwise here (an image, a compute target)."""
+        return azure_import.create_deployment(self.cfg, path, endpoint, name, settings, make_default, on_note)
+
     def deployments(self, endpoint: str) -> list[endpoints.Deployment]:
         return endpoints.list_deployments(self.cfg, endpoint)
 
@@ -122,7 +136,7 @@ class Client:
                  settings: dict[str, Any], model: str | None) -> tuple[str, str, dict[str, Any]]:
         """The endpoint, input URI and settings a job or a schedule runs with: a config deployed
         and its settings taken, a dataset's kind and partitions taken, ``settings`` over both."""
-        overrides = dict(settings)
+        overrides = run_settings.canonical(settings)  # a schedule keeps them, under one name each
         if isinstance(target, sdk.ParallelRunConfig):
             overrides = {**target.settings(), **overrides}
             target = self._deploy(target, model)

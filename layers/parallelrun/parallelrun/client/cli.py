@@ -67,11 +67,14 @@ def parser() -> argparse.ArgumentParser:
 
     endpoints = sub.add_parser("endpoints", help="Batch endpoints.").add_subparsers(
         dest="endpoints_command", required=True, metavar="COMMAND")
-    create = add(endpoints, "create", cmd_endpoints_create, "Create a batch endpoint with its default deployment.")
-    create.add_argument("name")
-    create.add_argument("--code", required=True, help="folder with the scoring code")
-    create.add_argument("--entry-script", required=True, help="the scoring script, relative to --code")
-    create.add_argument("--model", required=True, metavar="NAME[:VERSION]",
+    create = add(endpoints, "create", cmd_endpoints_create, "Create a batch endpoint with its default deployment, "
+                 "or from Azure ML v2 batch endpoint YAML (--file) with none yet.")
+    create.add_argument("name", nargs="?", help="the endpoint's name (with --file: default the YAML's name)")
+    create.add_argument("--file", default=None, metavar="ENDPOINT_YML",
+                        help="Azure ML v2 batch endpoint YAML; its first deployment becomes its default")
+    create.add_argument("--code", help="folder with the scoring code")
+    create.add_argument("--entry-script", help="the scoring script, relative to --code")
+    create.add_argument("--model", metavar="NAME[:VERSION]",
                         help="a registered model; per partition: a name template such as 'sales-{store}' "
                              "or tags such as 'tags:store={store}'")
     create.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a default run setting")
@@ -93,16 +96,22 @@ def parser() -> argparse.ArgumentParser:
 
     deployments = sub.add_parser("deployments", help="An endpoint's named deployments.").add_subparsers(
         dest="deployments_command", required=True, metavar="COMMAND")
-    dcreate = add(deployments, "create", cmd_deployments_create, "Add a deployment to an endpoint.")
-    dcreate.add_argument("endpoint")
-    dcreate.add_argument("name")
-    dcreate.add_argument("--code", required=True, help="folder with the scoring code")
-    dcreate.add_argument("--entry-script", required=True)
-    dcreate.add_argument("--model", required=True, metavar="NAME[:VERSION]",
+    dcreate = add(deployments, "create", cmd_deployments_create, "Add a deployment to an endpoint, or one read "
+                  "from Azure ML v2 batch deployment YAML (--file) as it is.")
+    dcreate.add_argument("endpoint", nargs="?", help="(with --file: default the YAML's endpoint_name)")
+    dcreate.add_argument("name", nargs="?", help="(with --file: default the YAML's name)")
+    dcreate.add_argument("--file", default=None, metavar="DEPLOYMENT_YML",
+                         help="Azure ML v2 batch deployment YAML: code_configuration, model, environment, "
+                              "resources and settings (--set wins over its settings)")
+    dcreate.add_argument("--code", help="folder with the scoring code")
+    dcreate.add_argument("--entry-script")
+    dcreate.add_argument("--model", metavar="NAME[:VERSION]",
                         help="a registered model; per partition: a name template such as 'sales-{store}' "
                              "or tags such as 'tags:store={store}'")
     dcreate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    dcreate.add_argument("--default", action="store_true", help="make it the endpoint's default")
+    dcreate.add_argument("--default", "--set-default", dest="default", action="store_true",
+                         help="make it the endpoint's default (an endpoint's first deployment is, unless it "
+                              "named another)")
     add(deployments, "list", cmd_deployments_list, "List an endpoint's deployments (* marks the default).").add_argument(
         "endpoint")
     for name, func, text in (("show", cmd_deployments_show, "Show a deployment."),

@@ -111,10 +111,37 @@ def cmd_endpoints_set_default(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
+def _check_file_or_options(args: argparse.Namespace, *names: str) -> None:
+    """--file or the options it replaces (--code, --entry-script, --model), and the positional
+    names the YAML may give."""
+    options = ("code", "entry_script", "model")
+    if args.file is not None:
+        given = [f"--{o.replace('_', '-')}" for o in options if getattr(args, o) is not None]
+        if given:
+            raise ParallelRunError(f"{', '.join(given)}: not with --file, whose YAML gives the code and model")
+        return
+    missing = [n.upper() for n in names if getattr(args, n) is None]
+    missing += [f"--{o.replace('_', '-')}" for o in options if getattr(args, o) is None]
+    if missing:
+        raise ParallelRunError(f"give {', '.join(missing)} (or --file with Azure ML v2 YAML)")
+
+
 def cmd_deployments_create(args: argparse.Namespace) -> int:
-    d = Client.connect(args.stack).add_deployment(args.endpoint, args.name, args.code, args.entry_script, args.model,
-                                                  parse_assignments(args.set), args.default)
-    print(f"created deployment {d.name} of endpoint {d.endpoint}" + (" (now the default)" if args.default else ""))
+    _check_file_or_options(args, "endpoint", "name")
+    client = Client.connect(args.stack)
+    if args.file is not None:
+        d = client.create_deployment_from_file(args.file, args.endpoint, args.name, parse_assignments(args.set),
+                                               args.default, on_note=_note)
+    else:
+        d = client.add_deployment(args.endpoint, args.name, args.code, args.entry_script, args.model,
+                                  parse_assignments(args.set), args.default)
+    default = client.endpoint(d.endpoint)["default_deployment"] == d.name
+    print(f"created deployment {d.name} of endpoint {d.endpoint} (model {d.model_label})"
+          + (", the endpoint's default" if default else ""))
     return 0
 
 
@@ -139,6 +166,15 @@ def cmd_deployments_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_endpoints_create(args: argparse.Namespace) -> int:
+    _check_file_or_options(args, "name")
+    if args.file is not None:
+        if args.set:
+            raise ParallelRunError("--set: not with --file; settings belong to deployments (their YAML, or "
+                                   "`deployments create ... --set`)")
+        endpoint = Client.connect(args.stack).create_endpoint_from_file(args.file, args.name, on_note=_note)
+        print(f"created endpoint {endpoint['name']} with no deployment yet: add one with "
+              f"`parallelrun deployments create {endpoint['name']} NAME --file deployment.yml`")
+        return 0
     deployment = Client.connect(args.stack).create_endpoint(args.name, args.code, args.entry_script, args.model,
                                                             parse_assignments(args.set))
     print(f"created endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script}, "
@@ -175,7 +211,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_endpoints_list(args: argparse.Namespace) -> int:
     for endpoint in Client.connect(args.stack).endpoints():
-        print(f"{endpoint['name']}\tdefault deployment: {endpoint['default_deployment']}")
+        print(f"{endpoint['name']}\tdefault deployment: {endpoint['default_deployment'] or '(none yet)'}")
     return 0
 
 

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from parallelrun.client.progress import progress_bar
 from parallelrun.core.errors import InputError
+from parallelrun.core.settings import canonical
 from parallelrun.scoring import azure
 from parallelrun.store import jobs, registry
 
@@ -199,5 +200,5 @@ class Job:
         kept = {f.name: value for f in dataclasses.fields(record.settings)
                 if (value := getattr(record.settings, f.name)) != f.default and f.default is not dataclasses.MISSING}
         kept.pop("output_path", None)  # a new job writes a new output
-        return self.client.submit(record.endpoint, inputs or record.input_uri, {**kept, **overrides},
+        return self.client.submit(record.endpoint, inputs or record.input_uri, {**kept, **canonical(overrides)},
                                   deployment=record.deployment.get("deployment"))

@@ -3,7 +3,7 @@
 Every value a user gives (``--set key=value``, a ``_READY`` marker's JSON body, an endpoint's
 defaults) passes through :func:`resolve`, which refuses a bad value with the setting's name,
 the value and what is allowed, so nothing invalid ever reaches a worker. What each setting may
-hold is :mod:`parallelrun.core.setting_rules`.
+hold is :mod:`parallelrun.core.setting_rules`; Azure ML v2's names for them are :data:`V2_NAMES`.
 """
 
 from __future__ import annotations
@@ -137,6 +137,49 @@ def side_input_uris(settings: RunSettings) -> dict[str, str]:
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(RunSettings))
 
+# Azure ML v2's names (batch deployments and parallel jobs) for ParallelRunConfig's settings: the
+# one place they are mapped, accepted wherever settings are given. max_retries counts tries, as
+# run_max_try does ("the number of maximum tries for a failed or timeout mini batch", range 1..:
+# https://learn.microsoft.com/en-us/python/api/azure-ai-ml/azure.ai.ml.entities.retrysettings);
+# mini_batch_error_threshold counts failed mini-batches, as allowed_failed_count does, not inputs
+# as error_threshold does; append_row_to is where the collated file goes, our output place
+# (https://learn.microsoft.com/en-us/azure/machine-learning/reference-yaml-job-parallel).
+V2_NAMES = {
+    "max_concurrency_per_instance": "process_count_per_node",
+    "instance_count": "node_count",
+    "mini_batch_error_threshold": "allowed_failed_count",
+    "retry_settings.max_retries": "run_max_try",
+    "retry_settings.timeout": "run_invocation_timeout",
+    "output_file_name": "append_row_file_name",
+    "append_row_to": "output_path",
+}
+
+
+def _named(overrides: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
+    """Each setting by ParallelRunConfig's name → (the name it was given under, its value). A
+    ``retry_settings`` object is read as its dotted names; one setting given under both its names
+    with different values is refused."""
+    given: list[tuple[str, Any]] = []
+    for name, value in overrides.items():
+        if name == "retry_settings" and isinstance(value, Mapping):
+            given.extend((f"retry_settings.{part}", inner) for part, inner in value.items())
+        else:
+            given.append((name, value))
+    named: dict[str, tuple[str, Any]] = {}
+    for name, value in given:
+        target = V2_NAMES.get(name, name)
+        if target in named and str(named[target][1]) != str(value):
+            first, other = named[target]
+            raise SettingsError(name, value, f"one value: {name} and {first} name one setting, and {first} is "
+                                f"given as {other!r}")
+        named[target] = (name, value)
+    return named
+
+
+def canonical(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` under ParallelRunConfig's names (see :data:`V2_NAMES`)."""
+    return {target: value for target, (_, value) in _named(overrides).items()}
+
 
 def resolve(
     overrides: Mapping[str, Any],
@@ -147,14 +190,15 @@ def resolve(
     limits = limits or StackLimits()
     rules = setting_rules.rules(limits)
     values: dict[str, Any] = {}
-    for name, value in overrides.items():
+    for name, (given, value) in _named(overrides).items():
         if name not in rules:
-            raise SettingsError(name, value, "known settings are " + ", ".join(sorted(rules)))
+            raise SettingsError(given, value, "known settings are " + ", ".join(sorted(rules)) +
+                                " (Azure ML v2's names too: " + ", ".join(sorted(V2_NAMES)) + ")")
         coerce, allowed = rules[name]
         try:
             values[name] = coerce(value)
         except (ValueError, TypeError, json.JSONDecodeError):
-            raise SettingsError(name, value, allowed) from None
+            raise SettingsError(given, value, allowed) from None
     settings = dataclasses.replace(base or RunSettings(), **values)
     check(settings, limits)
     return settings
@@ -196,7 +240,7 @@ def _check_batch_size(settings: RunSettings) -> None:
 def check_drop_overrides(overrides: Mapping[str, Any]) -> None:
     """Refuse a known setting a ``_READY`` marker may not set (see DROP_FOLDER_SETTINGS); unknown
     names are left to :func:`resolve`, which lists the known ones."""
-    for name, value in overrides.items():
+    for name, value in canonical(overrides).items():
         if name in SETTING_NAMES and name not in DROP_FOLDER_SETTINGS:
             raise SettingsError(name, value, "it cannot be set from a drop folder's _READY marker: set it with the "
                                 "CLI or SDK (submit --set) or in the deployment's settings")

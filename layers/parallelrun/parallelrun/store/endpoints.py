@@ -100,9 +100,7 @@ def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path
     """A deployment with every part checked (names, code, entry script, model, settings) and its
     code stored; nothing is written to the table yet."""
     for kind, value in (("endpoint", endpoint), ("deployment", name)):
-        if not _NAME.match(value):
-            raise InputError(f"{kind} name {value!r}: use lower-case letters, digits and '-' "
-                             "(an endpoint's name is a folder in the drop bucket)")
+        _check_name(kind, value)
     code_dir = Path(code_dir)
     if not code_dir.is_dir():
         raise InputError(f"--code {code_dir}: not a folder")
@@ -111,8 +109,14 @@ def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path
     model_name, model_version = check_model(cfg, model_ref)
     settings.resolve(overrides, limits=cfg.limits)
     return Deployment(endpoint=endpoint, name=name, code_sha=upload_code(cfg, code_dir), entry_script=entry_script,
-                      model_name=model_name, model_version=model_version, settings=dict(overrides),
+                      model_name=model_name, model_version=model_version, settings=settings.canonical(overrides),
                       created_at=time.time(), requirements=tuple(requirements))
+
+
+def _check_name(kind: str, value: str) -> None:
+    if not _NAME.match(value):
+        raise InputError(f"{kind} name {value!r}: use lower-case letters, digits and '-' "
+                         "(an endpoint's name is a folder in the drop bucket)")
 
 
 def check_model(cfg: StackConfig, model_ref: str) -> tuple[str, int | None]:
@@ -143,21 +147,35 @@ def create(
 ) -> Deployment:
     """Create endpoint ``name`` with one deployment, its default. Every part is checked first."""
     found = _deployment(cfg, name, deployment, code_dir, entry_script, model_ref, dict(overrides or {}), requirements)
-    _put_new(cfg, {**keys.endpoint_key(name), "name": name, "default_deployment": deployment,
-                   "created_at": dynamo.decimal(found.created_at, 3)}, f"endpoint {name!r}")
+    new_endpoint(cfg, name, deployment)
     dynamo.put(cfg.table, found.to_item())
     return found
+
+
+def new_endpoint(cfg: StackConfig, name: str, default_deployment: str = "") -> dict[str, Any]:
+    """Create endpoint ``name`` with no deployment yet (Azure's order: the endpoint, then its
+    deployments); ``default_deployment`` names the one new jobs will go to, else its first."""
+    _check_name("endpoint", name)
+    if default_deployment:
+        _check_name("deployment", default_deployment)
+    _put_new(cfg, {**keys.endpoint_key(name), "name": name, "default_deployment": default_deployment,
+                   "created_at": dynamo.decimal(time.time(), 3)}, f"endpoint {name!r}")
+    return {"name": name, "default_deployment": default_deployment}
 
 
 def add_deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path, entry_script: str,
                    model_ref: str, overrides: dict[str, Any] | None = None, make_default: bool = False,
                    requirements: tuple[str, ...] = ()) -> Deployment:
-    """Add a named deployment to an existing endpoint, optionally as its new default."""
-    get_endpoint(cfg, endpoint)
+    """Add a named deployment to an existing endpoint, optionally as its new default (an endpoint's
+    first deployment is its default unless the endpoint named another, as on Azure)."""
+    current = get_endpoint(cfg, endpoint)
     found = _deployment(cfg, endpoint, name, code_dir, entry_script, model_ref, dict(overrides or {}), requirements)
     _put_new(cfg, found.to_item(), f"deployment {name!r} of endpoint {endpoint!r}")
     if make_default:
         set_default(cfg, endpoint, name)
+    elif not current["default_deployment"]:  # conditional: of two first deployments, the first stays
+        dynamo.update_if(cfg.table, keys.endpoint_key(endpoint), "SET default_deployment = :d",
+                         "default_deployment = :none", {":d": name, ":none": ""})
     return found
 
 
@@ -209,7 +227,7 @@ def update(
     """Change a deployment (the default one unless named): new code, entry script, model or
     settings. Running jobs keep what they started with; new jobs and redrives get the change."""
     current = get_deployment(cfg, name, deployment)
-    merged = {**current.settings, **(overrides or {})}
+    merged = {**current.settings, **settings.canonical(overrides or {})}
     if code_dir is None:  # the stored code, with the new entry script, model or settings checked
         settings.resolve(merged, limits=cfg.limits)
         model_name, model_version = check_model(cfg, model_ref or current.model_ref)
@@ -228,6 +246,9 @@ def get_deployment(cfg: StackConfig, endpoint: str, deployment: str | None = Non
     """The named deployment of ``endpoint``, or its default one."""
     if deployment is None:
         deployment = get_endpoint(cfg, endpoint)["default_deployment"]
+        if not deployment:
+            raise NotFoundError(f"endpoint {endpoint!r} has no deployment yet: add one with "
+                                f"`parallelrun deployments create {endpoint} NAME ...`")
     item = dynamo.get(cfg.table, keys.deployment_key(endpoint, deployment))
     if not item:
         raise NotFoundError(f"endpoint {endpoint!r} has no deployment {deployment!r}")
