@@ -138,10 +138,12 @@ def _tag_filter(tags: Any) -> list[tuple[str, str | None]]:
 
 class Model:
     """A registered model version; ``Model(ws, name, version=None)`` (the latest when no version)
-    or ``Model(ws, id="name:version")``."""
+    or ``Model(ws, id="name:version")``; ``name``, ``version``, ``tags``, ``description``, ``id``."""
 
     def __init__(self, workspace: Any = None, name: str | None = None, id: str | None = None,  # noqa: A002 - Azure's name
                  tags: Any = None, properties: Any = None, version: int | str | None = None, **kwargs: Any) -> None:
+        if isinstance(id, int):  # Model(ws, name, 3): a version where Azure's third place is id=
+            id, version = None, id
         if id:
             name, _, found = id.partition(":")
             version = found or version

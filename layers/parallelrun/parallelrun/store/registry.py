@@ -44,8 +44,8 @@ class ModelVersion:
     description: str = ""
     created_at: float = 0.0
     archived: bool = False
-    # A folder model's own name: Azure puts it at AZUREML_MODEL_DIR/<folder>/..., so scripts
-    # join or glob it (https://learn.microsoft.com/en-us/azure/machine-learning/how-to-batch-scoring-script).
+    # A folder model's own name ("" for a single file): Azure puts it at AZUREML_MODEL_DIR/<folder>/...,
+    # so scripts join or glob it (https://learn.microsoft.com/en-us/azure/machine-learning/how-to-batch-scoring-script).
     folder: str = DEFAULT_FOLDER
 
     @property
@@ -73,7 +73,7 @@ class ModelVersion:
             files=tuple(item["files"]), single_file=bool(item["single_file"]),
             tags=dict(item.get("tags") or {}), description=item.get("description", ""),
             created_at=float(item.get("created_at", 0)), archived=bool(item.get("archived", False)),
-            folder=item.get("folder") or DEFAULT_FOLDER,
+            folder=item.get("folder", DEFAULT_FOLDER),
         )
 
 
@@ -117,7 +117,7 @@ def register(
     model = ModelVersion(
         name=name, version=int(counter["latest"]), sha256=sha, files=tuple(files),
         single_file=path.is_file(), tags=dict(tags or {}), description=description, created_at=time.time(),
-        folder=path.resolve().name or DEFAULT_FOLDER,
+        folder=(path.resolve().name or DEFAULT_FOLDER) if path.is_dir() else "",
     )
     for rel in files:
         s3.upload_file(path if path.is_file() else path / rel, cfg.artifacts_bucket, model.prefix + rel)
