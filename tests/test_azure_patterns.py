@@ -99,7 +99,7 @@ def test_a_v2_script_with_its_own_outputs_a_generator_and_the_v1_layout(stack, t
     registry.register(stack.cfg, _pickle(tmp_path / "v1.pkl", {"offset": 100}), "v1-model")
     code = _code(tmp_path, "v2", {"score.py": V2, "labels.txt": "LBL\n"})
     endpoints.create(stack.cfg, "azv2", code, "score.py", "v2-model", {
-        "arguments": "--model ${{inputs.model}} --out ${{outputs.score}}", "mini_batch_size": "2"})
+        "arguments": "--model ${{inputs.score_model}} --out ${{outputs.score}}", "mini_batch_size": "2"})
     put_files(stack.cfg, "azv2/r/", ["a.txt", "b.txt", "c.txt"], lambda name: str(" abc".index(name[0])).encode())
     job = stack.run_until_done(start(stack, "azv2", "azv2/r/").job_id)
     assert job.state == jobs.SUCCEEDED, job.reason

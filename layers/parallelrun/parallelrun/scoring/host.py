@@ -111,23 +111,24 @@ class ScoringHost:
         self.conn = parent
 
     def _resolve(self, found: re.Match, model_path: str) -> str:
-        """What an argument's reference names: ``{side_input:NAME}`` or ``${{inputs.NAME}}`` a side
-        input's local path (``${{inputs.model}}`` or the model's name: the model's file or folder),
-        ``${{outputs.NAME}}`` the folder collected into the job's output, as Azure's parallel jobs
-        resolve them (https://learn.microsoft.com/en-us/azure/machine-learning/how-to-use-parallel-job-in-pipeline)."""
+        """What an argument's reference names, as Azure's parallel jobs resolve program_arguments
+        (https://learn.microsoft.com/en-us/azure/machine-learning/reference-yaml-job-parallel):
+        ``{side_input:NAME}`` and ``${{inputs.NAME}}`` a side input's local path, any other
+        ``${{inputs.NAME}}`` the deployment's model (Azure's samples call it ``model`` or
+        ``score_model``: its file or folder), ``${{outputs.NAME}}`` the folder collected into the
+        job's output (a job has one output folder, so every output name is it)."""
         kind, name = found.group("kind"), found.group("side") or found.group("azure")
         if kind == "outputs":
             return str(self.entry_dirs["output"])
         if name in self.side_inputs:
             return self.side_inputs[name]
-        if kind and name in ("model", self.deployment["model_name"]):
-            if not model_path:
-                raise ScoringScriptError(f"arguments name {found.group(0)}, but this deployment picks its model per "
-                                         "partition: read mini_batch_context.model_path in run()")
-            return model_path
-        model = " (and ${{inputs.model}}, the model)" if kind else ""
-        raise ScoringScriptError(f"arguments name {'side input ' + repr(name) if not kind else found.group(0)}, but the "
-                                 f"job's side inputs are {sorted(self.side_inputs) or 'none'}{model}")
+        if not kind:
+            raise ScoringScriptError(f"arguments name side input {name!r}, but the job's side inputs are "
+                                     f"{sorted(self.side_inputs) or 'none'}")
+        if not model_path:
+            raise ScoringScriptError(f"arguments name {found.group(0)}, which is no side input, and this deployment picks "
+                                     "its model per partition: read mini_batch_context.model_path in run()")
+        return model_path
 
     def run(self, mini_batch: Any, context: MiniBatchContext, timeout: float,
             deadline: float = float("inf")) -> Outcome:
