@@ -208,7 +208,7 @@ def find(cfg: StackConfig, name: str | None = None, tags: list[tuple[str, str | 
     if latest:
         newest: dict[str, ModelVersion] = {}
         for model in found:
-            if model.version > newest.get(model.name, model).version or model.name not in newest:
+            if model.name not in newest or model.version > newest[model.name].version:
                 newest[model.name] = model
         found = list(newest.values())
     return sorted(found, key=lambda m: (m.name, m.version))
