@@ -55,6 +55,11 @@ def init():
     workspace = Run.get_context().experiment.workspace
     copy = Model(workspace, name="v1-model", version=1).download(target_dir="downloaded", exist_ok=True)
     assert os.path.basename(v1) == os.path.basename(copy) == "v1.pkl" and open(copy, "rb").read() == open(v1, "rb").read()
+    try:  # the worker's answer when the registry has no such model: the error, raised here
+        Model(workspace, "no-such-model")
+        raise AssertionError("found a model never registered")
+    except Exception as error:
+        assert type(error).__name__ == "NotFoundError" and "no model 'no-such-model'" in str(error), error
     EntryScript().logger.info("init done")
 
 def run(mini_batch, mini_batch_context):
