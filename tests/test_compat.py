@@ -19,9 +19,9 @@ from tests.test_pipeline import start
 
 
 def test_shims_give_azure_names_only_where_azure_is_absent(monkeypatch):
-    for name in [n for n in sys.modules if n.startswith(("azureml", "azureml_user"))]:
+    for name in [n for n in sys.modules if n.startswith(("azureml", "azureml_user", "entry_script"))]:
         monkeypatch.delitem(sys.modules, name)
-    assert azure.install() == ["azureml.core", "azureml_user.parallel_run"]
+    assert azure.install() == ["azureml.core", "azureml_user.parallel_run", "entry_script"]
     from azureml.core import Model, Run
     from azureml.core.model import Model as ModelToo
     from azureml_user.parallel_run import EntryScript
@@ -32,7 +32,7 @@ def test_shims_give_azure_names_only_where_azure_is_absent(monkeypatch):
     assert EntryScript().output_dir == "/tmp/out" and EntryScript().logger.name == "azureml_user.entry_script"
     # A real package wins: the shim stays out.
     monkeypatch.setattr(azure, "_importable", lambda name: True)
-    for name in [n for n in sys.modules if n.startswith(("azureml", "azureml_user"))]:
+    for name in [n for n in sys.modules if n.startswith(("azureml", "azureml_user", "entry_script"))]:
         monkeypatch.delitem(sys.modules, name)
     assert azure.install() == []
     with pytest.raises(ImportError):

@@ -50,3 +50,15 @@ class StackError(ParallelRunError):
 
 class ExpressionError(ParallelRunError):
     """A schedule expression (``rate(...)`` or ``cron(...)``) that EventBridge would refuse or that never fires."""
+
+
+class AzureOnlyError(ParallelRunError):
+    """An Azure ML call an entry script made that needs Azure itself (a workspace by its ids, a
+    dataset or datastore by name): raised at the call, naming it and what to use instead."""
+
+    def __init__(self, call: str, instead: str) -> None:
+        self.call, self.instead = call, instead
+        super().__init__(f"{call} needs Azure ML itself, which a parallelrun job does not reach: {instead}")
+
+    def __reduce__(self) -> tuple:  # crosses the scoring process's pipe as itself
+        return type(self), (self.call, self.instead)

@@ -198,7 +198,9 @@ def score(cfg: StackConfig, job: jobs.JobRecord, index: int, items: list, attemp
             scored.failed += unreadable
         scored.unscored += len(unreadable)
         capture.lines += scored.log_lines
+        host.register_models(job.job_id, index)  # before the commit: a rerun finds them claimed
     finally:
+        host.drop_registrations()
         collect_entry_dirs(cfg, job, host)
         logging.getLogger().removeHandler(capture)
         shutil.rmtree(folder, ignore_errors=True)  # /tmp is small on Lambda

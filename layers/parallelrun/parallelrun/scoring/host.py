@@ -16,6 +16,7 @@ import functools
 import multiprocessing
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -26,14 +27,17 @@ from parallelrun.aws import control
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import model_refs, results, safepath
 from parallelrun.core import settings as settings_module
-from parallelrun.core.errors import ScoringScriptError
+from parallelrun.core.errors import ParallelRunError, ScoringScriptError, StackError
 from parallelrun.core.settings import RunSettings
 from parallelrun.scoring import child, credentials, modelfiles
+from parallelrun.scoring.azure_workspace import Registration
 from parallelrun.scoring.child import Failure, MiniBatchContext
 from parallelrun.scoring.code import code_dir, fetch_side_inputs
 from parallelrun.store import registry
 
 INIT_WAIT_LIMIT = 900  # seconds: no invocation lasts longer (Lambda's limit)
+# An argument's reference: {side_input:NAME}, or Azure's ${{inputs.NAME}} / ${{outputs.NAME}}.
+_REFERENCE = re.compile(r"\{side_input:(?P<side>[^}]+)\}|\$\{\{\s*(?P<kind>inputs|outputs)\.(?P<azure>[A-Za-z0-9_.-]+)\s*\}\}")
 
 
 class AttemptFailed(Exception):
@@ -62,25 +66,29 @@ class ScoringHost:
         self.side_inputs: dict[str, str] = {}
         # EntryScript().output_dir and .log_dir: what the script leaves there after a mini-batch
         # is moved to that mini-batch's job (a scoring process runs one mini-batch at a time).
-        self.entry_dirs = {name: safepath.ENTRY / f"{os.getpid()}-{id(self)}" / name
-                           for name in ("output", "logs")}
+        own = safepath.ENTRY / f"{os.getpid()}-{id(self)}"
+        self.entry_dirs = {name: own / name for name in ("output", "logs")}
+        # Its working directory, and where the models it registers wait for register_models().
+        self.work_dir, self.staging = own / "work", own / "registrations"
+        self.registrations: list[Registration] = []  # of the running mini-batch's successful run() calls
         for folder in self.entry_dirs.values():
             folder.mkdir(parents=True, exist_ok=True)
 
     def _start(self) -> None:
         self.side_inputs = fetch_side_inputs(settings_module.side_input_uris(self.settings))
-        arguments = tuple(re.sub(r"\{side_input:([^}]+)\}", lambda m: self._side_path(m.group(1)), word)
-                          for word in self.settings.arguments)
-        settings = dataclasses.replace(self.settings, arguments=arguments)
         root = code_dir(self.cfg, self.deployment["code_sha"])  # verified here, before any import
         # What the script may read itself, through the SDK (the worker fetches all of it anyway).
         reads = list(settings_module.side_input_uris(self.settings).values())
-        if model_refs.is_per_partition(self.deployment["model_name"]):
-            model_path, single_file = "", False  # each mini-batch brings its partition's model
-        else:
+        model_path = ""  # a deployment that picks a model per partition: each mini-batch brings its own
+        if not model_refs.is_per_partition(self.deployment["model_name"]):
             model = registry.get(self.cfg, self.deployment["model_name"], self.deployment["model_version"])
-            model_path, single_file = modelfiles.local_path(self.cfg, model), model.single_file
+            model_path = modelfiles.local_path(self.cfg, model)
             reads.append(f"s3://{self.cfg.artifacts_bucket}/{model.prefix}")
+        settings = dataclasses.replace(self.settings, arguments=tuple(
+            _REFERENCE.sub(lambda m: self._resolve(m, model_path), word) for word in self.settings.arguments))
+        for folder in (self.work_dir, self.staging):  # what an earlier scoring process left goes
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
         credentials.protect_from_children()
         policy = credentials.read_policy(reads, credentials.role_arn().split(":")[1])
         # The worker's own STS client, bound now: renewals run on a thread later, when the shared
@@ -90,10 +98,11 @@ class ScoringHost:
                                                safepath.CACHE_ROOT / "credentials" / f"{os.getpid()}-{id(self)}")
         context = multiprocessing.get_context("spawn")  # never fork a process that holds client threads
         parent, child_end = context.Pipe()
+        folders = {**{k: str(v) for k, v in self.entry_dirs.items()}, "work": str(self.work_dir),
+                   "registrations": str(self.staging)}
         self.process = context.Process(
             target=child.main, name="parallelrun-scoring", daemon=True,
-            args=(child_end, str(root), self.deployment, settings.to_json(), model_path, single_file,
-                  {k: str(v) for k, v in self.entry_dirs.items()}),
+            args=(child_end, str(root), self.deployment, settings.to_json(), model_path, folders),
         )
         with scoped.applied():
             self.process.start()
@@ -101,11 +110,25 @@ class ScoringHost:
         child_end.close()
         self.conn = parent
 
-    def _side_path(self, name: str) -> str:
-        if name not in self.side_inputs:
+    def _resolve(self, found: re.Match, model_path: str) -> str:
+        """What an argument's reference names, as Azure's parallel jobs resolve program_arguments
+        (https://learn.microsoft.com/en-us/azure/machine-learning/reference-yaml-job-parallel):
+        ``{side_input:NAME}`` and ``${{inputs.NAME}}`` a side input's local path, any other
+        ``${{inputs.NAME}}`` the deployment's model (Azure's samples call it ``model`` or
+        ``score_model``: its file or folder), ``${{outputs.NAME}}`` the folder collected into the
+        job's output (a job has one output folder, so every output name is it)."""
+        kind, name = found.group("kind"), found.group("side") or found.group("azure")
+        if kind == "outputs":
+            return str(self.entry_dirs["output"])
+        if name in self.side_inputs:
+            return self.side_inputs[name]
+        if not kind:
             raise ScoringScriptError(f"arguments name side input {name!r}, but the job's side inputs are "
                                      f"{sorted(self.side_inputs) or 'none'}")
-        return self.side_inputs[name]
+        if not model_path:
+            raise ScoringScriptError(f"arguments name {found.group(0)}, which is no side input, and this deployment picks "
+                                     "its model per partition: read mini_batch_context.model_path in run()")
+        return model_path
 
     def run(self, mini_batch: Any, context: MiniBatchContext, timeout: float,
             deadline: float = float("inf")) -> Outcome:
@@ -121,33 +144,81 @@ class ScoringHost:
         assert self.conn is not None and self.process is not None
         context.side_inputs = dict(self.side_inputs)
         self.conn.send((mini_batch, context.__dict__))
-        if not self.conn.poll(timeout):
-            self.stop()
-            raise AttemptFailed(Failure("RunTimeout", f"run() took longer than run_invocation_timeout={timeout:g} s; "
-                                                      "the scoring process was stopped"))
         try:
-            status, payload, log_lines = self.conn.recv()
+            reply = self._reply(timeout)
         except (EOFError, OSError):
             code = self.process.exitcode if self.process.join(5) is None else None
             self.stop()
             raise AttemptFailed(Failure("ScoringProcessDied", f"the scoring process died (exit code {code}): "
                                                               "killed, out of memory or crashed in native code"))
+        if reply is None:
+            self.stop()
+            raise AttemptFailed(Failure("RunTimeout", f"run() took longer than run_invocation_timeout={timeout:g} s; "
+                                                      "the scoring process was stopped"))
+        status, payload, log_lines = reply
         if status == "ok":
+            self.registrations += payload["registrations"]
             return Outcome(payload["rows"], log_lines, payload["header"])
         raise AttemptFailed(Failure(*payload), log_lines)
 
+    def _reply(self, wait: float) -> tuple | None:
+        """The scoring process's reply within ``wait`` seconds (None if none came), answering its
+        questions to the worker meanwhile; raises EOFError or OSError if it died."""
+        assert self.conn is not None
+        end = time.monotonic() + wait
+        while wait > 0 and self.conn.poll(max(0.0, end - time.monotonic())):
+            message = self.conn.recv()
+            if message[0] != "ask":
+                return message
+            self.conn.send(self._answer(*message[1]))
+        return None
+
+    def _answer(self, request: str, arguments: tuple) -> tuple[str, Any]:
+        """A registry lookup the scoring process cannot make with its credentials: ("answer", the
+        value) or ("refused", the error to raise there). Models fetched for it stay on disk within
+        the job's ``model_cache_size``, as partition models do."""
+        try:
+            if request == "model":
+                model = registry.get(self.cfg, *arguments)
+                return "answer", (model, modelfiles.partition_model_path(self.cfg, model, self.settings.model_cache_bytes))
+            if request == "models":
+                return "answer", registry.find(self.cfg, *arguments)
+            raise ScoringScriptError(f"the scoring process asked for {request!r}, which the worker does not answer")
+        except ParallelRunError as error:
+            return "refused", error
+        except Exception as error:  # the registry unreachable: the script sees why, as an error of ours
+            return "refused", StackError(f"the model registry could not be read: {type(error).__name__}: {error}")
+
+    def register_models(self, job_id: str, index: int) -> None:
+        """Register what the mini-batch's run() calls registered, now that it succeeded, each
+        under a claim naming the mini-batch and the registration's place in it, so that a retried
+        or duplicated mini-batch returns the version the first made instead of making another."""
+        seen: dict[str, int] = {}
+        try:
+            for made in self.registrations:
+                seen[made.name] = seen.get(made.name, -1) + 1
+                registry.register(self.cfg, made.path, made.name, made.tags, made.description,
+                                  claim=f"{job_id}/{index}/{seen[made.name]}")
+        finally:
+            self.drop_registrations()
+
+    def drop_registrations(self) -> None:
+        """Forget the staged registrations (a failed attempt's are never registered)."""
+        self.registrations = []
+        for staged in self.staging.glob("*"):
+            shutil.rmtree(staged, ignore_errors=True)
+
     def _await_init(self, deadline: float) -> None:
         """Wait for ``init()``: it has the invocation's time, not run()'s (a big model loads slowly)."""
-        assert self.conn is not None
-        wait = min(deadline - time.time(), INIT_WAIT_LIMIT)
-        if wait <= 0 or not self.conn.poll(wait):
-            self.stop()
-            raise AttemptFailed(Failure("InitTimeout", "init() did not finish in the time the invocation had left"))
         try:
-            status, payload, log_lines = self.conn.recv()
+            reply = self._reply(min(deadline - time.time(), INIT_WAIT_LIMIT))
         except (EOFError, OSError):
             self.stop()
             raise AttemptFailed(Failure("ScoringProcessDied", "the scoring process died during init()")) from None
+        if reply is None:
+            self.stop()
+            raise AttemptFailed(Failure("InitTimeout", "init() did not finish in the time the invocation had left"))
+        status, payload, log_lines = reply
         if status != "ready":
             self.stop()  # init() failed: a later attempt starts afresh
             raise AttemptFailed(Failure(*payload), log_lines)

@@ -11,6 +11,7 @@ pk                              sk                            what
 ``JOB#<id>``                    ``USAGE#<ns>#<nonce>``        what an invocation used for a job
 ``JOB#<id>#<shard>``            ``BATCH#<index>``             a finished mini-batch
 ``MODEL#<name>``                ``V#<version>``, ``COUNTER``  a model's versions, its last number
+``MODEL#<name>``                ``CLAIM#<claim>``             the version a claimed registration made
 ``ENDPOINT#<name>``             ``ENDPOINT``,                 an endpoint, its deployments
                                 ``DEPLOYMENT#<name>``
 ``SCHEDULE#<name>``             ``SCHEDULE``                  a schedule
@@ -142,6 +143,11 @@ def model_key(name: str, version: int) -> dict[str, str]:
 def model_counter_key(name: str) -> dict[str, str]:
     """The item whose ``latest`` numbers a model's versions."""
     return {"pk": model_pk(name), "sk": "COUNTER"}
+
+
+def model_claim_key(name: str, claim: str) -> dict[str, str]:
+    """The item naming the version a registration with ``claim`` made (one per claim, ever)."""
+    return {"pk": model_pk(name), "sk": f"CLAIM#{claim}"}
 
 
 def endpoint_pk(name: str) -> str:

@@ -28,6 +28,11 @@ from parallelrun.core.model_refs import MODEL_NAME
 
 
 
+# The folder name a folder model registered before versions kept theirs is given: the name
+# Azure's own samples register their folders under, and the one an S3 prefix was always given.
+DEFAULT_FOLDER = "model"
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     name: str
@@ -39,17 +44,26 @@ class ModelVersion:
     description: str = ""
     created_at: float = 0.0
     archived: bool = False
+    # A folder model's own name ("" for a single file): Azure puts it at AZUREML_MODEL_DIR/<folder>/...,
+    # so scripts join or glob it (https://learn.microsoft.com/en-us/azure/machine-learning/how-to-batch-scoring-script).
+    folder: str = DEFAULT_FOLDER
 
     @property
     def prefix(self) -> str:
         return keys.model_prefix(self.name, self.version)
+
+    @property
+    def local_name(self) -> str:
+        """What the model is called on local disk, below its version's folder: its file's name,
+        or its folder's."""
+        return self.files[0] if self.single_file else self.folder
 
     def to_item(self) -> dict[str, Any]:
         return {
             **keys.model_key(self.name, self.version), "name": self.name,
             "version": self.version, "sha256": self.sha256, "files": list(self.files),
             "single_file": self.single_file, "tags": self.tags, "description": self.description,
-            "created_at": dynamo.decimal(self.created_at, 3), "archived": self.archived,
+            "created_at": dynamo.decimal(self.created_at, 3), "archived": self.archived, "folder": self.folder,
         }
 
     @classmethod
@@ -59,6 +73,7 @@ class ModelVersion:
             files=tuple(item["files"]), single_file=bool(item["single_file"]),
             tags=dict(item.get("tags") or {}), description=item.get("description", ""),
             created_at=float(item.get("created_at", 0)), archived=bool(item.get("archived", False)),
+            folder=item.get("folder", DEFAULT_FOLDER),
         )
 
 
@@ -76,29 +91,60 @@ def content(path: Path) -> tuple[list[str], str]:
 
 
 def register(
-    cfg: StackConfig, path: str | Path, name: str, tags: dict[str, str] | None = None, description: str = ""
+    cfg: StackConfig, path: str | Path, name: str, tags: dict[str, str] | None = None, description: str = "",
+    claim: str | None = None,
 ) -> ModelVersion:
     """Upload ``path`` (a local file or folder, or an ``s3://`` object or prefix such as a
-    training job's output) as the next version of model ``name``."""
+    training job's output) as the next version of model ``name``.
+
+    With ``claim`` (a name for this one registration, such as a mini-batch's), registering again
+    under the same claim makes no second version: it returns the version the first made. The
+    claim and the version are written in one transaction, so of two registrations racing under
+    one claim exactly one version is recorded; the loser's number stays unused."""
     if str(path).startswith("s3://"):
         with tempfile.TemporaryDirectory() as tmp:
-            return register(cfg, _download(str(path), Path(tmp)), name, tags, description)
+            return register(cfg, _download(str(path), Path(tmp)), name, tags, description, claim)
     path = Path(path)
     if not MODEL_NAME.match(name):
         raise InputError(f"model name {name!r}: use letters, digits, '_', '.', '-' (at most 64, starting alphanumeric)")
     if not path.exists():
         raise InputError(f"model path {path} does not exist")
+    if claim is not None and (made := _claimed(cfg, name, claim)) is not None:
+        return made
     files, sha = content(path)
     counter = dynamo.update(cfg.table, keys.model_counter_key(name), "ADD latest :one", {":one": 1},
                             returns="UPDATED_NEW")
     model = ModelVersion(
         name=name, version=int(counter["latest"]), sha256=sha, files=tuple(files),
         single_file=path.is_file(), tags=dict(tags or {}), description=description, created_at=time.time(),
+        folder=(path.resolve().name or DEFAULT_FOLDER) if path.is_dir() else "",
     )
     for rel in files:
         s3.upload_file(path if path.is_file() else path / rel, cfg.artifacts_bucket, model.prefix + rel)
-    dynamo.put(cfg.table, model.to_item())
+    if claim is None:
+        dynamo.put(cfg.table, model.to_item())
+        return model
+    new = "attribute_not_exists(pk)"
+    try:
+        dynamo.transact([
+            {"Put": {"TableName": cfg.table, "Item": dynamo.serialize(model.to_item()), "ConditionExpression": new}},
+            {"Put": {"TableName": cfg.table, "ConditionExpression": new, "Item": dynamo.serialize(
+                {**keys.model_claim_key(name, claim), "version": model.version})}},
+        ])
+    except Exception as error:
+        if not dynamo.is_conditional_failure(error):
+            raise
+        # Another registration under this claim won: this number stays unused. Its files stay
+        # under a prefix no version names (the worker, which registers, may not delete objects).
+        made = _claimed(cfg, name, claim)
+        assert made is not None, "a lost claim names the version that won it"
+        return made
     return model
+
+
+def _claimed(cfg: StackConfig, name: str, claim: str) -> ModelVersion | None:
+    item = dynamo.get(cfg.table, keys.model_claim_key(name, claim), consistent=True)
+    return get(cfg, name, int(item["version"])) if item else None
 
 
 def _download(uri: str, folder: Path) -> Path:
@@ -112,7 +158,8 @@ def _download(uri: str, folder: Path) -> Path:
             return target
         except ClientError:
             key += "/"
-    root = folder / "model"
+    # The prefix's last segment names the folder, as a local folder's name does.
+    root = safepath.inside(folder, posixpath.basename(key.rstrip("/")) or DEFAULT_FOLDER, f"model {uri}: the folder")
     if not aws.download_prefix(bucket, key, root):
         raise InputError(f"model {uri}: no object there")
     return root
@@ -145,3 +192,23 @@ def list_models(cfg: StackConfig, tags: dict[str, str] | None = None) -> list[Mo
     wanted = tags or {}
     return sorted((m for m in found if all(m.tags.get(k) == v for k, v in wanted.items())),
                   key=lambda m: (m.name, m.version))
+
+
+def find(cfg: StackConfig, name: str | None = None, tags: list[tuple[str, str | None]] | tuple = (),
+         latest: bool = False) -> list[ModelVersion]:
+    """The versions not archived that match, as Azure's ``Model.list`` filters: ``name``, and
+    each tag ``(key, value)``, or ``(key, None)`` for any value of ``key``; with ``latest`` only
+    each name's newest. One Scan (or one Query for a name): a registry holds few items."""
+    if name is not None:
+        items = dynamo.query_prefix(cfg.table, keys.model_pk(name), keys.VERSION_PREFIX)
+        candidates = [ModelVersion.from_item(i) for i in items]
+    else:
+        candidates = list_models(cfg, {k: v for k, v in tags if v is not None})
+    found = [m for m in candidates if not m.archived and all(k in m.tags and v in (None, m.tags[k]) for k, v in tags)]
+    if latest:
+        newest: dict[str, ModelVersion] = {}
+        for model in found:
+            if model.name not in newest or model.version > newest[model.name].version:
+                newest[model.name] = model
+        found = list(newest.values())
+    return sorted(found, key=lambda m: (m.name, m.version))
