@@ -152,7 +152,8 @@ def test_a_marker_over_a_bound_is_a_failed_job_naming_the_limit(stack, endpoint)
 def test_no_source_may_set_a_runtime_variable(stack, endpoint):
     folder = f"s3://{stack.cfg.input_bucket}/{endpoint}/env/"
     put_files(stack.cfg, f"{endpoint}/env/", ["a.txt"])
-    for name in ("AZUREML_MODEL_DIR", "PARALLELRUN_FAULTS", "AWS_ENDPOINT_URL", "PYTHONPATH", "LD_PRELOAD", "https_proxy"):
+    for name in ("AZUREML_MODEL_DIR", "AZUREML_BI_OUTPUT_PATH", "PARALLELRUN_FAULTS", "AWS_ENDPOINT_URL", "PYTHONPATH",
+                 "LD_PRELOAD", "https_proxy"):
         with pytest.raises(SettingsError, match=f"{name} is parallelrun's, the AWS SDK's"):
             Client(stack.cfg).submit(endpoint, folder, {"environment_variables": {name: "x"}})
     job = Client(stack.cfg).submit(endpoint, folder, {"environment_variables": {"MODE": "fast"}})

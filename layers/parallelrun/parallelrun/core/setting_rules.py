@@ -63,11 +63,12 @@ MAX_ENV_VARIABLES, MAX_ENV_VALUE_CHARS = 50, 1024
 MAX_OUTPUT_PREFIX_BYTES = 512
 MAX_PATTERN_CHARS = 1024
 
-# Variables that steer the scoring process's runtime rather than the script: where the model is,
-# parallelrun's own switches, the AWS SDK's credentials and endpoints, the interpreter's import
-# path, the dynamic linker, and where HTTPS goes and which certificates it trusts.
+# Variables that steer the scoring process's runtime rather than the script: where the model is
+# and where the files it writes are collected from, parallelrun's own switches, the AWS SDK's
+# credentials and endpoints, the interpreter's import path, the dynamic linker, and where HTTPS
+# goes and which certificates it trusts.
 RESERVED_ENV_NAMES = frozenset({
-    "AZUREML_MODEL_DIR", "PATH", "HOME", "TMPDIR", "TMP", "TEMP", "TZ", "_HANDLER", "_X_AMZN_TRACE_ID",
+    "AZUREML_MODEL_DIR", "AZUREML_BI_OUTPUT_PATH", "PATH", "HOME", "TMPDIR", "TMP", "TEMP", "TZ", "_HANDLER", "_X_AMZN_TRACE_ID",
     "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR",
     "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
 })
