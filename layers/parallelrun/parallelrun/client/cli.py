@@ -69,8 +69,9 @@ def parser() -> argparse.ArgumentParser:
         dest="endpoints_command", required=True, metavar="COMMAND")
     create = add(endpoints, "create", cmd_endpoints_create, "Create a batch endpoint with its default deployment.")
     create.add_argument("name")
-    create.add_argument("--code", required=True, help="folder with the scoring code")
-    create.add_argument("--entry-script", required=True, help="the scoring script, relative to --code")
+    create.add_argument("--code", default=None, help="folder with the scoring code (none for a no-code deployment of "
+                        "an MLflow, scikit-learn or ONNX model)")
+    create.add_argument("--entry-script", default=None, help="the scoring script, relative to --code")
     create.add_argument("--model", required=True, metavar="NAME[:VERSION]",
                         help="a registered model; per partition: a name template such as 'sales-{store}' "
                              "or tags such as 'tags:store={store}'")
@@ -96,8 +97,9 @@ def parser() -> argparse.ArgumentParser:
     dcreate = add(deployments, "create", cmd_deployments_create, "Add a deployment to an endpoint.")
     dcreate.add_argument("endpoint")
     dcreate.add_argument("name")
-    dcreate.add_argument("--code", required=True, help="folder with the scoring code")
-    dcreate.add_argument("--entry-script", required=True)
+    dcreate.add_argument("--code", default=None, help="folder with the scoring code (none for a no-code deployment "
+                         "of an MLflow, scikit-learn or ONNX model)")
+    dcreate.add_argument("--entry-script", default=None)
     dcreate.add_argument("--model", required=True, metavar="NAME[:VERSION]",
                         help="a registered model; per partition: a name template such as 'sales-{store}' "
                              "or tags such as 'tags:store={store}'")

@@ -72,7 +72,8 @@ class ScoringHost:
         arguments = tuple(re.sub(r"\{side_input:([^}]+)\}", lambda m: self._side_path(m.group(1)), word)
                           for word in self.settings.arguments)
         settings = dataclasses.replace(self.settings, arguments=arguments)
-        root = code_dir(self.cfg, self.deployment["code_sha"])  # verified here, before any import
+        # Verified here, before any import; a no-code deployment has no code to verify.
+        root = code_dir(self.cfg, self.deployment["code_sha"]) if self.deployment["code_sha"] else ""
         # What the script may read itself, through the SDK (the worker fetches all of it anyway).
         reads = list(settings_module.side_input_uris(self.settings).values())
         if model_refs.is_per_partition(self.deployment["model_name"]):
