@@ -23,6 +23,7 @@ from parallelrun.core import nocode
 from parallelrun.core.datasets import InputFile
 from parallelrun.core.errors import InputError, ScoringScriptError, SettingsError
 from parallelrun.core.settings import RunSettings
+from parallelrun.scoring.child import MiniBatchContext
 from parallelrun.scoring.nocode import Scorer
 from parallelrun.store import endpoints, jobs, registry, reuse
 from tests.conftest import read_output
@@ -188,6 +189,12 @@ def test_a_model_that_needs_a_script_is_refused_at_create_naming_what_is_allowed
     assert "(no code: the built-in scorer)" in capsys.readouterr().out
     assert cli.main(["endpoints", "create", "cli-refused", "--model", "torchy"]) != 0
     assert "give --code and --entry-script, or deploy an MLflow model" in capsys.readouterr().err
+    # An update keeps a no-code deployment one: a model of its kind, no script without code.
+    with pytest.raises(InputError, match="cannot be scored without a scoring script"):
+        endpoints.update(stack.cfg, "cli-nocode", model_ref="torchy")
+    with pytest.raises(InputError, match="has no scoring code: give --code with --entry-script"):
+        endpoints.update(stack.cfg, "cli-nocode", entry_script="score.py")
+    assert endpoints.get_deployment(stack.cfg, "cli-nocode").model_name == "iris-onnx-cli"
 
 
 def test_a_missing_package_fails_naming_it_and_the_requirements(tmp_path: Path, monkeypatch):
@@ -215,3 +222,26 @@ def test_reuse_names_the_built_in_scorer_where_no_code_sha_is():
         assert reuse.fingerprint(no_code, settings, items) != before  # rows of an older scorer are not reused
     finally:
         nocode.SCORER = original
+
+
+def test_an_onnx_model_with_a_tensor_per_column_and_two_outputs_per_row(tmp_path: Path):
+    """Inputs by column name (as skl2onnx converts a model fit on a table); a prediction of
+    several values is a list per row, as Azure writes it as-is."""
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Sub", ["a", "b"], ["difference"]),
+         helper.make_node("Concat", ["sum", "difference"], ["Y"], axis=1)], "two",
+        [helper.make_tensor_value_info(name, TensorProto.DOUBLE, [None, 1]) for name in ("a", "b")],
+        [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, [None, 2])])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(tmp_path / "t.onnx"))
+    scorer = Scorer.load(str(tmp_path / "t.onnx"), single_file=True)
+    context = MiniBatchContext(job_id="j", minibatch_index=0, attempt=1, input_files=["s3://b/in/x/t.csv"])
+    table = pd.DataFrame({"b": [1.0, 2.0], "c": ["kept", "too"], "a": [10.0, 20.0]})
+    out = scorer.run(table, context)
+    assert out.to_dict("list") == {**table.to_dict("list"), "prediction": [[11.0, 9.0], [22.0, 18.0]],
+                                   "file_name": ["t.csv", "t.csv"]}
+    with pytest.raises(InputError, match="lacks column.s. b of the ONNX model, which takes a, b; it has a, c"):
+        scorer.run(table[["a", "c"]], context)
+    with pytest.raises(InputError, match="has columns named prediction, which the output adds: rename them"):
+        scorer.run(table.assign(prediction=0), context)

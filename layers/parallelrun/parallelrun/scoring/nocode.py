@@ -22,17 +22,16 @@ from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from parallelrun.core import nocode
 from parallelrun.core.errors import InputError, ScoringScriptError
 from parallelrun.scoring.loaded import default_loader
 
 Predict = Callable[[Any], Any]  # a table (pandas DataFrame) → one prediction per row
 
-# ONNX tensor types and the numpy dtypes a table's columns are cast to for them.
-_ONNX_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
-               "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(string)": np.object_}
+# ONNX tensor types and the numpy dtypes a table's columns are cast to for them (named, so that
+# a deployment with a script of its own never imports numpy for this module).
+_ONNX_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64",
+               "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(string)": "object"}
 
 
 class Scorer:
@@ -136,6 +135,8 @@ def _onnx_predict(session: Any) -> Predict:
 def _one_per_row(predictions: Any, rows: int) -> Any:
     """The model's output as one value per row: a single column as it is, several (such as
     probabilities) as a list each, as Azure writes a prediction "as-is"."""
+    import numpy as np
+
     values = predictions.to_numpy() if hasattr(predictions, "to_numpy") else np.asarray(predictions)
     if values.ndim == 2 and values.shape[1] == 1:
         values = values[:, 0]
