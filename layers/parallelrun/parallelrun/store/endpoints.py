@@ -110,20 +110,20 @@ def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path
     if (code_dir is None) != (entry_script is None):
         raise InputError("--code and --entry-script go together: give both for a scoring script, or neither for "
                          f"a no-code deployment of {nocode.ALLOWED}")
-    if code_dir is not None and entry_script is not None:
-        code_dir = Path(code_dir)
-        if not code_dir.is_dir():
-            raise InputError(f"--code {code_dir}: not a folder")
-        if not (code_dir / entry_script).is_file():
-            raise InputError(f"--entry-script {entry_script}: no such file in {code_dir}")
+    folder = Path(code_dir) if code_dir is not None else None
+    if folder is not None and entry_script is not None:
+        if not folder.is_dir():
+            raise InputError(f"--code {folder}: not a folder")
+        if not (folder / entry_script).is_file():
+            raise InputError(f"--entry-script {entry_script}: no such file in {folder}")
     model_name, model_version = check_model(cfg, model_ref)
-    if code_dir is None:
+    if folder is None:
         check_no_code(cfg, model_ref)
         overrides = {**nocode.DEFAULTS, **overrides}  # Azure's output, unless the deployment says otherwise
     resolved = settings.resolve(overrides, limits=cfg.limits)
-    if code_dir is None:
+    if folder is None:
         nocode.check_settings(resolved)
-    return Deployment(endpoint=endpoint, name=name, code_sha=upload_code(cfg, code_dir) if code_dir else None,
+    return Deployment(endpoint=endpoint, name=name, code_sha=upload_code(cfg, folder) if folder else None,
                       entry_script=entry_script, model_name=model_name, model_version=model_version,
                       settings=dict(overrides), created_at=time.time(), requirements=tuple(requirements))
 
