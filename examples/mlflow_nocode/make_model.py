@@ -2,7 +2,8 @@
 
 Run alone: ``python examples/mlflow_nocode/make_model.py OUT_DIR`` writes OUT_DIR/model/ (an
 MLflow model, its MLmodel file naming the sklearn flavour and the input signature) and
-OUT_DIR/data/iris-0.csv ... iris-3.csv. Then deploy it without --code or --entry-script:
+OUT_DIR/data/iris-0.csv ... iris-3.csv (the files in data/ beside this script, which the test
+suite scores). Then deploy it without --code or --entry-script:
 
     parallelrun models register OUT_DIR/model --name iris-mlflow
     parallelrun endpoints create iris --model iris-mlflow
