@@ -70,8 +70,9 @@ class Client:
             raise ParallelRunError(f"archive which version of {name}? write {name}:VERSION")
         return registry.archive(self.cfg, name, version)
 
-    def create_endpoint(self, name: str, code: str | Path, entry_script: str, model: str,
+    def create_endpoint(self, name: str, code: str | Path | None, entry_script: str | None, model: str,
                         settings: dict[str, Any] | None = None) -> endpoints.Deployment:
+        """An endpoint and its default deployment; no code and entry script: a no-code deployment."""
         return endpoints.create(self.cfg, name, code, entry_script, model, settings)
 
     def update_endpoint(self, name: str, code: str | Path | None = None, entry_script: str | None = None,
@@ -87,7 +88,7 @@ class Client:
     def delete_endpoint(self, name: str) -> None:
         endpoints.delete_endpoint(self.cfg, name)
 
-    def add_deployment(self, endpoint: str, name: str, code: str | Path, entry_script: str, model: str,
+    def add_deployment(self, endpoint: str, name: str, code: str | Path | None, entry_script: str | None, model: str,
                        settings: dict[str, Any] | None = None, make_default: bool = False) -> endpoints.Deployment:
         return endpoints.add_deployment(self.cfg, endpoint, name, code, entry_script, model, settings, make_default)
 

@@ -72,7 +72,8 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("name", nargs="?", help="the endpoint's name (with --file: default the YAML's name)")
     create.add_argument("--file", default=None, metavar="ENDPOINT_YML",
                         help="Azure ML v2 batch endpoint YAML; its first deployment becomes its default")
-    create.add_argument("--code", help="folder with the scoring code")
+    create.add_argument("--code", help="folder with the scoring code (none for a no-code deployment of an MLflow, "
+                        "scikit-learn or ONNX model)")
     create.add_argument("--entry-script", help="the scoring script, relative to --code")
     create.add_argument("--model", metavar="NAME[:VERSION]",
                         help="a registered model; per partition: a name template such as 'sales-{store}' "
@@ -103,7 +104,8 @@ def parser() -> argparse.ArgumentParser:
     dcreate.add_argument("--file", default=None, metavar="DEPLOYMENT_YML",
                          help="Azure ML v2 batch deployment YAML: code_configuration, model, environment, "
                               "resources and settings (--set wins over its settings)")
-    dcreate.add_argument("--code", help="folder with the scoring code")
+    dcreate.add_argument("--code", help="folder with the scoring code (none for a no-code deployment of an MLflow, "
+                         "scikit-learn or ONNX model)")
     dcreate.add_argument("--entry-script")
     dcreate.add_argument("--model", metavar="NAME[:VERSION]",
                         help="a registered model; per partition: a name template such as 'sales-{store}' "

@@ -19,6 +19,8 @@ from parallelrun.local import state
 from parallelrun.pipeline import scheduling
 from parallelrun.store import jobs
 
+NO_CODE = "(no code: the built-in scorer)"  # what listings show for a no-code deployment's script
+
 
 def _job_dict(job: jobs.JobRecord) -> dict[str, Any]:
     return ({k: v for k, v in job.__dict__.items() if k not in ("settings", "planning")}
@@ -150,7 +152,7 @@ def cmd_deployments_list(args: argparse.Namespace) -> int:
     default = client.endpoint(args.endpoint)["default_deployment"]
     for d in client.deployments(args.endpoint):
         mark = "*" if d.name == default else " "
-        print(f"{mark} {d.name}\t{d.entry_script}\t{d.model_label}\t{d.code_sha[:12]}")
+        print(f"{mark} {d.name}\t{d.entry_script or NO_CODE}\t{d.model_label}\t{(d.code_sha or '-')[:12]}")
     return 0
 
 
@@ -177,16 +179,16 @@ def cmd_endpoints_create(args: argparse.Namespace) -> int:
         return 0
     deployment = Client.connect(args.stack).create_endpoint(args.name, args.code, args.entry_script, args.model,
                                                             parse_assignments(args.set))
-    print(f"created endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script}, "
-          f"model {deployment.model_label}, code {deployment.code_sha[:12]})")
+    print(f"created endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script or NO_CODE}, "
+          f"model {deployment.model_label}, code {(deployment.code_sha or 'none')[:12]})")
     return 0
 
 
 def cmd_endpoints_update(args: argparse.Namespace) -> int:
     deployment = Client.connect(args.stack).update_endpoint(args.name, args.code, args.entry_script, args.model,
                                                             parse_assignments(args.set))
-    print(f"updated endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script}, "
-          f"code {deployment.code_sha[:12]}); running jobs keep what they started with")
+    print(f"updated endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script or NO_CODE}, "
+          f"code {(deployment.code_sha or 'none')[:12]}); running jobs keep what they started with")
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import model_refs, settings
+from parallelrun.core import model_refs, nocode, settings
 from parallelrun.core.datasets import InputSpec, split_s3_uri
 from parallelrun.core.errors import ConflictError, InputError, SettingsError
 from parallelrun.store import endpoints, jobs, keys, registry
@@ -48,6 +48,8 @@ def prepare(
     run_settings = settings.resolve(found.settings, limits=cfg.limits)
     run_settings = settings.resolve(dict(overrides or {}), base=run_settings, limits=cfg.limits)
     settings.check_for_files(run_settings)
+    if found.code_sha is None:  # the built-in scorer reads tables only
+        nocode.check_settings(run_settings)
     run_settings = settings.check_partitions(run_settings)
     _check_partition_model(found, run_settings)
     try:

@@ -28,7 +28,7 @@ from parallelrun.core import logs, results
 from parallelrun.core.errors import ScoringScriptError
 from parallelrun.core.failures import Failure
 from parallelrun.core.settings import RunSettings
-from parallelrun.scoring import azure, azure_workspace, loaded, modelfiles
+from parallelrun.scoring import azure, azure_workspace, loaded, modelfiles, nocode
 
 
 
@@ -97,7 +97,10 @@ def main(conn: Connection, root: str, deployment: dict[str, Any], settings_json:
     os.environ.update(settings.environment_variables)
     try:
         with contextlib.redirect_stdout(_PrintToLog(user_log)):
-            module, takes_context = _import_and_init(Path(root), deployment["entry_script"], settings.arguments)
+            if deployment["entry_script"]:
+                module, takes_context = _import_and_init(Path(root), deployment["entry_script"], settings.arguments)
+            else:  # no scoring script: the built-in scorer, its model loaded here as init() would
+                module, takes_context = nocode.Scorer.load(model_path, single_file), True
         ready: tuple = ("ready", None, capture.lines)
     except BaseException as error:  # noqa: BLE001 - the user's init() may raise anything
         ready = ("init", tuple(Failure.from_exception(error).__dict__.values()), capture.lines)

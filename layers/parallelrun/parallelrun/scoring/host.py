@@ -76,7 +76,8 @@ class ScoringHost:
 
     def _start(self) -> None:
         self.side_inputs = fetch_side_inputs(settings_module.side_input_uris(self.settings))
-        root = code_dir(self.cfg, self.deployment["code_sha"])  # verified here, before any import
+        # Verified here, before any import; a no-code deployment has no code to verify.
+        root = code_dir(self.cfg, self.deployment["code_sha"]) if self.deployment["code_sha"] else ""
         # What the script may read itself, through the SDK (the worker fetches all of it anyway).
         reads = list(settings_module.side_input_uris(self.settings).values())
         model_path = ""  # a deployment that picks a model per partition: each mini-batch brings its own

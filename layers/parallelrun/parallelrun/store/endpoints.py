@@ -1,7 +1,10 @@
 """Batch endpoints: a name callers use, routed to its default deployment.
 
 A deployment pins scoring code (a zip in the artifacts bucket, stored under its SHA-256), an
-entry script, a model (name and version, or the latest at submit) and default settings.
+entry script, a model (name and version, or the latest at submit) and default settings. A
+deployment without code and entry script is a no-code one: its model (an MLflow model, a
+scikit-learn estimator or an ONNX model, :mod:`parallelrun.core.nocode`) is scored by the built-in
+scorer, and its settings start from Azure's for MLflow batch deployments.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from parallelrun.aws import dynamo, s3
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import model_refs, settings
+from parallelrun.core import model_refs, nocode, settings
 from parallelrun.core.errors import ConflictError, InputError, NotFoundError
 from parallelrun.store import keys, registry
 
@@ -31,8 +34,8 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)
 class Deployment:
     endpoint: str
     name: str
-    code_sha: str
-    entry_script: str
+    code_sha: str | None  # None, with entry_script: a no-code deployment
+    entry_script: str | None
     model_name: str
     model_version: int | None
     settings: dict[str, Any] = field(default_factory=dict)  # overrides as given; re-checked at submit
@@ -64,8 +67,8 @@ class Deployment:
     def from_item(cls, item: dict[str, Any]) -> Deployment:
         version = item.get("model_version")
         return cls(
-            endpoint=item["endpoint"], name=item["name"], code_sha=item["code_sha"],
-            entry_script=item["entry_script"], model_name=item["model_name"],
+            endpoint=item["endpoint"], name=item["name"], code_sha=item.get("code_sha"),
+            entry_script=item.get("entry_script"), model_name=item["model_name"],
             model_version=int(version) if version is not None else None,
             settings=json.loads(item.get("settings") or "{}"), created_at=float(item.get("created_at", 0)),
             requirements=tuple(item.get("requirements") or ()),
@@ -95,22 +98,46 @@ def upload_code(cfg: StackConfig, code_dir: Path) -> str:
     return sha
 
 
-def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path, entry_script: str,
+def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path | None, entry_script: str | None,
                 model_ref: str, overrides: dict[str, Any], requirements: tuple[str, ...] = ()) -> Deployment:
     """A deployment with every part checked (names, code, entry script, model, settings) and its
-    code stored; nothing is written to the table yet."""
+    code stored; nothing is written to the table yet. Without code and entry script, its model
+    must be one the built-in scorer reads."""
     for kind, value in (("endpoint", endpoint), ("deployment", name)):
         _check_name(kind, value)
-    code_dir = Path(code_dir)
-    if not code_dir.is_dir():
-        raise InputError(f"--code {code_dir}: not a folder")
-    if not (code_dir / entry_script).is_file():
-        raise InputError(f"--entry-script {entry_script}: no such file in {code_dir}")
+    if (code_dir is None) != (entry_script is None):
+        raise InputError("--code and --entry-script go together: give both for a scoring script, or neither for "
+                         f"a no-code deployment of {nocode.ALLOWED}")
+    folder = Path(code_dir) if code_dir is not None else None
+    if folder is not None and entry_script is not None:
+        if not folder.is_dir():
+            raise InputError(f"--code {folder}: not a folder")
+        if not (folder / entry_script).is_file():
+            raise InputError(f"--entry-script {entry_script}: no such file in {folder}")
     model_name, model_version = check_model(cfg, model_ref)
-    settings.resolve(overrides, limits=cfg.limits)
-    return Deployment(endpoint=endpoint, name=name, code_sha=upload_code(cfg, code_dir), entry_script=entry_script,
-                      model_name=model_name, model_version=model_version, settings=settings.canonical(overrides),
-                      created_at=time.time(), requirements=tuple(requirements))
+    if folder is None:
+        check_no_code(cfg, model_ref)
+        # Azure's output, unless the deployment says otherwise (in either setting's name).
+        overrides = {**nocode.DEFAULTS, **settings.canonical(overrides)}
+    resolved = settings.resolve(overrides, limits=cfg.limits)
+    if folder is None:
+        nocode.check_settings(resolved)
+    return Deployment(endpoint=endpoint, name=name, code_sha=upload_code(cfg, folder) if folder else None,
+                      entry_script=entry_script, model_name=model_name, model_version=model_version,
+                      settings=settings.canonical(overrides), created_at=time.time(),
+                      requirements=tuple(requirements))
+
+
+def check_no_code(cfg: StackConfig, model_ref: str) -> None:
+    """A deployment without a scoring script needs one model the built-in scorer reads."""
+    if model_refs.is_per_partition(model_ref):
+        raise InputError(f"model {model_ref!r}: a model per partition needs a scoring script (--code and "
+                         "--entry-script); a no-code deployment scores one model")
+    model = registry.get(cfg, *model_refs.parse_ref(model_ref))
+    if nocode.kind_of(model.files, model.single_file) is None:
+        shown = ", ".join(model.files[:5]) + (", ..." if len(model.files) > 5 else "")
+        raise InputError(f"model {model.name}:{model.version} ({shown}) cannot be scored without a scoring script: "
+                         f"give --code and --entry-script, or deploy {nocode.ALLOWED}")
 
 
 def _check_name(kind: str, value: str) -> None:
@@ -138,8 +165,8 @@ def _put_new(cfg: StackConfig, item: dict[str, Any], what: str) -> None:
 def create(
     cfg: StackConfig,
     name: str,
-    code_dir: str | Path,
-    entry_script: str,
+    code_dir: str | Path | None,
+    entry_script: str | None,
     model_ref: str,
     overrides: dict[str, Any] | None = None,
     deployment: str = DEFAULT_DEPLOYMENT,
@@ -163,7 +190,7 @@ def new_endpoint(cfg: StackConfig, name: str, default_deployment: str = "") -> d
     return {"name": name, "default_deployment": default_deployment}
 
 
-def add_deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path, entry_script: str,
+def add_deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path | None, entry_script: str | None,
                    model_ref: str, overrides: dict[str, Any] | None = None, make_default: bool = False,
                    requirements: tuple[str, ...] = ()) -> Deployment:
     """Add a named deployment to an existing endpoint, optionally as its new default (an endpoint's
@@ -229,8 +256,13 @@ def update(
     current = get_deployment(cfg, name, deployment)
     merged = {**current.settings, **settings.canonical(overrides or {})}
     if code_dir is None:  # the stored code, with the new entry script, model or settings checked
-        settings.resolve(merged, limits=cfg.limits)
+        resolved = settings.resolve(merged, limits=cfg.limits)
         model_name, model_version = check_model(cfg, model_ref or current.model_ref)
+        if current.code_sha is None:  # a no-code deployment stays one
+            if entry_script:
+                raise InputError(f"deployment {current.name!r} has no scoring code: give --code with --entry-script")
+            check_no_code(cfg, model_ref or current.model_ref)
+            nocode.check_settings(resolved)
         changed = Deployment(endpoint=name, name=current.name, code_sha=current.code_sha,
                              entry_script=entry_script or current.entry_script, model_name=model_name,
                              model_version=model_version, settings=merged, created_at=time.time(),

@@ -1,7 +1,8 @@
 """Reuse: a mini-batch already scored by a succeeded job is not scored again.
 
 A mini-batch's fingerprint covers what decides its rows: the deployment (code SHA-256, entry
-script, model version), the settings that reach the script, and its inputs by key and ETag.
+script, model version; the built-in scorer's version where there is no script), the settings
+that reach the script, and its inputs by key and ETag.
 When a job succeeds, its fully successful mini-batches are remembered under their fingerprints;
 a later job with ``allow_reuse`` (the default, as in Azure) records a matching mini-batch as
 done with the earlier part instead of sending it. Appending 10 files to a folder of 10,000 and
@@ -20,6 +21,7 @@ from typing import Any
 
 from parallelrun.aws import dynamo
 from parallelrun.aws.config import StackConfig
+from parallelrun.core import nocode
 from parallelrun.core.datasets import InputFile, TablePiece
 from parallelrun.core.settings import RunSettings
 from parallelrun.store import keys
@@ -34,6 +36,8 @@ def fingerprint(deployment: dict[str, Any], settings: RunSettings, items: Iterab
     """What a mini-batch's rows depend on, hashed."""
     relevant = {k: v for k, v in dataclasses.asdict(settings).items() if k not in OPERATIONAL}
     scored_by = {k: deployment.get(k) for k in ("code_sha", "entry_script", "model_name", "model_version")}
+    if not deployment.get("code_sha"):  # no script: the built-in scorer, by its version, scored it
+        scored_by["scorer"] = nocode.SCORER
     if deployment.get("requirements"):  # only then: mini-batches scored before requirements existed stay found
         scored_by["requirements"] = deployment["requirements"]
     content = json.dumps([scored_by, relevant, [i.to_json() for i in items]], sort_keys=True, default=str)
