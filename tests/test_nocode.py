@@ -202,12 +202,12 @@ def test_a_missing_package_fails_naming_it_and_the_requirements(tmp_path: Path, 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: import raises ImportError
     with pytest.raises(ScoringScriptError, match="needs the Python package onnxruntime, which the scoring process "
                                                  r"cannot import \(.*\): add it to the deployment's requirements"):
-        Scorer.load(str(tmp_path / "m.onnx"), single_file=True)
+        Scorer.load(str(tmp_path / "m.onnx"))
     monkeypatch.setitem(sys.modules, "mlflow.pyfunc", None)
     (tmp_path / "mlflow").mkdir()
     (tmp_path / "mlflow" / "MLmodel").write_text("flavors: {}\n")
     with pytest.raises(ScoringScriptError, match="needs the Python package mlflow-skinny"):
-        Scorer.load(str(tmp_path / "mlflow"), single_file=False)
+        Scorer.load(str(tmp_path / "mlflow"))
 
 
 def test_reuse_names_the_built_in_scorer_where_no_code_sha_is():
@@ -235,7 +235,7 @@ def test_an_onnx_model_with_a_tensor_per_column_and_two_outputs_per_row(tmp_path
         [helper.make_tensor_value_info(name, TensorProto.DOUBLE, [None, 1]) for name in ("a", "b")],
         [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, [None, 2])])
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(tmp_path / "t.onnx"))
-    scorer = Scorer.load(str(tmp_path / "t.onnx"), single_file=True)
+    scorer = Scorer.load(str(tmp_path / "t.onnx"))
     context = MiniBatchContext(job_id="j", minibatch_index=0, attempt=1, input_files=["s3://b/in/x/t.csv"])
     table = pd.DataFrame({"b": [1.0, 2.0], "c": ["kept", "too"], "a": [10.0, 20.0]})
     out = scorer.run(table, context)

@@ -118,8 +118,8 @@ def _note(text: str) -> None:
 
 
 def _check_file_or_options(args: argparse.Namespace, *names: str) -> None:
-    """--file or the options it replaces (--code, --entry-script, --model), and the positional
-    names the YAML may give."""
+    """--file or the options it replaces (--model, with --code and --entry-script unless the
+    deployment is a no-code one), and the positional names the YAML may give."""
     options = ("code", "entry_script", "model")
     if args.file is not None:
         given = [f"--{o.replace('_', '-')}" for o in options if getattr(args, o) is not None]
@@ -127,7 +127,7 @@ def _check_file_or_options(args: argparse.Namespace, *names: str) -> None:
             raise ParallelRunError(f"{', '.join(given)}: not with --file, whose YAML gives the code and model")
         return
     missing = [n.upper() for n in names if getattr(args, n) is None]
-    missing += [f"--{o.replace('_', '-')}" for o in options if getattr(args, o) is None]
+    missing += ["--model"] if args.model is None else []
     if missing:
         raise ParallelRunError(f"give {', '.join(missing)} (or --file with Azure ML v2 YAML)")
 

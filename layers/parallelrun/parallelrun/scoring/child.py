@@ -100,7 +100,7 @@ def main(conn: Connection, root: str, deployment: dict[str, Any], settings_json:
             if deployment["entry_script"]:
                 module, takes_context = _import_and_init(Path(root), deployment["entry_script"], settings.arguments)
             else:  # no scoring script: the built-in scorer, its model loaded here as init() would
-                module, takes_context = nocode.Scorer.load(model_path, single_file), True
+                module, takes_context = nocode.Scorer.load(model_path), True
         ready: tuple = ("ready", None, capture.lines)
     except BaseException as error:  # noqa: BLE001 - the user's init() may raise anything
         ready = ("init", tuple(Failure.from_exception(error).__dict__.values()), capture.lines)

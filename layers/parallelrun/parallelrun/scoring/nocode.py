@@ -41,11 +41,12 @@ class Scorer:
         self.predict = predict
 
     @classmethod
-    def load(cls, model_path: str, single_file: bool) -> Scorer:
-        """The scorer of the model at ``model_path``, loaded now; raises if it is no no-code kind."""
+    def load(cls, model_path: str) -> Scorer:
+        """The scorer of the model at ``model_path`` (its file, or its folder), loaded now; raises
+        if it is no no-code kind."""
         path = Path(model_path)
-        names = [path.name] if single_file else [p.name for p in path.iterdir()] if path.is_dir() else []
-        kind = nocode.kind_of(names, single_file)
+        names = [path.name] if path.is_file() else [p.name for p in path.iterdir()] if path.is_dir() else []
+        kind = nocode.kind_of(names, path.is_file())
         if kind == nocode.MLFLOW:
             pyfunc = _require("mlflow.pyfunc", "mlflow-skinny (or mlflow)", "an MLflow model")
             return cls(_mlflow_predict(pyfunc.load_model(model_path)))
