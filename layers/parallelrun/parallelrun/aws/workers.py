@@ -18,7 +18,6 @@ import hashlib
 import io
 import urllib.request
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,6 @@ FUNCTION_NAME_LIMIT = 64  # Lambda's limit on a function's name (queues allow 80
 # What the deployment's function is told, beyond the stack worker's environment.
 ENVIRONMENT_VAR = "PARALLELRUN_ENVIRONMENT"  # the requirements' id its layer was built for
 QUEUE_VAR = "PARALLELRUN_BATCH_QUEUE_URL"  # its own batch queue (a failed attempt's visibility is changed there)
-
-Fetch = Callable[[str], bytes]
 
 
 def _download(url: str) -> bytes:
@@ -69,7 +66,7 @@ class StackWorker:
     unzipped: int  # its code and layers, extracted
 
 
-def stack_worker(cfg: StackConfig, fetch: Fetch = _download) -> StackWorker:
+def stack_worker(cfg: StackConfig) -> StackWorker:
     """The function that reads the stack's batch queue, with its code and its size unzipped."""
     lam = aws.client("lambda")
     queue_arn = _queue_attributes(cfg.batch_queue_url)["QueueArn"]
@@ -81,8 +78,8 @@ def stack_worker(cfg: StackConfig, fetch: Fetch = _download) -> StackWorker:
     if configuration.get("PackageType") == "Image":
         raise InputError("the stack's worker is a container image (WorkerPackageType=Image), which takes no layers: "
                          "install the deployment's requirements in the image (functions/worker/Dockerfile)")
-    code = fetch(function["Code"]["Location"])
-    layers = [fetch(lam.get_layer_version_by_arn(Arn=layer["Arn"])["Content"]["Location"])
+    code = _download(function["Code"]["Location"])
+    layers = [_download(lam.get_layer_version_by_arn(Arn=layer["Arn"])["Content"]["Location"])
               for layer in configuration.get("Layers", [])]
     return StackWorker(configuration, code, mappings[0], unzipped_size(code) + sum(map(unzipped_size, layers)))
 
@@ -91,10 +88,10 @@ def _queue_attributes(url: str) -> dict[str, str]:
     return aws.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
 
 
-def create(cfg: StackConfig, name: str, layer_zip: Path, environment_id: str, fetch: Fetch = _download) -> str:
+def create(cfg: StackConfig, name: str, layer_zip: Path, environment_id: str) -> str:
     """Make the deployment's worker named ``name`` from ``layer_zip`` (see the module doc); returns
     its batch queue's URL. Lambda's limits are checked first: nothing is made if they refuse it."""
-    base = stack_worker(cfg, fetch)
+    base = stack_worker(cfg)
     layer = layer_zip.read_bytes()
     sizes = LambdaSizes(len(layer), unzipped_size(layer), base.unzipped, len(base.configuration.get("Layers", [])))
     if sizes.problems():
@@ -113,8 +110,9 @@ def create(cfg: StackConfig, name: str, layer_zip: Path, environment_id: str, fe
         queue_url = sqs.create_queue(QueueName=name, Attributes={
             "VisibilityTimeout": batch["VisibilityTimeout"], "RedrivePolicy": batch["RedrivePolicy"],
             "SqsManagedSseEnabled": "true"})["QueueUrl"]
-        variables = {**config.get("Environment", {}).get("Variables", {}), QUEUE_VAR: queue_url,
-                     ENVIRONMENT_VAR: environment_id}
+        # str(): moto gives a template's numeric variables back as numbers, which CreateFunction refuses.
+        variables = {**{k: str(v) for k, v in config.get("Environment", {}).get("Variables", {}).items()},
+                     QUEUE_VAR: queue_url, ENVIRONMENT_VAR: environment_id}
         # Layers are extracted in order, a later one's files over an earlier one's: the
         # deployment's packages go last, so its versions win
         # (https://docs.aws.amazon.com/lambda/latest/dg/adding-layers.html).

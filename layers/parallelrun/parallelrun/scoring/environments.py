@@ -109,8 +109,8 @@ def pip_install(requirements: Sequence[str], general: Sequence[str] = (), instal
 def _worker_paths_after(site_packages: Path) -> None:
     """The worker's own import paths, after the environment's: each through ``site.addsitedir``,
     so the ``.pth`` files there (an editable install's, say) work as in the worker."""
-    stdlib = {sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib")}
-    paths = [p for p in sys.path if p and not p.endswith(".zip") and not any(p.startswith(s) for s in stdlib)]
+    stdlib = sysconfig.get_path("stdlib")  # the environment has the same one (the same base interpreter)
+    paths = [p for p in sys.path if p and not p.endswith(".zip") and p != stdlib and not p.startswith(stdlib + os.sep)]
     lines = [f"import site; site.addsitedir({path!r})" for path in dict.fromkeys(paths)]
     (site_packages / _PTH).write_text("\n".join(lines) + "\n")
 
