@@ -14,6 +14,7 @@ import io
 import json
 import multiprocessing
 import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -102,6 +103,26 @@ def test_two_processes_asking_at_once_build_the_environment_once(tmp_path, monke
     assert [p.name for p in (tmp_path / "envs").iterdir() if p.is_dir()] == [core_env.environment_id(NEW)]
 
 
+def _build_stuck(requirements: tuple[str, ...]) -> None:
+    environments.pip_install = lambda *args, **kwargs: time.sleep(600)  # this process only: killed mid-build
+    environments.ensure(requirements)
+
+
+def test_a_builder_killed_mid_way_leaves_no_environment_and_holds_no_lock(tmp_path, monkeypatch):
+    monkeypatch.setattr(safepath, "ENVS", tmp_path / "envs")
+    builder = multiprocessing.get_context("fork").Process(target=_build_stuck, args=(NEW,))
+    builder.start()
+    root = tmp_path / "envs" / core_env.environment_id(NEW)
+    deadline = time.time() + 30
+    while not any(p.name.startswith(".") for p in (tmp_path / "envs").glob("*")) and time.time() < deadline:
+        time.sleep(0.05)  # until its venv is being made
+    builder.kill()
+    builder.join()
+    assert not root.exists()
+    env = environments.ensure(NEW)  # not blocked: the lock died with its holder
+    assert env.built and env.root == root and (env.site_packages / "tabulate" / "__init__.py").is_file()
+
+
 def test_a_package_that_cannot_install_is_refused_at_create_on_a_local_stack(stack, tmp_path):
     code = tmp_path / "code"
     code.mkdir()
@@ -151,6 +172,21 @@ def test_two_endpoints_pinning_different_versions_score_side_by_side(stack, tmp_
     assert worker_tqdm != "4.66.1"
     assert read_output(stack.cfg, old).splitlines() == [f"{n}.txt tabulate=0.8.10 tqdm=4.66.1" for n in "abc"]
     assert read_output(stack.cfg, new).splitlines() == [f"{n}.txt tabulate=0.9.0 tqdm={worker_tqdm}" for n in "abc"]
+
+
+def test_new_code_brings_its_requirements_txt_or_keeps_the_requirements(stack, tmp_path):
+    plain, pinned = tmp_path / "plain", tmp_path / "pinned"
+    for folder in (plain, pinned):
+        folder.mkdir()
+        (folder / "score.py").write_text(SCORE)
+    (pinned / "requirements.txt").write_text("\n".join(OLD) + "\n")
+    registry.register(stack.cfg, _model(tmp_path), "env-upd")
+    endpoints.create(stack.cfg, "env-upd", plain, "score.py", "env-upd", requirements=NEW)
+    with pytest.raises(ConflictError, match="changes its requirements"):  # its AWS worker was built for NEW
+        Client(stack.cfg, deployed=True).update_endpoint("env-upd", pinned)
+    assert Client(stack.cfg).update_endpoint("env-upd", plain).requirements == NEW
+    assert Client(stack.cfg).update_endpoint("env-upd", pinned).requirements == OLD
+    assert (safepath.ENVS / core_env.environment_id(OLD)).is_dir()
 
 
 def test_a_package_that_cannot_install_at_first_use_fails_each_attempt_naming_it(stack, tmp_path):
