@@ -162,11 +162,13 @@ def test_the_local_stack_refuses_the_image_worker(stack: Any) -> None:
 def test_stack_outputs_give_the_config_the_functions_use(stack: Any) -> None:
     """Read through CloudFormation (moto here), a stack's outputs are the StackConfig its
     functions build from their environment: same resources, limits and planner interval. Only
-    clients learn the schedule rules' prefix (functions never create rules)."""
+    clients learn the schedule rules' and deployment workers' prefixes (functions never create them)."""
     name = stack.spec.stack_name
     read = StackConfig.from_stack(name)
     assert read.schedule_rule_prefix == f"{name}-schedule-"
-    assert dataclasses.replace(read, schedule_rule_prefix=stack.cfg.schedule_rule_prefix) == stack.cfg
+    assert read.deployment_worker_prefix == f"{name}-Worker-"
+    assert dataclasses.replace(read, schedule_rule_prefix=stack.cfg.schedule_rule_prefix,
+                               deployment_worker_prefix=stack.cfg.deployment_worker_prefix) == stack.cfg
     assert Client.from_stack(name).cfg == read
 
 

@@ -39,6 +39,9 @@ UNUSED_ON_PURPOSE = {
     ("AggregatorRole", "sqs:SendMessage", "*PlannerQueue*"): "only a schedule run waiting for this one (overlap=wait)",
     ("FailureRecorderRole", "sqs:SendMessage", "*PlannerQueue*"):
         "only when a scheduled job it ends hands its schedule to a run waiting (overlap=wait)",
+    ("PlannerRole", "sqs:SendMessage", "*-Worker-[*]"): "a deployment's own worker's queue, made on a deployed stack "
+        "only (parallelrun.aws.workers; the local stack's workers serve such a deployment)",
+    ("WorkerRole", "sqs:*", "*-Worker-[*]"): "the same queue, read by that deployment's own worker on AWS",
 }
 
 ECHO = """

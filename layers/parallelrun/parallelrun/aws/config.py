@@ -59,6 +59,8 @@ class StackConfig:
     # Names of the schedules' EventBridge rules start with it (the planner queue's policy lets
     # only those rules send); clients create rules, functions never do.
     schedule_rule_prefix: str = "parallelrun-schedule-"
+    # A deployment's own worker (aws.workers) is named with it (the roles' grants name it too).
+    deployment_worker_prefix: str = "parallelrun-Worker-"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
@@ -78,7 +80,9 @@ class StackConfig:
         if missing:
             raise StackError(f"the stack's outputs lack {', '.join(missing)}: is it a parallelrun stack?")
         limits = StackLimits(**{a: int(outputs[o]) for a, o in _LIMIT_OUTPUTS.items() if o in outputs})
-        prefix = {"schedule_rule_prefix": outputs["ScheduleRulePrefix"]} if "ScheduleRulePrefix" in outputs else {}
+        prefix = {attr: outputs[name] for attr, name in (("schedule_rule_prefix", "ScheduleRulePrefix"),
+                                                          ("deployment_worker_prefix", "DeploymentWorkerPrefix"))
+                  if name in outputs}
         return cls(
             **{attr: outputs[name] for attr, name in _OUTPUTS.items()},
             limits=limits,

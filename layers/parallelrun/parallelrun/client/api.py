@@ -19,13 +19,16 @@ from parallelrun.core.datasets import READY_MARKER, split_s3_uri
 from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
 from parallelrun.local import state
 from parallelrun.pipeline import lifecycle, planner, scheduling, submit
+from parallelrun.scoring import environments
 from parallelrun.store import batches, endpoints, jobs, keys, registry, schedules
 from parallelrun.core import model_refs, settings as run_settings
 
 
 class Client:
-    def __init__(self, cfg: StackConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: StackConfig, deployed: bool = False) -> None:
+        # deployed: the stack runs on AWS, where a deployment with requirements gets a worker of its
+        # own (aws.workers); on a local stack the local workers serve it in its environment.
+        self.cfg, self.deployed = cfg, deployed
 
     @classmethod
     def local(cls) -> Client:
@@ -44,7 +47,8 @@ class Client:
     def from_stack(cls, stack_name: str) -> Client:
         """A stack of template.yaml by name (``sam deploy --stack-name``), in the region boto3 is
         set to (``AWS_REGION``, ``AWS_PROFILE``)."""
-        return cls(StackConfig.from_stack(stack_name))
+        # AWS_ENDPOINT_URL is how a process is pointed at a local stack (use_endpoint).
+        return cls(StackConfig.from_stack(stack_name), deployed=not os.environ.get("AWS_ENDPOINT_URL"))
 
     @classmethod
     def connect(cls, stack_name: str | None = None) -> Client:
@@ -71,13 +75,44 @@ class Client:
         return registry.archive(self.cfg, name, version)
 
     def create_endpoint(self, name: str, code: str | Path | None, entry_script: str | None, model: str,
-                        settings: dict[str, Any] | None = None) -> endpoints.Deployment:
-        """An endpoint and its default deployment; no code and entry script: a no-code deployment."""
-        return endpoints.create(self.cfg, name, code, entry_script, model, settings)
+                        settings: dict[str, Any] | None = None, requirements: tuple[str, ...] = ()) -> endpoints.Deployment:
+        """An endpoint and its default deployment (no code and entry script: a no-code one); its
+        requirements (given, or requirements.txt beside the code) are built first on a local
+        stack, and get their own worker on a deployed one."""
+        requirements = self._prepared(endpoints.requirements_for(code, tuple(requirements)))
+        created = endpoints.create(self.cfg, name, code, entry_script, model, settings, requirements=requirements)
+        return self._with_worker(created, undo=lambda: endpoints.delete_endpoint(self.cfg, name))
 
     def update_endpoint(self, name: str, code: str | Path | None = None, entry_script: str | None = None,
                         model: str | None = None, settings: dict[str, Any] | None = None) -> endpoints.Deployment:
+        current = endpoints.get_deployment(self.cfg, name)
+        requirements = endpoints.requirements_after_update(current, code)
+        if self.deployed and requirements != current.requirements:
+            raise ConflictError(f"the new code of endpoint {name!r} changes its requirements, which its worker on "
+                                "AWS was built for: add a deployment with this code (`parallelrun deployments create`)"
+                                " and make it the default")
+        self._prepared(requirements)
         return endpoints.update(self.cfg, name, code, entry_script, model, settings)
+
+    def _prepared(self, requirements: tuple[str, ...]) -> tuple[str, ...]:
+        """On a local stack, the requirements' environment built now, so that a package that
+        cannot install is refused before anything is stored (the workers share the cache)."""
+        if requirements and not self.deployed:
+            environments.ensure(requirements)
+        return requirements
+
+    def _with_worker(self, deployment: endpoints.Deployment, undo: Callable[[], None]) -> endpoints.Deployment:
+        """On a deployed stack, the deployment's own worker for its requirements, recorded with it;
+        if it cannot be made, ``undo`` removes the deployment just stored."""
+        if not (self.deployed and deployment.requirements):
+            return deployment
+        try:
+            queue_url = environments.make_worker(self.cfg, deployment.endpoint, deployment.name, deployment.requirements)
+        except BaseException:
+            undo()
+            raise
+        endpoints.record_worker(self.cfg, deployment.endpoint, deployment.name, queue_url)
+        return endpoints.get_deployment(self.cfg, deployment.endpoint, deployment.name)
 
     def endpoints(self) -> list[dict[str, Any]]:
         return endpoints.list_endpoints(self.cfg)
@@ -86,11 +121,24 @@ class Client:
         return endpoints.get_endpoint(self.cfg, name)
 
     def delete_endpoint(self, name: str) -> None:
+        """Delete an endpoint, its deployments and their own workers."""
+        for deployment in endpoints.list_deployments(self.cfg, name):
+            if deployment.queue_url:
+                environments.remove_worker(deployment.queue_url)
         endpoints.delete_endpoint(self.cfg, name)
 
     def add_deployment(self, endpoint: str, name: str, code: str | Path | None, entry_script: str | None, model: str,
-                       settings: dict[str, Any] | None = None, make_default: bool = False) -> endpoints.Deployment:
-        return endpoints.add_deployment(self.cfg, endpoint, name, code, entry_script, model, settings, make_default)
+                       settings: dict[str, Any] | None = None, make_default: bool = False,
+                       requirements: tuple[str, ...] = ()) -> endpoints.Deployment:
+        """Add a deployment (its requirements as :meth:`create_endpoint` treats them); it becomes
+        the default only once its worker, if it needs one, is made."""
+        requirements = self._prepared(endpoints.requirements_for(code, tuple(requirements)))
+        added = endpoints.add_deployment(self.cfg, endpoint, name, code, entry_script, model, settings,
+                                         requirements=requirements)
+        added = self._with_worker(added, undo=lambda: endpoints.delete_deployment(self.cfg, endpoint, name))
+        if make_default:
+            endpoints.set_default(self.cfg, endpoint, name)
+        return added
 
     def create_endpoint_from_file(self, path: str | Path, name: str | None = None,
                                   on_note: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -104,7 +152,11 @@ class Client:
         """A deployment from Azure ML v2 batch deployment YAML as it is (see
         :mod:`parallelrun.core.azure_yaml`); ``on_note`` hears what the YAML asks that works
         otherwise here (an image, a compute target)."""
-        return azure_import.create_deployment(self.cfg, path, endpoint, name, settings, make_default, on_note)
+        found = azure_import.deployment_args(self.cfg, path, endpoint, name, settings)
+        added = self.add_deployment(found.endpoint, found.name, found.code_dir, found.entry_script, found.model,
+                                    found.settings, make_default, found.requirements)
+        azure_import.tell(found.notes, on_note)
+        return added
 
     def deployments(self, endpoint: str) -> list[endpoints.Deployment]:
         return endpoints.list_deployments(self.cfg, endpoint)
@@ -116,6 +168,10 @@ class Client:
         endpoints.set_default(self.cfg, endpoint, name)
 
     def delete_deployment(self, endpoint: str, name: str) -> None:
+        """Delete a deployment that is not the default, and its own worker if it has one."""
+        deployment = endpoints.get_deployment(self.cfg, endpoint, name)
+        if endpoints.get_endpoint(self.cfg, endpoint)["default_deployment"] != name and deployment.queue_url:
+            environments.remove_worker(deployment.queue_url)
         endpoints.delete_deployment(self.cfg, endpoint, name)
 
     # --- jobs

@@ -5,6 +5,7 @@ endpoint or deployment created as ``endpoints create`` / ``deployments create`` 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,30 @@ def create_endpoint(cfg: StackConfig, path: str | Path, name: str | None = None,
     """The endpoint of a batch endpoint YAML file, with no deployment yet. ``name`` overrides the
     YAML's, as ``az ml batch-endpoint create --name`` does."""
     spec = azure_yaml.read_endpoint(path)
-    _tell(spec.notes, on_note)
+    tell(spec.notes, on_note)
     name = name or spec.name
     if not name:
         raise InputError(f"{path}: name: required (or give the endpoint's name)")
     return endpoints.new_endpoint(cfg, name, spec.default_deployment)
 
 
-def create_deployment(cfg: StackConfig, path: str | Path, endpoint: str | None = None, name: str | None = None,
-                      overrides: dict[str, Any] | None = None, make_default: bool = False,
-                      on_note: Notes = None) -> endpoints.Deployment:
-    """The deployment of a batch deployment YAML file, added to its endpoint (which must exist).
+@dataclass(frozen=True)
+class DeploymentArgs:
+    """What ``deployments create`` is given, read from a batch deployment YAML file."""
+
+    endpoint: str
+    name: str
+    code_dir: Path | None
+    entry_script: str | None
+    model: str  # NAME:VERSION, registered if the YAML gave a path
+    settings: dict[str, Any]
+    requirements: tuple[str, ...]
+    notes: tuple[str, ...]  # what the YAML asks that works otherwise here
+
+
+def deployment_args(cfg: StackConfig, path: str | Path, endpoint: str | None = None, name: str | None = None,
+                    overrides: dict[str, Any] | None = None) -> DeploymentArgs:
+    """The deployment a batch deployment YAML file describes, its model registered or resolved;
     ``endpoint``, ``name`` and ``overrides`` (run settings) win over the YAML's, as the Azure CLI's
     ``--endpoint-name``, ``--name`` and ``--set`` do."""
     spec = azure_yaml.read_deployment(path, cfg.limits)
@@ -39,12 +53,9 @@ def create_deployment(cfg: StackConfig, path: str | Path, endpoint: str | None =
     for field, value in (("endpoint_name", endpoint), ("name", name)):
         if not value:
             raise InputError(f"{path}: {field}: required (or give it on the command line)")
-    model = _model_ref(cfg, spec.model, f"{endpoint}-{name}")
     merged = {**settings.canonical(spec.settings), **settings.canonical(overrides or {})}
-    found = endpoints.add_deployment(cfg, endpoint, name, spec.code_dir, spec.entry_script, model, merged,
-                                     make_default, spec.requirements)
-    _tell(spec.notes, on_note)
-    return found
+    return DeploymentArgs(endpoint, name, spec.code_dir, spec.entry_script, _model_ref(cfg, spec.model, f"{endpoint}-{name}"),
+                          merged, tuple(spec.requirements), tuple(spec.notes))
 
 
 def _model_ref(cfg: StackConfig, spec: azure_yaml.ModelSpec, anonymous: str) -> str:
@@ -82,7 +93,7 @@ def _has_versions(cfg: StackConfig, name: str) -> bool:
     return True
 
 
-def _tell(notes: tuple[str, ...], on_note: Notes) -> None:
+def tell(notes: tuple[str, ...], on_note: Notes) -> None:
     if on_note is not None:
         for note in notes:
             on_note(note)

@@ -36,6 +36,10 @@ class UnsafeKey(InputError):
     absolute, empty, '.'/'..' segments, a backslash or NUL, or leading outside its folder."""
 
 
+class EnvironmentBuildError(InputError):
+    """A deployment's requirements could not be installed (the message names the package)."""
+
+
 class IntegrityError(ParallelRunError):
     """Scoring code or a model file on local disk does not match the SHA-256 it was stored with."""
 

@@ -27,6 +27,7 @@ CODE = CACHE_ROOT / "code"  # verified scoring code, unpacked fresh for each sco
 MODELS = CACHE_ROOT / "models"  # registered models, checked on every load
 SIDE_INPUTS = CACHE_ROOT / "side"  # side inputs, fetched once per machine
 ENTRY = CACHE_ROOT / "entry"  # EntryScript().output_dir and log_dir, collected after each mini-batch
+ENVS = CACHE_ROOT / "envs"  # deployments' virtual environments, one per requirements hash, built once
 
 
 def unsafe_reason(name: str) -> str | None:

@@ -261,8 +261,9 @@ def send_batches(cfg: StackConfig, job: jobs.JobRecord, start: int, end: int) ->
 
 def _send(cfg: StackConfig, job: jobs.JobRecord, entries: list[plan.Entry]) -> None:
     """Send the entries' mini-batches, ten per SendMessageBatch (as many as fit its size limit)."""
-    refused = sqs.send_in_tens(cfg.batch_queue_url, [(str(entry[0]), batch_message(job, *entry).body())
-                                                     for entry in entries])
+    # A deployment with its own worker (aws.workers) is scored from its own queue.
+    queue_url = job.deployment.get("queue_url") or cfg.batch_queue_url
+    refused = sqs.send_in_tens(queue_url, [(str(entry[0]), batch_message(job, *entry).body()) for entry in entries])
     if refused:
         raise ParallelRunError(f"SQS refused mini-batches {refused} of job {job.job_id} five times")
 

@@ -97,7 +97,7 @@ def snapshot(cfg: StackConfig, deployment: endpoints.Deployment) -> dict[str, An
     return {
         "endpoint": deployment.endpoint, "deployment": deployment.name, "code_sha": deployment.code_sha,
         "entry_script": deployment.entry_script, "model_name": name, "model_version": version,
-        "requirements": list(deployment.requirements),
+        "requirements": list(deployment.requirements), "queue_url": deployment.queue_url,
     }
 
 

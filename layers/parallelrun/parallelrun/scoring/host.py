@@ -6,7 +6,9 @@ worker keeps it for every later mini-batch), and each ``run()`` gets ``run_invoc
 seconds. A ``run()`` past its deadline is stopped by killing that process, which a thread could
 never be; a crash inside the user's code (a segfault, running out of memory) takes the scoring
 process down, not the worker, which reports it as that attempt's failure. The process itself is
-:mod:`parallelrun.scoring.child`; what it runs from is :mod:`parallelrun.scoring.code`.
+:mod:`parallelrun.scoring.child`; what it runs from is :mod:`parallelrun.scoring.code`. A deployment
+with requirements of its own runs its scoring process in its environment
+(:mod:`parallelrun.scoring.environments`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from parallelrun.core import model_refs, results, safepath
 from parallelrun.core import settings as settings_module
 from parallelrun.core.errors import ParallelRunError, ScoringScriptError, StackError
 from parallelrun.core.settings import RunSettings
-from parallelrun.scoring import child, credentials, modelfiles
+from parallelrun.scoring import child, credentials, environments, envstart, modelfiles
 from parallelrun.scoring.azure_workspace import Registration
 from parallelrun.scoring.child import Failure, MiniBatchContext
 from parallelrun.scoring.code import code_dir, fetch_side_inputs
@@ -75,6 +77,10 @@ class ScoringHost:
             folder.mkdir(parents=True, exist_ok=True)
 
     def _start(self) -> None:
+        requirements = tuple(self.deployment.get("requirements") or ())
+        # Built here at the latest (a local stack builds it at `deployments create`), once per
+        # machine: a package that cannot install fails this attempt, naming it.
+        environment = environments.ensure(requirements) if environments.needed(requirements) else None
         self.side_inputs = fetch_side_inputs(settings_module.side_input_uris(self.settings))
         # Verified here, before any import; a no-code deployment has no code to verify.
         root = code_dir(self.cfg, self.deployment["code_sha"]) if self.deployment["code_sha"] else ""
@@ -101,11 +107,12 @@ class ScoringHost:
         parent, child_end = context.Pipe()
         folders = {**{k: str(v) for k, v in self.entry_dirs.items()}, "work": str(self.work_dir),
                    "registrations": str(self.staging)}
-        self.process = context.Process(
-            target=child.main, name="parallelrun-scoring", daemon=True,
-            args=(child_end, str(root), self.deployment, settings.to_json(), model_path, folders),
-        )
-        with scoped.applied():
+        args = (child_end, str(root), self.deployment, settings.to_json(), model_path, folders)
+        target: Any = child.main
+        if environment is not None:
+            target, args = envstart.enter, (str(environment.site_packages), *args)
+        self.process = context.Process(target=target, name="parallelrun-scoring", daemon=True, args=args)
+        with scoped.applied(), environments.starting(environment):
             self.process.start()
         scoped.keep_fresh(self.process.sentinel)
         child_end.close()

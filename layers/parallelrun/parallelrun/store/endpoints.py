@@ -9,6 +9,7 @@ scorer, and its settings start from Azure's for MLflow batch deployments.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -21,12 +22,13 @@ from typing import Any
 
 from parallelrun.aws import dynamo, s3
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import model_refs, nocode, settings
+from parallelrun.core import environments, model_refs, nocode, settings
 from parallelrun.core.errors import ConflictError, InputError, NotFoundError
 from parallelrun.store import keys, registry
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{0,62}$")
 DEFAULT_DEPLOYMENT = "default"
+REQUIREMENTS_FILE = "requirements.txt"  # beside the scoring code: the deployment's own packages
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -42,6 +44,9 @@ class Deployment:
     created_at: float = 0.0
     # pip requirement lines the scoring process needs beyond the worker's own packages.
     requirements: tuple[str, ...] = ()
+    # On a deployed stack, the batch queue of the deployment's own worker (aws.workers), made for
+    # its requirements; empty when the stack's worker serves it.
+    queue_url: str = ""
 
     @property
     def model_ref(self) -> str:
@@ -61,6 +66,7 @@ class Deployment:
             "model_name": self.model_name, "model_version": self.model_version,
             "settings": json.dumps(self.settings, sort_keys=True),
             "created_at": dynamo.decimal(self.created_at, 3), "requirements": list(self.requirements),
+            "queue_url": self.queue_url,
         }
 
     @classmethod
@@ -71,7 +77,7 @@ class Deployment:
             entry_script=item.get("entry_script"), model_name=item["model_name"],
             model_version=int(version) if version is not None else None,
             settings=json.loads(item.get("settings") or "{}"), created_at=float(item.get("created_at", 0)),
-            requirements=tuple(item.get("requirements") or ()),
+            requirements=tuple(item.get("requirements") or ()), queue_url=item.get("queue_url") or "",
         )
 
 
@@ -98,6 +104,26 @@ def upload_code(cfg: StackConfig, code_dir: Path) -> str:
     return sha
 
 
+def requirements_for(code_dir: str | Path | None, given: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """A deployment's requirements, each line checked (``core.environments.check``): those given
+    (an Azure conda file's ``pip:`` list, say), else a ``requirements.txt`` beside the code."""
+    file = Path(code_dir) / REQUIREMENTS_FILE if code_dir is not None else None
+    if not given and file is not None and file.is_file():
+        try:
+            given = tuple(environments.parse_requirements_file(file.read_text()))
+        except UnicodeDecodeError:
+            raise InputError(f"{file}: not a text file") from None
+    return environments.check(given)
+
+
+def requirements_after_update(current: Deployment, code_dir: str | Path | None) -> tuple[str, ...]:
+    """What a deployment requires once given new code: the code's requirements.txt if it has one,
+    else what it required before (given at create, from an Azure conda file say)."""
+    if code_dir is not None and (Path(code_dir) / REQUIREMENTS_FILE).is_file():
+        return requirements_for(code_dir)
+    return current.requirements
+
+
 def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path | None, entry_script: str | None,
                 model_ref: str, overrides: dict[str, Any], requirements: tuple[str, ...] = ()) -> Deployment:
     """A deployment with every part checked (names, code, entry script, model, settings) and its
@@ -122,6 +148,7 @@ def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path
     resolved = settings.resolve(overrides, limits=cfg.limits)
     if folder is None:
         nocode.check_settings(resolved)
+    requirements = requirements_for(code_dir, requirements)
     return Deployment(endpoint=endpoint, name=name, code_sha=upload_code(cfg, folder) if folder else None,
                       entry_script=entry_script, model_name=model_name, model_version=model_version,
                       settings=settings.canonical(overrides), created_at=time.time(),
@@ -206,6 +233,11 @@ def add_deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | P
     return found
 
 
+def record_worker(cfg: StackConfig, endpoint: str, name: str, queue_url: str) -> None:
+    """Note the batch queue of the deployment's own worker: new jobs of it are sent there."""
+    dynamo.update(cfg.table, keys.deployment_key(endpoint, name), "SET queue_url = :q", {":q": queue_url})
+
+
 def set_default(cfg: StackConfig, endpoint: str, name: str) -> None:
     """Route the endpoint's new jobs to deployment ``name``; running jobs keep theirs."""
     get_deployment(cfg, endpoint, name)
@@ -266,10 +298,11 @@ def update(
         changed = Deployment(endpoint=name, name=current.name, code_sha=current.code_sha,
                              entry_script=entry_script or current.entry_script, model_name=model_name,
                              model_version=model_version, settings=merged, created_at=time.time(),
-                             requirements=current.requirements)
+                             requirements=current.requirements, queue_url=current.queue_url)
     else:
-        changed = _deployment(cfg, name, current.name, code_dir, entry_script or current.entry_script,
-                              model_ref or current.model_ref, merged, current.requirements)
+        changed = dataclasses.replace(_deployment(
+            cfg, name, current.name, code_dir, entry_script or current.entry_script, model_ref or current.model_ref,
+            merged, requirements_after_update(current, code_dir)), queue_url=current.queue_url)
     dynamo.put(cfg.table, changed.to_item())
     return changed
 
