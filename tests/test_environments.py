@@ -95,6 +95,13 @@ def _ask(requirements: tuple[str, ...]) -> bool:
     return environments.ensure(requirements).built
 
 
+def test_requirements_the_worker_already_meets_need_no_environment():
+    have = __import__("tqdm").__version__
+    assert not environments.needed(("numpy", f"tqdm=={have}", "pandas>=1; python_version < '3'", "tqdm>=1"))
+    for unmet in (OLD[1], NEW[0], "tqdm[notebook]", MISSING):
+        assert environments.needed((f"tqdm=={have}", unmet)), unmet
+
+
 def test_two_processes_asking_at_once_build_the_environment_once(tmp_path, monkeypatch):
     monkeypatch.setattr(safepath, "ENVS", tmp_path / "envs")  # a cache of its own: it must be built here
     with multiprocessing.get_context("fork").Pool(2) as pool:

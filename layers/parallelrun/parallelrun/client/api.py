@@ -97,7 +97,7 @@ class Client:
     def _prepared(self, requirements: tuple[str, ...]) -> tuple[str, ...]:
         """On a local stack, the requirements' environment built now, so that a package that
         cannot install is refused before anything is stored (the workers share the cache)."""
-        if requirements and not self.deployed:
+        if not self.deployed and environments.needed(requirements):
             environments.ensure(requirements)
         return requirements
 

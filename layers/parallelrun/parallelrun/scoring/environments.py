@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.metadata
 import multiprocessing.spawn
 import os
 import shutil
@@ -68,8 +69,31 @@ def _site_packages(root: Path) -> Path:
 
 def needed(requirements: Sequence[str]) -> bool:
     """Whether a deployment with these requirements needs an environment built here: not when it
-    has none, nor inside its own Lambda worker (whose layer is its environment)."""
-    return bool(requirements) and os.environ.get(ENVIRONMENT_VAR) != environment_id(requirements)
+    has none, nor inside its own Lambda worker (whose layer is its environment), nor when this
+    interpreter's own packages already meet every line (an Azure conda file listing what the
+    worker has, say: a build would only install copies)."""
+    return (bool(requirements) and os.environ.get(ENVIRONMENT_VAR) != environment_id(requirements)
+            and not met_here(requirements))
+
+
+def met_here(requirements: Sequence[str]) -> bool:
+    """Whether the packages installed beside parallelrun meet every requirement line; False when
+    that cannot be told (no ``packaging`` to read the lines, or extras, which pull in more)."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        return False
+    for line in requirements:
+        wanted = Requirement(line)
+        if wanted.marker is not None and not wanted.marker.evaluate():
+            continue
+        try:
+            version = importlib.metadata.version(wanted.name)
+        except importlib.metadata.PackageNotFoundError:
+            return False
+        if wanted.extras or not wanted.specifier.contains(version, prereleases=True):
+            return False
+    return True
 
 
 def ensure(requirements: Sequence[str]) -> Environment:
