@@ -197,7 +197,9 @@ def test_type_pipeline_auth_keys_and_the_legacy_root_settings(tmp_path):
     assert azure_yaml.read_endpoint(_write(tmp_path, "d.yml", "name: e\ndefaults: {deployment_name: blue}\n")) \
         .default_deployment == "blue"
     # Before type: (CLI 1.7) the settings sat at the root; with type: model they must be under settings:.
-    legacy = _write(tmp_path, "legacy.yml", "model: azureml:m:1\nmini_batch_size: 4\nretry_settings: {timeout: 9}\n")
+    _code(tmp_path)
+    legacy = _write(tmp_path, "legacy.yml", "model: azureml:m:1\nmini_batch_size: 4\nretry_settings: {timeout: 9}\n"
+                    "code_configuration: {code: src, scoring_script: score.py}\n")
     assert azure_yaml.read_deployment(legacy).settings == {"mini_batch_size": 4, "retry_settings.timeout": 9}
     with pytest.raises(InputError, match="^.*: mini_batch_size: not a field"):
         azure_yaml.read_deployment(_write(tmp_path, "typed.yml", "type: model\nmodel: azureml:m:1\nmini_batch_size: 4\n"))

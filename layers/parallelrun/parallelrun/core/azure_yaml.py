@@ -170,10 +170,17 @@ def read_deployment(path: str | Path, limits: StackLimits | None = None) -> Depl
     if legacy:
         sections.append(("", {key: doc[key] for key in SETTINGS_FIELDS if key in doc}))
     name, endpoint = doc.get("name"), doc.get("endpoint_name")
+    chosen = _settings(sections, source, limits)
+    if code_dir is None and "mini_batch_size" in chosen:
+        # Azure's MLflow deployments count files per mini-batch; with no scoring script each file
+        # is read here as a table, cut into mini-batches by bytes (tabular input's mini_batch_size).
+        notes.append(f"settings.mini_batch_size {chosen.pop('mini_batch_size')!r} is not used: with no scoring "
+                     "script each file is read as a table, in mini-batches of about 1MB (give a size, such as "
+                     "--set mini_batch_size=4MB, to change that)")
     return DeploymentSpec(
         endpoint=None if endpoint is None else str(endpoint), name=None if name is None else str(name),
         code_dir=code_dir, entry_script=entry_script, model=_model(doc["model"], base, source),
-        settings=_settings(sections, source, limits), requirements=requirements, notes=tuple(notes + env_notes),
+        settings=chosen, requirements=requirements, notes=tuple(notes + env_notes),
     )
 
 
