@@ -36,6 +36,7 @@ UNUSED_ON_PURPOSE = {
         "Lambda sends an asynchronous invocation's failure record with the function's role; only a marker the planner "
         "fails on every try does that (the local stack plays it in parallelrun.local.destinations)",
     ("AggregatorRole", "s3:AbortMultipartUpload", "*"): "only when collating fails midway",
+    ("PlannerRole", "sqs:SendMessage", "*EcsBatchQueue*"): "only a job of a `compute: ecs` deployment",
     ("AggregatorRole", "sqs:SendMessage", "*PlannerQueue*"): "only a schedule run waiting for this one (overlap=wait)",
     ("FailureRecorderRole", "sqs:SendMessage", "*PlannerQueue*"):
         "only when a scheduled job it ends hands its schedule to a run waiting (overlap=wait)",

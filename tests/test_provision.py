@@ -24,6 +24,7 @@ PARAMETERS = {"WorkerTimeout": "60", "BatchVisibilityTimeout": "70", "MaxReceive
 FUNCTIONS = {"PlannerFunction", "WorkerFunction", "AggregatorFunction", "FailureRecorderFunction"}
 QUEUE_VARIABLES = {
     "PARALLELRUN_BATCH_QUEUE_URL": "BatchQueueUrl",
+    "PARALLELRUN_ECS_QUEUE_URL": "EcsBatchQueueUrl",
     "PARALLELRUN_PLANNER_QUEUE_URL": "PlannerQueueUrl",
     "PARALLELRUN_FINALIZE_QUEUE_URL": "FinalizeQueueUrl",
 }

@@ -17,6 +17,7 @@ _ENV = {
     "input_bucket": "PARALLELRUN_INPUT_BUCKET",
     "artifacts_bucket": "PARALLELRUN_ARTIFACTS_BUCKET",
     "batch_queue_url": "PARALLELRUN_BATCH_QUEUE_URL",
+    "ecs_queue_url": "PARALLELRUN_ECS_QUEUE_URL",
     "planner_queue_url": "PARALLELRUN_PLANNER_QUEUE_URL",
     "finalize_queue_url": "PARALLELRUN_FINALIZE_QUEUE_URL",
 }
@@ -26,6 +27,7 @@ _OUTPUTS = {
     "input_bucket": "InputBucketName",
     "artifacts_bucket": "ArtifactsBucketName",
     "batch_queue_url": "BatchQueueUrl",
+    "ecs_queue_url": "EcsBatchQueueUrl",
     "planner_queue_url": "PlannerQueueUrl",
     "finalize_queue_url": "FinalizeQueueUrl",
 }
@@ -54,6 +56,8 @@ class StackConfig:
     batch_queue_url: str
     planner_queue_url: str
     finalize_queue_url: str
+    # Mini-batches of `compute: ecs` deployments, read by long-running workers, never by Lambda.
+    ecs_queue_url: str
     limits: StackLimits = field(default_factory=StackLimits)
     planner_interval: int = 2
     # Names of the schedules' EventBridge rules start with it (the planner queue's policy lets
