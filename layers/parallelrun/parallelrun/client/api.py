@@ -78,7 +78,8 @@ class Client:
                         settings: dict[str, Any] | None = None, requirements: tuple[str, ...] = ()) -> endpoints.Deployment:
         """An endpoint and its default deployment (no code and entry script: a no-code one); its
         requirements (given, or requirements.txt beside the code) are built first on a local
-        stack, and get their own worker on a deployed one."""
+        stack, and get their own worker on a deployed one. ``settings`` may hold where it runs
+        beside its run settings: ``{"compute": "ecs", "gpu": 1}`` (:mod:`parallelrun.core.compute`)."""
         requirements = self._prepared(endpoints.requirements_for(code, tuple(requirements)))
         created = endpoints.create(self.cfg, name, code, entry_script, model, settings, requirements=requirements)
         return self._with_worker(created, undo=lambda: endpoints.delete_endpoint(self.cfg, name))

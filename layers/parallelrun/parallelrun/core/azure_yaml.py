@@ -24,7 +24,9 @@ What each field means here:
   ParallelRunConfig's by :data:`parallelrun.core.settings.V2_NAMES`. A setting the YAML leaves out
   takes parallelrun's default, not the deployment's (Azure's one process on one instance would run
   one mini-batch at a time).
-- ``compute`` is accepted and not used (the stack's workers run every job); ``$schema``,
+- ``compute`` (``azureml:gpu-cluster``) is accepted and not used: it names an Azure cluster, whose
+  size and GPUs the name does not tell; the deployment runs on Lambda unless created with
+  ``--compute ecs`` and its ``--cpu``, ``--memory``, ``--gpu`` (:mod:`parallelrun.core.compute`); ``$schema``,
   ``description`` and ``tags`` are accepted and kept nowhere; ``type`` is ``model`` (``pipeline``
   deployments are refused).
 - endpoint.yml: ``name``; ``defaults.deployment_name``, the deployment new jobs go to (otherwise
@@ -152,7 +154,9 @@ def read_deployment(path: str | Path, limits: StackLimits | None = None) -> Depl
         raise _refuse(source, "type", doc["type"], "pipeline component deployments are not supported: deploy a "
                                                    "model with code_configuration")
     base = source.parent
-    notes = [f"compute {doc['compute']!r} is not used: the stack's workers run every job"] if "compute" in doc else []
+    # An Azure compute names a cluster, not a size or a GPU: nothing here to map it to.
+    notes = [f"compute {doc['compute']!r} is not used: the deployment runs on Lambda unless given --compute ecs "
+             "(with --cpu, --memory, --gpu: parallelrun.core.compute)"] if "compute" in doc else []
     code_dir = entry_script = None
     if "code_configuration" in doc:
         code = _mapping(doc["code_configuration"], "code_configuration", source)
