@@ -199,3 +199,14 @@ def test_azure_yaml_compute_is_noted_not_mapped(tmp_path: Path) -> None:
                    "code_configuration:\n  code: code\n  scoring_script: score.py\n")
     (note,) = read_deployment(yml).notes
     assert "azureml:gpu-cluster" in note and "--compute ecs" in note
+
+
+def test_the_local_stack_creates_no_ecs_resource(stack: Any) -> None:
+    """The local stack provisions template.yaml with EcsWorkers=none: its conditions keep every ECS
+    resource out (moto's ECS is partial), and the ECS queue is there for `parallelrun worker --local`."""
+    listed = aws.client("cloudformation").describe_stack_resources(StackName=stack.spec.stack_name)["StackResources"]
+    types = {r["ResourceType"] for r in listed if "ResourceType" in r}
+    assert "AWS::SQS::Queue" in types and "AWS::Lambda::Function" in types
+    assert not [t for t in types if t.startswith(("AWS::ECS::", "AWS::ApplicationAutoScaling::", "AWS::AutoScaling::",
+                                                  "AWS::EC2::", "AWS::CloudWatch::"))], types
+    assert stack.cfg.ecs_task == "" and stack.cfg.ecs_queue_url not in ("", stack.cfg.batch_queue_url)
