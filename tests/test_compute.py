@@ -14,6 +14,8 @@ import pytest
 from parallelrun import aws
 from parallelrun.aws import sqs
 from parallelrun.client import cli, commands
+from parallelrun.client.api import Client
+from parallelrun.client.demo import load_example
 from parallelrun.core import compute, settings
 from parallelrun.core.azure_yaml import read_deployment
 from parallelrun.core.errors import SettingsError
@@ -210,3 +212,24 @@ def test_the_local_stack_creates_no_ecs_resource(stack: Any) -> None:
     assert not [t for t in types if t.startswith(("AWS::ECS::", "AWS::ApplicationAutoScaling::", "AWS::AutoScaling::",
                                                   "AWS::EC2::", "AWS::CloudWatch::"))], types
     assert stack.cfg.ecs_task == "" and stack.cfg.ecs_queue_url not in ("", stack.cfg.batch_queue_url)
+
+
+def test_the_pytorch_example_deploys_on_ecs_without_torch(stack: Any, tmp_path: Path) -> None:
+    """examples/pytorch_ecs as far as it runs without torch, which is not a parallelrun dependency
+    (too heavy for this suite): its scripts compile, and its deployment (compute: ecs on a GPU, an
+    hour a mini-batch) is made through the Client as the example makes it. Training and scoring
+    need `pip install torch` (examples/pytorch_ecs/README.md); they are not run here."""
+    example = Path(load_example("pytorch_ecs", "deploy").__file__).parent
+    for script in ("code/score.py", "make_model.py", "deploy.py"):
+        compile((example / script).read_text(), script, "exec")
+    assert "torch.cuda.is_available()" in (example / "code" / "score.py").read_text()
+    deploy = load_example("pytorch_ecs", "deploy")
+    given, run = compute.split(deploy.SETTINGS)
+    with pytest.raises(SettingsError, match="compute: ecs"):  # an hour a mini-batch is past Lambda
+        settings.resolve(run, limits=stack.cfg.limits)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"a TorchScript model, never loaded here")
+    ref = deploy.deploy(Client(stack.cfg), model)
+    made = endpoints.get_deployment(stack.cfg, deploy.ENDPOINT)
+    assert (made.compute, made.model_ref, made.entry_script) == (compute.parse(given), ref, "score.py")
+    assert made.compute.gpu == 1 and made.settings["run_invocation_timeout"] == 3600
