@@ -233,3 +233,20 @@ def test_the_pytorch_example_deploys_on_ecs_without_torch(stack: Any, tmp_path: 
     made = endpoints.get_deployment(stack.cfg, deploy.ENDPOINT)
     assert (made.compute, made.model_ref, made.entry_script) == (compute.parse(given), ref, "score.py")
     assert made.compute.gpu == 1 and made.settings["run_invocation_timeout"] == 3600
+
+
+def test_an_azure_yaml_deployment_given_compute_ecs_keeps_its_long_timeout(stack: Any, tmp_path: Path) -> None:
+    """Azure's retry_settings.timeout of hours is refused for Lambda, kept with --compute ecs."""
+    from parallelrun.client import azure_import
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "score.py").write_text(SCRIPT)
+    model = tmp_path / "model.pkl"
+    model.write_bytes(b"model")
+    yml = tmp_path / "deployment.yml"
+    yml.write_text(f"name: gpu\nendpoint_name: ep\nmodel: {{name: azure-long, path: {model}}}\n"
+                   "code_configuration:\n  code: code\n  scoring_script: score.py\n"
+                   "settings:\n  retry_settings:\n    timeout: 7200\n")
+    with pytest.raises(SettingsError, match=r"settings.retry_settings.timeout.*compute: ecs"):
+        azure_import.deployment_args(stack.cfg, yml)
+    found = azure_import.deployment_args(stack.cfg, yml, overrides={"compute": "ecs", "gpu": "1"})
+    assert found.settings["run_invocation_timeout"] == 7200 and found.settings["compute"] == "ecs"

@@ -81,6 +81,11 @@ def split(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return given, {k: v for k, v in values.items() if k not in FIELDS}
 
 
+def of_settings(values: Mapping[str, Any] | None) -> Compute:
+    """The compute a new deployment's settings (compute beside run settings) choose."""
+    return parse(split(values or {})[0])
+
+
 def from_dict(values: Mapping[str, Any] | None) -> Compute:
     """A compute read back from a deployment or job record (already checked); none is Lambda."""
     return parse(values or {})
