@@ -499,7 +499,7 @@ def test_the_ecs_service_scales_on_the_queue_s_backlog_per_task_down_to_zero(tem
 def test_capacity_is_fargate_for_cpu_and_gpu_instances_for_gpu(template: dict[str, Any]) -> None:
     capacity = _props(template, "EcsClusterCapacity")
     assert capacity["CapacityProviders"] == {"Fn::If": [
-        "EcsOnGpu", [{"Ref": "EcsGpuCapacityProvider"}], ["FARGATE", "FARGATE_SPOT"]]}
+        "EcsOnGpu", [{"Ref": "EcsGpuCapacityProvider"}], ["FARGATE"]]}
     strategy = {"Fn::If": ["EcsOnGpu", {"Ref": "EcsGpuCapacityProvider"}, "FARGATE"]}
     assert [s["CapacityProvider"] for s in _props(template, "EcsService")["CapacityProviderStrategy"]] == [strategy]
     provider = _props(template, "EcsGpuCapacityProvider")["AutoScalingGroupProvider"]

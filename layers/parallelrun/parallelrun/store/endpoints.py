@@ -49,6 +49,7 @@ class Deployment:
     # On a deployed stack, the batch queue of the deployment's own worker (aws.workers), made for
     # its requirements; empty when the stack's worker serves it.
     queue_url: str = ""
+    # Where its mini-batches run (core.compute): the stack's Lambda worker, or its ECS workers.
     compute: compute.Compute = field(default_factory=compute.Compute)
 
     @property
