@@ -25,6 +25,7 @@ from parallelrun.client.api import Client
 from parallelrun.client.cli import main
 from parallelrun.core.errors import StackError
 from parallelrun.local import provision, server
+from tests.test_template import with_ecs_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "template.yaml"
@@ -84,6 +85,15 @@ def _layer_size(layer: Any, built: dict[str, Any], build_dir: Path) -> int:
 
 def test_sam_validate_lint_passes(sam: Path) -> None:
     result = _run([str(sam), "validate", "--lint", "--template-file", str(TEMPLATE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is a valid SAM Template" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("mode", ["cpu", "gpu"])
+def test_sam_validate_lint_passes_with_ecs_workers_on(sam: Path, mode: str, tmp_path: Path) -> None:
+    path = tmp_path / "template.yaml"
+    path.write_text(with_ecs_workers(mode))
+    result = _run([str(sam), "validate", "--lint", "--template-file", str(path)])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is a valid SAM Template" in result.stdout + result.stderr
 

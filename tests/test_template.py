@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import subprocess
 import sys
 import types
@@ -72,6 +74,7 @@ ENVIRONMENT = {
     "PARALLELRUN_AGGREGATE_BATCHES_PER_INVOCATION",
     "PARALLELRUN_PLANNER_INTERVAL",
     "PARALLELRUN_PLANNER_INPUTS_PER_INVOCATION",
+    "PARALLELRUN_ECS_TASK",
 }
 # Handler folder -> the core module its app.handler must delegate to.
 HANDLERS = {
@@ -304,3 +307,238 @@ def test_handler_delegates_to_the_core(
 
     assert getattr(module, attribute)({"Records": []}, "ctx") == "done"
     assert calls == [({"Records": []}, "ctx")]
+
+
+# ---- the ECS workers (EcsWorkers cpu | gpu) -----------------------------------------------------
+
+ECS_RESOURCES = {
+    "EcsCluster": ("AWS::ECS::Cluster", "EcsOn"),
+    "EcsClusterCapacity": ("AWS::ECS::ClusterCapacityProviderAssociations", "EcsOn"),
+    "EcsLogGroup": ("AWS::Logs::LogGroup", "EcsOn"),
+    "EcsSecurityGroup": ("AWS::EC2::SecurityGroup", "EcsOn"),
+    "EcsExecutionRole": ("AWS::IAM::Role", "EcsOn"),
+    "EcsTaskRole": ("AWS::IAM::Role", "EcsOn"),
+    "EcsTaskAssumesScoringRole": ("AWS::IAM::Policy", "EcsOn"),
+    "EcsTaskDefinition": ("AWS::ECS::TaskDefinition", "EcsOn"),
+    "EcsService": ("AWS::ECS::Service", "EcsOn"),
+    "EcsScalableTarget": ("AWS::ApplicationAutoScaling::ScalableTarget", "EcsOn"),
+    "EcsBacklogScaling": ("AWS::ApplicationAutoScaling::ScalingPolicy", "EcsOn"),
+    "EcsWakeUpScaling": ("AWS::ApplicationAutoScaling::ScalingPolicy", "EcsOn"),
+    "EcsWakeUpAlarm": ("AWS::CloudWatch::Alarm", "EcsOn"),
+    "EcsInstanceRole": ("AWS::IAM::Role", "EcsOnGpu"),
+    "EcsInstanceProfile": ("AWS::IAM::InstanceProfile", "EcsOnGpu"),
+    "EcsGpuLaunchTemplate": ("AWS::EC2::LaunchTemplate", "EcsOnGpu"),
+    "EcsGpuAutoScalingGroup": ("AWS::AutoScaling::AutoScalingGroup", "EcsOnGpu"),
+    "EcsGpuCapacityProvider": ("AWS::ECS::CapacityProvider", "EcsOnGpu"),
+}
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+
+
+def with_ecs_workers(mode: str) -> str:
+    """template.yaml with EcsWorkers=``mode`` by default and its network and image given, as a
+    deployment with ECS workers passes them: what cfn-lint and `sam validate` check for that path."""
+    text = TEMPLATE.read_text()
+    for name, value in (("EcsWorkers", mode), ("EcsVpcId", "vpc-0123456789abcdef0"),
+                        ("EcsSubnets", "subnet-0123456789abcdef0,subnet-0fedcba9876543210"),
+                        ("EcsWorkerImage", "123456789012.dkr.ecr.us-east-1.amazonaws.com/parallelrun-worker:1")):
+        text, count = re.subn(rf"(\n  {name}:\n(?:    .*\n|      .*\n)*?    Default: )(\S+)", rf"\g<1>{value}", text)
+        assert count == 1, name
+    return text
+
+
+def _lint(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "template.yaml"
+    path.write_text(text)
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from cfnlint.runner import main; sys.exit(main())", str(path)],
+        capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("mode", ["cpu", "gpu"])
+def test_cfn_lint_reports_nothing_with_ecs_workers_on(mode: str, tmp_path: Path) -> None:
+    text = with_ecs_workers(mode)
+    assert f"    Default: {mode}\n" in text
+    result = _lint(text, tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
+
+
+def test_ecs_resources_exist_only_behind_their_parameter(template: dict[str, Any]) -> None:
+    found = {k: (v["Type"], v.get("Condition")) for k, v in template["Resources"].items() if k in ECS_RESOURCES}
+    assert found == ECS_RESOURCES
+    conditions = template["Conditions"]
+    assert conditions["EcsOn"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "EcsWorkers"}, "none"]}]}
+    assert template["Parameters"]["EcsWorkers"]["Default"] == "none"
+    assert template["Parameters"]["EcsWorkers"]["AllowedValues"] == ["none", "cpu", "gpu"]
+    # No other resource names an ECS resource unconditionally: only ScoringRole's trust does, under !If.
+    ecs = set(ECS_RESOURCES)
+    for logical_id, resource in template["Resources"].items():
+        if logical_id in ecs:
+            continue
+        named = set(re.findall(r"\b(Ecs[A-Za-z]+)\b", json.dumps(resource))) & ecs
+        assert not named or logical_id == "ScoringRole", (logical_id, named)
+    trust = _props(template, "ScoringRole")["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["AWS"]
+    assert trust == {"Fn::If": ["EcsOn", [{"Fn::GetAtt": ["WorkerRole", "Arn"]}, {"Fn::GetAtt": ["EcsTaskRole", "Arn"]}],
+                                {"Fn::GetAtt": ["WorkerRole", "Arn"]}]}
+    assert {k for k, v in template["Outputs"].items() if v.get("Condition") == "EcsOn"} == {
+        "EcsTask", "EcsClusterName", "EcsServiceName"}
+
+
+def test_the_ecs_task_runs_the_worker_command_with_its_health_check(template: dict[str, Any]) -> None:
+    props = _props(template, "EcsTaskDefinition")
+    (container,) = props["ContainerDefinitions"]
+    assert container["EntryPoint"] == ["parallelrun", "worker"]
+    assert container["Command"] == ["--stack", {"Ref": "AWS::StackName"}]
+    assert container["Image"] == {"Ref": "EcsWorkerImage"}
+    assert container["HealthCheck"]["Command"] == ["CMD", "parallelrun", "worker", "--health"]
+    assert container["StopTimeout"] == 120  # Fargate's most: the worker's two minutes after SIGTERM
+    assert container["ResourceRequirements"] == {"Fn::If": [
+        "EcsOnGpu", [{"Type": "GPU", "Value": {"Ref": "EcsTaskGpus"}}], {"Ref": "AWS::NoValue"}]}
+    variables = {v["Name"]: v["Value"] for v in container["Environment"]}
+    assert variables["PARALLELRUN_SCORING_ROLE_ARN"] == {"Fn::GetAtt": ["ScoringRole", "Arn"]}
+    assert props["RequiresCompatibilities"] == [{"Fn::If": ["EcsOnGpu", "EC2", "FARGATE"]}]
+    assert props["NetworkMode"] == {"Fn::If": ["EcsOnGpu", "bridge", "awsvpc"]}
+    assert (props["Cpu"], props["Memory"]) == ({"Ref": "EcsTaskCpu"}, {"Ref": "EcsTaskMemory"})
+    assert props["TaskRoleArn"] == {"Fn::GetAtt": ["EcsTaskRole", "Arn"]}
+    assert props["ExecutionRoleArn"] == {"Fn::GetAtt": ["EcsExecutionRole", "Arn"]}
+    # The defaults are a task Fargate runs (core.compute's table of its sizes).
+    from parallelrun.core import compute
+    defaults = {name: template["Parameters"][name]["Default"] for name in ("EcsTaskCpu", "EcsTaskMemory")}
+    assert defaults["EcsTaskMemory"] in compute.FARGATE_SIZES[defaults["EcsTaskCpu"]]
+
+
+def test_the_worker_image_is_built_from_this_repository_for_that_command() -> None:
+    """What a Docker build would need, checked without Docker (none on this machine: the image is
+    unbuilt here): an official Python 3.11 slim base, a PyTorch CUDA runtime one by build arg, the
+    package installed with its pinned tree, and the task definition's entry point."""
+    text = DOCKERFILE.read_text()
+    instructions = re.findall(r"^(ARG|FROM|COPY|RUN|USER|ENTRYPOINT|CMD) (.+?)$", text.replace("\\\n", " "),
+                              re.MULTILINE)
+    assert instructions[0] == ("ARG", "BASE=python:3.11-slim") and instructions[1] == ("FROM", "${BASE}")
+    assert "--build-arg BASE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime" in text
+    for source in [s for kind, args in instructions if kind == "COPY" for s in args.split()[:-1]]:
+        assert (ROOT / source).exists(), f"COPY {source}: not in the build context"
+    (install,) = [args for kind, args in instructions if kind == "RUN" and "pip install" in args]
+    assert "-c /tmp/parallelrun/constraints.txt /tmp/parallelrun" in install
+    (entrypoint,) = [json.loads(args) for kind, args in instructions if kind == "ENTRYPOINT"]
+    template, _ = decode(str(TEMPLATE))
+    (container,) = _props(template, "EcsTaskDefinition")["ContainerDefinitions"]
+    assert entrypoint == container["EntryPoint"] == ["parallelrun", "worker"]
+    assert not [kind for kind, _ in instructions if kind == "CMD"]  # the task gives the arguments
+    assert ("USER", "worker") in instructions
+    assert 'parallelrun = "parallelrun.client.cli:main"' in (ROOT / "pyproject.toml").read_text()
+
+
+def _statements(template: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    return [s for p in _props(template, role)["Policies"] for s in p["PolicyDocument"]["Statement"]]
+
+
+def test_the_ecs_task_role_grants_what_the_worker_role_does_on_the_ecs_queue(template: dict[str, Any]) -> None:
+    worker = [s for s in _statements(template, "WorkerRole") if not s["Action"][0].startswith("logs:")]
+    for statement in worker:  # the Lambda worker's queues (the stack's, the deployments' own) → the ECS queue
+        if "sqs:ReceiveMessage" in statement["Action"]:
+            statement["Resource"] = [{"Fn::GetAtt": ["EcsBatchQueue", "Arn"]}]
+    task = _statements(template, "EcsTaskRole")
+    stack = [s for s in task if s["Action"] == ["cloudformation:DescribeStacks"]]
+    assert stack == [{"Effect": "Allow", "Action": ["cloudformation:DescribeStacks"], "Resource": [{"Ref": "AWS::StackId"}]}]
+    assert [s for s in task if s not in stack] == worker
+    assume = _props(template, "EcsTaskAssumesScoringRole")
+    assert assume["Roles"] == [{"Ref": "EcsTaskRole"}]
+    assert assume["PolicyDocument"]["Statement"] == [
+        {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": {"Fn::GetAtt": ["ScoringRole", "Arn"]}}]
+    for role in ("EcsTaskRole", "EcsExecutionRole"):
+        (trust,) = _props(template, role)["AssumeRolePolicyDocument"]["Statement"]
+        assert trust["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+        assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    # The execution role pulls and logs; its one "*" is ECR's token, which names no resource.
+    execution = _statements(template, "EcsExecutionRole")
+    assert [s["Action"] for s in execution if s["Resource"] == "*"] == [["ecr:GetAuthorizationToken"]]
+    assert [s["Resource"] for s in execution if s["Action"][0].startswith("logs:")] == [
+        [{"Fn::GetAtt": ["EcsLogGroup", "Arn"]}]]
+    for statement in task:
+        assert statement["Resource"] != "*" and not any("*" in a for a in statement["Action"]), statement
+
+
+def test_the_ecs_service_scales_on_the_queue_s_backlog_per_task_down_to_zero(template: dict[str, Any]) -> None:
+    target = _props(template, "EcsScalableTarget")
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (0, {"Ref": "EcsMaxTasks"})
+    assert target["ResourceId"] == {"Fn::Sub": "service/${EcsCluster}/${EcsService.Name}"}
+    assert (target["ServiceNamespace"], target["ScalableDimension"]) == ("ecs", "ecs:service:DesiredCount")
+    assert _props(template, "EcsService")["DesiredCount"] == 0
+
+    policy = _props(template, "EcsBacklogScaling")
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    assert policy["ScalingTargetId"] == {"Ref": "EcsScalableTarget"}
+    config = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert config["TargetValue"] == {"Ref": "EcsBacklogPerTask"}
+    metrics = {m["Id"]: m for m in config["CustomizedMetricSpecification"]["Metrics"]}
+    queue = [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["EcsBatchQueue", "QueueName"]}}]
+    assert metrics["waiting"]["MetricStat"]["Metric"] == {
+        "Namespace": "AWS/SQS", "MetricName": "ApproximateNumberOfMessagesVisible", "Dimensions": queue}
+    assert metrics["working"]["MetricStat"]["Metric"] == {
+        "Namespace": "AWS/SQS", "MetricName": "ApproximateNumberOfMessagesNotVisible", "Dimensions": queue}
+    service = [{"Name": "ClusterName", "Value": {"Ref": "EcsCluster"}},
+               {"Name": "ServiceName", "Value": {"Fn::GetAtt": ["EcsService", "Name"]}}]
+    assert metrics["tasks"]["MetricStat"]["Metric"] == {
+        "Namespace": "ECS/ContainerInsights", "MetricName": "RunningTaskCount", "Dimensions": service}
+    assert [m["Id"] for m in metrics.values() if m["ReturnData"]] == ["backlog_per_task"]
+    assert metrics["backlog_per_task"]["Expression"] == "IF(FILL(tasks, 0) > 0, (waiting + working) / tasks, 0)"
+    # Container Insights publishes RunningTaskCount.
+    assert _props(template, "EcsCluster")["ClusterSettings"] == [{"Name": "containerInsights", "Value": "enabled"}]
+
+    # From zero: a backlog with no task running sets one task.
+    alarm = _props(template, "EcsWakeUpAlarm")
+    assert alarm["AlarmActions"] == [{"Ref": "EcsWakeUpScaling"}]
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanOrEqualToThreshold", 1)
+    (expression,) = [m["Expression"] for m in alarm["Metrics"] if m["ReturnData"]]
+    assert expression == "IF(FILL(tasks, 0) < 1, FILL(waiting, 0), 0)"
+    wake = _props(template, "EcsWakeUpScaling")["StepScalingPolicyConfiguration"]
+    assert wake["AdjustmentType"] == "ExactCapacity"
+    assert wake["StepAdjustments"] == [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]
+
+
+def test_capacity_is_fargate_for_cpu_and_gpu_instances_for_gpu(template: dict[str, Any]) -> None:
+    capacity = _props(template, "EcsClusterCapacity")
+    assert capacity["CapacityProviders"] == {"Fn::If": [
+        "EcsOnGpu", [{"Ref": "EcsGpuCapacityProvider"}], ["FARGATE"]]}
+    strategy = {"Fn::If": ["EcsOnGpu", {"Ref": "EcsGpuCapacityProvider"}, "FARGATE"]}
+    assert [s["CapacityProvider"] for s in _props(template, "EcsService")["CapacityProviderStrategy"]] == [strategy]
+    provider = _props(template, "EcsGpuCapacityProvider")["AutoScalingGroupProvider"]
+    assert provider["AutoScalingGroupArn"] == {"Ref": "EcsGpuAutoScalingGroup"}
+    assert provider["ManagedScaling"]["Status"] == "ENABLED"
+    group = _props(template, "EcsGpuAutoScalingGroup")
+    assert (group["MinSize"], group["MaxSize"]) == ("0", {"Ref": "EcsMaxTasks"})
+    data = _props(template, "EcsGpuLaunchTemplate")["LaunchTemplateData"]
+    assert data["ImageId"] == "{{resolve:ssm:/aws/service/ecs/optimized-ami/amazon-linux-2/gpu/recommended/image_id}}"
+    assert data["InstanceType"] == {"Ref": "EcsGpuInstanceType"}
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    user_data = data["UserData"]["Fn::Base64"]["Fn::Sub"]
+    assert "ECS_CLUSTER=${EcsCluster}" in user_data and "ECS_ENABLE_GPU_SUPPORT=true" in user_data
+
+
+def test_the_ecs_task_s_size_reaches_submit_as_the_functions_and_clients_read_it(template: dict[str, Any]) -> None:
+    """Globals' PARALLELRUN_ECS_TASK (the planner's, for drop folders) and the EcsTask output (the
+    clients') say the same, in the form core.compute.EcsTask reads."""
+    from parallelrun.core import compute
+    variable = template["Globals"]["Function"]["Environment"]["Variables"]["PARALLELRUN_ECS_TASK"]
+    condition, value, off = variable["Fn::If"]
+    assert (condition, off) == ("EcsOn", "") and template["Outputs"]["EcsTask"]["Value"] == value
+    form, names = value["Fn::Sub"]
+    assert names == {"Gpus": {"Fn::If": ["EcsOnGpu", {"Ref": "EcsTaskGpus"}, 0]}}
+    rendered = form.replace("${Gpus}", "1")
+    for name in ("EcsTaskCpu", "EcsTaskMemory", "EcsWorkerImage"):
+        rendered = rendered.replace("${%s}" % name, str(template["Parameters"][name]["Default"] or "repo/w:1"))
+    assert compute.EcsTask.from_text(rendered) == compute.EcsTask(1024, 4096, 1, "repo/w:1")
+    assert template["Outputs"]["EcsTask"]["Condition"] == "EcsOn"
+
+
+def test_sam_translates_the_template_with_ecs_workers_on() -> None:
+    """The SAM transform keeps the ECS resources and gives every function the !If of Globals."""
+    from parallelrun.local import template as local_template
+    for mode in ("cpu", "gpu"):
+        read = local_template.read_template(TEMPLATE, {"EcsWorkers": mode})
+        local_template.point_code_at_bucket(read, ROOT, "bootstrap")
+        translated = local_template.translate(read, {"EcsWorkers": mode}, "us-east-1")
+        assert {k: v["Type"] for k, v in translated["Resources"].items() if k in ECS_RESOURCES} == {
+            k: t for k, (t, _) in ECS_RESOURCES.items()}
+        variables = translated["Resources"]["PlannerFunction"]["Properties"]["Environment"]["Variables"]
+        assert variables["PARALLELRUN_ECS_TASK"]["Fn::If"][0] == "EcsOn"

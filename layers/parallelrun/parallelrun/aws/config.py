@@ -65,6 +65,8 @@ class StackConfig:
     schedule_rule_prefix: str = "parallelrun-schedule-"
     # A deployment's own worker (aws.workers) is named with it (the roles' grants name it too).
     deployment_worker_prefix: str = "parallelrun-Worker-"
+    # What the stack's ECS workers' task gives (core.compute.EcsTask's text); "" without them.
+    ecs_task: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
@@ -76,6 +78,7 @@ class StackConfig:
             **{attr: env[var] for attr, var in _ENV.items()},
             limits=StackLimits.from_env(env),
             planner_interval=int(env.get("PARALLELRUN_PLANNER_INTERVAL") or 2),
+            ecs_task=env.get("PARALLELRUN_ECS_TASK") or "",
         )
 
     @classmethod
@@ -91,6 +94,7 @@ class StackConfig:
             **{attr: outputs[name] for attr, name in _OUTPUTS.items()},
             limits=limits,
             planner_interval=int(outputs.get("PlannerInterval") or 2),
+            ecs_task=outputs.get("EcsTask") or "",
             **prefix,
         )
 

@@ -21,7 +21,7 @@ from parallelrun.local import state
 from parallelrun.pipeline import lifecycle, planner, scheduling, submit
 from parallelrun.scoring import environments
 from parallelrun.store import batches, endpoints, jobs, keys, registry, schedules
-from parallelrun.core import model_refs, settings as run_settings
+from parallelrun.core import compute, model_refs, settings as run_settings
 
 
 class Client:
@@ -78,8 +78,9 @@ class Client:
                         settings: dict[str, Any] | None = None, requirements: tuple[str, ...] = ()) -> endpoints.Deployment:
         """An endpoint and its default deployment (no code and entry script: a no-code one); its
         requirements (given, or requirements.txt beside the code) are built first on a local
-        stack, and get their own worker on a deployed one."""
-        requirements = self._prepared(endpoints.requirements_for(code, tuple(requirements)))
+        stack, and get their own worker on a deployed one. ``settings`` may hold where it runs
+        beside its run settings: ``{"compute": "ecs", "gpu": 1}`` (:mod:`parallelrun.core.compute`)."""
+        requirements = self._prepared(endpoints.requirements_for(code, tuple(requirements)), compute.of_settings(settings))
         created = endpoints.create(self.cfg, name, code, entry_script, model, settings, requirements=requirements)
         return self._with_worker(created, undo=lambda: endpoints.delete_endpoint(self.cfg, name))
 
@@ -91,12 +92,14 @@ class Client:
             raise ConflictError(f"the new code of endpoint {name!r} changes its requirements, which its worker on "
                                 "AWS was built for: add a deployment with this code (`parallelrun deployments create`)"
                                 " and make it the default")
-        self._prepared(requirements)
+        self._prepared(requirements, compute.updated(current.compute, compute.split(settings or {})[0]))
         return endpoints.update(self.cfg, name, code, entry_script, model, settings)
 
-    def _prepared(self, requirements: tuple[str, ...]) -> tuple[str, ...]:
+    def _prepared(self, requirements: tuple[str, ...], chosen: compute.Compute) -> tuple[str, ...]:
         """On a local stack, the requirements' environment built now, so that a package that
-        cannot install is refused before anything is stored (the workers share the cache)."""
+        cannot install is refused before anything is stored (the workers share the cache); none
+        is built for a compute: ecs deployment, which refuses requirements."""
+        compute.check_requirements(chosen, requirements)
         if not self.deployed and environments.needed(requirements):
             environments.ensure(requirements)
         return requirements
@@ -132,7 +135,7 @@ class Client:
                        requirements: tuple[str, ...] = ()) -> endpoints.Deployment:
         """Add a deployment (its requirements as :meth:`create_endpoint` treats them); it becomes
         the default only once its worker, if it needs one, is made."""
-        requirements = self._prepared(endpoints.requirements_for(code, tuple(requirements)))
+        requirements = self._prepared(endpoints.requirements_for(code, tuple(requirements)), compute.of_settings(settings))
         added = endpoints.add_deployment(self.cfg, endpoint, name, code, entry_script, model, settings,
                                          requirements=requirements)
         added = self._with_worker(added, undo=lambda: endpoints.delete_deployment(self.cfg, endpoint, name))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import azure_yaml, settings
+from parallelrun.core import azure_yaml, compute, settings
 from parallelrun.core.errors import InputError, NotFoundError
 from parallelrun.store import endpoints, registry
 
@@ -48,7 +48,8 @@ def deployment_args(cfg: StackConfig, path: str | Path, endpoint: str | None = N
     """The deployment a batch deployment YAML file describes, its model registered or resolved;
     ``endpoint``, ``name`` and ``overrides`` (run settings) win over the YAML's, as the Azure CLI's
     ``--endpoint-name``, ``--name`` and ``--set`` do."""
-    spec = azure_yaml.read_deployment(path, cfg.limits)
+    # With compute: ecs given beside the YAML, its retry_settings.timeout may be hours.
+    spec = azure_yaml.read_deployment(path, cfg.limits, compute.of_settings(overrides).is_ecs)
     endpoint, name = endpoint or spec.endpoint or "", name or spec.name or ""
     for field, value in (("endpoint_name", endpoint), ("name", name)):
         if not value:

@@ -36,6 +36,17 @@ def parser() -> argparse.ArgumentParser:
         command.set_defaults(func=func)
         return command
 
+    def add_compute(command: argparse.ArgumentParser) -> None:
+        """Where a deployment runs (parallelrun.core.compute), also settable as --set compute=ecs."""
+        command.add_argument("--compute", choices=("lambda", "ecs"), default=None,
+                             help="lambda (default) or ecs: long-running workers, for GPUs or mini-batches "
+                                  "longer than Lambda's 15 minutes")
+        command.add_argument("--cpu", default=None, help="with --compute ecs: CPU units, 1024 = 1 vCPU (default 1024)")
+        command.add_argument("--memory", default=None, help="with --compute ecs: MiB (default 4096)")
+        command.add_argument("--gpu", default=None, help="with --compute ecs: GPUs (default 0: Fargate)")
+        command.add_argument("--image", default=None, help="with --compute ecs: the worker image it needs "
+                             "(default: the stack's EcsWorkerImage)")
+
     demo = add(sub, "demo", cmd_demo, "Run the digits demo end to end on a local stack.")
     demo.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     demo.add_argument("--count", type=int, default=None, help="how many digit images (default all 1,797)")
@@ -79,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
                         help="a registered model; per partition: a name template such as 'sales-{store}' "
                              "or tags such as 'tags:store={store}'")
     create.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a default run setting")
+    add_compute(create)
     update = add(endpoints, "update", cmd_endpoints_update,
                  "Change an endpoint's default deployment (new code, entry script, model or settings).")
     update.add_argument("name")
@@ -87,6 +99,7 @@ def parser() -> argparse.ArgumentParser:
     update.add_argument("--model", default=None, metavar="NAME[:VERSION]",
                         help="a registered model, or a model per partition ('sales-{store}', 'tags:store={store}')")
     update.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_compute(update)
     add(endpoints, "list", cmd_endpoints_list, "List the endpoints.")
     add(endpoints, "show", cmd_endpoints_show, "Show an endpoint and its deployments.").add_argument("name")
     add(endpoints, "delete", cmd_endpoints_delete, "Delete an endpoint and its deployments.").add_argument("name")
@@ -111,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
                         help="a registered model; per partition: a name template such as 'sales-{store}' "
                              "or tags such as 'tags:store={store}'")
     dcreate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_compute(dcreate)
     dcreate.add_argument("--default", "--set-default", dest="default", action="store_true",
                          help="make it the endpoint's default (an endpoint's first deployment is, unless it "
                               "named another)")

@@ -13,6 +13,7 @@ from typing import Any
 
 from parallelrun.client.api import Client
 from parallelrun.client.progress import progress_bar, status_lines
+from parallelrun.core import compute
 from parallelrun.core.errors import NotFoundError, ParallelRunError
 from parallelrun.core.settings import parse_assignments
 from parallelrun.local import state
@@ -90,7 +91,13 @@ def cmd_models_archive(args: argparse.Namespace) -> int:
 
 
 def _deployment_dict(d: Any) -> dict[str, Any]:
-    return {**d.__dict__, "model": d.model_label}
+    return {**d.__dict__, "model": d.model_label, "compute": d.compute.to_dict()}
+
+
+def _deployment_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """A deployment's settings: ``--set``'s, and its compute options (``--compute ecs --gpu 1``)."""
+    given = {name: getattr(args, name) for name in compute.FIELDS if getattr(args, name, None) is not None}
+    return {**parse_assignments(args.set), **given}
 
 
 def cmd_endpoints_show(args: argparse.Namespace) -> int:
@@ -136,11 +143,11 @@ def cmd_deployments_create(args: argparse.Namespace) -> int:
     _check_file_or_options(args, "endpoint", "name")
     client = Client.connect(args.stack)
     if args.file is not None:
-        d = client.create_deployment_from_file(args.file, args.endpoint, args.name, parse_assignments(args.set),
+        d = client.create_deployment_from_file(args.file, args.endpoint, args.name, _deployment_settings(args),
                                                args.default, on_note=_note)
     else:
         d = client.add_deployment(args.endpoint, args.name, args.code, args.entry_script, args.model,
-                                  parse_assignments(args.set), args.default)
+                                  _deployment_settings(args), args.default)
     default = client.endpoint(d.endpoint)["default_deployment"] == d.name
     print(f"created deployment {d.name} of endpoint {d.endpoint} (model {d.model_label})"
           + (", the endpoint's default" if default else ""))
@@ -152,7 +159,8 @@ def cmd_deployments_list(args: argparse.Namespace) -> int:
     default = client.endpoint(args.endpoint)["default_deployment"]
     for d in client.deployments(args.endpoint):
         mark = "*" if d.name == default else " "
-        print(f"{mark} {d.name}\t{d.entry_script or NO_CODE}\t{d.model_label}\t{(d.code_sha or '-')[:12]}")
+        print(f"{mark} {d.name}\t{d.entry_script or NO_CODE}\t{d.model_label}\t{(d.code_sha or '-')[:12]}\t"
+              f"{d.compute.label}")
     return 0
 
 
@@ -170,15 +178,15 @@ def cmd_deployments_delete(args: argparse.Namespace) -> int:
 def cmd_endpoints_create(args: argparse.Namespace) -> int:
     _check_file_or_options(args, "name")
     if args.file is not None:
-        if args.set:
-            raise ParallelRunError("--set: not with --file; settings belong to deployments (their YAML, or "
-                                   "`deployments create ... --set`)")
+        if _deployment_settings(args):
+            raise ParallelRunError("--set, --compute: not with --file; settings belong to deployments (their YAML, "
+                                   "or `deployments create ... --set`)")
         endpoint = Client.connect(args.stack).create_endpoint_from_file(args.file, args.name, on_note=_note)
         print(f"created endpoint {endpoint['name']} with no deployment yet: add one with "
               f"`parallelrun deployments create {endpoint['name']} NAME --file deployment.yml`")
         return 0
     deployment = Client.connect(args.stack).create_endpoint(args.name, args.code, args.entry_script, args.model,
-                                                            parse_assignments(args.set))
+                                                            _deployment_settings(args))
     print(f"created endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script or NO_CODE}, "
           f"model {deployment.model_label}, code {(deployment.code_sha or 'none')[:12]})")
     return 0
@@ -186,7 +194,7 @@ def cmd_endpoints_create(args: argparse.Namespace) -> int:
 
 def cmd_endpoints_update(args: argparse.Namespace) -> int:
     deployment = Client.connect(args.stack).update_endpoint(args.name, args.code, args.entry_script, args.model,
-                                                            parse_assignments(args.set))
+                                                            _deployment_settings(args))
     print(f"updated endpoint {args.name} (deployment {deployment.name}: {deployment.entry_script or NO_CODE}, "
           f"code {(deployment.code_sha or 'none')[:12]}); running jobs keep what they started with")
     return 0

@@ -24,7 +24,9 @@ What each field means here:
   ParallelRunConfig's by :data:`parallelrun.core.settings.V2_NAMES`. A setting the YAML leaves out
   takes parallelrun's default, not the deployment's (Azure's one process on one instance would run
   one mini-batch at a time).
-- ``compute`` is accepted and not used (the stack's workers run every job); ``$schema``,
+- ``compute`` (``azureml:gpu-cluster``) is accepted and not used: it names an Azure cluster, whose
+  size and GPUs the name does not tell; the deployment runs on Lambda unless created with
+  ``--compute ecs`` and its ``--cpu``, ``--memory``, ``--gpu`` (:mod:`parallelrun.core.compute`); ``$schema``,
   ``description`` and ``tags`` are accepted and kept nowhere; ``type`` is ``model`` (``pipeline``
   deployments are refused).
 - endpoint.yml: ``name``; ``defaults.deployment_name``, the deployment new jobs go to (otherwise
@@ -141,9 +143,10 @@ def _local(base: Path, value: Any, where: str, source: Path) -> Path:
     return base / value
 
 
-def read_deployment(path: str | Path, limits: StackLimits | None = None) -> DeploymentSpec:
+def read_deployment(path: str | Path, limits: StackLimits | None = None, ecs: bool = False) -> DeploymentSpec:
     """An Azure ML v2 batch deployment YAML file as a :class:`DeploymentSpec`; raises
-    :class:`InputError` or :class:`SettingsError` naming the field it cannot honour."""
+    :class:`InputError` or :class:`SettingsError` naming the field it cannot honour. ``ecs``: for
+    a deployment given compute: ecs (its retry_settings.timeout may be hours)."""
     source = Path(path)
     doc = _mapping(_load(source), "", source)
     legacy = "type" not in doc  # before type: (CLI 1.7) settings sat at the root; Azure reads them there
@@ -152,7 +155,9 @@ def read_deployment(path: str | Path, limits: StackLimits | None = None) -> Depl
         raise _refuse(source, "type", doc["type"], "pipeline component deployments are not supported: deploy a "
                                                    "model with code_configuration")
     base = source.parent
-    notes = [f"compute {doc['compute']!r} is not used: the stack's workers run every job"] if "compute" in doc else []
+    # An Azure compute names a cluster, not a size or a GPU: nothing here to map it to.
+    notes = [f"compute {doc['compute']!r} is not used: the deployment runs on Lambda unless given --compute ecs "
+             "(with --cpu, --memory, --gpu: parallelrun.core.compute)"] if "compute" in doc else []
     code_dir = entry_script = None
     if "code_configuration" in doc:
         code = _mapping(doc["code_configuration"], "code_configuration", source)
@@ -170,7 +175,7 @@ def read_deployment(path: str | Path, limits: StackLimits | None = None) -> Depl
     if legacy:
         sections.append(("", {key: doc[key] for key in SETTINGS_FIELDS if key in doc}))
     name, endpoint = doc.get("name"), doc.get("endpoint_name")
-    chosen = _settings(sections, source, limits)
+    chosen = _settings(sections, source, limits, ecs)
     if code_dir is None and "mini_batch_size" in chosen:
         # Azure's MLflow deployments count files per mini-batch; with no scoring script each file
         # is read here as a table, cut into mini-batches by bytes (tabular input's mini_batch_size).
@@ -184,7 +189,8 @@ def read_deployment(path: str | Path, limits: StackLimits | None = None) -> Depl
     )
 
 
-def _settings(sections: list[tuple[str, dict[str, Any]]], source: Path, limits: StackLimits | None) -> dict[str, Any]:
+def _settings(sections: list[tuple[str, dict[str, Any]]], source: Path, limits: StackLimits | None,
+              ecs: bool) -> dict[str, Any]:
     """The run settings under Azure's names, each checked and refused by its path in the YAML."""
     flat: dict[str, tuple[str, Any]] = {}
     for where, given in sections:
@@ -197,11 +203,11 @@ def _settings(sections: list[tuple[str, dict[str, Any]]], source: Path, limits: 
         flat.update({f"{prefix}retry_settings.{key}": (f"retry_settings.{key}", value) for key, value in retry.items()})
     for where, (name, value) in flat.items():
         try:
-            settings.resolve({name: value}, limits=limits)
+            settings.resolve({name: value}, limits=limits, ecs=ecs)
         except SettingsError as error:
             raise SettingsError(where, value, error.allowed) from None
     chosen = dict(flat.values())
-    settings.resolve(chosen, limits=limits)  # the checks that span settings (concurrency)
+    settings.resolve(chosen, limits=limits, ecs=ecs)  # the checks that span settings (concurrency)
     return chosen
 
 

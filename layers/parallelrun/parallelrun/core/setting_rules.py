@@ -52,6 +52,11 @@ MAX_COUNT = 2**53 - 1
 # (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-queues.html);
 # moto's cost grows with the queue's depth too (DESIGN §6).
 MAX_INFLIGHT_BATCHES = 10000
+# A compute: ecs mini-batch is kept invisible by its worker's heartbeat, but SQS keeps a received
+# message invisible at most 12 hours from its receipt, however often that is extended
+# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibility.html):
+# 11 hours leave one for fetching the inputs, writing the part and committing it.
+MAX_ECS_RUN_INVOCATION_TIMEOUT = 11 * 3600
 # Far past real use, and together (100 KB of arguments, 20 URIs of at most 1.1 KB, 50 KB of
 # variables, partition names) well inside the job's 400 KB item.
 MAX_ARGUMENTS, MAX_ARGUMENT_CHARS = 100, 1024
@@ -315,8 +320,23 @@ def _reserved(name: str) -> bool:
     return upper in RESERVED_ENV_NAMES or upper.startswith(RESERVED_ENV_PREFIXES)
 
 
-def rules(limits: StackLimits) -> dict[str, tuple[Callable[[Any], Any], str]]:
-    """Each setting's coercer and the sentence that says what is allowed."""
+def _run_invocation_timeout(limits: StackLimits, ecs: bool) -> tuple[Callable[[Any], Any], str]:
+    """Lambda's bound is the worker function's timeout; ECS's, SQS's cap on a message's invisibility."""
+    if ecs:
+        return (_int(1, MAX_ECS_RUN_INVOCATION_TIMEOUT), f"whole seconds from 1 to {MAX_ECS_RUN_INVOCATION_TIMEOUT} "
+                "(11 hours) with compute: ecs (SQS keeps a mini-batch's message invisible at most 12 hours)")
+    return (
+        _int(1, limits.max_run_invocation_timeout),
+        f"whole seconds from 1 to {limits.max_run_invocation_timeout} (the worker's timeout of "
+        f"{limits.worker_timeout} s, less {INVOCATION_MARGIN} s, shared by {limits.worker_batch_size} "
+        "mini-batch(es) per invocation; raise the stack's WorkerTimeout for more, or deploy with compute: ecs for up "
+        f"to {MAX_ECS_RUN_INVOCATION_TIMEOUT} s)",
+    )
+
+
+def rules(limits: StackLimits, ecs: bool = False) -> dict[str, tuple[Callable[[Any], Any], str]]:
+    """Each setting's coercer and the sentence that says what is allowed (``ecs``: for a
+    deployment with compute: ecs, whose mini-batches may run for hours)."""
     return {
         "mini_batch_size": (
             _mini_batch_size,
@@ -330,12 +350,7 @@ def rules(limits: StackLimits) -> dict[str, tuple[Callable[[Any], Any], str]]:
         "output_action": (_choice(OUTPUT_ACTIONS), "one of " + ", ".join(OUTPUT_ACTIONS)),
         "append_row_file_name": (_file_name, "a file name without '/' that does not start with '.', other than "
                                              "_READY"),
-        "run_invocation_timeout": (
-            _int(1, limits.max_run_invocation_timeout),
-            f"whole seconds from 1 to {limits.max_run_invocation_timeout} (the worker's timeout of "
-            f"{limits.worker_timeout} s, less {INVOCATION_MARGIN} s, shared by {limits.worker_batch_size} "
-            "mini-batch(es) per invocation; raise the stack's WorkerTimeout for more)",
-        ),
+        "run_invocation_timeout": _run_invocation_timeout(limits, ecs),
         "run_max_try": (
             _int(1, limits.max_receive_count),
             f"an integer from 1 to {limits.max_receive_count} (the stack's MaxReceiveCount)",

@@ -185,10 +185,12 @@ def resolve(
     overrides: Mapping[str, Any],
     base: RunSettings | None = None,
     limits: StackLimits | None = None,
+    ecs: bool = False,
 ) -> RunSettings:
-    """``base`` with ``overrides`` applied, each value checked; raises :class:`SettingsError`."""
+    """``base`` with ``overrides`` applied, each value checked; raises :class:`SettingsError`.
+    ``ecs``: the settings of a compute: ecs deployment (its run_invocation_timeout may be hours)."""
     limits = limits or StackLimits()
-    rules = setting_rules.rules(limits)
+    rules = setting_rules.rules(limits, ecs)
     values: dict[str, Any] = {}
     for name, (given, value) in _named(overrides).items():
         if name not in rules:
@@ -200,13 +202,13 @@ def resolve(
         except (ValueError, TypeError, json.JSONDecodeError):
             raise SettingsError(given, value, allowed) from None
     settings = dataclasses.replace(base or RunSettings(), **values)
-    check(settings, limits)
+    check(settings, limits, ecs)
     return settings
 
 
-def check(settings: RunSettings, limits: StackLimits) -> None:
+def check(settings: RunSettings, limits: StackLimits, ecs: bool = False) -> None:
     """Checks that span settings, and a stored base re-checked against this stack's limits."""
-    rules = setting_rules.rules(limits)
+    rules = setting_rules.rules(limits, ecs)
     for name in ("run_invocation_timeout", "run_max_try"):
         value = getattr(settings, name)
         try:

@@ -29,7 +29,7 @@ from typing import Any
 from parallelrun import aws
 from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import logs, model_refs, partitions, planning, usage
+from parallelrun.core import compute, logs, model_refs, partitions, planning, usage
 from parallelrun.core.datasets import InputFile, InputSpec
 from parallelrun.core.errors import ConflictError, ParallelRunError
 from parallelrun.pipeline import aggregator, lifecycle, markers, scheduling, submit
@@ -261,8 +261,10 @@ def send_batches(cfg: StackConfig, job: jobs.JobRecord, start: int, end: int) ->
 
 def _send(cfg: StackConfig, job: jobs.JobRecord, entries: list[plan.Entry]) -> None:
     """Send the entries' mini-batches, ten per SendMessageBatch (as many as fit its size limit)."""
-    # A deployment with its own worker (aws.workers) is scored from its own queue.
-    queue_url = job.deployment.get("queue_url") or cfg.batch_queue_url
+    # A compute: ecs deployment is scored from the ECS queue, which no Lambda reads; one with its own
+    # worker (aws.workers, never an ECS one: core.compute.check_requirements) from its own queue.
+    queue_url = (cfg.ecs_queue_url if compute.runs_on_ecs(job.deployment)
+                 else job.deployment.get("queue_url") or cfg.batch_queue_url)
     refused = sqs.send_in_tens(queue_url, [(str(entry[0]), batch_message(job, *entry).body()) for entry in entries])
     if refused:
         raise ParallelRunError(f"SQS refused mini-batches {refused} of job {job.job_id} five times")

@@ -15,7 +15,7 @@ from typing import Any
 
 from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import model_refs, nocode, settings
+from parallelrun.core import compute, model_refs, nocode, settings
 from parallelrun.core.datasets import InputSpec, split_s3_uri
 from parallelrun.core.errors import ConflictError, InputError, SettingsError
 from parallelrun.store import endpoints, jobs, keys, registry
@@ -44,9 +44,11 @@ def prepare(
     """A job ready to store: deployment snapshotted, settings resolved and checked, output free."""
     if source == "drop":
         settings.check_drop_overrides(overrides or {})
+    compute.refuse_per_job(overrides or {})
     found = endpoints.get_deployment(cfg, endpoint, deployment)
-    run_settings = settings.resolve(found.settings, limits=cfg.limits)
-    run_settings = settings.resolve(dict(overrides or {}), base=run_settings, limits=cfg.limits)
+    ecs = endpoints.checked_compute(cfg, found.compute).is_ecs  # the stack may have changed since it was made
+    run_settings = settings.resolve(found.settings, limits=cfg.limits, ecs=ecs)
+    run_settings = settings.resolve(dict(overrides or {}), base=run_settings, limits=cfg.limits, ecs=ecs)
     settings.check_for_files(run_settings)
     if found.code_sha is None:  # the built-in scorer reads tables only
         nocode.check_settings(run_settings)
@@ -98,6 +100,7 @@ def snapshot(cfg: StackConfig, deployment: endpoints.Deployment) -> dict[str, An
         "endpoint": deployment.endpoint, "deployment": deployment.name, "code_sha": deployment.code_sha,
         "entry_script": deployment.entry_script, "model_name": name, "model_version": version,
         "requirements": list(deployment.requirements), "queue_url": deployment.queue_url,
+        "compute": deployment.compute.to_dict(),
     }
 
 

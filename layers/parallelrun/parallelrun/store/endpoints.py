@@ -4,7 +4,9 @@ A deployment pins scoring code (a zip in the artifacts bucket, stored under its 
 entry script, a model (name and version, or the latest at submit) and default settings. A
 deployment without code and entry script is a no-code one: its model (an MLflow model, a
 scikit-learn estimator or an ONNX model, :mod:`parallelrun.core.nocode`) is scored by the built-in
-scorer, and its settings start from Azure's for MLflow batch deployments.
+scorer, and its settings start from Azure's for MLflow batch deployments. A deployment also
+chooses where it runs (:mod:`parallelrun.core.compute`): Lambda, or ECS for GPUs and mini-batches
+longer than Lambda allows; those settings are given beside its run settings and kept apart.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from parallelrun.aws import dynamo, s3
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import environments, model_refs, nocode, settings
+from parallelrun.core import compute, environments, model_refs, nocode, settings
 from parallelrun.core.errors import ConflictError, InputError, NotFoundError
 from parallelrun.store import keys, registry
 
@@ -47,6 +49,8 @@ class Deployment:
     # On a deployed stack, the batch queue of the deployment's own worker (aws.workers), made for
     # its requirements; empty when the stack's worker serves it.
     queue_url: str = ""
+    # Where its mini-batches run (core.compute): the stack's Lambda worker, or its ECS workers.
+    compute: compute.Compute = field(default_factory=compute.Compute)
 
     @property
     def model_ref(self) -> str:
@@ -66,7 +70,7 @@ class Deployment:
             "model_name": self.model_name, "model_version": self.model_version,
             "settings": json.dumps(self.settings, sort_keys=True),
             "created_at": dynamo.decimal(self.created_at, 3), "requirements": list(self.requirements),
-            "queue_url": self.queue_url,
+            "queue_url": self.queue_url, "compute": json.dumps(self.compute.to_dict(), sort_keys=True),
         }
 
     @classmethod
@@ -78,6 +82,7 @@ class Deployment:
             model_version=int(version) if version is not None else None,
             settings=json.loads(item.get("settings") or "{}"), created_at=float(item.get("created_at", 0)),
             requirements=tuple(item.get("requirements") or ()), queue_url=item.get("queue_url") or "",
+            compute=compute.from_dict(json.loads(item.get("compute") or "{}")),
         )
 
 
@@ -141,18 +146,27 @@ def _deployment(cfg: StackConfig, endpoint: str, name: str, code_dir: str | Path
         if not (folder / entry_script).is_file():
             raise InputError(f"--entry-script {entry_script}: no such file in {folder}")
     model_name, model_version = check_model(cfg, model_ref)
+    given, overrides = compute.split(overrides)
+    chosen = checked_compute(cfg, compute.parse(given))
     if folder is None:
         check_no_code(cfg, model_ref)
         # Azure's output, unless the deployment says otherwise (in either setting's name).
         overrides = {**nocode.DEFAULTS, **settings.canonical(overrides)}
-    resolved = settings.resolve(overrides, limits=cfg.limits)
+    resolved = settings.resolve(overrides, limits=cfg.limits, ecs=chosen.is_ecs)
     if folder is None:
         nocode.check_settings(resolved)
     requirements = requirements_for(code_dir, requirements)
+    compute.check_requirements(chosen, requirements)
     return Deployment(endpoint=endpoint, name=name, code_sha=upload_code(cfg, folder) if folder else None,
                       entry_script=entry_script, model_name=model_name, model_version=model_version,
                       settings=settings.canonical(overrides), created_at=time.time(),
-                      requirements=tuple(requirements))
+                      requirements=tuple(requirements), compute=chosen)
+
+
+def checked_compute(cfg: StackConfig, chosen: compute.Compute) -> compute.Compute:
+    """``chosen``, refused if the stack's ECS workers' task is smaller than it needs."""
+    compute.check_fits(chosen, compute.EcsTask.from_text(cfg.ecs_task))
+    return chosen
 
 
 def check_no_code(cfg: StackConfig, model_ref: str) -> None:
@@ -286,9 +300,12 @@ def update(
     """Change a deployment (the default one unless named): new code, entry script, model or
     settings. Running jobs keep what they started with; new jobs and redrives get the change."""
     current = get_deployment(cfg, name, deployment)
-    merged = {**current.settings, **settings.canonical(overrides or {})}
+    given, overrides = compute.split(overrides or {})
+    chosen = checked_compute(cfg, compute.updated(current.compute, given))
+    merged = {**current.settings, **settings.canonical(overrides)}
     if code_dir is None:  # the stored code, with the new entry script, model or settings checked
-        resolved = settings.resolve(merged, limits=cfg.limits)
+        resolved = settings.resolve(merged, limits=cfg.limits, ecs=chosen.is_ecs)
+        compute.check_requirements(chosen, current.requirements)
         model_name, model_version = check_model(cfg, model_ref or current.model_ref)
         if current.code_sha is None:  # a no-code deployment stays one
             if entry_script:
@@ -298,11 +315,11 @@ def update(
         changed = Deployment(endpoint=name, name=current.name, code_sha=current.code_sha,
                              entry_script=entry_script or current.entry_script, model_name=model_name,
                              model_version=model_version, settings=merged, created_at=time.time(),
-                             requirements=current.requirements, queue_url=current.queue_url)
+                             requirements=current.requirements, queue_url=current.queue_url, compute=chosen)
     else:
         changed = dataclasses.replace(_deployment(
             cfg, name, current.name, code_dir, entry_script or current.entry_script, model_ref or current.model_ref,
-            merged, requirements_after_update(current, code_dir)), queue_url=current.queue_url)
+            {**merged, **chosen.to_dict()}, requirements_after_update(current, code_dir)), queue_url=current.queue_url)
     dynamo.put(cfg.table, changed.to_item())
     return changed
 
