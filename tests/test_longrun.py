@@ -36,12 +36,13 @@ SCRIPT = """
 import os, time
 
 def _note(what, mini_batch):
-    with open(os.environ["LONGRUN_LOG"], "a") as log:
-        log.writelines(f"{what} {os.path.basename(p)}\\n" for p in mini_batch)
+    if "LONGRUN_LOG" in os.environ:  # the stack's own (Lambda-like) workers have no such variable
+        with open(os.environ["LONGRUN_LOG"], "a") as log:
+            log.writelines(f"{what} {os.path.basename(p)}\\n" for p in mini_batch)
 
 def run(mini_batch):
     _note("start", mini_batch)
-    time.sleep(float(os.environ["LONGRUN_SLEEP"]))
+    time.sleep(float(os.environ.get("LONGRUN_SLEEP", 0)))
     _note("end", mini_batch)
     return [f"{os.path.basename(p)} {os.environ.get('CUDA_VISIBLE_DEVICES')} {os.getppid()}" for p in mini_batch]
 """
@@ -114,14 +115,15 @@ def host_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _endpoint(client: Client, tmp_path: Path, name: str) -> None:
-    code = tmp_path / "code"
+def _endpoint(client: Client, tmp_path: Path, name: str, ecs: bool = True) -> None:
+    code = tmp_path / f"code-{name}"
     code.mkdir()
     (code / "score.py").write_text(SCRIPT)
     (tmp_path / "model.bin").write_bytes(pickle.dumps(1))
     client.register_model(tmp_path / "model.bin", name)
     client.create_endpoint(name, code, "score.py", name, {"mini_batch_size": "1"})
-    endpoints.record_worker(client.cfg, name, endpoints.DEFAULT_DEPLOYMENT, client.cfg.ecs_queue_url)
+    if ecs:
+        endpoints.record_worker(client.cfg, name, endpoints.DEFAULT_DEPLOYMENT, client.cfg.ecs_queue_url)
 
 
 def _submit(client: Client, name: str, count: int) -> tuple[jobs.JobRecord, list[str]]:
@@ -172,19 +174,25 @@ def _environ(pid: int) -> dict[str, str]:
 def test_a_heartbeat_keeps_a_long_mini_batch_from_a_second_delivery(running, client, tmp_path, host_env, monkeypatch):
     _visibility(client, 2)
     _endpoint(client, tmp_path, "longbeat")
+    _endpoint(client, tmp_path, "lambdaside", ecs=False)  # served by the stack's Lambda-like workers meanwhile
     host_env["LONGRUN_SLEEP"] = "6"  # three times the queue's visibility timeout
     job, names = _submit(client, "longbeat", 1)
+    beside, beside_names = _submit(client, "lambdaside", 3)
     # Two processes: the idle one would take the message the moment it became visible again.
     host = _start(host_env, "--processes", "2")
+    health = Path(host_env[longrun.HEALTH_VAR])
     try:
         _until(lambda: len(_children(host.pid)) == 2, 30, "the worker processes did not start")
         devices = {number: _environ(pid).get("CUDA_VISIBLE_DEVICES") for number, pid in _children(host.pid).items()}
         assert devices == {0: "GPU-aaaa", 1: "GPU-bbbb"}  # one GPU each, from nvidia-smi -L
-        monkeypatch.setenv(longrun.HEALTH_VAR, host_env[longrun.HEALTH_VAR])
+        monkeypatch.setenv(longrun.HEALTH_VAR, str(health))
         _until(lambda: main(["worker", "--health"]) == 0, 30, "the worker processes never reported healthy")
+        _until(lambda: _runs(tmp_path / "runs.log"), 30, "no worker process started the mini-batch")
+        time.sleep(2.5)  # into run(): the busy process reports through its heartbeat alone
+        assert all(time.time() - path.stat().st_mtime < 1.5 for path in health.glob("process-*.json"))
         done = client.wait(job.job_id, poll_seconds=0.3, timeout=60)
         pids = {str(pid): number for number, pid in _children(host.pid).items()}
-        assert main(["worker", "--health"]) == 0  # both kept reporting, the busy one through its heartbeat
+        beside = client.wait(beside.job_id, poll_seconds=0.3, timeout=60)
     finally:
         host.send_signal(signal.SIGTERM)
         assert host.wait(timeout=30) == 0
@@ -196,6 +204,11 @@ def test_a_heartbeat_keeps_a_long_mini_batch_from_a_second_delivery(running, cli
     [row] = b"".join(client.read_output(job.job_id)).decode().splitlines()
     name, device, worker_pid = row.split()
     assert name == "00.txt" and device == devices[pids[worker_pid]]  # the script saw its process's GPU
+    # The Lambda deployment's job ran beside it, on the stack's own workers, which never read the ECS queue.
+    assert beside.state == jobs.SUCCEEDED, beside.reason
+    rows = b"".join(client.read_output(beside.job_id)).decode().splitlines()
+    assert [row.split()[0] for row in rows] == beside_names
+    assert not {row.split()[2] for row in rows} & set(pids) and {row.split()[1] for row in rows} == {"None"}
 
 
 def test_sigterm_mid_job_loses_and_doubles_nothing(running, client, tmp_path, host_env):
