@@ -234,7 +234,7 @@ def test_sigterm_mid_job_loses_and_doubles_nothing(running, client, tmp_path, ho
     assert _runs(runs)[-1] == finishing.replace("start", "end")
     third = _start(host_env)
     try:
-        done = client.wait(job.job_id, poll_seconds=0.3, timeout=90)
+        done = client.wait(job.job_id, poll_seconds=0.3, timeout=45)
     finally:
         third.send_signal(signal.SIGTERM)
         assert third.wait(timeout=30) == 0

@@ -32,7 +32,8 @@ def host_plan(stack_name: str | None, local: bool, endpoint: str | None, process
     """The plan for ``parallelrun worker [--stack NAME | --local] [--endpoint NAME] [--processes N]``."""
     if processes < 1:
         raise InputError(f"--processes {processes}: give 1 or more")
-    if local:
+    stack_name = None if local else stack_name or os.environ.get("PARALLELRUN_STACK")
+    if not stack_name:  # as every command: without a stack's name, the running local stack
         running = state.load_state()
         if running is None:
             raise StackError("no local stack is running: start one with `parallelrun local up`")
@@ -42,9 +43,6 @@ def host_plan(stack_name: str | None, local: bool, endpoint: str | None, process
         environment = {**attach["environment"], **attach["credentials"], "AWS_ENDPOINT_URL": running["endpoint_url"],
                        "AWS_DEFAULT_REGION": running["region"], "AWS_REGION": running["region"]}
     else:
-        stack_name = stack_name or os.environ.get("PARALLELRUN_STACK")
-        if not stack_name:
-            raise StackError("parallelrun worker needs --stack NAME (or PARALLELRUN_STACK), or --local")
         outputs = stack_outputs(stack_name)
         cfg = StackConfig.from_outputs(outputs)
         environment = control.function_environment(outputs["WorkerFunctionName"])
