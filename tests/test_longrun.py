@@ -46,6 +46,16 @@ def run(mini_batch):
     _note("end", mini_batch)
     return [f"{os.path.basename(p)} {os.environ.get('CUDA_VISIBLE_DEVICES')} {os.getppid()}" for p in mini_batch]
 """
+# Its first attempt at each mini-batch fails.
+FLAKY = """
+import time
+
+def run(mini_batch, mini_batch_context):
+    if mini_batch_context.attempt == 1:
+        time.sleep(2)
+        raise RuntimeError("first attempt")
+    return [f"ok {mini_batch_context.attempt}" for _ in mini_batch]
+"""
 FAKE_NVIDIA_SMI = """#!/bin/sh
 echo "GPU 0: NVIDIA A10G (UUID: GPU-aaaa)"
 echo "GPU 1: NVIDIA A10G (UUID: GPU-bbbb)"
@@ -115,10 +125,10 @@ def host_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _endpoint(client: Client, tmp_path: Path, name: str, ecs: bool = True) -> None:
+def _endpoint(client: Client, tmp_path: Path, name: str, ecs: bool = True, script: str = SCRIPT) -> None:
     code = tmp_path / f"code-{name}"
     code.mkdir()
-    (code / "score.py").write_text(SCRIPT)
+    (code / "score.py").write_text(script)
     (tmp_path / "model.bin").write_bytes(pickle.dumps(1))
     client.register_model(tmp_path / "model.bin", name)
     client.create_endpoint(name, code, "score.py", name, {"mini_batch_size": "1"})
@@ -248,6 +258,22 @@ def test_sigterm_mid_job_loses_and_doubles_nothing(running, client, tmp_path, ho
     assert finishing not in lines[ended:]  # the one that finished at the stop never ran again
     summary = json.loads(b"".join(client.read_output(job.job_id, "summary.json")))
     assert summary["counts"]["items"] == {"total": 6, "succeeded": 6, "failed": 0}
+
+
+def test_a_failed_attempt_comes_back_after_its_back_off_on_its_own_queue(running, client, tmp_path, host_env):
+    # A visibility timeout the test would not wait for: only the worker's back-off brings the message back in time.
+    _visibility(client, 300)
+    _endpoint(client, tmp_path, "longretry", script=FLAKY)
+    job, names = _submit(client, "longretry", 2)
+    host = _start(host_env)
+    try:
+        done = client.wait(job.job_id, poll_seconds=0.3, timeout=45)
+    finally:
+        host.send_signal(signal.SIGTERM)
+        assert host.wait(timeout=30) == 0
+    assert done.state == jobs.SUCCEEDED, done.reason
+    assert b"".join(client.read_output(job.job_id)).decode().splitlines() == ["ok 2", "ok 2"]
+    assert sorted(record.attempt for record in client.batches(job.job_id)) == [2, 2]
 
 
 def test_endpoint_names_its_deployments_own_queues(running, client, tmp_path):
