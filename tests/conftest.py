@@ -29,6 +29,7 @@ from parallelrun import aws  # noqa: E402
 from parallelrun.aws.config import StackConfig  # noqa: E402
 from parallelrun.core.datasets import split_s3_uri
 from parallelrun.local import functions, lambdas, provision, transactions  # noqa: E402
+from parallelrun.pipeline import eventsource  # noqa: E402
 
 # Commits cost what their items do, as on DynamoDB, not what the table holds (local.transactions).
 transactions.install()
@@ -77,7 +78,7 @@ class Stack:
                                                       ReceiptHandle=record["receiptHandle"], VisibilityTimeout=0)
                 return response
 
-            count = lambdas.poll_once(source.queue_url, source.queue_arn, self.spec.region, source.batch_size,
+            count = eventsource.poll_once(source.queue_url, source.queue_arn, self.spec.region, source.batch_size,
                                       source.report_batch_item_failures, invoke, wait_seconds=0)
             received += count
             if not count:

@@ -43,6 +43,8 @@ UNUSED_ON_PURPOSE = {
     ("PlannerRole", "sqs:SendMessage", "*-Worker-[*]"): "a deployment's own worker's queue, made on a deployed stack "
         "only (parallelrun.aws.workers; the local stack's workers serve such a deployment)",
     ("WorkerRole", "sqs:*", "*-Worker-[*]"): "the same queue, read by that deployment's own worker on AWS",
+    ("WorkerRole", "sqs:*", "*EcsBatchQueue*"): "read by long-running workers (`parallelrun worker`), which this "
+        "test does not run (tests/test_longrun.py does, under this role)",
 }
 
 ECHO = """

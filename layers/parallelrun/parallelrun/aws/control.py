@@ -45,6 +45,12 @@ def function_role(name: str, client: Any = None) -> str:
     return (client or aws.client("lambda")).get_function_configuration(FunctionName=name)["Role"]
 
 
+def function_environment(name: str, client: Any = None) -> dict[str, str]:
+    """A function's environment variables, as its configuration sets them."""
+    found = (client or aws.client("lambda")).get_function_configuration(FunctionName=name)
+    return dict((found.get("Environment") or {}).get("Variables") or {})
+
+
 # --- EventBridge
 
 

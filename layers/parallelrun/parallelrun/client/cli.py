@@ -19,7 +19,7 @@ from parallelrun.client.commands import (
     cmd_endpoints_set_default, cmd_endpoints_show, cmd_endpoints_update, cmd_jobs, cmd_local_outputs,
     cmd_local_up, cmd_logs, cmd_models_archive, cmd_models_list, cmd_models_register, cmd_models_show,
     cmd_redrive, cmd_report, cmd_results, cmd_schedules_create, cmd_schedules_delete, cmd_schedules_list,
-    cmd_schedules_run_now, cmd_schedules_show, cmd_status, cmd_submit, cmd_wait)
+    cmd_schedules_run_now, cmd_schedules_show, cmd_status, cmd_submit, cmd_wait, cmd_worker)
 from parallelrun.core.errors import ParallelRunError
 from parallelrun.local.latency import LATENCY
 
@@ -61,6 +61,19 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a template.yaml parameter, e.g. WorkerBatchSize=2")
     add(local, "outputs", cmd_local_outputs, "Print the running local stack's outputs as JSON.")
+
+    worker = add(sub, "worker", cmd_worker, "Run long-running workers (ECS, EC2, GPUs) on the stack's ECS queue "
+                 "until SIGTERM: the Lambda worker's core, for mini-batches past 15 minutes or needing a GPU.")
+    where = worker.add_mutually_exclusive_group()
+    # SUPPRESS: unset here, the root's --stack (or PARALLELRUN_STACK) stands.
+    where.add_argument("--stack", default=argparse.SUPPRESS, metavar="NAME", help="a deployed stack's name")
+    where.add_argument("--local", action="store_true", help="attach to the running local stack (`local up`)")
+    worker.add_argument("--endpoint", default=None, metavar="NAME",
+                        help="serve only the queues of this endpoint's deployments that have their own")
+    worker.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="worker processes (default 1); on a host with GPUs each gets one GPU")
+    worker.add_argument("--health", action="store_true",
+                        help="exit 0 if this host's worker processes reported lately (a container health check)")
 
     models = sub.add_parser("models", help="The model registry.").add_subparsers(
         dest="models_command", required=True, metavar="COMMAND")

@@ -11,13 +11,14 @@ import sys
 import time
 from typing import Any
 
+from parallelrun.client import hosting
 from parallelrun.client.api import Client
 from parallelrun.client.progress import progress_bar, status_lines
 from parallelrun.core import compute
 from parallelrun.core.errors import NotFoundError, ParallelRunError
 from parallelrun.core.settings import parse_assignments
 from parallelrun.local import state
-from parallelrun.pipeline import scheduling
+from parallelrun.pipeline import longrun, scheduling
 from parallelrun.store import jobs
 
 NO_CODE = "(no code: the built-in scorer)"  # what listings show for a no-code deployment's script
@@ -49,6 +50,14 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     finally:
         stack.stop()
     return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.health:
+        problems = longrun.health_problems()
+        print("; ".join(problems) or "healthy", file=sys.stderr if problems else sys.stdout)
+        return 1 if problems else 0
+    return longrun.serve(hosting.host_plan(args.stack, args.local, args.endpoint, args.processes))
 
 
 def cmd_local_outputs(args: argparse.Namespace) -> int:

@@ -1,12 +1,7 @@
 """Playing Lambda's part locally: call a function's handler as Lambda would.
 
-The event source poll loop below is what Lambda's SQS event source mapping does: receive up to
-``batch_size`` messages (the queue's visibility timeout applies), invoke the handler with a
-Lambda-shaped event, then delete the messages that succeeded — all of them on success, all but
-the reported ``batchItemFailures`` with ReportBatchItemFailures, none if the handler raised.
-A message received more often than the queue's maxReceiveCount moves to the DLQ (moto does this
-on receive, as SQS does). The same loop serves as a long-running worker on hosts Lambda can't
-give (ECS, EC2): point it at the queue and run it.
+The event source's poll loop is :mod:`parallelrun.pipeline.eventsource`, which the long-running
+worker host on ECS or EC2 runs too; :func:`poll_forever` keeps one local function's source going.
 """
 
 from __future__ import annotations
@@ -24,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from parallelrun.aws import sqs as queues
+from parallelrun.pipeline.eventsource import poll_once
 
 log = logging.getLogger("parallelrun.local")
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -79,44 +75,6 @@ def timed(handler: Handler, timeout: float) -> Handler:
 def _time_out(timeout: float) -> None:
     log.error("Task timed out after %.2f seconds", timeout)  # what Lambda writes in the function's log
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def sqs_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
-    """A received SQS message in the shape Lambda's SQS event carries it."""
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": dict(message.get("Attributes", {})),
-        "messageAttributes": message.get("MessageAttributes", {}),
-        "md5OfBody": message.get("MD5OfBody", ""),
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": region,
-    }
-
-
-def poll_once(queue_url: str, queue_arn: str, region: str, batch_size: int, report_failures: bool,
-              invoke: Callable[[dict[str, Any]], Any], wait_seconds: int = 1, sqs: Any = None) -> int:
-    """One receive → invoke → delete round; returns how many messages it received.
-
-    ``sqs`` is the client of the event source (by default this process's, with the function's
-    credentials: Lambda's SQS event source polls with the function's execution role).
-    """
-    messages = queues.receive(queue_url, batch_size, wait_seconds, sqs)
-    if not messages:
-        return 0
-    event = {"Records": [sqs_record(m, queue_arn, region) for m in messages]}
-    try:
-        response = invoke(event)
-    except Exception:
-        log.exception("handler raised: every message of the batch will be delivered again")
-        return len(messages)
-    failed: set[str] = set()
-    if report_failures and isinstance(response, dict):
-        failed = {f["itemIdentifier"] for f in response.get("batchItemFailures") or []}
-    queues.delete_received(queue_url, [m for m in messages if m["MessageId"] not in failed], sqs)
-    return len(messages)
 
 
 def poll_forever(stop: threading.Event, **kwargs: Any) -> None:

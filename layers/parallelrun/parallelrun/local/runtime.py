@@ -76,6 +76,7 @@ class LocalStack:
         self.endpoint_url = ""
         self.saved_environment: dict[str, str | None] = {}
         self.restarts = 0
+        self.attach: dict[str, dict[str, str]] = {}
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -112,6 +113,11 @@ class LocalStack:
         self.admin = {name: environment[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
         with iam.suspended():
             roles = self._roles()
+        # What long-running workers attaching to this stack (`parallelrun worker --local`) run
+        # with, as an ECS task gets its task definition's environment and its task role: the
+        # worker function's variables and its role's credentials; the state file hands them out.
+        self.attach = {"environment": self.stack.functions[WORKER_FUNCTION].environment,
+                       "credentials": iam.assume_role(roles[WORKER_FUNCTION], "local-long-running", self.stack.region)}
         iam.enable(self.admin["AWS_ACCESS_KEY_ID"], self.admin["AWS_SECRET_ACCESS_KEY"])
         self.log_dir.mkdir(parents=True, exist_ok=True)
         logs.setup()
@@ -128,7 +134,7 @@ class LocalStack:
         self.threads.append(supervisor)
         self._start_rule_clock()
         if self.write_state:
-            state.save_state(self.state())
+            state.save_state({**self.state(), "long_running_workers": self.attach})
 
     def _roles(self) -> dict[str, str]:
         """Each function's execution role ARN, by function logical id."""

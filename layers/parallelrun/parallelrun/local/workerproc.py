@@ -20,6 +20,7 @@ import threading
 
 from parallelrun import aws
 from parallelrun.local import destinations, lambdas
+from parallelrun.pipeline import eventsource
 
 LONG_POLL_SECONDS = 20  # SQS's longest ReceiveMessage wait
 
@@ -38,7 +39,7 @@ def main(raw: str) -> None:
         with running:
             return handler(event, context)
 
-    threading.Thread(target=_watch_parent, args=(parent, stop), daemon=True).start()
+    threading.Thread(target=eventsource.watch_parent, args=(parent, stop), daemon=True).start()
     # Lambda's event source long-polls a queue until it becomes active
     # (https://docs.aws.amazon.com/lambda/latest/dg/with-sqs.html), so an idle queue costs a
     # ReceiveMessage every LONG_POLL_SECONDS, not every second.
@@ -85,13 +86,6 @@ class Running:
     def wait_idle(self) -> None:
         with self._changed:
             self._changed.wait_for(lambda: self._count == 0)
-
-
-def _watch_parent(parent: int, stop: threading.Event) -> None:
-    """An orphaned process (its stack was killed) stops instead of polling forever."""
-    while not stop.wait(1):
-        if os.getppid() != parent:
-            stop.set()
 
 
 if __name__ == "__main__":

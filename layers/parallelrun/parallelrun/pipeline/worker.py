@@ -115,7 +115,7 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None, known
                 batch = run_batch(cfg, job, index, items, attempt, worker_name(context), deadline_of(context),
                                   partition)
             except Retry:
-                _retry_soon(cfg, record, attempt)
+                _retry_soon(cfg, record, attempt, context)
                 metrics.attempt_retried(job.endpoint, queue_wait)
                 jobs.keep_usage(cfg, job_id)
                 raise
@@ -141,11 +141,18 @@ def process(cfg: StackConfig, record: dict[str, Any], context: Any = None, known
                 lifecycle.batch_recorded(cfg, job, index)
 
 
-def _retry_soon(cfg: StackConfig, record: dict[str, Any], attempt: int) -> None:
+def _retry_soon(cfg: StackConfig, record: dict[str, Any], attempt: int, context: Any = None) -> None:
     """Bring the message back after a short back-off instead of the whole visibility timeout."""
     if record.get("receiptHandle"):
+        delay = min(60, 2 * attempt)
+        # A long-running host keeps its messages invisible while it works (pipeline.longrun): it
+        # stops that for this one, and sets the back-off on the queue the message came from.
+        retry_later = getattr(context, "retry_later", None)
         try:
-            sqs.change_visibility(cfg.batch_queue_url, record["receiptHandle"], min(60, 2 * attempt))
+            if retry_later is not None:
+                retry_later(record["receiptHandle"], delay)
+            else:
+                sqs.change_visibility(cfg.batch_queue_url, record["receiptHandle"], delay)
         except Exception:  # the default visibility timeout still brings it back
             log.warning("could not shorten the retry delay", exc_info=True)
 
