@@ -438,8 +438,13 @@ def test_the_ecs_task_role_grants_what_the_worker_role_does_on_the_ecs_queue(tem
         if "sqs:ReceiveMessage" in statement["Action"]:
             statement["Resource"] = [{"Fn::GetAtt": ["EcsBatchQueue", "Arn"]}]
     task = _statements(template, "EcsTaskRole")
-    stack = [s for s in task if s["Action"] == ["cloudformation:DescribeStacks"]]
-    assert stack == [{"Effect": "Allow", "Action": ["cloudformation:DescribeStacks"], "Resource": [{"Ref": "AWS::StackId"}]}]
+    stack = [s for s in task if s["Action"] in (["cloudformation:DescribeStacks"], ["lambda:GetFunctionConfiguration"])]
+    # What `parallelrun worker --stack` reads: the stack's outputs and the stack worker's environment.
+    function = "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-%s-*"
+    assert stack == [
+        {"Effect": "Allow", "Action": ["cloudformation:DescribeStacks"], "Resource": [{"Ref": "AWS::StackId"}]},
+        {"Effect": "Allow", "Action": ["lambda:GetFunctionConfiguration"],
+         "Resource": [{"Fn::Sub": function % name} for name in ("WorkerFunction", "WorkerImageFunction")]}]
     assert [s for s in task if s not in stack] == worker
     assume = _props(template, "EcsTaskAssumesScoringRole")
     assert assume["Roles"] == [{"Ref": "EcsTaskRole"}]
