@@ -3,9 +3,9 @@ stack: real worker processes attached with ``--local``, as the worker role, fed 
 queue. A heartbeat keeps a mini-batch three times the queue's visibility timeout long from being
 delivered twice; SIGTERM mid-job loses and doubles nothing; each process gets its own GPU.
 
-Until `compute: ecs` deployments route there themselves, the tests send a job's mini-batches to
-the ECS queue by giving its deployment that queue (``Deployment.queue_url``, which submit copies
-into the job and the planner honours): the stack's Lambda-like workers never see them."""
+The ECS deployments here are `compute: ecs`: the planner sends their mini-batches to the ECS
+queue, which the stack's Lambda-like workers never read, so only ``parallelrun worker`` completes
+their jobs, while a Lambda deployment's job runs on the stack's own workers beside them."""
 
 from __future__ import annotations
 
@@ -131,9 +131,7 @@ def _endpoint(client: Client, tmp_path: Path, name: str, ecs: bool = True, scrip
     (code / "score.py").write_text(script)
     (tmp_path / "model.bin").write_bytes(pickle.dumps(1))
     client.register_model(tmp_path / "model.bin", name)
-    client.create_endpoint(name, code, "score.py", name, {"mini_batch_size": "1"})
-    if ecs:
-        endpoints.record_worker(client.cfg, name, endpoints.DEFAULT_DEPLOYMENT, client.cfg.ecs_queue_url)
+    client.create_endpoint(name, code, "score.py", name, {"mini_batch_size": "1", **({"compute": "ecs"} if ecs else {})})
 
 
 def _submit(client: Client, name: str, count: int) -> tuple[jobs.JobRecord, list[str]]:
@@ -278,6 +276,7 @@ def test_a_failed_attempt_comes_back_after_its_back_off_on_its_own_queue(running
 
 def test_endpoint_names_its_deployments_own_queues(running, client, tmp_path):
     _endpoint(client, tmp_path, "longqueues")
+    endpoints.record_worker(client.cfg, "longqueues", endpoints.DEFAULT_DEPLOYMENT, client.cfg.ecs_queue_url)
     assert hosting.endpoint_queues(client.cfg, "longqueues") == (client.cfg.ecs_queue_url,)
     endpoints.record_worker(client.cfg, "longqueues", endpoints.DEFAULT_DEPLOYMENT, "")
     with pytest.raises(InputError, match="no deployment with a queue of its own"):
