@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+from parallelrun.client import pipeline_commands
 from parallelrun.client.api import Client
 from parallelrun.client.progress import progress_bar, status_lines
 from parallelrun.core.errors import NotFoundError, ParallelRunError
@@ -237,7 +238,11 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    job = Client.connect(args.stack).job(args.job)
+    client = Client.connect(args.stack)
+    run = client.find_pipeline_run(args.job)
+    if run is not None:
+        return pipeline_commands.print_run(client, run, args.json)
+    job = client.job(args.job)
     print(json.dumps(_job_dict(job), indent=2, default=str) if args.json else "\n".join(status_lines(job)))
     return 0
 

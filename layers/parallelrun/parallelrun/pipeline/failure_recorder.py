@@ -20,7 +20,7 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, usage
 from parallelrun.core.errors import ConflictError
 from parallelrun.core.failures import Failure, failure_line
-from parallelrun.pipeline import lifecycle, markers
+from parallelrun.pipeline import chaining, lifecycle, markers
 from parallelrun.store import batches, jobs, keys, schedules
 
 log = logging.getLogger("parallelrun.pipeline.failure_recorder")
@@ -80,7 +80,9 @@ def give_up(cfg: StackConfig,
     else:
         job_id = message.job_id
     with logs.context(job_id):
-        if not isinstance(message, (sqs.AggregationRequest, sqs.CollateRange)):
+        if isinstance(message, sqs.StepEnded):  # the step's job had ended: its run must not wait for ever
+            chaining.hand_on_gave_up(cfg, job_id)
+        elif not isinstance(message, (sqs.AggregationRequest, sqs.CollateRange)):
             reason = ("the planner failed on every delivery of this job's message; its logs say why. "
                       "What ran is kept: `parallelrun redrive` continues the job")
             lifecycle.stop(cfg, job_id, jobs.FAILED, reason)
