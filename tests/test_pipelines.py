@@ -20,9 +20,10 @@ from parallelrun.client.sdk import PipelineStep
 from parallelrun.core import pipelines as definitions
 from parallelrun.core.errors import ConflictError, InputError, SettingsError
 from parallelrun.pipeline import chaining, markers
-from parallelrun.store import endpoints, jobs, pipelines
+from parallelrun.store import endpoints, jobs, pipelines, schedules
 from tests.conftest import marker_event, put_files
 from tests.test_pipeline import parts
+from tests.test_schedules import fire
 
 # Step 1: each input file holds "a,b"; its row is the file with the two numbers and their sum.
 FEATURES = """
@@ -236,6 +237,31 @@ def test_a_drop_folder_starts_a_run_and_names_are_shared_with_endpoints(stack, c
     endpoint = pipelines.get(stack.cfg, name).steps[0].endpoint
     with pytest.raises(ConflictError, match="an endpoint named"):
         Client(stack.cfg).create_pipeline(endpoint, [PipelineStep("x", endpoint)])
+
+
+def test_a_schedule_of_a_pipeline_runs_it_holding_the_lock_until_the_run_ends(stack, chain):
+    name, uri = chain
+    client = Client(stack.cfg)
+    schedule = client.create_schedule(name, f"{name}-nightly", uri, "cron(0 2 * * ? *)")
+    try:
+        with pytest.raises(InputError, match="steps name their own"):
+            client.create_schedule(name, f"{name}-blue", uri, "rate(1 hour)", deployment="blue")
+        fire(stack, schedule.name, "2026-11-22T02:00:00Z")
+        fire(stack, schedule.name, "2026-11-22T02:00:00Z")  # a repeated event: one run
+        run_id = schedules.run_job_id(schedule.name, "2026-11-22T02:00:00Z")
+        stack.deliver("PlannerFunction")
+        assert schedules.get(stack.cfg, schedule.name).running_job == run_id  # the run holds the lock
+        fire(stack, schedule.name, "2026-11-23T02:00:00Z")
+        stack.deliver("PlannerFunction", max_rounds=10)
+        assert schedules.get(stack.cfg, schedule.name).skipped_runs == 1  # overlap=skip, while the run runs
+        run = until_ended(stack, run_id)
+        assert (run.state, run.source, run.schedule) == (jobs.SUCCEEDED, "schedule", schedule.name)
+        second = jobs.get(stack.cfg, run.job_id(1))
+        assert [line.split(",") for line in read(second).splitlines()][1:] == expected_labels()
+        assert schedules.get(stack.cfg, schedule.name).running_job is None  # given back at the run's end
+        assert [r.run_id for r in client.pipeline_runs(name)] == [run_id]
+    finally:
+        client.delete_schedule(schedule.name)
 
 
 def test_definitions_are_checked_at_create(stack, chain, tmp_path):

@@ -30,7 +30,7 @@ from parallelrun.core.errors import ConflictError, InputError, ParallelRunError
 from parallelrun.core.pipelines import Step
 from parallelrun.core.settings import RunSettings
 from parallelrun.pipeline import submit
-from parallelrun.store import jobs, pipelines
+from parallelrun.store import jobs, pipelines, schedules
 from parallelrun.store.pipelines import Pipeline, PipelineRun
 
 log = logging.getLogger("parallelrun.pipeline.chaining")
@@ -59,19 +59,38 @@ def create(cfg: StackConfig, name: str, steps: list[Step], description: str = ""
     return pipeline
 
 
-def start(cfg: StackConfig, name: str, input_uri: str, overrides: dict[str, Any] | None = None) -> PipelineRun:
-    """Start a run of ``name`` on ``input_uri`` (the CLI's and the SDK's): a first step that
-    cannot start is refused now, with nothing stored; ``overrides`` apply to the first step."""
+def check_start(cfg: StackConfig, name: str, input_uri: str, overrides: dict[str, Any],
+                deployment: str | None = None) -> str:
+    """Refuse now a run of ``name`` that could not start (a schedule of the pipeline is checked
+    so); the input folder's URI as a run keeps it."""
+    if deployment is not None:
+        raise InputError(f"a deployment names one endpoint's: pipeline {name!r}'s steps name their own")
+    run = PipelineRun(f"{name}-check", name, pipelines.get(cfg, name).steps, input_uri, overrides=dict(overrides))
+    return _step_job(cfg, run, 0, None, strict=True).input_uri
+
+
+def start(cfg: StackConfig, name: str, input_uri: str, overrides: dict[str, Any] | None = None,
+          run_id: str | None = None, schedule: str | None = None) -> PipelineRun:
+    """Start a run of ``name`` on ``input_uri``, ``overrides`` over its first step's settings.
+    From the CLI or the SDK, a first step that cannot start is refused now, with nothing stored.
+    A schedule's run (``run_id`` named by its time, so a repeated event is one run) is stored
+    FAILED with the reason instead, where `status` shows it."""
     definition = pipelines.get(cfg, name)
-    run = PipelineRun(submit.new_job_id(name), name, definition.steps, input_uri, overrides=dict(overrides or {}))
-    first = _step_job(cfg, run, 0, None, strict=True)
+    run = PipelineRun(run_id or submit.new_job_id(name), name, definition.steps, input_uri,
+                      source="schedule" if schedule else "submit", overrides=dict(overrides or {}), schedule=schedule)
+    first = _step_job(cfg, run, 0, None, strict=schedule is None)
     run.input_uri = first.input_uri
     if not pipelines.create_run(cfg, run):
-        raise ConflictError(f"pipeline run {run.run_id} already exists")
-    _create(cfg, first)
-    submit.send_start(cfg, first.job_id)
-    logs.event(log, "pipeline run started", pipeline=name, run=run.run_id, input=run.input_uri)
-    return run
+        if schedule is None:
+            raise ConflictError(f"pipeline run {run.run_id} already exists")
+        run = pipelines.get_run(cfg, run.run_id)  # a repeated event of this run: carry on with it
+    first = _create(cfg, first)
+    if first.state in jobs.TERMINAL:
+        step_ended(cfg, first)  # it could not start: the run ends with its reason
+    else:
+        submit.send_start(cfg, first.job_id)
+        logs.event(log, "pipeline run started", pipeline=name, run=run.run_id, input=run.input_uri)
+    return pipelines.get_run(cfg, run.run_id)
 
 
 def drop_run(cfg: StackConfig, name: str, input_uri: str, run_id: str,
@@ -145,7 +164,10 @@ def step_ended(cfg: StackConfig, job: jobs.JobRecord) -> None:
     if run is None:
         return  # its run record was never made (a crash before it): nothing waits on it
     index = next((i for i in range(len(run.steps)) if run.job_id(i) == job.job_id), None)
-    if index is None or run.state != jobs.RUNNING or run.step < index:
+    if index is None or run.step < index:
+        return
+    if run.state != jobs.RUNNING:
+        _ended(cfg, run)  # a repeat after a crash between the run's end and what follows it
         return
     step = run.steps[index]
     if run.step == index:
@@ -154,10 +176,12 @@ def step_ended(cfg: StackConfig, job: jobs.JobRecord) -> None:
             if pipelines.end(cfg, run.run_id, index, jobs.CANCELED if job.state == jobs.CANCELED else jobs.FAILED,
                              reason):
                 logs.event(log, "pipeline run stopped", level=logging.WARNING, run=run.run_id, reason=reason)
+            _ended(cfg, run)
             return
         if index == len(run.steps) - 1:
             if pipelines.end(cfg, run.run_id, index, jobs.SUCCEEDED):
                 logs.event(log, "pipeline run succeeded", run=run.run_id)
+            _ended(cfg, run)
             return
         if jobs.find(cfg, run.job_id(index + 1), counted=False) is None:
             _create(cfg, _step_job(cfg, run, index + 1, job))
@@ -187,3 +211,10 @@ def hand_on_gave_up(cfg: StackConfig, job_id: str) -> None:
               "delivery; the planner's logs say why")
     if pipelines.end(cfg, run.run_id, run.step, jobs.FAILED, reason):
         logs.event(log, "pipeline run failed: its hand-on gave up", level=logging.ERROR, run=run.run_id)
+    _ended(cfg, run)
+
+
+def _ended(cfg: StackConfig, run: PipelineRun) -> None:
+    """The run ended (by this call or a twin's): its schedule's next run may start."""
+    if run.schedule:
+        schedules.give_back(cfg, run.schedule, run.run_id)

@@ -47,8 +47,9 @@ class PipelineRun:
     pipeline: str
     steps: list[Step]
     input_uri: str
-    source: str = "submit"  # submit (CLI/SDK) or drop (a _READY marker)
-    overrides: dict[str, Any] = field(default_factory=dict)  # the first step's, from a marker's body
+    source: str = "submit"  # submit (CLI/SDK), drop (a _READY marker) or schedule
+    overrides: dict[str, Any] = field(default_factory=dict)  # the first step's: a marker's body, a schedule's settings
+    schedule: str | None = None  # the schedule this run is a run of, whose lock it holds until it ends
     state: str = jobs.RUNNING
     step: int = 0  # the step whose job runs now (from 0)
     reason: str = ""
