@@ -14,12 +14,13 @@ import pytest
 
 from parallelrun import aws
 from parallelrun.aws import sqs
+from parallelrun.client import commands
 from parallelrun.client.api import Client
 from parallelrun.client.cli import main
 from parallelrun.client.sdk import PipelineStep
 from parallelrun.core import pipelines as definitions
 from parallelrun.core.errors import ConflictError, InputError, SettingsError
-from parallelrun.pipeline import chaining, markers
+from parallelrun.pipeline import chaining, failure_recorder, markers
 from parallelrun.store import endpoints, jobs, pipelines, schedules
 from tests.conftest import marker_event, put_files
 from tests.test_pipeline import parts
@@ -209,7 +210,7 @@ def test_a_hand_on_killed_midway_or_delivered_twice_starts_the_next_step_once(st
     assert pipelines.get_run(stack.cfg, run.run_id) == run
 
 
-def test_a_drop_folder_starts_a_run_and_names_are_shared_with_endpoints(stack, chain, make_endpoint):
+def test_a_drop_folder_starts_a_run_and_names_are_shared_with_endpoints(stack, chain, make_endpoint, monkeypatch):
     name, uri = chain
     folder = f"{name}/batch1/"
     put_files(stack.cfg, folder, [f"{n}" for n in INPUTS], lambda n: "{},{}".format(*INPUTS[n]).encode())
@@ -231,6 +232,23 @@ def test_a_drop_folder_starts_a_run_and_names_are_shared_with_endpoints(stack, c
     stack.handlers["PlannerFunction"](marker_event(stack.cfg.input_bucket, bad, "0BAD"), None)
     refused = pipelines.get_run(stack.cfg, markers.marker_job(stack.cfg.input_bucket, bad, "0BAD")[0])
     assert refused.state == jobs.FAILED and "arguments" in refused.reason
+
+    # The planner dies on every try after storing the run, before its first job: the run ends FAILED.
+    dead = f"{name}/batch3/_READY"
+    aws.client("s3").put_object(Bucket=stack.cfg.input_bucket, Key=dead, Body=b"")
+    monkeypatch.setattr(chaining, "_step_job", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("killed")))
+    with pytest.raises(OSError):
+        chaining.drop_run(stack.cfg, name, f"s3://{stack.cfg.input_bucket}/{name}/batch3/", "dead-run", dict)
+    failure_recorder.record_failed_invocation(stack.cfg, {
+        "requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": 3},
+        "requestPayload": marker_event(stack.cfg.input_bucket, dead, "0DEAD"),
+        "responsePayload": {"errorType": "OSError", "errorMessage": "killed"}})
+    dead_id = markers.marker_job(stack.cfg.input_bucket, dead, "0DEAD")[0]
+    ended = pipelines.get_run(stack.cfg, dead_id)  # never stored by the planner: stored FAILED
+    assert ended.state == jobs.FAILED and "failed on all 3 tries of marker" in ended.reason
+    assert pipelines.get_run(stack.cfg, "dead-run").state == jobs.RUNNING
+    chaining.drop_gave_up(stack.cfg, "dead-run", name, "s3://x/y/", "the planner gave up")
+    assert pipelines.get_run(stack.cfg, "dead-run").state == jobs.FAILED  # stored, but its first step never was
 
     with pytest.raises(ConflictError, match="share the drop bucket"):
         make_endpoint(CLASSIFY, name=name)
@@ -260,6 +278,7 @@ def test_a_schedule_of_a_pipeline_runs_it_holding_the_lock_until_the_run_ends(st
         assert [line.split(",") for line in read(second).splitlines()][1:] == expected_labels()
         assert schedules.get(stack.cfg, schedule.name).running_job is None  # given back at the run's end
         assert [r.run_id for r in client.pipeline_runs(name)] == [run_id]
+        assert commands._schedule_dict(client, schedules.get(stack.cfg, schedule.name))["last_run"]["state"] == jobs.SUCCEEDED
     finally:
         client.delete_schedule(schedule.name)
 
@@ -323,3 +342,7 @@ steps:
     assert main(["pipelines", "show", f"{name}-cli"]) == 1
     assert "no pipeline" in capsys.readouterr().err
     assert main(["status", run_id]) == 0  # a run outlives its pipeline
+    for words in (["pipelines"], *[["pipelines", c] for c in ("create", "list", "show", "run", "delete")]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*words, "--help"])
+        assert exit_info.value.code == 0 and "usage: parallelrun pipelines" in capsys.readouterr().out

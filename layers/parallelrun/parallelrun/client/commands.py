@@ -290,8 +290,10 @@ def _schedule_dict(client: Client, s: Any) -> dict[str, Any]:
             job: jobs.JobRecord | None = client.job(s.last_job_id)
         except NotFoundError:
             job = None
+        run = client.find_pipeline_run(s.last_job_id) if job is None else None  # a schedule of a pipeline
+        ended = job or run
         last = {"time": s.last_run_time, "job_id": s.last_job_id, "trigger": s.last_trigger,
-                "state": job.state if job else "unknown", "reason": job.reason if job else "",
+                "state": ended.state if ended else "unknown", "reason": ended.reason if ended else "",
                 "items_succeeded": job.items_succeeded if job else None,
                 "output": job.output_uri if job else None}
     return {**{k: v for k, v in s.__dict__.items() if not k.startswith("last_")}, "last_run": last,

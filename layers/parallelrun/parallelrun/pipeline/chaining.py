@@ -30,7 +30,7 @@ from parallelrun.core.errors import ConflictError, InputError, ParallelRunError
 from parallelrun.core.pipelines import Step
 from parallelrun.core.settings import RunSettings
 from parallelrun.pipeline import submit
-from parallelrun.store import jobs, pipelines, schedules
+from parallelrun.store import jobs, keys, pipelines, schedules
 from parallelrun.store.pipelines import Pipeline, PipelineRun
 
 log = logging.getLogger("parallelrun.pipeline.chaining")
@@ -212,6 +212,18 @@ def hand_on_gave_up(cfg: StackConfig, job_id: str) -> None:
     if pipelines.end(cfg, run.run_id, run.step, jobs.FAILED, reason):
         logs.event(log, "pipeline run failed: its hand-on gave up", level=logging.ERROR, run=run.run_id)
     _ended(cfg, run)
+
+
+def drop_gave_up(cfg: StackConfig, run_id: str, name: str, input_uri: str, reason: str) -> None:
+    """The planner gave up on the ``_READY`` marker of run ``run_id``: the run ends FAILED with
+    ``reason`` (stored FAILED if the planner never stored it), unless its first step started."""
+    definition = pipelines.get(cfg, name)
+    failed = PipelineRun(run_id, name, definition.steps, input_uri, source="drop", state=jobs.FAILED, reason=reason,
+                         ended_at=time.time())
+    if pipelines.create_run(cfg, failed):
+        logs.event(log, "pipeline run failed: the planner gave up on its marker", level=logging.ERROR, run=run_id)
+    elif jobs.find(cfg, keys.step_job_id(run_id, 0), counted=False) is None:
+        pipelines.end(cfg, run_id, 0, jobs.FAILED, reason)
 
 
 def _ended(cfg: StackConfig, run: PipelineRun) -> None:
