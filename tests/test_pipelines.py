@@ -210,6 +210,16 @@ def test_a_hand_on_killed_midway_or_delivered_twice_starts_the_next_step_once(st
     assert pipelines.get_run(stack.cfg, run.run_id) == run
 
 
+def test_a_hand_on_failing_on_every_delivery_ends_the_run(stack, chain):
+    name, uri = chain
+    run = Client(stack.cfg).run_pipeline(name, uri).record
+    failure_recorder.give_up(stack.cfg, sqs.StepEnded(run.job_id(0)))  # dead-lettered
+    ended = pipelines.get_run(stack.cfg, run.run_id)
+    assert ended.state == jobs.FAILED
+    assert ended.reason.startswith(f"handing on from step 1 (features, job {run.job_id(0)}) failed on every delivery")
+    stack.purge()
+
+
 def test_a_drop_folder_starts_a_run_and_names_are_shared_with_endpoints(stack, chain, make_endpoint, monkeypatch):
     name, uri = chain
     folder = f"{name}/batch1/"
