@@ -110,9 +110,11 @@ def drop_run(cfg: StackConfig, name: str, input_uri: str, run_id: str,
             run.overrides, run.state, run.reason, run.ended_at = {}, jobs.FAILED, str(error), time.time()
         pipelines.create_run(cfg, run)  # False for a twin of this notification: it stored the same run
         run = pipelines.get_run(cfg, run_id)
-    if run.state != jobs.RUNNING and run.step == 0 and jobs.find(cfg, run.job_id(0), counted=False) is None:
-        return None
-    first = jobs.find(cfg, run.job_id(0), counted=False) or _create(cfg, _step_job(cfg, run, 0, None))
+    first = jobs.find(cfg, run.job_id(0), counted=False)
+    if first is None:
+        if run.state != jobs.RUNNING:
+            return None  # refused (or given up on) before its first step: nothing to start
+        first = _create(cfg, _step_job(cfg, run, 0, None))
     if first.state in jobs.TERMINAL:
         step_ended(cfg, first)
     return first.job_id
@@ -123,8 +125,9 @@ def _step_job(cfg: StackConfig, run: PipelineRun, index: int, before: jobs.JobRe
     """Step ``index``'s job on the run's input (the first step) or on ``before``'s output; FAILED
     with the reason if it cannot start (``strict``: the error is raised instead)."""
     step = run.steps[index]
+    feed: dict[str, list[str]] | None = None
     if before is None:
-        input_uri, overrides, feed = run.input_uri, {**step.settings, **run.overrides}, None
+        input_uri, overrides = run.input_uri, {**step.settings, **run.overrides}
     else:
         producer = run.steps[index - 1]
         input_uri, overrides = before.output_uri, definitions.next_overrides(step, producer, before.settings)
