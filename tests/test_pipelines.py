@@ -210,6 +210,39 @@ def test_a_hand_on_killed_midway_or_delivered_twice_starts_the_next_step_once(st
     assert pipelines.get_run(stack.cfg, run.run_id) == run
 
 
+def test_cancel_stops_the_step_under_way_and_starts_no_later_one(stack, chain, monkeypatch, capsys):
+    name, uri = chain
+    client = Client(stack.cfg)
+    monkeypatch.setattr(Client, "connect", classmethod(lambda cls, stack_name=None: cls(stack.cfg)))
+    run = client.run_pipeline(name, uri).record
+    stack.plan(run.job_id(0))  # step 1 runs
+    assert main(["cancel", run.run_id]) == 0
+    assert capsys.readouterr().out.startswith(f"pipeline run {run.run_id}: CANCELED (canceled by user at step 1 (features))")
+    ended = until_ended(stack, run.run_id)
+    assert ended.state == jobs.CANCELED
+    stack.run_until_done(run.job_id(0))
+    assert jobs.get(stack.cfg, run.job_id(0)).state == jobs.CANCELED
+    with pytest.raises(ConflictError, match="already ended"):
+        client.cancel_pipeline_run(run.run_id)
+
+    # Canceled while a hand-on is creating step 2's job, before it moves the run on to it.
+    create = chaining._create
+
+    def canceled_first(cfg, job):
+        if job.job_id.endswith("-s2"):
+            client.cancel_pipeline_run(job.pipeline_run)
+        return create(cfg, job)
+
+    monkeypatch.setattr(chaining, "_create", canceled_first)
+    raced = until_ended(stack, client.run_pipeline(name, uri).run_id)
+    for _ in range(3):  # whatever is still in the queues
+        stack.deliver("PlannerFunction", max_rounds=10)
+    assert (raced.state, raced.step) == (jobs.CANCELED, 0)
+    second = jobs.get(stack.cfg, raced.job_id(1))
+    assert second.state == jobs.CANCELED and "ended before this step started" in second.reason
+    assert second.total_batches is None and parts(stack, second.job_id) == []  # never planned, never run
+
+
 def test_a_hand_on_failing_on_every_delivery_ends_the_run(stack, chain):
     name, uri = chain
     run = Client(stack.cfg).run_pipeline(name, uri).record

@@ -194,7 +194,12 @@ def cmd_endpoints_update(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    job = Client.connect(args.stack).cancel(args.job)
+    client = Client.connect(args.stack)
+    if client.find_pipeline_run(args.job) is not None:
+        run = client.cancel_pipeline_run(args.job)
+        print(f"pipeline run {run.run_id}: {run.state} ({run.reason}); no later step starts")
+        return 0
+    job = client.cancel(args.job)
     print(f"job {job.job_id}: {job.state} ({job.reason}); the output will hold what succeeded")
     return 0
 

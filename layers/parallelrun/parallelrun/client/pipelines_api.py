@@ -13,8 +13,8 @@ from parallelrun.client import sdk
 from parallelrun.core import pipelines as definitions
 from parallelrun.core.errors import InputError, ParallelRunError
 from parallelrun.core.pipelines import Step
-from parallelrun.pipeline import chaining
-from parallelrun.store import jobs, pipelines
+from parallelrun.pipeline import chaining, lifecycle
+from parallelrun.store import jobs, keys, pipelines
 
 T = TypeVar("T")
 
@@ -74,6 +74,13 @@ class PipelinesMixin:
             overrides = {"input_type": "tabular", "input_format": inputs.input_format, **overrides}
         uri = inputs if isinstance(inputs, str) else inputs.uri
         return sdk.PipelineRun(self, chaining.start(self.cfg, name, uri, overrides).run_id)
+
+    def cancel_pipeline_run(self, run_id: str) -> pipelines.PipelineRun:
+        """Stop a run: no later step starts, and the step under way is canceled (its output holds
+        what succeeded)."""
+        step = chaining.cancel(self.cfg, run_id)
+        lifecycle.cancel(self.cfg, keys.step_job_id(run_id, step))  # False if it had ended, or never started
+        return self.pipeline_run(run_id)
 
     def pipeline_run(self, run_id: str) -> pipelines.PipelineRun:
         return pipelines.get_run(self.cfg, run_id)

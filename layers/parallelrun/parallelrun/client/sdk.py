@@ -72,6 +72,8 @@ class ClientProtocol(Protocol):
 
     def pipeline_run(self, run_id: str) -> pipelines.PipelineRun: ...
 
+    def cancel_pipeline_run(self, run_id: str) -> pipelines.PipelineRun: ...
+
     def wait_pipeline(self, run_id: str, on_progress: Callable[[pipelines.PipelineRun], None] | None = None,
                       poll_seconds: float = 1.0, timeout: float | None = None) -> pipelines.PipelineRun: ...
 
@@ -280,6 +282,10 @@ class PipelineRun:
             print(f"pipeline run {run.run_id}: {run.state}" + (f" ({run.reason})" if run.reason else ""),
                   file=sys.stderr)
         return run.state
+
+    def cancel(self) -> str:
+        """Stop the run: no later step starts, and the step under way is canceled."""
+        return self.client.cancel_pipeline_run(self.run_id).state
 
     def get_output_dataframe(self, sep: str = " ") -> Any:
         """The last step's collated output (see :meth:`Job.get_output_dataframe`)."""

@@ -189,7 +189,11 @@ def step_ended(cfg: StackConfig, job: jobs.JobRecord) -> None:
         if jobs.find(cfg, run.job_id(index + 1), counted=False) is None:
             _create(cfg, _step_job(cfg, run, index + 1, job))
         # Created first, moved on second: a hand-on that dies between the two is repeated from here.
-        pipelines.advance(cfg, run.run_id, index)
+        if not pipelines.advance(cfg, run.run_id, index):
+            run = pipelines.get_run(cfg, run.run_id)  # a twin moved it on, or it was canceled meanwhile
+            if run.state != jobs.RUNNING:
+                _ended(cfg, run)
+                return
     elif run.step > index + 1:
         return  # the step after it ended too: its own hand-on took over
     following = jobs.find(cfg, run.job_id(index + 1), counted=False) if index + 1 < len(run.steps) else None
@@ -229,7 +233,24 @@ def drop_gave_up(cfg: StackConfig, run_id: str, name: str, input_uri: str, reaso
         pipelines.end(cfg, run_id, 0, jobs.FAILED, reason)
 
 
+def cancel(cfg: StackConfig, run_id: str) -> int:
+    """End a running run CANCELED at the step it is at, so that no later step starts; returns
+    that step's index, whose job the caller cancels (:func:`parallelrun.pipeline.lifecycle.cancel`)."""
+    while True:  # each try that loses finds the run a step further on, or ended
+        run = pipelines.get_run(cfg, run_id)
+        if run.state != jobs.RUNNING:
+            raise ConflictError(f"pipeline run {run_id} has already ended ({run.state})")
+        reason = f"canceled by user at step {run.step + 1} ({run.steps[run.step].name})"
+        if pipelines.end(cfg, run_id, run.step, jobs.CANCELED, reason):
+            _ended(cfg, run)
+            return run.step
+
+
 def _ended(cfg: StackConfig, run: PipelineRun) -> None:
-    """The run ended (by this call or a twin's): its schedule's next run may start."""
+    """The run ended (by this call or a twin's): its schedule's next run may start, and a next
+    step's job that a hand-on created as the run was canceled never will."""
     if run.schedule:
         schedules.give_back(cfg, run.schedule, run.run_id)
+    if run.step + 1 < len(run.steps):
+        jobs.transition(cfg, run.job_id(run.step + 1), jobs.CANCELED, (jobs.QUEUED,), ended_at=time.time(),
+                        reason=f"its pipeline run {run.run_id} ended before this step started")
