@@ -368,6 +368,7 @@ steps:
     assert main(["pipelines", "run", f"{name}-cli", "--input", uri]) == 0
     run_id = capsys.readouterr().out.strip()
     run = until_ended(stack, run_id)
+    assert main(["wait", run_id]) == 0 and capsys.readouterr().out.startswith(f"pipeline run {run_id} of ")
     assert main(["status", run_id]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"pipeline run {run_id} of {name}-cli: SUCCEEDED"

@@ -158,7 +158,8 @@ def parser() -> argparse.ArgumentParser:
     status = add(sub, "status", cmd_status, "Show a job's (or a pipeline run's, step by step) state and counts.")
     status.add_argument("job")
     status.add_argument("--json", action="store_true")
-    add(sub, "wait", cmd_wait, "Wait for a job with a progress bar; exit 0 only if it succeeded.").add_argument("job")
+    add(sub, "wait", cmd_wait, "Wait for a job (with a progress bar) or a pipeline run; exit 0 only if it "
+        "succeeded.").add_argument("job")
     add(sub, "cancel", cmd_cancel, "Stop a job (or a pipeline run); its output holds what succeeded.").add_argument("job")
     redrive = add(sub, "redrive", cmd_redrive,
                   "Run an ended job's failed mini-batches again (with the endpoint's current code).")

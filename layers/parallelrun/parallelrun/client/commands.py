@@ -239,7 +239,10 @@ def _wait(client: Client, job_id: str) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    return _wait(Client.connect(args.stack), args.job)
+    client = Client.connect(args.stack)
+    if client.find_pipeline_run(args.job) is not None:
+        return pipeline_commands.wait_run(client, args.job)
+    return _wait(client, args.job)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

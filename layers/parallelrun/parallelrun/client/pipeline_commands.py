@@ -72,9 +72,12 @@ def cmd_pipelines_run(args: argparse.Namespace) -> int:
     client = Client.connect(args.stack)
     run = client.run_pipeline(args.name, args.input, parse_assignments(args.set))
     print(run.run_id)
-    if not args.wait:
-        return 0
-    ended = client.wait_pipeline(run.run_id)
+    return wait_run(client, run.run_id) if args.wait else 0
+
+
+def wait_run(client: Client, run_id: str) -> int:
+    """Wait for a pipeline run, then print it step by step; 0 only if it succeeded."""
+    ended = client.wait_pipeline(run_id)
     print("\n".join(run_lines(ended, client.step_jobs(ended))))
     return 0 if ended.state == jobs.SUCCEEDED else 1
 
