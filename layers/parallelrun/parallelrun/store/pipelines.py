@@ -89,19 +89,10 @@ def _steps(text: str) -> list[Step]:
 def put_new(cfg: StackConfig, pipeline: Pipeline) -> None:
     """Store a new pipeline; refused if a pipeline or an endpoint has its name (one transaction,
     so an endpoint created meanwhile cannot slip between the check and the write)."""
-    new = "attribute_not_exists(pk)"
-    try:
-        dynamo.transact([
-            {"Put": {"TableName": cfg.table, "Item": dynamo.serialize(pipeline.to_item()), "ConditionExpression": new}},
-            {"ConditionCheck": {"TableName": cfg.table, "Key": dynamo.serialize(keys.endpoint_key(pipeline.name)),
-                                "ConditionExpression": new}},
-        ])
-    except Exception as error:
-        if not dynamo.is_conditional_failure(error):
-            raise
+    if not dynamo.put_new_where_absent(cfg.table, pipeline.to_item(), keys.endpoint_key(pipeline.name)):
         what = "a pipeline" if find(cfg, pipeline.name) else "an endpoint"
         raise ConflictError(f"{what} named {pipeline.name!r} exists: pipelines and endpoints share the drop "
-                            "bucket's folders, so their names must differ") from None
+                            "bucket's folders, so their names must differ")
 
 
 def find(cfg: StackConfig, name: str) -> Pipeline | None:
