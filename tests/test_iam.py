@@ -37,7 +37,8 @@ UNUSED_ON_PURPOSE = {
         "fails on every try does that (the local stack plays it in parallelrun.local.destinations)",
     ("AggregatorRole", "s3:AbortMultipartUpload", "*"): "only when collating fails midway",
     ("PlannerRole", "sqs:SendMessage", "*EcsBatchQueue*"): "only a job of a `compute: ecs` deployment",
-    ("AggregatorRole", "sqs:SendMessage", "*PlannerQueue*"): "only a schedule run waiting for this one (overlap=wait)",
+    ("AggregatorRole", "sqs:SendMessage", "*PlannerQueue*"): "only a schedule run waiting for this one (overlap=wait), "
+        "or a pipeline step's hand-on to the next step (parallelrun.pipeline.chaining)",
     ("FailureRecorderRole", "sqs:SendMessage", "*PlannerQueue*"):
         "only when a scheduled job it ends hands its schedule to a run waiting (overlap=wait)",
     ("PlannerRole", "sqs:SendMessage", "*-Worker-[*]"): "a deployment's own worker's queue, made on a deployed stack "

@@ -10,7 +10,9 @@ from typing import Any
 from parallelrun.core.errors import ParallelRunError
 
 _SDK = {"Client": "parallelrun.client.api", "ParallelRunConfig": "parallelrun.client.sdk", "FileDataset": "parallelrun.client.sdk",
-        "TabularDataset": "parallelrun.client.sdk", "Model": "parallelrun.client.sdk", "Job": "parallelrun.client.sdk"}
+        "TabularDataset": "parallelrun.client.sdk", "Model": "parallelrun.client.sdk", "Job": "parallelrun.client.sdk",
+        "Pipeline": "parallelrun.client.sdk", "PipelineRun": "parallelrun.client.sdk",
+        "PipelineStep": "parallelrun.client.sdk"}
 
 
 def __getattr__(name: str) -> Any:

@@ -214,6 +214,21 @@ def transact(items: list[dict[str, Any]], *, client: Any = None) -> None:
         _back_off(tried)
 
 
+def put_new_where_absent(name: str, item: dict[str, Any], absent: dict[str, Any]) -> bool:
+    """Put ``item`` only where no item is yet, and only while no item is at the key ``absent``
+    (one transaction: two such writes that check each other's keys cannot both succeed); False
+    if either was there."""
+    new = "attribute_not_exists(pk)"
+    try:
+        transact([{"Put": {"TableName": name, "Item": serialize(item), "ConditionExpression": new}},
+                  {"ConditionCheck": {"TableName": name, "Key": serialize(absent), "ConditionExpression": new}}])
+    except Exception as error:
+        if not is_conditional_failure(error):
+            raise
+        return False
+    return True
+
+
 def _back_off(tried: int) -> None:
     """Full jitter: writers that collided must not collide again in step.
     https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/"""

@@ -95,7 +95,17 @@ class ScheduleRun:
                            "trigger": self.trigger})
 
 
-PlannerMessage = Union[Start, Listing, Tick, ScheduleRun]
+@dataclass(frozen=True)
+class StepEnded:
+    """A pipeline step's job took its final state: hand on to the next step (or end the run)."""
+
+    job_id: str
+
+    def body(self) -> str:
+        return json.dumps({"action": "step-ended", "job_id": self.job_id})
+
+
+PlannerMessage = Union[Start, Listing, Tick, ScheduleRun, StepEnded]
 
 
 def planner_message(body: str | dict[str, Any]) -> PlannerMessage | None:
@@ -110,6 +120,8 @@ def planner_message(body: str | dict[str, Any]) -> PlannerMessage | None:
         return Tick(message["job_id"], int(message["tick"]), message["token"], float(message["since"]))
     if action == "schedule":
         return ScheduleRun(message["schedule"], message["time"], message.get("trigger", "rule"))
+    if action == "step-ended":
+        return StepEnded(message["job_id"])
     return None
 
 
@@ -203,7 +215,7 @@ class UnreadablePlannerMessage:
     job_id: str | None
 
 
-DeadLetter = Union[MiniBatch, Start, Listing, Tick, ScheduleRun, AggregationRequest, CollateRange,
+DeadLetter = Union[MiniBatch, Start, Listing, Tick, ScheduleRun, StepEnded, AggregationRequest, CollateRange,
                    FailedInvocation, UnreadablePlannerMessage]
 
 
@@ -227,7 +239,7 @@ def dead_letter(body: str) -> DeadLetter:
 # --- the calls
 
 
-Message = Union[Start, Listing, Tick, ScheduleRun, MiniBatch, AggregationRequest, CollateRange]
+Message = Union[Start, Listing, Tick, ScheduleRun, StepEnded, MiniBatch, AggregationRequest, CollateRange]
 
 
 def send(queue_url: str, message: Message, delay_seconds: int | None = None) -> None:

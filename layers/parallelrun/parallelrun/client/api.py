@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +14,7 @@ from parallelrun import aws
 from parallelrun.aws import s3
 from parallelrun.aws.config import StackConfig
 from parallelrun.client import azure_import, report, sdk
+from parallelrun.client.pipelines_api import PipelinesMixin, poll_until
 from parallelrun.core.datasets import READY_MARKER, split_s3_uri
 from parallelrun.core.errors import ConflictError, NotFoundError, ParallelRunError, StackError
 from parallelrun.local import state
@@ -24,7 +24,7 @@ from parallelrun.store import batches, endpoints, jobs, keys, registry, schedule
 from parallelrun.core import compute, model_refs, settings as run_settings
 
 
-class Client:
+class Client(PipelinesMixin):
     def __init__(self, cfg: StackConfig, deployed: bool = False) -> None:
         # deployed: the stack runs on AWS, where a deployment with requirements gets a worker of its
         # own (aws.workers); on a local stack the local workers serve it in its environment.
@@ -306,16 +306,8 @@ class Client:
     def wait(self, job_id: str, on_progress: Callable[[jobs.JobRecord], None] | None = None,
              poll_seconds: float = 1.0, timeout: float | None = None) -> jobs.JobRecord:
         """Poll until the job ends; ``on_progress`` sees each state."""
-        deadline = None if timeout is None else time.time() + timeout
-        while True:
-            job = self.job(job_id)
-            if on_progress:
-                on_progress(job)
-            if job.state in jobs.TERMINAL:
-                return job
-            if deadline is not None and time.time() > deadline:
-                raise ParallelRunError(f"job {job_id} still {job.state} after {timeout:.0f} s")
-            time.sleep(poll_seconds)
+        return poll_until(lambda: self.job(job_id), lambda job: job.state in jobs.TERMINAL, f"job {job_id}",
+                          on_progress, poll_seconds, timeout)
 
     def output_uri(self, job: jobs.JobRecord, name: str | None = None) -> str:
         return job.output_uri + (name or job.settings.output_file_name)

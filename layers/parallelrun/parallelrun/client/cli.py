@@ -13,6 +13,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from parallelrun.client import pipeline_commands
 from parallelrun.client.commands import (
     cmd_cancel, cmd_demo, cmd_deployments_create, cmd_deployments_delete, cmd_deployments_list,
     cmd_deployments_show, cmd_endpoints_create, cmd_endpoints_delete, cmd_endpoints_list,
@@ -179,11 +180,14 @@ def parser() -> argparse.ArgumentParser:
     run_now.add_argument("name")
     run_now.add_argument("--wait", action="store_true", help="wait for the run, with a progress bar")
 
-    status = add(sub, "status", cmd_status, "Show a job's state and counts.")
+    pipeline_commands.add_commands(sub, add)
+
+    status = add(sub, "status", cmd_status, "Show a job's (or a pipeline run's, step by step) state and counts.")
     status.add_argument("job")
     status.add_argument("--json", action="store_true")
-    add(sub, "wait", cmd_wait, "Wait for a job with a progress bar; exit 0 only if it succeeded.").add_argument("job")
-    add(sub, "cancel", cmd_cancel, "Stop a job; its output holds what succeeded.").add_argument("job")
+    add(sub, "wait", cmd_wait, "Wait for a job (with a progress bar) or a pipeline run; exit 0 only if it "
+        "succeeded.").add_argument("job")
+    add(sub, "cancel", cmd_cancel, "Stop a job (or a pipeline run); its output holds what succeeded.").add_argument("job")
     redrive = add(sub, "redrive", cmd_redrive,
                   "Run an ended job's failed mini-batches again (with the endpoint's current code).")
     redrive.add_argument("job")

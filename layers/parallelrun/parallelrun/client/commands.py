@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from parallelrun.client import hosting
+from parallelrun.client import hosting, pipeline_commands
 from parallelrun.client.api import Client
 from parallelrun.client.progress import progress_bar, status_lines
 from parallelrun.core import compute
@@ -210,7 +210,12 @@ def cmd_endpoints_update(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    job = Client.connect(args.stack).cancel(args.job)
+    client = Client.connect(args.stack)
+    if client.find_pipeline_run(args.job) is not None:
+        run = client.cancel_pipeline_run(args.job)
+        print(f"pipeline run {run.run_id}: {run.state} ({run.reason}); no later step starts")
+        return 0
+    job = client.cancel(args.job)
     print(f"job {job.job_id}: {job.state} ({job.reason}); the output will hold what succeeded")
     return 0
 
@@ -250,11 +255,18 @@ def _wait(client: Client, job_id: str) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    return _wait(Client.connect(args.stack), args.job)
+    client = Client.connect(args.stack)
+    if client.find_pipeline_run(args.job) is not None:
+        return pipeline_commands.wait_run(client, args.job)
+    return _wait(client, args.job)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    job = Client.connect(args.stack).job(args.job)
+    client = Client.connect(args.stack)
+    run = client.find_pipeline_run(args.job)
+    if run is not None:
+        return pipeline_commands.print_run(client, run, args.json)
+    job = client.job(args.job)
     print(json.dumps(_job_dict(job), indent=2, default=str) if args.json else "\n".join(status_lines(job)))
     return 0
 
@@ -302,8 +314,10 @@ def _schedule_dict(client: Client, s: Any) -> dict[str, Any]:
             job: jobs.JobRecord | None = client.job(s.last_job_id)
         except NotFoundError:
             job = None
+        run = client.find_pipeline_run(s.last_job_id) if job is None else None  # a schedule of a pipeline
+        ended = job or run
         last = {"time": s.last_run_time, "job_id": s.last_job_id, "trigger": s.last_trigger,
-                "state": job.state if job else "unknown", "reason": job.reason if job else "",
+                "state": ended.state if ended else "unknown", "reason": ended.reason if ended else "",
                 "items_succeeded": job.items_succeeded if job else None,
                 "output": job.output_uri if job else None}
     return {**{k: v for k, v in s.__dict__.items() if not k.startswith("last_")}, "last_run": last,

@@ -13,6 +13,14 @@
     # every night at 02:00 UTC, score what arrived in the folder since the last run
     client.create_schedule(config, "nightly", FileDataset.from_files("s3://bucket/incoming/"),
                            "cron(0 2 * * ? *)", model="digits")
+
+    # a pipeline: images -> a features table -> a classifier scoring that table
+    pipeline = client.create_pipeline("digits-chain", [
+        PipelineStep("features", "featurize", settings={"output_format": "csv"}),
+        PipelineStep("classify", "classifier", settings={"input_type": "tabular"})])
+    run = pipeline.run(FileDataset.from_files("s3://bucket/digits/batch1/"))
+    run.wait_for_completion()
+    frame = run.get_output_dataframe()  # the last step's output
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ from typing import Any, Protocol
 
 from parallelrun.client.progress import progress_bar
 from parallelrun.core.errors import InputError
+from parallelrun.core.pipelines import Step as PipelineStep
 from parallelrun.core.settings import canonical
 from parallelrun.scoring import azure
-from parallelrun.store import jobs, registry
+from parallelrun.store import jobs, pipelines, registry
 
 
 class ClientProtocol(Protocol):
@@ -53,6 +62,20 @@ class ClientProtocol(Protocol):
 
     def register_model(self, path: str | Path, name: str, tags: dict[str, str] | None = None,
                        description: str = "") -> registry.ModelVersion: ...
+
+    def pipeline(self, name: str) -> pipelines.Pipeline: ...
+
+    def delete_pipeline(self, name: str) -> None: ...
+
+    def run_pipeline(self, name: str, inputs: str | FileDataset | TabularDataset,
+                     settings: dict[str, Any] | None = None) -> PipelineRun: ...
+
+    def pipeline_run(self, run_id: str) -> pipelines.PipelineRun: ...
+
+    def cancel_pipeline_run(self, run_id: str) -> pipelines.PipelineRun: ...
+
+    def wait_pipeline(self, run_id: str, on_progress: Callable[[pipelines.PipelineRun], None] | None = None,
+                      poll_seconds: float = 1.0, timeout: float | None = None) -> pipelines.PipelineRun: ...
 
 
 @dataclass
@@ -202,3 +225,68 @@ class Job:
         kept.pop("output_path", None)  # a new job writes a new output
         return self.client.submit(record.endpoint, inputs or record.input_uri, {**kept, **canonical(overrides)},
                                   deployment=record.deployment.get("deployment"))
+
+
+class Pipeline:
+    """A stored pipeline (Azure's Pipeline of ParallelRunSteps): its steps, and runs of it."""
+
+    def __init__(self, client: ClientProtocol, name: str) -> None:
+        self.client, self.name = client, name
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r})"
+
+    @property
+    def steps(self) -> list[PipelineStep]:
+        return self.client.pipeline(self.name).steps
+
+    def run(self, inputs: str | FileDataset | TabularDataset, **first_step_settings: Any) -> PipelineRun:
+        """A run on ``inputs``: the first step's input, with ``first_step_settings`` over its own."""
+        return self.client.run_pipeline(self.name, inputs, canonical(first_step_settings))
+
+    def delete(self) -> None:
+        """Delete the pipeline; runs under way finish with the steps they started with."""
+        self.client.delete_pipeline(self.name)
+
+
+class PipelineRun:
+    """A run of a pipeline: its state, each step's job, and the last step's output."""
+
+    def __init__(self, client: ClientProtocol, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def __repr__(self) -> str:
+        return f"PipelineRun({self.run_id!r})"
+
+    @property
+    def record(self) -> pipelines.PipelineRun:
+        return self.client.pipeline_run(self.run_id)
+
+    @property
+    def status(self) -> str:
+        return self.record.state
+
+    def step_job(self, step: str | int) -> Job:
+        """A step's job, by the step's name or number (from 1)."""
+        record = self.record
+        names = [s.name for s in record.steps]
+        index = step - 1 if isinstance(step, int) else names.index(step) if step in names else -1
+        if not 0 <= index <= record.step:
+            raise InputError(f"pipeline run {self.run_id} has no started step {step!r} (steps: {', '.join(names)})")
+        return Job(self.client, record.job_id(index))
+
+    def wait_for_completion(self, show_output: bool = True, timeout: float | None = None) -> str:
+        """Wait for the run to end; its final state (a failed run's reason names the step)."""
+        run = self.client.wait_pipeline(self.run_id, timeout=timeout)
+        if show_output:
+            print(f"pipeline run {run.run_id}: {run.state}" + (f" ({run.reason})" if run.reason else ""),
+                  file=sys.stderr)
+        return run.state
+
+    def cancel(self) -> str:
+        """Stop the run: no later step starts, and the step under way is canceled."""
+        return self.client.cancel_pipeline_run(self.run_id).state
+
+    def get_output_dataframe(self, sep: str = " ") -> Any:
+        """The last step's collated output (see :meth:`Job.get_output_dataframe`)."""
+        return self.step_job(len(self.record.steps)).get_output_dataframe(sep)

@@ -88,6 +88,7 @@ def collate_one(cfg: StackConfig, message: sqs.CollateRange, job: jobs.JobRecord
         return  # a redrive started another aggregation: this one is over
     if job.state != jobs.FINALIZING:
         if job.state in jobs.TERMINAL:  # its joiner may have died between the final state and the cleanup
+            lifecycle.job_ended(cfg, job)
             collated.drop_objects(cfg, job.job_id, message.aggregation)
         return
     spans = ranges(job)

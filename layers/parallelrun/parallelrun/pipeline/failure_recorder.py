@@ -20,8 +20,8 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs, usage
 from parallelrun.core.errors import ConflictError
 from parallelrun.core.failures import Failure, failure_line
-from parallelrun.pipeline import lifecycle, markers
-from parallelrun.store import batches, jobs, keys, schedules
+from parallelrun.pipeline import chaining, lifecycle, markers
+from parallelrun.store import batches, jobs, keys, pipelines, schedules
 
 log = logging.getLogger("parallelrun.pipeline.failure_recorder")
 ERROR_MESSAGE_CHARS = 1000  # of the planner's error kept in a job's reason (Lambda's may be 256 KB)
@@ -80,7 +80,9 @@ def give_up(cfg: StackConfig,
     else:
         job_id = message.job_id
     with logs.context(job_id):
-        if not isinstance(message, (sqs.AggregationRequest, sqs.CollateRange)):
+        if isinstance(message, sqs.StepEnded):  # the step's job had ended: its run must not wait for ever
+            chaining.hand_on_gave_up(cfg, job_id)
+        elif not isinstance(message, (sqs.AggregationRequest, sqs.CollateRange)):
             reason = ("the planner failed on every delivery of this job's message; its logs say why. "
                       "What ran is kept: `parallelrun redrive` continues the job")
             lifecycle.stop(cfg, job_id, jobs.FAILED, reason)
@@ -118,6 +120,9 @@ def record_failed_invocation(cfg: StackConfig, record: dict[str, Any]) -> None:
         job_id, endpoint, input_uri = target
         reason = (f"the planner {gave_up} marker s3://{bucket}/{key}{error}. "
                   "Upload the marker again to start a new job")
+        if pipelines.find(cfg, endpoint) is not None:  # a pipeline's drop folder: the marker's run ends
+            chaining.drop_gave_up(cfg, job_id, endpoint, input_uri, reason)
+            continue
         with logs.context(job_id):
             if jobs.find(cfg, job_id) is None:
                 try:

@@ -10,7 +10,8 @@
 - :func:`aggregation_claimed`, :func:`end_state`, :func:`aggregated`: the aggregator's run,
   at most one at a time (DESIGN invariant 3), and the final state it sets;
   :func:`aggregation_gave_up`: it failed on every try.
-- :func:`job_ended`: the job took its final state: a schedule's next run may start.
+- :func:`job_ended`: the job took its final state: a schedule's next run, or a pipeline's next
+  step, may start.
 
 The thresholds themselves are pure: :mod:`parallelrun.core.thresholds`.
 """
@@ -141,6 +142,10 @@ def aggregation_gave_up(cfg: StackConfig, job_id: str) -> None:
 
 
 def job_ended(cfg: StackConfig, job: jobs.JobRecord) -> None:
-    """The job took its final state: its schedule's next run need not wait for a takeover."""
+    """The job took its final state: its schedule's next run need not wait for a takeover; a
+    pipeline step's run hands on, in the planner (parallelrun.pipeline.chaining), whose role
+    starts jobs. Called again by every redelivery past the final state, so it is never lost."""
     if job.schedule:
         scheduling.run_ended(cfg, job)
+    if job.pipeline_run:
+        sqs.send(cfg.planner_queue_url, sqs.StepEnded(job.job_id))

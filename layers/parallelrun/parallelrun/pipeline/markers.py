@@ -1,6 +1,7 @@
 """Drop folders' ``_READY`` markers: which job a marker starts (its settings in the marker's
 body, which anyone who can write to the input bucket writes), and the FAILED job of one that
-cannot start. The planner (which starts the job) and the failure recorder (which ends it when
+cannot start. A marker below a pipeline's folder starts a run of it instead
+(:func:`parallelrun.pipeline.chaining.drop_run`, the run named as the job would be). The planner (which starts the job) and the failure recorder (which ends it when
 Lambda gave up on the planner) name a marker's job the same way, through these functions.
 """
 
@@ -19,8 +20,8 @@ from parallelrun.aws.config import StackConfig
 from parallelrun.core import datasets, logs
 from parallelrun.core.errors import ConflictError, InputError, ParallelRunError, SettingsError
 from parallelrun.core.settings import RunSettings
-from parallelrun.pipeline import submit
-from parallelrun.store import jobs
+from parallelrun.pipeline import chaining, submit
+from parallelrun.store import jobs, pipelines
 
 log = logging.getLogger("parallelrun.pipeline.markers")
 MAX_MARKER_BYTES = 64 * 1024  # a marker carries settings, never data
@@ -69,6 +70,9 @@ def drop_job(cfg: StackConfig, bucket: str, key: str, version: str) -> str | Non
         log.warning("ignored a marker outside <endpoint>/<folder>/", extra={"fields": {"key": key}})
         return None
     job_id, endpoint, input_uri = target
+    if pipelines.find(cfg, endpoint) is not None:  # the folder is a pipeline's: the marker starts a run
+        with logs.context(job_id):
+            return chaining.drop_run(cfg, endpoint, input_uri, job_id, lambda: _marker_overrides(bucket, key))
     with logs.context(job_id):
         if jobs.find(cfg, job_id) is None:
             try:

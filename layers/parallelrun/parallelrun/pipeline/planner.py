@@ -29,10 +29,10 @@ from typing import Any
 from parallelrun import aws
 from parallelrun.aws import s3, sqs
 from parallelrun.aws.config import StackConfig
-from parallelrun.core import compute, logs, model_refs, partitions, planning, usage
-from parallelrun.core.datasets import InputFile, InputSpec
+from parallelrun.core import compute, logs, model_refs, partitions, pipelines, planning, usage
+from parallelrun.core.datasets import InputFile, InputSpec, relative_name
 from parallelrun.core.errors import ConflictError, ParallelRunError
-from parallelrun.pipeline import aggregator, lifecycle, markers, scheduling, submit
+from parallelrun.pipeline import aggregator, chaining, lifecycle, markers, scheduling, submit
 from parallelrun.store import batches, endpoints, inputs, jobs, plan, reuse, scored
 
 log = logging.getLogger("parallelrun.pipeline.planner")
@@ -60,6 +60,8 @@ def handle_record(cfg: StackConfig, record: dict[str, Any], context: Any = None)
                 continue_planning(cfg, message)
             elif isinstance(message, sqs.Tick):
                 tick(cfg, message)
+            elif isinstance(message, sqs.StepEnded):  # a pipeline step's job ended: hand on
+                chaining.step_ended(cfg, jobs.get(cfg, message.job_id))
             elif isinstance(message, sqs.ScheduleRun):  # an EventBridge rule fired, or a waiting run's turn came
                 fired = scheduling.fire(cfg, message.schedule, message.time, message.trigger)
                 job_id = fired.job_id
@@ -92,6 +94,9 @@ def continue_planning(cfg: StackConfig, message: sqs.Listing) -> None:
     the next invocation; once the listing is complete, set the totals and send the first window
     (see the module doc)."""
     job = jobs.get(cfg, message.job_id)
+    if job.state in jobs.TERMINAL:  # a redelivery after a crash past the final state: finish handing over
+        lifecycle.job_ended(cfg, job)
+        return
     if job.state == jobs.QUEUED and message.token == planning.START:
         jobs.transition(cfg, job.job_id, jobs.PLANNING, (jobs.QUEUED,), started_at=time.time())
         job = jobs.get(cfg, job.job_id)
@@ -173,6 +178,7 @@ def _reuse_whole_job(cfg: StackConfig, job: jobs.JobRecord, fingerprint: str, ba
         reused_from=earlier["job_id"], output_uri=earlier["output_uri"], ended_at=time.time())
     if done:
         logs.event(log, "reused the output of an identical succeeded job", reused_from=earlier["job_id"])
+        lifecycle.job_ended(cfg, jobs.get(cfg, job.job_id, counted=False))
     return done
 
 
@@ -190,6 +196,9 @@ def list_slice(cfg: StackConfig, job: jobs.JobRecord,
         return None
     listed = planning.Slice(inputs.list_files(spec, after=held.after), cfg.limits.planner_inputs_per_invocation)
     files = scored.unscored(cfg, job.schedule, listed, held.after) if job.schedule else iter(listed)
+    if job.feed is not None:  # a pipeline step: only what the step before feeds it
+        feed = pipelines.Feed.from_dict(job.feed)
+        files = (item for item in files if feed.feeds(relative_name(item.key, spec.prefix)))
     cut = planning.plan_batches(files, spec.prefix, job.settings, functools.partial(aws.range_reader, spec.bucket),
                                 carry.open_batches)
 

@@ -10,6 +10,11 @@ back when its job ends (:func:`run_ended`, from the aggregator). A run due while
 it is skipped (``overlap=skip``, counted and logged) or waits (``overlap=wait``: remembered, and
 started when the holder ends). A lock whose job has ended without giving it back (a crash in
 between) is taken over.
+
+A schedule may name a pipeline instead of an endpoint (they share one namespace): each run is then
+a run of the pipeline on the whole folder (:func:`parallelrun.pipeline.chaining.start`), holding
+the lock until the run ends; its steps reuse what was scored before, so only what is new or
+changed is scored again.
 """
 
 from __future__ import annotations
@@ -20,13 +25,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from parallelrun.aws import sqs
 from parallelrun.aws.config import StackConfig
 from parallelrun.core import logs
 from parallelrun.core.errors import ConflictError, ParallelRunError
 from parallelrun.core.settings import RunSettings
-from parallelrun.pipeline import submit
-from parallelrun.store import jobs, keys, schedules
+from parallelrun.pipeline import chaining, submit
+from parallelrun.store import jobs, keys, pipelines, schedules
 from parallelrun.store.schedules import Schedule
 
 log = logging.getLogger("parallelrun.pipeline.scheduling")
@@ -50,8 +54,10 @@ def create(cfg: StackConfig, name: str, endpoint: str, expression: str, input_ur
     """Store a schedule and create its rule; everything a run will need is checked first, as a
     submit checks it, so a bad setting is refused now rather than at 2 a.m."""
     schedule = schedules.new(cfg, name, endpoint, expression, input_uri, overrides, deployment, overlap)
-    prepared = _prepare_run(cfg, schedule, f"{name}-check", _now_iso())
-    schedule.input_uri = prepared.input_uri
+    if pipelines.find(cfg, endpoint) is not None:  # a pipeline's name: each run is a run of it
+        schedule.input_uri = chaining.check_start(cfg, endpoint, input_uri, schedule.settings, deployment)
+    else:
+        schedule.input_uri = _prepare_run(cfg, schedule, f"{name}-check", _now_iso()).input_uri
     schedules.put(cfg, schedule)
     return schedule
 
@@ -72,8 +78,7 @@ def fire(cfg: StackConfig, name: str, fire_time: str, trigger: str = "rule") -> 
             if schedules.find(cfg, name) is None:
                 return Firing(IGNORED)
             continue
-        running = jobs.find(cfg, holder)
-        if running is None or running.state in jobs.TERMINAL:
+        if _ended(cfg, holder):
             if schedules.update(cfg, name, "SET running_job = :job", "running_job = :holder", job=job_id,
                                 holder=holder):
                 break  # the holder ended without giving the lock back: take it over
@@ -91,6 +96,8 @@ def fire(cfg: StackConfig, name: str, fire_time: str, trigger: str = "rule") -> 
         logs.event(log, "run skipped: the one before still runs", level=logging.WARNING, schedule=name,
                    run_time=fire_time, running_job=holder)
         return Firing(SKIPPED, holder=holder)
+    if pipelines.find(cfg, schedule.endpoint) is not None:
+        return _start_pipeline(cfg, schedule, job_id, fire_time, trigger)
     existing = jobs.find(cfg, job_id)
     if existing is not None:  # a repeated event of this run
         if existing.state in jobs.TERMINAL:
@@ -117,12 +124,35 @@ def _start(cfg: StackConfig, schedule: Schedule, job_id: str, fire_time: str, tr
         jobs.create(cfg, job)
     except ConflictError:
         job = jobs.get(cfg, job_id)
+    _record_run(cfg, schedule, job_id, fire_time, trigger, job.state, job.reason)
+    return job
+
+
+def _start_pipeline(cfg: StackConfig, schedule: Schedule, run_id: str, fire_time: str, trigger: str) -> Firing:
+    """A run of a schedule of a pipeline: a run of the pipeline on the whole folder, holding the
+    schedule's lock until it ends (each step reuses the mini-batches scored before, so only what
+    is new or changed is scored). Named by its time, so a repeated event is one run."""
+    run = chaining.start(cfg, schedule.endpoint, schedule.input_uri, schedule.settings, run_id, schedule.name)
+    _record_run(cfg, schedule, run_id, fire_time, trigger, run.state, run.reason)
+    return Firing(REFUSED if run.state == jobs.FAILED else STARTED, run.job_id(0))
+
+
+def _record_run(cfg: StackConfig, schedule: Schedule, job_id: str, fire_time: str, trigger: str, state: str,
+                reason: str) -> None:
     schedules.update(cfg, schedule.name, "SET last_run_time = :time, last_job_id = :job, last_trigger = :trigger",
                      "attribute_exists(pk)", time=fire_time, job=job_id, trigger=trigger)
     with logs.context(job_id):
         logs.event(log, "scheduled run", schedule=schedule.name, run_time=fire_time, trigger=trigger,
-                   state=job.state, reason=job.reason)
-    return job
+                   state=state, reason=reason)
+
+
+def _ended(cfg: StackConfig, holder: str) -> bool:
+    """Whether the lock's holder (a run's job, or a run of a pipeline) has ended, or is gone."""
+    run = pipelines.find_run(cfg, holder)
+    if run is not None:
+        return run.state in jobs.TERMINAL
+    job = jobs.find(cfg, holder)
+    return job is None or job.state in jobs.TERMINAL
 
 
 def _prepare_run(cfg: StackConfig, schedule: Schedule, job_id: str, fire_time: str) -> jobs.JobRecord:
@@ -145,17 +175,10 @@ def run_now(cfg: StackConfig, name: str) -> Firing:
 
 
 def run_ended(cfg: StackConfig, job: jobs.JobRecord) -> None:
-    """A run's job ended: start the run waiting for it, then give the schedule's lock back. In
-    that order, a crash between the two loses no waiting run (the lock stays with an ended job,
-    so a repeat of this call finishes it; the waiting run's job id is its time's, so sending it
-    twice starts it once)."""
+    """A run's job ended: start the run waiting for it, then give the schedule's lock back
+    (:func:`parallelrun.store.schedules.give_back`)."""
     assert job.schedule is not None
-    current = schedules.find(cfg, job.schedule)
-    if current is None or current.running_job != job.job_id:
-        return  # given back already, or taken over
-    if current.waiting:
-        sqs.send(cfg.planner_queue_url, sqs.ScheduleRun(job.schedule, current.waiting, "waited"))
-    schedules.release(cfg, job.schedule, job.job_id)
+    schedules.give_back(cfg, job.schedule, job.job_id)
 
 
 def _now_iso() -> str:

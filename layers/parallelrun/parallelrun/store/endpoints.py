@@ -226,8 +226,15 @@ def new_endpoint(cfg: StackConfig, name: str, default_deployment: str = "") -> d
     _check_name("endpoint", name)
     if default_deployment:
         _check_name("deployment", default_deployment)
-    _put_new(cfg, {**keys.endpoint_key(name), "name": name, "default_deployment": default_deployment,
-                   "created_at": dynamo.decimal(time.time(), 3)}, f"endpoint {name!r}")
+    item = {**keys.endpoint_key(name), "name": name, "default_deployment": default_deployment,
+            "created_at": dynamo.decimal(time.time(), 3)}
+    # Pipelines share the drop bucket's folders with endpoints: the endpoint is put only while no
+    # pipeline has its name, as a pipeline's create checks the other way round.
+    if not dynamo.put_new_where_absent(cfg.table, item, keys.pipeline_key(name)):
+        if dynamo.get(cfg.table, keys.endpoint_key(name), consistent=True) is not None:
+            raise ConflictError(f"endpoint {name!r} already exists")
+        raise ConflictError(f"a pipeline named {name!r} exists: pipelines and endpoints share the drop bucket's "
+                            "folders, so their names must differ")
     return {"name": name, "default_deployment": default_deployment}
 
 

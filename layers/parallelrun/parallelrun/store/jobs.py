@@ -63,6 +63,9 @@ class JobRecord:
     reused_from: str | None = None  # the succeeded job whose output this one took whole
     outcome: str | None = None  # FAILED or CANCELED when the job was stopped before it completed
     schedule: str | None = None  # the schedule this job is a run of (see parallelrun.pipeline.scheduling)
+    pipeline_run: str | None = None  # the pipeline run this job is a step of (see parallelrun.pipeline.chaining)
+    # A pipeline step's: which objects of its input folder (the step before's output) are inputs.
+    feed: dict[str, list[str]] | None = None
     # The aggregation under way: its id (a redrive's aggregation gets a new one) and how many
     # mini-batches each of its ranges collates (fixed when it is first claimed).
     aggregation: str | None = None

@@ -15,6 +15,8 @@ pk                              sk                            what
 ``ENDPOINT#<name>``             ``ENDPOINT``,                 an endpoint, its deployments
                                 ``DEPLOYMENT#<name>``
 ``SCHEDULE#<name>``             ``SCHEDULE``                  a schedule
+``PIPELINE#<name>``             ``PIPELINE``                  a pipeline's steps
+``PIPELINERUN#<id>``            ``RUN``                       a pipeline run: its steps' jobs
 ``SCORED#<schedule>#<shard>``   the input's S3 key            an input a schedule's run scored
 ``REUSE#<fingerprint>``         ``BATCH``                     a mini-batch a succeeded job scored
 ``REUSE#JOB#<fingerprint>``     ``OUTPUT``                    a succeeded job's whole output
@@ -164,6 +166,28 @@ def deployment_key(endpoint: str, name: str) -> dict[str, str]:
 
 def schedule_key(name: str) -> dict[str, str]:
     return {"pk": f"{SCHEDULE_PREFIX}{name}", "sk": SCHEDULE_SK}
+
+
+# --- DynamoDB: pipelines
+
+PIPELINE_PREFIX = "PIPELINE#"
+PIPELINE_SK = "PIPELINE"
+PIPELINE_RUN_PREFIX = "PIPELINERUN#"
+PIPELINE_RUN_SK = "RUN"
+
+
+def pipeline_key(name: str) -> dict[str, str]:
+    return {"pk": f"{PIPELINE_PREFIX}{name}", "sk": PIPELINE_SK}
+
+
+def pipeline_run_key(run_id: str) -> dict[str, str]:
+    return {"pk": f"{PIPELINE_RUN_PREFIX}{run_id}", "sk": PIPELINE_RUN_SK}
+
+
+def step_job_id(run_id: str, index: int) -> str:
+    """The job of step ``index`` (from 0) of a pipeline run: fixed by the run, so that a
+    hand-on made twice creates one job (a second create of one id is refused)."""
+    return f"{run_id}-s{index + 1}"
 
 
 # --- DynamoDB: what schedules scored, reuse

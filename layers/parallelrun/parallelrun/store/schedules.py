@@ -174,6 +174,19 @@ def update(cfg: StackConfig, name: str, expression: str, condition: str, **value
                             {f":{k}": v for k, v in values.items()})
 
 
+def give_back(cfg: StackConfig, name: str, holder: str) -> None:
+    """``holder`` (a run's job, or a pipeline run) ended: start the run waiting for it, then give
+    the lock back. In that order, a crash between the two loses no waiting run (the lock stays
+    with an ended holder, so a repeat of this call finishes it; the waiting run's job id is its
+    time's, so sending it twice starts it once)."""
+    current = find(cfg, name)
+    if current is None or current.running_job != holder:
+        return  # given back already, or taken over
+    if current.waiting:
+        sqs.send(cfg.planner_queue_url, sqs.ScheduleRun(name, current.waiting, "waited"))
+    release(cfg, name, holder)
+
+
 def release(cfg: StackConfig, name: str, job_id: str) -> None:
     """Give the lock back, and forget the waiting run with it, if ``job_id`` still holds it
     (nothing happens if the lock was taken over meanwhile)."""
