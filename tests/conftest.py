@@ -7,6 +7,7 @@ import itertools
 import os
 import pickle
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -113,18 +114,20 @@ class Stack:
 
     def run_until_done(self, job_id: str, rounds: int = 500) -> jobs.JobRecord:
         """Deliver every queue in turn until the job ends."""
+        return self.run_until(lambda: jobs.get(self.cfg, job_id), f"job {job_id}", rounds)
+
+    def run_until(self, read: Callable[[], Any], what: str, rounds: int = 500) -> Any:
+        """Deliver every queue in turn until what ``read`` gives (a job, a pipeline run) has ended."""
         for _ in range(rounds):
             moved = 0
             for function in ("PlannerFunction", "WorkerFunction", "FailureRecorderFunction", "AggregatorFunction"):
                 moved += self.deliver(function, max_rounds=50)
-            job = jobs.get(self.cfg, job_id)
-            if job.state in jobs.TERMINAL:
-                return job
+            found = read()
+            if found.state in jobs.TERMINAL:
+                return found
             if not moved:
-                import time
-
                 time.sleep(0.05)
-        raise AssertionError(f"job {job_id} did not end: {jobs.get(self.cfg, job_id)}")
+        raise AssertionError(f"{what} did not end: {read()}")
 
 
 @pytest.fixture(scope="session")

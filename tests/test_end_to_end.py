@@ -130,7 +130,7 @@ def test_poison_inputs_fail_alone(client: Client, tmp_path: Path):
 def test_throttled_requests_are_retried_across_processes(local_stack: LocalStack, client: Client, tmp_path: Path):
     files = tmp_path / "files"
     files.mkdir()
-    names = [f"{i:03d}.txt" for i in range(30)]
+    names = [f"{i:03d}.txt" for i in range(16)]
     for name in names:
         (files / name).write_text(name)
     client.upload_folder(files, f"s3://{client.cfg.input_bucket}/e2e/throttled/")

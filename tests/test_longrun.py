@@ -9,6 +9,7 @@ their jobs, while a Lambda deployment's job runs on the stack's own workers besi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -150,6 +152,17 @@ def _start(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "parallelrun.client.cli", "worker", "--local", *args], env=env)
 
 
+@contextlib.contextmanager
+def _hosting(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen]:
+    """A ``parallelrun worker --local`` for the block, stopped with SIGTERM after it, which it must exit 0 on."""
+    host = _start(env, *args)
+    try:
+        yield host
+    finally:
+        host.send_signal(signal.SIGTERM)
+        assert host.wait(timeout=30) == 0
+
+
 def _runs(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
@@ -240,12 +253,8 @@ def test_sigterm_mid_job_loses_and_doubles_nothing(running, client, tmp_path, ho
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=30) == 0
     assert _runs(runs)[-1] == finishing.replace("start", "end")
-    third = _start(host_env)
-    try:
+    with _hosting(host_env):
         done = client.wait(job.job_id, poll_seconds=0.3, timeout=45)
-    finally:
-        third.send_signal(signal.SIGTERM)
-        assert third.wait(timeout=30) == 0
     assert done.state == jobs.SUCCEEDED, done.reason
     rows = b"".join(client.read_output(job.job_id)).decode().splitlines()
     assert [row.split()[0] for row in rows] == names  # every input once, in order
@@ -263,12 +272,8 @@ def test_a_failed_attempt_comes_back_after_its_back_off_on_its_own_queue(running
     _visibility(client, 300)
     _endpoint(client, tmp_path, "longretry", script=FLAKY)
     job, names = _submit(client, "longretry", 2)
-    host = _start(host_env)
-    try:
+    with _hosting(host_env):
         done = client.wait(job.job_id, poll_seconds=0.3, timeout=45)
-    finally:
-        host.send_signal(signal.SIGTERM)
-        assert host.wait(timeout=30) == 0
     assert done.state == jobs.SUCCEEDED, done.reason
     assert b"".join(client.read_output(job.job_id)).decode().splitlines() == ["ok 2", "ok 2"]
     assert sorted(record.attempt for record in client.batches(job.job_id)) == [2, 2]

@@ -148,15 +148,15 @@ def test_planner_killed_mid_way_resumes(stack, make_endpoint, monkeypatch, where
 
 def test_window_bounds_messages_in_flight(stack, make_endpoint):
     endpoint = make_endpoint(echo("win"), name="win")
-    put_files(stack.cfg, "win/r/", [f"{i:02d}.txt" for i in range(30)])
+    put_files(stack.cfg, "win/r/", [f"{i:02d}.txt" for i in range(12)])
     job = start(stack, endpoint, "win/r/", {"mini_batch_size": "1", "process_count_per_node": "2", "node_count": "2"})
     stack.plan(job.job_id)
     attributes = aws.client("sqs").get_queue_attributes(QueueUrl=stack.cfg.batch_queue_url,
                                                         AttributeNames=["ApproximateNumberOfMessages"])
     assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "4"  # 2 processes x 2 nodes
     plan = jobs.get(stack.cfg, job.job_id)
-    assert (plan.total_batches, plan.cursor) == (30, 4)
-    assert stack.run_until_done(job.job_id).items_succeeded == 30
+    assert (plan.total_batches, plan.cursor) == (12, 4)
+    assert stack.run_until_done(job.job_id).items_succeeded == 12
 
 
 def test_empty_folder_ends_at_once(stack, make_endpoint):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from typing import Any
 
 import pandas as pd
@@ -68,15 +67,7 @@ INPUTS = {f"{i:02d}.txt": (i, 2 * i) for i in range(7)}  # totals 0, 3, ..., 18
 
 def until_ended(stack: Any, run_id: str, rounds: int = 400) -> pipelines.PipelineRun:
     """Deliver every queue in turn until the pipeline run ends."""
-    for _ in range(rounds):
-        moved = sum(stack.deliver(f, max_rounds=50) for f in ("PlannerFunction", "WorkerFunction",
-                                                              "FailureRecorderFunction", "AggregatorFunction"))
-        run = pipelines.get_run(stack.cfg, run_id)
-        if run.state in jobs.TERMINAL:
-            return run
-        if not moved:
-            time.sleep(0.05)
-    raise AssertionError(f"pipeline run {run_id} did not end: {pipelines.get_run(stack.cfg, run_id)}")
+    return stack.run_until(lambda: pipelines.get_run(stack.cfg, run_id), f"pipeline run {run_id}", rounds)
 
 
 def read(job: jobs.JobRecord, name: str | None = None) -> str:
