@@ -32,7 +32,7 @@ def run(mini_batch):
 # function's timeout: both short, so a kill costs seconds (run() here is instant). Enough
 # receives that no mini-batch is dead-lettered merely for being unlucky.
 # Ranges of four mini-batches: each job is collated by several aggregator invocations and joined.
-PARAMETERS = {"BatchVisibilityTimeout": "20", "MaxReceiveCount": "10", "WorkerTimeout": "20", "PlannerInterval": "1",
+PARAMETERS = {"BatchVisibilityTimeout": "12", "MaxReceiveCount": "10", "WorkerTimeout": "12", "PlannerInterval": "1",
               "AggregateBatchesPerInvocation": "4"}
 SETTINGS = {"mini_batch_size": "2", "run_max_try": "10", "run_invocation_timeout": "1"}
 
