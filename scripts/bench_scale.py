@@ -36,9 +36,6 @@ from parallelrun.store import batches, inputs, jobs, keys
 WORKER_THREADS = 32
 AGGREGATOR_THREADS = 5  # the aggregator's reserved concurrency in template.yaml
 POLLERS = 4  # receives of the batch queue at once (each hands up to 10 mini-batches on)
-# The planner's window: moto's receive costs O(queue depth) (DESIGN §6), so a deep queue would
-# measure moto's queue rather than the pipeline; on AWS the window is a setting like any other.
-WINDOW = 40
 
 
 class Phase:
@@ -119,7 +116,7 @@ def _run(cfg: StackConfig, minibatches: int, per_minibatch: int) -> dict[str, An
     s3.put(cfg.artifacts_bucket, keys.part_key(job_id, 0, 1), b"a row\n")
     jobs.create(cfg, jobs.JobRecord(
         job_id=job_id, endpoint="bench", deployment={"model_name": "bench", "model_version": 1},
-        settings=RunSettings(mini_batch_size=str(per_minibatch), allow_reuse=False, max_inflight_batches=WINDOW),
+        settings=RunSettings(mini_batch_size=str(per_minibatch), allow_reuse=False),
         input_uri=f"s3://{cfg.input_bucket}/scale/", output_uri=f"s3://{cfg.artifacts_bucket}/{job_id}/output/"))
     phases = {name: Phase() for name in ("plan", "send", "commit", "aggregate")}
     inputs.list_files = synthetic_listing("scale/", minibatches * per_minibatch)  # type: ignore[assignment]

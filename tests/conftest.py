@@ -29,11 +29,16 @@ from moto import mock_aws  # noqa: E402
 from parallelrun import aws  # noqa: E402
 from parallelrun.aws.config import StackConfig  # noqa: E402
 from parallelrun.core.datasets import split_s3_uri
-from parallelrun.local import functions, lambdas, provision, transactions  # noqa: E402
+from parallelrun.local import functions, lambdas, provision, queries, queues, serialization, transactions  # noqa: E402
 from parallelrun.pipeline import eventsource  # noqa: E402
 
-# Commits cost what their items do, as on DynamoDB, not what the table holds (local.transactions).
+# Commits and queries cost what their items do, as on DynamoDB, not what the table holds
+# (local.transactions, local.queries), and their answers what JSON does (local.serialization);
+# a queue's calls what their messages do, not the queue's depth (local.queues).
 transactions.install()
+queries.install()
+serialization.install()
+queues.install()
 from parallelrun.store import endpoints, jobs, registry  # noqa: E402
 
 _names = itertools.count()
