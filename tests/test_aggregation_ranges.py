@@ -267,6 +267,6 @@ def test_a_late_range_message_of_an_ended_job_changes_nothing(stack, ranges_of_f
 @pytest.mark.parametrize("range_batches", ["1000", "70"])
 def test_every_shard_of_a_range_is_read(stack, monkeypatch, range_batches):
     monkeypatch.setenv("PARALLELRUN_AGGREGATE_BATCHES_PER_INVOCATION", range_batches)
-    parts = [f"{i}\n".encode() for i in range(keys.SHARD_RUN * 23 + 3)]  # 24 shards
+    parts = [f"{i}\n".encode() for i in range(keys.SHARD_GROUP * 23 + 3)]  # 30 shards
     job = _aggregate(stack, _recorded_job(stack, f"ranges-shards-{range_batches}", RunSettings(), parts).job_id)
     assert read_output(stack.cfg, job) == "".join(p.decode() for p in parts)

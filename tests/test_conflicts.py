@@ -38,7 +38,7 @@ if {fail_bad!r} and any(open(path).read().startswith("bad") for path in mini_bat
 def few_shards(monkeypatch: pytest.MonkeyPatch) -> int:
     """Three shards taken in turn: a job of a few mini-batches puts several records under each key."""
     monkeypatch.setattr(keys, "SHARDS", 3)
-    monkeypatch.setattr(keys, "SHARD_RUN", 1)
+    monkeypatch.setattr(keys, "SHARD_GROUP", 1)
     monkeypatch.setattr(dynamo, "TRANSACT_BACKOFF", 0.001)  # keep the retries' back-off short
     return 3
 
@@ -114,9 +114,9 @@ def test_commits_under_conflicts_on_every_other_transaction_spend_no_attempt(sta
 
 def test_no_two_concurrent_commits_touch_one_item(stack):
     """As many commits as there are shards, as one job's workers would make them at once."""
-    job = _planned_job(stack, "spread", keys.SHARDS * keys.SHARD_RUN)
+    job = _planned_job(stack, "spread", keys.SHARDS * keys.SHARD_GROUP)
     with conflicts.injected(conflicts.Conflicts()) as seen:
-        firsts = {keys.shard_of(index): index for index in reversed(range(keys.SHARDS * keys.SHARD_RUN))}
+        firsts = {keys.shard_of(index): index for index in reversed(range(keys.SHARDS * keys.SHARD_GROUP))}
         for index in sorted(firsts.values()):  # each shard's first mini-batch
             assert batches.commit_batch(stack.cfg, job.job_id, _record(index)).recorded
     assert len(seen.seen) == keys.SHARDS

@@ -51,22 +51,26 @@ def test_numbers_in_keys_sort_as_numbers():
 
 
 def test_a_jobs_mini_batches_spread_over_every_shard_evenly():
-    pks = [keys.batch_key("j", index)["pk"] for index in range(3 * keys.SHARD_RUN * keys.SHARDS)]
+    pks = [keys.batch_key("j", index)["pk"] for index in range(3 * keys.SHARD_GROUP * keys.SHARDS)]
     assert len(set(pks)) == keys.SHARDS
-    assert {pks.count(pk) for pk in set(pks)} == {3 * keys.SHARD_RUN}
+    assert {pks.count(pk) for pk in set(pks)} == {3 * keys.SHARD_GROUP}
     assert keys.batch_key("j", 7)["pk"] == keys.batch_pk("j", keys.shard_of(7))
-    # in runs of SHARD_RUN consecutive mini-batches, the shards taken in turn
-    assert len({keys.shard_of(index) for index in range(keys.SHARD_RUN)}) == 1
-    assert keys.shard_of(keys.SHARD_RUN) == keys.shard_of(0) + 1
-    assert keys.shard_of(7) == keys.shard_of(7 + keys.SHARD_RUN * keys.SHARDS)
+    # neighbours never share a shard: SHARD_GROUP consecutive mini-batches take SHARD_GROUP shards
+    assert all(len({keys.shard_of(i) for i in range(start, start + keys.SHARD_GROUP)}) == keys.SHARD_GROUP
+               for start in range(0, 3 * keys.SHARD_GROUP * keys.SHARDS, 7))
+    # a group of SHARD_GROUP shards takes SHARD_GROUP x SHARD_GROUP of them, then the next group
+    first = {keys.shard_of(i) for i in range(keys.SHARD_GROUP ** 2)}
+    assert first == set(range(keys.SHARD_GROUP)) and keys.shard_of(keys.SHARD_GROUP ** 2) == keys.SHARD_GROUP
+    assert keys.shard_of(7) == keys.shard_of(7 + keys.SHARD_GROUP * keys.SHARDS)
 
 
 def test_a_small_job_uses_few_shards_and_each_knows_its_size():
-    for total in (1, keys.SHARD_RUN, keys.SHARD_RUN + 1, 55, keys.SHARD_RUN * keys.SHARDS + 3, 123_457):
+    for total in (1, 7, keys.SHARD_GROUP, keys.SHARD_GROUP + 1, 55, 100, 105, 1_000, keys.SHARD_GROUP * keys.SHARDS + 3,
+                  123_457):
         held = collections.Counter(keys.shard_of(index) for index in range(total))
         assert sorted(held) == list(batches.shards_of(total))  # every shard used, none opened for nothing
         assert all(held[shard] == batches.shard_size(total, shard) for shard in held)
-    assert len(batches.shards_of(55)) == 6
+    assert len(batches.shards_of(7)) == 7 and len(batches.shards_of(250)) == 30
 
 
 def test_a_schedules_scored_inputs_spread_by_hash_whatever_their_prefix():
@@ -110,6 +114,6 @@ def test_the_buckets_own_folders_are_distinct():
 
 
 def test_the_shards_of_a_range_of_mini_batches_are_those_holding_them():
-    for start, end in [(0, 1), (0, 10), (5, 15), (9, 11), (0, 999), (3, 1003), (995, 1010), (0, 1000), (12, 2500),
-                       (1234, 1999)]:
+    for start, end in [(0, 1), (0, 10), (5, 15), (9, 11), (95, 105), (0, 999), (3, 1003), (995, 1010), (0, 1000),
+                       (12, 2500), (1234, 1999)]:
         assert keys.shards_between(start, end) == sorted({keys.shard_of(i) for i in range(start, end)}), (start, end)

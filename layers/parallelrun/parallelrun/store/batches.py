@@ -28,15 +28,20 @@ SHARD_PAGE = 50
 def shards_of(total_batches: int | None) -> range:
     """The shards a job of ``total_batches`` mini-batches uses (none before it is planned:
     nothing can be recorded before the total is set, DESIGN invariant 4)."""
-    return range(min(keys.SHARDS, -(-(total_batches or 0) // keys.SHARD_RUN)))
+    group, block = keys.SHARD_GROUP, keys.SHARD_GROUP * keys.SHARD_GROUP
+    total = total_batches or 0
+    return range(min(keys.SHARDS, total // block * group + min(group, total % block)))
 
 
 def shard_size(total_batches: int, shard: int) -> int:
     """How many of a job's mini-batches ``shard`` holds once all are recorded (see
-    :func:`keys.shard_of`: runs of SHARD_RUN indexes, dealt to the shards in turn)."""
-    cycle = keys.SHARD_RUN * keys.SHARDS
-    rest = total_batches % cycle - shard * keys.SHARD_RUN
-    return total_batches // cycle * keys.SHARD_RUN + min(keys.SHARD_RUN, max(0, rest))
+    :func:`keys.shard_of`: each shard of a group takes one in SHARD_GROUP, for SHARD_GROUP
+    of them, in each cycle of the groups)."""
+    group, block = keys.SHARD_GROUP, keys.SHARD_GROUP * keys.SHARD_GROUP
+    cycle = block * (keys.SHARDS // group)
+    place, lane = divmod(shard, group)
+    span = min(block, max(0, total_batches % cycle - place * block))  # the group's share of the last cycle
+    return total_batches // cycle * group + max(0, -(-(span - lane) // group))
 
 
 def shard_counts(cfg: StackConfig, job_id: str, shard: int) -> dict[str, int]:

@@ -45,16 +45,18 @@ import hashlib
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/bp-partition-key-design.html
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/burst-adaptive-capacity.html
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html (capacity)
-# A job's mini-batches go to the shards in runs of SHARD_RUN consecutive indexes, so a job of a
-# few hundred mini-batches uses a few shards rather than a hundred: what is paid per shard
-# (creating its counters, the completion check when it fills, the aggregator's query of its
+# A job's mini-batches are dealt to a group of SHARD_GROUP shards one at a time, so that
+# consecutive mini-batches, which the planner sends together and workers finish together, commit
+# to different counter items (consecutive indexes on one item cancelled each other's transactions
+# in bursts); after SHARD_GROUP x SHARD_GROUP of them the next group takes over. So a job of a few
+# hundred mini-batches still uses a few groups rather than a hundred shards: what is paid per
+# shard (creating its counters, the completion check when it fills, the aggregator's query of its
 # records) stays a small part of each mini-batch's requests. The planner keeps a window of
-# consecutive mini-batches in flight, so about max(SHARD_RUN, window / SHARDS) of a job's commits
-# are ever in flight on one counter item: at most ~10 a second each while a mini-batch takes a
-# second or more, the rate the sizing above allows.
+# consecutive mini-batches in flight, so about max(SHARD_GROUP, window / SHARDS) of a job's
+# commits are ever in flight on one counter item, none of them a neighbour of another.
 # The keys of a job still running depend on both: change them only on a stack with no job running.
 SHARDS = 100
-SHARD_RUN = 10
+SHARD_GROUP = 10
 # How many partition keys one schedule's scored inputs are spread over (a single key takes
 # about 1,000 writes a second; see parallelrun.store.scored).
 SCORED_SHARDS = 16
@@ -62,14 +64,15 @@ SCORED_SHARDS = 16
 
 def shard_of(index: int) -> int:
     """The shard (partition key) mini-batch ``index`` is recorded and counted in."""
-    return index // SHARD_RUN % SHARDS
+    group = index // (SHARD_GROUP * SHARD_GROUP) % (SHARDS // SHARD_GROUP)
+    return group * SHARD_GROUP + index % SHARD_GROUP
 
 
 def shards_between(start: int, end: int) -> list[int]:
     """The shards that hold mini-batches ``start`` ≤ index < ``end``, in order."""
-    if end - start >= SHARDS * SHARD_RUN:
+    if end - start >= SHARDS * SHARD_GROUP:  # a whole cycle of the groups
         return list(range(SHARDS))
-    return sorted({shard_of(index) for index in range(start - start % SHARD_RUN, end, SHARD_RUN)})
+    return sorted({shard_of(index) for index in range(start, end)})
 
 
 def scored_shard(input_key: str) -> int:
