@@ -128,8 +128,7 @@ def _run(cfg: StackConfig, minibatches: int, per_minibatch: int) -> dict[str, An
             phases["commit"].timed(_commit, cfg, sqs.MiniBatch.parse(body))
 
         # Lambda's event source polls with a few pollers, each handing a receive's messages to
-        # invocations: a receive costs moto O(queue depth), so a poll per invocation would
-        # measure moto's queue, not the pipeline.
+        # invocations, as here.
         pollers = [threading.Thread(target=_poll, args=(cfg.batch_queue_url, stop, commit, pool))
                    for _ in range(POLLERS)]
         for poller in pollers:

@@ -50,7 +50,7 @@ MAX_MODEL_CACHE_BYTES = 10240 * 1024**2
 MAX_COUNT = 2**53 - 1
 # Many jobs share one batch queue, and a standard queue holds about 120,000 messages in flight
 # (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-queues.html);
-# moto's cost grows with the queue's depth too (DESIGN §6).
+# the local server's receive still passes over every message of the queue once (local.queues).
 MAX_INFLIGHT_BATCHES = 10000
 # A compute: ecs mini-batch is kept invisible by its worker's heartbeat, but SQS keeps a received
 # message invisible at most 12 hours from its receipt, however often that is extended
