@@ -7,6 +7,7 @@ failure. ``AWS_ENDPOINT_URL`` (set by the local stack) points every client at mo
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,17 @@ def reset_clients() -> None:
     """Forget cached clients (tests switch endpoints; a forked process must not share sockets)."""
     with _lock:
         _clients.clear()
+
+
+def _forget_in_child() -> None:
+    # A forked child inherits the parent's pooled keep-alive connections: two processes on one
+    # socket read each other's responses. Its lock may be held by a parent thread: a new one.
+    global _lock
+    _lock = threading.Lock()
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def download_prefix(bucket: str, prefix: str, folder: Path) -> int:

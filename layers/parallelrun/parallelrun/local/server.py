@@ -20,10 +20,10 @@ from typing import Any
 
 from moto import backends
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
-from parallelrun.local import conflicts, queries, queues, serialization, transactions
+from parallelrun.local import conflicts, keepalive, queries, queues, serialization, transactions
 from parallelrun.local.latency import LATENCY, latency_of
 
 _SERVICE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
@@ -86,7 +86,7 @@ class CountingMotoServer(ThreadedMotoServer):
                     return app(environ, start_response)
             return app(environ, start_response)
 
-        self._server = make_server(self._ip_address, self._port, counting, True, request_handler=MotoRequestHandler)
+        self._server = make_server(self._ip_address, self._port, counting, True, request_handler=keepalive.KeepAliveRequestHandler)
         self._server_ready_event.set()
         self._server.serve_forever()
 
@@ -95,6 +95,7 @@ class CountingMotoServer(ThreadedMotoServer):
         queries.install()
         serialization.install()
         queues.install()
+        keepalive.install()
         _list_moto_modules_once()
         self._undo_conflicts = conflicts.install(self.conflicts)
         super().start()
