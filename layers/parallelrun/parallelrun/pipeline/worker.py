@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from parallelrun.scoring.child import LogCapture, MiniBatchContext
 
 log = logging.getLogger("parallelrun.pipeline.worker")
 FETCH_THREADS = 16
+_fetch_pool: ThreadPoolExecutor | None = None  # this process's, kept across mini-batches as the model is
+_fetch_pool_lock = threading.Lock()
 # Seconds kept back from an invocation's time for writing and committing after the last run().
 COMMIT_MARGIN = 10
 
@@ -297,9 +300,19 @@ def fetch(spec: InputSpec, items: list[InputFile], folder: Path) -> list[str]:
     def get(pair: tuple[InputFile, Path]) -> None:
         s3.download(spec.bucket, pair[0].key, pair[1])
 
-    with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, max(1, len(items)))) as pool:
-        list(pool.map(usage.bind(get), zip(items, paths)))
+    list(fetcher().map(usage.bind(get), zip(items, paths)))
     return [str(path) for path in paths]
+
+
+def fetcher() -> ThreadPoolExecutor:
+    """The process's pool of fetch threads: started once, not for each mini-batch (starting
+    16 threads for each was about a tenth of the worker's CPU, profiled on the local stack).
+    A warm Lambda or a long-running host keeps it, as it keeps the loaded model."""
+    global _fetch_pool
+    with _fetch_pool_lock:
+        if _fetch_pool is None:
+            _fetch_pool = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="fetch")
+        return _fetch_pool
 
 
 def collect_entry_dirs(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost) -> None:
