@@ -1,13 +1,17 @@
 """The local server keeps a client's connection open between requests, as AWS's endpoints do
 (parallelrun.local.keepalive), without one request's body leaking into the next, and a forked
-process never shares its parent's kept connections (parallelrun.aws)."""
+process never shares its parent's kept connections (parallelrun.aws) nor waits on its fetch
+threads (parallelrun.pipeline.worker)."""
 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
+import socket
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import boto3
@@ -110,3 +114,60 @@ def test_a_forked_child_opens_its_own_connections(moto, monkeypatch):
     assert result == {"same": False, "body": "from the parent"}
     assert parent.get_object(Bucket=BUCKET, Key="fork")["Body"].read() == b"from the parent"
     aws.reset_clients()
+
+
+class _Connection:
+    """A socket stand-in for http.client.HTTPResponse: every response read from it shares one
+    buffered reader of the socket, which reading a response to its end does not close."""
+
+    class Reader(io.BufferedReader):
+        def close(self) -> None:
+            return None
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.reader = self.Reader(socket.SocketIO(sock, "rb"))  # type: ignore[arg-type]
+
+    def makefile(self, *_: Any, **__: Any) -> Any:
+        return self.reader
+
+
+def test_a_request_sent_before_the_last_answer_is_served_not_swallowed(moto):
+    # werkzeug, after each response, reads whatever the socket still holds as the rest of the
+    # request's body: a next request already sent would be swallowed (and the read would wait
+    # for more). A client may send it as soon as the answer is out; here it is sent at once.
+    _, url = moto
+    first_path, first_headers = _signed(url, "PUT", "pipelined", b"first")
+    second_path, second_headers = _signed(url, "GET", "pipelined")
+
+    def raw(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {urlparse(url).netloc}", f"Content-Length: {len(body)}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+    with socket.create_connection((urlparse(url).hostname, urlparse(url).port), timeout=5) as sock:
+        sock.sendall(raw("PUT", first_path, first_headers, b"first") + raw("GET", second_path, second_headers))
+        connection = _Connection(sock)
+        answers = []
+        for _ in range(2):
+            response = http.client.HTTPResponse(connection)  # type: ignore[arg-type]
+            response.begin()
+            answers.append((response.status, response.read()))
+    assert answers == [(200, b""), (200, b"first")]
+
+
+def test_a_forked_child_fetches_with_threads_of_its_own():
+    from parallelrun.pipeline import worker
+
+    assert worker.fetcher().submit(lambda: "parent").result(timeout=5) == "parent"  # its threads started
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, worker.fetcher().submit(lambda: "child").result(timeout=5).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    answer = os.read(read, 100)
+    os.close(read)
+    assert answer == b"child"

@@ -83,7 +83,7 @@ def _forget_in_child() -> None:
     # socket read each other's responses. Its lock may be held by a parent thread: a new one.
     global _lock
     _lock = threading.Lock()
-    _clients.clear()
+    reset_clients()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)

@@ -315,6 +315,16 @@ def fetcher() -> ThreadPoolExecutor:
         return _fetch_pool
 
 
+def _no_pool_in_child() -> None:
+    # A forked child has none of the pool's threads, but the pool counts them and would start
+    # no new one: its first fetch would wait forever.
+    global _fetch_pool, _fetch_pool_lock
+    _fetch_pool, _fetch_pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_no_pool_in_child)
+
+
 def collect_entry_dirs(cfg: StackConfig, job: jobs.JobRecord, host: ScoringHost) -> None:
     """Move what the script wrote to ``EntryScript().output_dir`` (and ``log_dir``) into the
     job's output folder (and its ``logs/``), as ParallelRunStep collects them; never over a file
